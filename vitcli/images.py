@@ -1,0 +1,158 @@
+"""Reading images the way a user expects, for every command.
+
+PIL's defaults get several things wrong for model input: EXIF orientation is ignored, transparent
+pixels become black, 16-bit greyscale is clipped to near white by `convert("RGB")`, and decompression
+bombs only warn between 1x and 2x the pixel limit. `load_image` fixes each, and turns every failure
+into an `ImageError` that says why, so callers can report that file and carry on with the rest.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from vitcli.errors import ImageError, UsageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
+                    ".pbm", ".jfif", ".heic", ".heif", ".avif"}
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit; settable with VIT_MAX_IMAGE_PIXELS
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif")
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+# We check the pixel count ourselves (one limit, always an error), so PIL's own check is switched off.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def max_pixels() -> int:
+    value = os.environ.get("VIT_MAX_IMAGE_PIXELS")
+    return int(value) if value else DEFAULT_MAX_PIXELS
+
+
+def _register_heif() -> bool:
+    try:
+        import pillow_heif  # type: ignore
+
+        pillow_heif.register_heif_opener()
+        return True
+    except ImportError:
+        return False
+
+
+def _is_heif(path: Path, head: bytes) -> bool:
+    return (len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS) or \
+        path.suffix.lower() in {".heic", ".heif"}
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit (or 32-bit int) greyscale: rescale the full range to 8 bits instead of clipping.
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if (mode.startswith("I;16") or arr.max(initial=0) > 255) else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info) \
+        or (mode in ("L", "RGB") and "transparency" in im.info)
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "RGB":
+        return im
+    return im.convert("RGB")  # L, 1, P, CMYK (inverted Adobe JPEGs handled by PIL), YCbCr, LAB, HSV
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open `path` as an upright RGB image, or raise `ImageError` naming the reason."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not an image") from None
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not head:
+        raise ImageError(f"{path}: empty file")
+    if _is_heif(path, head) and not _register_heif():
+        raise ImageError(f"{path}: HEIC/HEIF images need the optional pillow-heif package",
+                         "pip install 'vitcli[heif]'")
+    limit = max_pixels()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+            width, height = im.size
+            if width * height > limit:
+                raise ImageError(
+                    f"{path}: {width}x{height} = {width * height:,} pixels is over the limit of {limit:,} "
+                    "(possible decompression bomb)",
+                    "raise VIT_MAX_IMAGE_PIXELS if you trust the file")
+            if getattr(im, "is_animated", False):
+                im.seek(0)  # animated GIF/WebP/APNG: the first frame
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            return _to_rgb(im)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image, or a format PIL cannot read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{path}: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        reason = str(e) or type(e).__name__
+        if "truncated" in reason.lower() or isinstance(e, EOFError):
+            reason = f"truncated or corrupt image data ({reason})"
+        raise ImageError(f"{path}: {reason}") from None
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files, folders (recursive, sorted) and globs -> (image paths in the order given, missing inputs).
+
+    A file named explicitly is kept whatever its extension (so a bad file is reported, not skipped);
+    folders and globs keep files with image extensions.
+    """
+    paths: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+
+    def add(p: Path):
+        if p not in seen:
+            seen.add(p)
+            paths.append(p)
+
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            for sub in sorted(x for x in p.rglob("*") if x.is_file() and is_image_file(x)):
+                add(sub)
+        elif p.exists():
+            add(p)
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(os.path.expanduser(item), recursive=True))
+            files = [Path(m) for m in matches if Path(m).is_file() and is_image_file(Path(m))]
+            if not files:
+                missing.append((item, "the pattern matches no image files"))
+            for f in files:
+                add(f)
+        else:
+            missing.append((item, "no such file or folder"))
+    if not paths and not missing:
+        raise UsageError("no images found in the given inputs", "give image files, folders or globs")
+    return paths, missing

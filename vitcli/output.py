@@ -1,0 +1,114 @@
+"""The output sink: results to stdout (rich tables for people, JSON for programs), everything else
+(progress, warnings, hints) to stderr. Progress bars only when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from functools import lru_cache
+
+
+@lru_cache(maxsize=None)
+def _console(stderr: bool, file_id: int):
+    from rich.console import Console
+
+    return Console(stderr=stderr, file=sys.stderr if stderr else sys.stdout, soft_wrap=not stderr)
+
+
+def out():
+    """Console for results (stdout). Re-created when sys.stdout is swapped (tests)."""
+    return _console(False, id(sys.stdout))
+
+
+def err():
+    """Console for messages and progress (stderr)."""
+    return _console(True, id(sys.stderr))
+
+
+def info(message: str) -> None:
+    err().print(message, highlight=False)
+
+
+def warn(message: str) -> None:
+    err().print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def emit_json(obj) -> None:
+    """One JSON object on one line of stdout."""
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def show_progress() -> bool:
+    if os.environ.get("VIT_PROGRESS") in {"0", "1"}:
+        return os.environ["VIT_PROGRESS"] == "1"
+    return sys.stderr.isatty()
+
+
+@contextmanager
+def progress(description: str, total: int | None = None, unit: str = "it"):
+    """A rich progress bar on stderr; yields `advance(n=1)`. Silent when stderr is not a terminal."""
+    if not show_progress():
+        yield lambda n=1: None
+        return
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn(f"{unit}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err(), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+class RichTqdm:
+    """The tqdm interface huggingface_hub's downloads call, drawn as a rich bar on stderr."""
+
+    def __init__(self, *args, total=None, desc=None, initial=0, unit="B", unit_scale=True, disable=False,
+                 **kwargs):
+        self.total = total
+        self.n = initial or 0
+        self.disable = disable or not show_progress()
+        self._progress = None
+        if not self.disable:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                       TransferSpeedColumn)
+
+            self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
+                                      TransferSpeedColumn(), TimeRemainingColumn(), console=err(),
+                                      transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task(f"download {desc or ''}", total=total, completed=self.n)
+
+    def update(self, n=1):
+        self.n += n
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.n)
+
+    def set_description(self, desc=None, refresh=True):
+        if self._progress is not None:
+            self._progress.update(self._task, description=f"download {desc or ''}")
+
+    def refresh(self):
+        pass
+
+    def reset(self, total=None):
+        self.n = 0
+        self.total = total
+        if self._progress is not None:
+            self._progress.reset(self._task, total=total)
+
+    def close(self):
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

@@ -1,0 +1,93 @@
+"""`vit predict`: top-k labels for image files, folders and globs, in input order.
+
+Images are decoded in DataLoader workers (when there are enough of them to pay for the workers'
+start-up), batched, and run under inference mode with the core's device/precision choice. An image
+that cannot be read becomes an error record; every other image is still predicted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from vitcli.errors import ImageError
+
+
+@dataclass
+class Prediction:
+    path: str
+    predictions: list[dict] | None = None  # [{"label", "index", "score"}], best first
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        if self.error is not None:
+            return {"path": self.path, "error": self.error}
+        return {"path": self.path, "predictions": self.predictions}
+
+
+class ImageListDataset:
+    """Paths -> (index, tensor or None, error or None); errors travel with the batch, in order."""
+
+    def __init__(self, paths: list[Path], transform):
+        self.paths = paths
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from vitcli.images import load_image
+
+        try:
+            return i, self.transform(load_image(self.paths[i])), None
+        except ImageError as e:
+            return i, None, e.message.removeprefix(f"{self.paths[i]}: ")
+
+
+def collate(items):
+    import torch
+
+    ok = [(i, t) for i, t, _ in items if t is not None]
+    errors = [(i, e) for i, _, e in items if e is not None]
+    batch = torch.stack([t for _, t in ok]) if ok else None
+    return [i for i, _ in ok], batch, errors
+
+
+def default_workers(n_images: int) -> int:
+    if n_images < 64:
+        return 0  # spawning workers costs more than decoding a few images
+    return min(4, os.cpu_count() or 1)
+
+
+def run(paths: list[Path], loaded, runtime, top_k: int = 5, batch_size: int = 32,
+        workers: int | None = None, progress=lambda n=1: None) -> Iterator[Prediction]:
+    """Yield one Prediction per path, in the order of `paths`."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from vitcli.models import eval_transform
+
+    model = loaded.model
+    top_k = max(1, min(top_k, loaded.num_classes))
+    workers = default_workers(len(paths)) if workers is None else workers
+    loader = DataLoader(ImageListDataset(paths, eval_transform(loaded.data_config)), batch_size=batch_size,
+                        num_workers=workers, collate_fn=collate, pin_memory=runtime.device.type == "cuda",
+                        persistent_workers=False, prefetch_factor=4 if workers else None)
+    names = loaded.label_names
+    with torch.inference_mode():
+        for indices, batch, errors in loader:
+            results: dict[int, Prediction] = {i: Prediction(str(paths[i]), error=e) for i, e in errors}
+            if batch is not None:
+                batch = batch.to(runtime.device, non_blocking=True)
+                with runtime.autocast():
+                    logits = model(batch)
+                probs = logits.float().softmax(dim=-1)
+                scores, classes = probs.topk(top_k, dim=-1)
+                for i, srow, crow in zip(indices, scores.tolist(), classes.tolist()):
+                    results[i] = Prediction(str(paths[i]), [
+                        {"label": names[c], "index": c, "score": round(s, 6)} for s, c in zip(srow, crow)])
+            for i in sorted(results):
+                yield results[i]
+            progress(len(results))
