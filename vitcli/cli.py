@@ -10,7 +10,6 @@ import os
 import sys
 from typing import Annotated, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -26,15 +25,15 @@ class VitGroup(TyperGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
-            raise
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
-            raise click.exceptions.Exit(130)
+            raise typer.Exit(130)
         except Exception as exc:  # noqa: BLE001 - the one place exceptions become messages
+            if type(exc).__module__.startswith(("typer", "click")):
+                raise  # usage errors and exits: typer/click report them (exit 2) or they are exits
             from vitcli.errors import report
 
-            raise click.exceptions.Exit(report(exc))
+            raise typer.Exit(report(exc))
 
 
 app = typer.Typer(

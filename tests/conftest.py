@@ -1,0 +1,85 @@
+"""Shared fixtures: a tiny ViT in Hub layout, synthetic images, the optional real assets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = Path(os.environ.get("VIT_ASSETS", REPO.parent / "shared" / "assets"))
+
+# Never reach the real Hub from tests, never show progress bars, never write to the user's cache.
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")  # a closed port: a stray request fails fast
+os.environ["VIT_PROGRESS"] = "0"
+
+TINY_ARGS = dict(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Each test gets an empty HF cache and vitcli cache unless it sets its own; offline mode is off."""
+    base = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("HF_HOME", str(base / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("VIT_CACHE", str(base / "vit"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+
+
+def make_tiny_vit(num_classes: int = 10, seed: int = 0, **kwargs):
+    """A ViT under 1 M parameters at 32 px (timm's VisionTransformer)."""
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    args = {**TINY_ARGS, **kwargs}
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=num_classes, **args)
+    return model.eval()
+
+
+def save_hub_layout(model, folder: Path, label_names=None) -> Path:
+    """config.json + model.safetensors, exactly as timm writes them for the Hub."""
+    from timm.models import save_for_hf
+
+    config = {"label_names": list(label_names)} if label_names else None
+    save_for_hf(model, str(folder), model_config=config, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory) -> Path:
+    """A local Hub-layout folder with a tiny 10-class ViT (labels class0..class9)."""
+    folder = tmp_path_factory.mktemp("tiny_vit")
+    return save_hub_layout(make_tiny_vit(10), folder, [f"class{i}" for i in range(10)])
+
+
+@pytest.fixture
+def make_images(tmp_path):
+    """make_images(n, size=(40, 40), folder=None, fmt='png') -> list of synthetic RGB image paths."""
+    import numpy as np
+    from PIL import Image
+
+    def _make(n: int, size=(40, 40), folder: Path | None = None, fmt: str = "png", seed: int = 0):
+        folder = Path(folder or tmp_path / "images")
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(seed)
+        paths = []
+        for i in range(n):
+            arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+            path = folder / f"img{i:03d}.{fmt}"
+            Image.fromarray(arr).save(path)
+            paths.append(path)
+        return paths
+
+    return _make
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    """The real assets beside the repo (../shared/assets); tests using them skip when absent."""
+    if not (ASSETS / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k" / "model.safetensors").is_file():
+        pytest.skip("../shared/assets is not present")
+    return ASSETS
