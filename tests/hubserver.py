@@ -180,6 +180,7 @@ class LocalHub:
         h.send_response(status)
         h.send_header("Content-Length", str(len(chunk)))
         h.send_header("Accept-Ranges", "bytes")
+        h.send_header("Content-Disposition", f'inline; filename="{name.rsplit("/", 1)[-1]}"')
         if status == 206:
             h.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
         h.end_headers()

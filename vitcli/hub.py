@@ -51,7 +51,7 @@ def download_file(repo_id: str, filename: str, revision: str | None = None, refr
                 raise
     from vitcli.output import RichTqdm
 
-    return hf.hf_hub_download(**kwargs, endpoint=hub_env.endpoint(), tqdm_class=RichTqdm)
+    return hf.hf_hub_download(**kwargs, endpoint=hub_env.endpoint(), tqdm_class=RichTqdm.named(filename))
 
 
 def download_weights(repo_id: str, revision: str | None = None, refresh: bool = False) -> str:

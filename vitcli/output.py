@@ -67,8 +67,15 @@ def progress(description: str, total: int | None = None, unit: str = "it"):
 class RichTqdm:
     """The tqdm interface huggingface_hub's downloads call, drawn as a rich bar on stderr."""
 
+    label: str | None = None  # set by `named()`: the file name to show instead of the URL
+
+    @classmethod
+    def named(cls, label: str) -> type["RichTqdm"]:
+        return type("RichTqdm", (cls,), {"label": label})
+
     def __init__(self, *args, total=None, desc=None, initial=0, unit="B", unit_scale=True, disable=False,
                  **kwargs):
+        desc = self.label or desc
         self.total = total
         self.n = initial or 0
         self.disable = disable or not show_progress()
