@@ -177,15 +177,26 @@ def create(source: ModelSource, *, pretrained: bool = True, **overrides):
         pretrained_cfg.setdefault("num_classes", model_args.get("num_classes", config.get("num_classes")))
         pretrained_cfg["file"] = str(source.weights)
         model_args.update(overrides)
+        pretrained_cfg.setdefault("architecture", arch)  # tells a token-mixer swap whose weights these are
+        arch, model_args = _route_token_mixers(arch, model_args)
         model = timm.create_model(arch, pretrained=pretrained, pretrained_cfg=pretrained_cfg, **model_args)
     else:
-        arch = resolve_timm_name(source.name)
+        arch, overrides = _route_token_mixers(resolve_timm_name(source.name), overrides)
         if pretrained and source.weights is not None:
             model = timm.create_model(arch, pretrained=True,
                                       pretrained_cfg_overlay={"file": str(source.weights)}, **overrides)
         else:
             model = timm.create_model(arch, pretrained=pretrained, **overrides)
     return model, arch, config
+
+
+def _route_token_mixers(arch: str, args: dict) -> tuple[str, dict]:
+    """`token_mixer` / `token_mixers` overrides build the same model with its token mixer swapped,
+    through the timm entrypoint registered in vitcli.architectures (which run folders then record)."""
+    args = {k: v for k, v in args.items() if not (k in ("token_mixer", "token_mixers") and not v)}
+    if ("token_mixer" in args or "token_mixers" in args) and arch.split(".")[0] != "vitcli_metaformer":
+        return "vitcli_metaformer", {**args, "base": arch}
+    return arch, args
 
 
 def label_names_for(model, config: dict) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -24,3 +24,7 @@ BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Im
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", min=0, help="DataLoader worker processes (default: min(4, CPU cores), 0 for small inputs).")]
 OutDirOpt = Annotated[Optional[Path], typer.Option("--out", help="Folder for the artefacts.")]
+SweepOpt = Annotated[Optional[List[str]], typer.Option(
+    "--sweep", help="KEY=v1,v2,...: one run per value (repeat for a grid) in a sweep folder; the best on minival "
+                    "wins and is tested. KEY is an option of the command, e.g. lr, steps, token-mixer.",
+    show_default=False)]

@@ -1,0 +1,270 @@
+"""Training configs as frozen dataclasses, and the papers' recipes that fill them.
+
+A config is resolved in layers: dataclass defaults <- the recipe (`paper` or `quick`, per dataset)
+<- a config file (JSON or TOML; a run folder's config.json works too, so any run can be rerun)
+<- command-line flags. Durations are in steps (the paper's unit) or epochs, never both.
+Imports nothing heavy: `--dry-run` prints the resolved config without loading torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitcli.errors import UsageError
+
+RECIPES = ("paper", "quick")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What every training run needs. `batch_size` is the global batch (all devices, all micro-steps)."""
+
+    model: str = ""
+    dataset: str = ""
+    data_dir: str | None = None
+    val_split: float | None = None
+    recipe: str = "quick"
+    # duration: steps, or epochs (converted to steps once the dataset size is known)
+    steps: int | None = None
+    epochs: float | None = None
+    warmup: int = 0
+    # optimisation
+    optimizer: str = "sgd"
+    lr: float = 0.003
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    clip_grad: float | None = 1.0
+    schedule: str = "cosine"  # cosine | linear | constant, after a linear warmup
+    label_smoothing: float = 0.0
+    batch_size: int = 512
+    accum: int | None = None  # micro-steps per optimizer step; None: 1 (or as memory requires)
+    # input
+    img_size: int | None = None  # None: the model's own
+    crop_scale: tuple[float, float] = (0.05, 1.0)
+    hflip: float = 0.5
+    # token mixers (vitcli/architectures.py); passed to the model only when set
+    token_mixer: str | None = None
+    token_mixers: str | None = None
+    # bookkeeping
+    seed: int = 0
+    workers: int | None = None
+    eval_every: int | None = None  # steps; None: about 5 evaluations per run
+    save_every: int | None = None  # steps; None: at every evaluation
+    log_every: int = 10
+    max_bad_steps: int = 5  # non-finite loss/gradient steps in a row that stop the run
+    device: str = "auto"
+    precision: str = "auto"
+    download: bool = True
+    project: str = "runs"
+    name: str | None = None
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(RunConfig):
+    """`vit finetune`: a pre-trained model, a zero-initialised head, the paper's SGD recipe."""
+
+    freeze: bool = False  # train the head only
+    command: str = field(default="finetune", init=False)
+
+
+@dataclass(frozen=True)
+class TrainConfig(RunConfig):
+    """`vit train`: from scratch, Adam with decoupled weight decay, the paper's ablation switches."""
+
+    optimizer: str = "adamw"
+    lr: float = 0.001
+    weight_decay: float = 0.1
+    schedule: str = "linear"
+    patch_size: int | None = None
+    pos_embed: str = "learn"  # learn | sincos | none
+    pool: str = "token"  # token | avg
+    drop_path: float = 0.0
+    command: str = field(default="train", init=False)
+
+
+CONFIGS = {"finetune": FinetuneConfig, "train": TrainConfig}
+
+# ------------------------------------------------------------------------------------------ recipes
+# The paper's fine-tuning (Sec. 3.1, App. B.1.1): SGD momentum 0.9, no weight decay, clip 1.0,
+# batch 512, 384 px, cosine decay after a linear warmup; steps and lr per dataset.
+_FT_PAPER = dict(model="vit_base_patch16_224.augreg_in21k", optimizer="sgd", momentum=0.9,
+                 weight_decay=0.0, clip_grad=1.0, schedule="cosine", batch_size=512, img_size=384,
+                 crop_scale=(0.05, 1.0))
+_FT_PAPER_DATA = {
+    "small": dict(steps=500, warmup=100, lr=0.003),  # Pets, Flowers, small folders
+    "cifar": dict(steps=10_000, warmup=500, lr=0.01),
+    "imagenet": dict(steps=20_000, warmup=500, lr=0.03),
+}
+# A laptop-CPU recipe: the model's own resolution (no resampling), a small batch, a few epochs.
+# Measured on the 2-core dev machine: see docs/sections/30-training.md.
+_FT_QUICK = dict(model="vit_tiny_patch16_224.augreg_in21k", optimizer="sgd", momentum=0.9,
+                 weight_decay=0.0, clip_grad=1.0, schedule="cosine", batch_size=32, img_size=None,
+                 epochs=3, warmup=3, lr=0.01, crop_scale=(0.25, 1.0), eval_every=None)
+# Pre-training (Sec. 3.1, App. B.1): Adam (0.9, 0.999), decoupled weight decay 0.1, batch 4096,
+# linear warmup (10k steps) then linear decay.
+_TRAIN_PAPER = dict(model="B/16", optimizer="adamw", betas=(0.9, 0.999), weight_decay=0.1, lr=0.001,
+                    schedule="linear", batch_size=4096, warmup=10_000, epochs=300, clip_grad=1.0,
+                    crop_scale=(0.08, 1.0))
+_TRAIN_QUICK = dict(model="Ti/16", optimizer="adamw", betas=(0.9, 0.999), weight_decay=0.1, lr=0.001,
+                    schedule="linear", batch_size=64, warmup=10, epochs=30, clip_grad=1.0,
+                    crop_scale=(0.35, 1.0), img_size=64, patch_size=8)
+
+
+def dataset_kind(dataset: str) -> str:
+    name = (dataset or "").strip().lower()
+    if name.startswith("cifar"):
+        return "cifar"
+    if "imagenet" in Path(name).name:
+        return "imagenet"
+    return "small"
+
+
+def recipe_values(command: str, recipe: str, dataset: str) -> dict:
+    if recipe not in RECIPES:
+        raise UsageError(f"unknown recipe {recipe!r}", f"use one of {', '.join(RECIPES)}")
+    if command == "finetune":
+        if recipe == "paper":
+            return {**_FT_PAPER, **_FT_PAPER_DATA[dataset_kind(dataset)]}
+        return dict(_FT_QUICK)
+    return dict(_TRAIN_PAPER if recipe == "paper" else _TRAIN_QUICK)
+
+
+def default_recipe() -> str:
+    """paper with a GPU, quick without (checked without importing torch when possible)."""
+    import importlib.util
+    import os
+
+    if os.environ.get("VIT_RECIPE") in RECIPES:
+        return os.environ["VIT_RECIPE"]
+    if importlib.util.find_spec("torch") is None:
+        return "quick"
+    import torch
+
+    return "paper" if torch.cuda.is_available() else "quick"
+
+
+# ------------------------------------------------------------------------------------------ layers
+def read_config_file(path: Path) -> dict:
+    """A JSON or TOML file of config keys; a run folder (or its config.json) gives that run's config."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "config.json" if (path / "config.json").is_file() else path / "run.json"
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            values = tomllib.loads(text)
+        else:
+            values = json.loads(text)
+    except ValueError as e:
+        raise UsageError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") \
+            from None
+    if isinstance(values.get("vitcli"), dict):  # a run folder's model config.json
+        values = values["vitcli"].get("config", {})
+    elif isinstance(values.get("config"), dict):  # run.json
+        values = values["config"]
+    return values
+
+
+def _check_keys(cls, values: dict, origin: str) -> dict:
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - names - {"command"})
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        raise UsageError(f"{origin}: unknown setting {unknown[0]!r}",
+                         f"did you mean {close[0]!r}?" if close else f"settings: {', '.join(sorted(names))}")
+    return {k: v for k, v in values.items() if k in names}
+
+
+def _coerce(cls, values: dict) -> dict:
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, list) and "tuple" in str(types.get(k, "")):
+            v = tuple(v)
+        out[k] = v
+    return out
+
+
+def _layer(base: dict, top: dict) -> dict:
+    merged = {**base, **top}
+    # steps and epochs are one choice: the upper layer's wins
+    if top.get("steps") is not None and "epochs" not in top:
+        merged["epochs"] = None
+    if top.get("epochs") is not None and "steps" not in top:
+        merged["steps"] = None
+    return merged
+
+
+def resolve(command: str, flags: dict, config_file: Path | None = None):
+    """defaults <- recipe <- config file <- flags (flags whose value is None were not given)."""
+    cls = CONFIGS[command]
+    flags = {k: v for k, v in flags.items() if v is not None}
+    file_values = _check_keys(cls, read_config_file(config_file), str(config_file)) if config_file else {}
+    flags = _check_keys(cls, flags, "flags")
+    if flags.get("steps") is not None and flags.get("epochs") is not None:
+        raise UsageError("--steps and --epochs both given", "give one duration")
+    recipe = flags.get("recipe") or file_values.get("recipe") or default_recipe()
+    dataset = flags.get("dataset") or file_values.get("dataset") or ""
+    values = recipe_values(command, recipe, dataset)
+    values = _layer(values, file_values)
+    values = _layer(values, flags)
+    values["recipe"] = recipe
+    cfg = cls(**_coerce(cls, _check_keys(cls, values, "recipe")))
+    return validate(cfg)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    if not cfg.dataset:
+        raise UsageError("no dataset given", "pass --dataset pets|flowers102|cifar10|cifar100|FOLDER")
+    if cfg.steps is None and cfg.epochs is None:
+        raise UsageError("no duration given", "pass --steps N or --epochs N")
+    if cfg.steps is not None and cfg.steps < 1 or cfg.epochs is not None and cfg.epochs <= 0:
+        raise UsageError("the duration must be positive")
+    if cfg.schedule not in ("cosine", "linear", "constant"):
+        raise UsageError(f"unknown schedule {cfg.schedule!r}", "use cosine, linear or constant")
+    if cfg.accum is not None and (cfg.accum < 1 or cfg.batch_size % cfg.accum):
+        raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by --accum {cfg.accum}",
+                         "the global batch is split into --accum equal micro-batches")
+    if isinstance(cfg, TrainConfig):
+        if cfg.pos_embed not in ("learn", "sincos", "none"):
+            raise UsageError(f"unknown --pos-embed {cfg.pos_embed!r}", "use learn, sincos or none")
+        if cfg.pool not in ("token", "avg"):
+            raise UsageError(f"unknown --pool {cfg.pool!r}", "use token or avg")
+    return cfg
+
+
+def from_dict(command: str, values: dict) -> RunConfig:
+    """A config saved in a run folder, back as its dataclass."""
+    cls = CONFIGS[command]
+    return cls(**_coerce(cls, _check_keys(cls, dict(values), "saved config")))
+
+
+def dumps(cfg: RunConfig) -> str:
+    """Indented JSON, with short lists (betas, crop_scale) kept on one line."""
+    import re
+
+    text = json.dumps({"command": cfg.command, **cfg.to_dict()}, indent=2)
+    return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
+
+
+def describe_settings() -> dict[str, Any]:
+    """Every setting a config file may hold, with its default (for the docs)."""
+    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.init}
