@@ -3,6 +3,9 @@
 Images are decoded in DataLoader workers (when there are enough of them to pay for the workers'
 start-up), batched, and run under inference mode with the core's device/precision choice. An image
 that cannot be read becomes an error record; every other image is still predicted.
+
+Cold start: on CPU in fp32, `load_predictor` serves a saved TorchScript copy of the model (see
+vitcli/export.py) without importing timm; the first run with a model saves that copy.
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ class Prediction:
 class ImageListDataset:
     """Paths -> (index, tensor or None, error or None); errors travel with the batch, in order."""
 
-    def __init__(self, paths: list[Path], transform):
+    def __init__(self, paths: list[Path], transform, draft_size: int | None = None):
         self.paths = paths
         self.transform = transform
+        self.draft_size = draft_size
 
     def __len__(self):
         return len(self.paths)
@@ -41,7 +45,7 @@ class ImageListDataset:
         from vitcli.images import load_image
 
         try:
-            return i, self.transform(load_image(self.paths[i])), None
+            return i, self.transform(load_image(self.paths[i], draft_size=self.draft_size)), None
         except ImageError as e:
             return i, None, e.message.removeprefix(f"{self.paths[i]}: ")
 
@@ -61,18 +65,34 @@ def default_workers(n_images: int) -> int:
     return min(4, os.cpu_count() or 1)
 
 
+def load_predictor(spec: str, runtime):
+    """The model for `run`: the saved TorchScript copy when there is one (CPU, fp32), else load_model."""
+    if runtime.device.type == "cpu" and runtime.precision == "fp32":
+        from vitcli import export
+
+        exported = export.lookup(spec)
+        if exported is not None:
+            return exported
+    from vitcli.models import load_model
+
+    return load_model(spec, device=runtime.device)
+
+
 def run(paths: list[Path], loaded, runtime, top_k: int = 5, batch_size: int = 32,
         workers: int | None = None, progress=lambda n=1: None) -> Iterator[Prediction]:
     """Yield one Prediction per path, in the order of `paths`."""
     import torch
     from torch.utils.data import DataLoader
 
-    from vitcli.models import eval_transform
+    from vitcli.export import EvalTransform, eval_transform
 
     model = loaded.model
     top_k = max(1, min(top_k, loaded.num_classes))
     workers = default_workers(len(paths)) if workers is None else workers
-    loader = DataLoader(ImageListDataset(paths, eval_transform(loaded.data_config)), batch_size=batch_size,
+    transform = eval_transform(loaded.data_config)
+    draft = transform.draft_size if isinstance(transform, EvalTransform) else None
+    scripted = isinstance(model, torch.jit.ScriptModule)
+    loader = DataLoader(ImageListDataset(paths, transform, draft), batch_size=batch_size,
                         num_workers=workers, collate_fn=collate, pin_memory=runtime.device.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     names = loaded.label_names
@@ -81,7 +101,8 @@ def run(paths: list[Path], loaded, runtime, top_k: int = 5, batch_size: int = 32
             results: dict[int, Prediction] = {i: Prediction(str(paths[i]), error=e) for i, e in errors}
             if batch is not None:
                 batch = batch.to(runtime.device, non_blocking=True)
-                with runtime.autocast():
+                # a TorchScript copy runs un-optimised: the same kernels as eager, so the same logits
+                with runtime.autocast(), torch.jit.optimized_execution(not scripted):
                     logits = model(batch)
                 probs = logits.float().softmax(dim=-1)
                 scores, classes = probs.topk(top_k, dim=-1)

@@ -37,11 +37,10 @@ def predict(
 
     from vitcli import output as sink
     from vitcli.devices import runtime
-    from vitcli.models import load_model
-    from vitcli.predict import Prediction, run
+    from vitcli.predict import Prediction, load_predictor, run
 
     rt = runtime(device, precision)
-    loaded = load_model(model, device=rt.device)
+    loaded = load_predictor(model, rt)  # a saved TorchScript copy when there is one: no timm import
     sink.info(f"[dim]{loaded.architecture} on {rt.describe()}, {len(paths)} image(s)[/]")
 
     writer = _FileWriter(output) if output else None
@@ -61,6 +60,9 @@ def predict(
             writer.close()
     if not json_out:
         _render_table(table_rows, top_k)
+    from vitcli import export
+
+    export.remember(model, loaded, rt.device)  # first run with this model: save the fast-start copy
     if failed:
         sink.warn(f"{failed} input(s) could not be read (listed above)")
         raise typer.Exit(1)
