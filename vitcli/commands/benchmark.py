@@ -29,8 +29,10 @@ def benchmark(
     json_out: JsonOpt = False,
     offline: OfflineOpt = False,
 ) -> None:
-    """Measure img/s, latency, peak memory and GFLOP/s (as a share of this machine's measured
-    matrix-multiply ceiling), for vitcli and for a plain timm eager loop with the same weights."""
+    """Measure img/s, latency, memory and GFLOP/s, next to a plain timm loop, in one process.
+
+    GFLOP/s is also given as a share of this machine's matrix-multiply ceiling, measured in the run.
+    """
     from vitcli import hub_env
     from vitcli import output as sink
 

@@ -44,8 +44,10 @@ def eval_command(
     out: OutDirOpt = None,
     offline: OfflineOpt = False,
 ) -> None:
-    """Evaluate a model: top-1/top-5, loss, calibration, per-class scores and confusions, or few-shot
-    linear probes on frozen features (--few-shot)."""
+    """Evaluate a model: top-1/5, loss, calibration, confusions; or few-shot linear probes.
+
+    --few-shot fits closed-form ridge regressions on frozen pre-logit features, as the paper does.
+    """
     from vitcli import hub_env
     from vitcli.errors import UsageError
 

@@ -46,8 +46,10 @@ def finetune(
     json_out: JsonOpt = False,
     offline: OfflineOpt = False,
 ) -> None:
-    """Fine-tune a pre-trained model: zero-initialised head, 2-D resampled position embeddings,
-    SGD with warmup + cosine decay; the best model on minival is kept in a run folder."""
+    """Fine-tune a pre-trained model with the paper's recipe; the best on minival is kept.
+
+    Zero-initialised head, 2-D resampled position embeddings, SGD momentum, warmup + cosine, clipping.
+    """
     flags = dict(dataset=dataset, model=model, recipe=recipe, steps=steps, epochs=epochs, lr=lr,
                  batch_size=batch_size, accum=accum, warmup=warmup, img_size=img_size, freeze=freeze,
                  schedule=schedule, weight_decay=weight_decay, clip_grad=clip_grad,

@@ -23,8 +23,7 @@ def models(
 ) -> None:
     """List architectures: params, GMACs/GFLOPs, input size, pretrained tags (no weights loaded).
 
-    Models are built on the `meta` device and counted once per timm version (cached); GFLOPs = 2 x GMACs
-    at the default input size and batch 1, counted as timm's own benchmark tables count them.
+    Counted on the meta device, once per timm version (cached); GFLOPs = 2 x GMACs at batch 1.
     """
     from vitcli import output as sink
     from vitcli import zoo

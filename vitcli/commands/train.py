@@ -52,8 +52,10 @@ def train(
     json_out: JsonOpt = False,
     offline: OfflineOpt = False,
 ) -> None:
-    """Train from scratch: Adam with decoupled weight decay, warmup then linear decay; the paper's
-    position-embedding and pooling ablations as options."""
+    """Train from scratch: Adam, weight decay, warmup + linear decay; the paper's ablations.
+
+    Position embedding (--pos-embed learn|sincos|none) and pooling (--pool token|avg) are options.
+    """
     flags = dict(dataset=dataset, model=model, recipe=recipe, img_size=img_size, patch_size=patch_size,
                  pos_embed=pos_embed, pool=pool, drop_path=drop_path, steps=steps, epochs=epochs, lr=lr,
                  batch_size=batch_size, accum=accum, warmup=warmup, schedule=schedule,
