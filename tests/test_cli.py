@@ -84,3 +84,22 @@ def test_generated_files_are_up_to_date():
     """completions/ and README.md come from the app: regenerate with `python scripts/gendocs.py`."""
     result = _run("scripts/gendocs.py", "--check")
     assert result.returncode == 0, result.stderr
+
+
+def test_process_exit_codes_output_and_a_closed_pipe(tiny_vit_dir, make_images):
+    """`vit` as a process (main() skips the interpreter teardown once torch is loaded): stdout is
+    complete, exit codes survive, and a reader that leaves early (`| head`) gets no traceback."""
+    images = make_images(200)  # x 10 labels: more JSON than a pipe buffers (64 KiB), so the writer must block
+    ok = _run("-m", "vitcli", "predict", "--model", str(tiny_vit_dir), "--json", "-k", "10", "--workers", "0",
+              str(images[0].parent))
+    assert ok.returncode == 0, ok.stderr
+    assert len(ok.stdout.splitlines()) == 200 and len(ok.stdout) > 65536 and ok.stdout.endswith("}\n")
+    bad = _run("-m", "vitcli", "predict", "--model", str(tiny_vit_dir), str(images[0]), "missing.png")
+    assert bad.returncode == 1 and "missing.png" in bad.stderr and "Traceback" not in bad.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "vitcli", "predict", "--model", str(tiny_vit_dir), "--json",
+                             "-k", "10", "--workers", "0", str(images[0].parent)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader leaves after one line
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in stderr

@@ -28,6 +28,9 @@ class VitGroup(TyperGroup):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise typer.Exit(130)
+        except BrokenPipeError:  # `vit predict ... | head`: the reader left; stop quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141)
         except Exception as exc:  # noqa: BLE001 - the one place exceptions become messages
             if type(exc).__module__.startswith(("typer", "click")):
                 raise  # usage errors and exits: typer/click report them (exit 2) or they are exits
@@ -90,4 +93,34 @@ def main() -> None:
     """Console-script entry point."""
     if os.environ.get("VIT_DEBUG") == "1":
         os.environ.setdefault("PYTHONFAULTHANDLER", "1")
-    app(prog_name="vit")
+    try:
+        app(prog_name="vit")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+            print(e.code, file=sys.stderr)
+    _fast_exit(code)
+
+
+def _fast_exit(code: int) -> None:
+    """Exit without tearing the interpreter down once torch is loaded.
+
+    Finalising the modules and objects of torch costs 0.3-0.7 s on a small CPU (measured: `python -c
+    "import torch"` 1.7-2.0 s, 1.3 s with os._exit), a third of a one-image `vit predict`. The atexit
+    handlers still run (multiprocessing joins DataLoader workers, tempfile and weakref finalizers clean
+    up) and stdout/stderr are flushed; only the module teardown is skipped.
+    """
+    if "torch" not in sys.modules or os.environ.get("VIT_DEBUG") == "1":
+        raise SystemExit(code)
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe (vit predict ... | head)
+                code = code or 141
+        os._exit(code)
