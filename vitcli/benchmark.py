@@ -186,10 +186,14 @@ def gemm_shapes(model, example) -> dict[tuple[int, int, int], int]:
 
 
 class GemmProbe:
-    """The model's GEMMs alone: one `step()` runs x @ W.T (F.linear without bias: the pure matrix
-    multiply, in the weight layout the model uses) on every (M, K, N) shape, as many times as
-    one forward pass does. Timed in rounds between the model's own, it gives the ceiling under the same
-    load: ceiling GFLOP/s = GEMM FLOPs / GEMM time (a FLOP-weighted mean over the shapes)."""
+    """The model's GEMMs alone: one `step()` runs x @ W.T (no bias: the pure matrix multiply, in the
+    weight layout the model uses) on every (M, K, N) shape, as many times as one forward pass does.
+    Timed in rounds between the model's own, it gives the ceiling under the same load: ceiling GFLOP/s
+    = GEMM FLOPs / GEMM time (a FLOP-weighted mean over the shapes).
+
+    On CPU in fp32 each shape runs on the faster of the two GEMM libraries torch ships, MKL (F.linear)
+    and oneDNN (what vitcli/kernels.py uses), chosen by timing both: the ceiling is what this machine's
+    libraries can do, not what one of them does, so a share of it is never flattered by the choice."""
 
     def __init__(self, shapes: dict, device, dtype):
         import torch
@@ -200,34 +204,61 @@ class GemmProbe:
                           torch.randn(n, k, generator=gen).to(device, dtype), count)
                          for (m, k, n), count in self.shapes.items()]
         self.flops = sum(2.0 * m * k * n * count for (m, k, n), count in self.shapes.items())
+        self.kernels = [self._fastest(x, w, device) for x, w, _ in self.operands]
 
-    def step(self) -> None:
+    @staticmethod
+    def _fastest(x, w, device):
         import torch
         import torch.nn.functional as F
 
+        candidates = [F.linear]
+        if device.type == "cpu" and x.dtype == torch.float32:
+            from vitcli import kernels
+
+            if kernels.available():
+                candidates.append(lambda a, b: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))
+        if len(candidates) == 1:
+            return candidates[0]
+        best, best_s = candidates[0], float("inf")
         with torch.no_grad():
-            for x, w, count in self.operands:
+            for fn in candidates:
+                fn(x, w)
+                seconds = min(_timed(fn, x, w) for _ in range(3))
+                if seconds < best_s:
+                    best, best_s = fn, seconds
+        return best
+
+    def step(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for (x, w, count), fn in zip(self.operands, self.kernels):
                 for _ in range(count):
-                    F.linear(x, w)  # x @ w.T, no bias: the pure matrix multiply
+                    fn(x, w)  # x @ w.T
 
     def best(self, device, min_seconds: float = 0.1) -> float:
         """GFLOP/s of the fastest single shape."""
         import torch
-        import torch.nn.functional as F
 
         best = 0.0
         with torch.no_grad():
-            for x, w, _ in self.operands:
-                F.linear(x, w)
+            for (x, w, _), fn in zip(self.operands, self.kernels):
+                fn(x, w)
                 _sync(device)
                 reps, start = 0, time.perf_counter()
                 while reps < 3 or time.perf_counter() - start < min_seconds:
-                    F.linear(x, w)
+                    fn(x, w)
                     reps += 1
                 _sync(device)
                 per_call = (time.perf_counter() - start) / reps
                 best = max(best, 2.0 * x.shape[0] * x.shape[1] * w.shape[0] / per_call / 1e9)
         return best
+
+
+def _timed(fn, x, w) -> float:
+    start = time.perf_counter()
+    fn(x, w)
+    return time.perf_counter() - start
 
 
 def _sync(device) -> None:
@@ -398,6 +429,11 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     ceiling_side = _Side("gemm", probe.step, rt.device, batch_size, memory=False)
 
     baseline = copy.deepcopy(model)  # the plain timm loop: the same module and weights, nothing else
+    if not compile:  # vit predict / eval's CPU kernels (inductor makes its own fusions when compiling)
+        from vitcli import kernels
+
+        if kernels.for_inference(loaded, rt):
+            log("vitcli side: oneDNN linear + GELU kernels (vitcli/kernels.py)")
     ours = torch.compile(model) if compile else model
 
     def ours_step():
@@ -455,7 +491,7 @@ def _train_phase(model, baseline, x, rt, iters, warmup, rounds, compile, ceiling
     num_classes = getattr(model, "num_classes", 0) or 1000
     gen = torch.Generator().manual_seed(1)
     y = torch.randint(0, max(1, num_classes), (x.shape[0],), generator=gen).to(rt.device)
-    ours_model = copy.deepcopy(model).train()
+    ours_model = copy.deepcopy(baseline).train()  # the unfused module: training runs timm's layers
     timm_model = baseline.train()
     train_flops = count_flops(ours_model, x[:1], train=True)
 

@@ -248,16 +248,19 @@ class _AtPositions:
 def forward_batches(fn, split: Split, loaded, runtime, positions=None, *, batch_size: int = 64,
                     workers: int | None = None):
     """Yield (positions, fn(batch) or None, [(position, reason)]) over `positions` of `split`, batched,
-    decoded in DataLoader workers, under inference mode and the runtime's autocast."""
+    decoded in DataLoader workers, under inference mode and the runtime's autocast. `loaded.model` gets
+    the CPU inference kernels of vitcli/kernels.py (in place: evaluation never trains it)."""
     import torch
     from torch.utils.data import DataLoader
 
+    from vitcli import kernels
     from vitcli.models import eval_transform
     from vitcli.predict import collate, default_workers
 
     positions = list(range(len(split))) if positions is None else list(positions)
     if not positions:
         return
+    kernels.for_inference(loaded, runtime)
     workers = default_workers(len(positions)) if workers is None else workers
     dataset = _AtPositions(split.make_dataset(eval_transform(loaded.data_config)), positions)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,

@@ -10,8 +10,9 @@ Cache layout (under `vitcli.hub_env.vit_cache_dir()`):
     exported/<key>/meta.json     architecture, data_config, label_names, what the key was made of
     exported/index.json          spec -> where its weights live, so a timm name resolves without timm
 key = sha256 of (format, sha256 of the weights file, the model's identity (its config.json bytes, or
-the timm name), torch version, timm version). A changed weights file, config, torch or timm gives
-another key, so a stale copy is never used. Set VIT_EXPORT=0 to switch all of this off.
+the timm name), torch version, timm version, whether vitcli/kernels.py's oneDNN linears are in it). A
+changed weights file, config, torch, timm or kernel choice gives another key, so a stale copy is never
+used. Set VIT_EXPORT=0 to switch all of this off.
 
 `EvalTransform` is timm's eval preprocessing (resize, center crop, to-tensor, normalise) written with
 PIL and torch only; it gives tensors equal to `timm.data.create_transform(..., is_training=False)`
@@ -137,8 +138,8 @@ class Identity:
     model: str  # "config:<sha256 of config.json>" or "timm:<name>"
     where: dict = field(default_factory=dict)  # how to find the weights again (for the index)
 
-    def key(self, torch_version: str, timm_version: str) -> str:
-        text = json.dumps([FORMAT, self.weights_sha256, self.model, torch_version, timm_version])
+    def key(self, torch_version: str, timm_version: str, kernels: str) -> str:
+        text = json.dumps([FORMAT, self.weights_sha256, self.model, torch_version, timm_version, kernels])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -271,7 +272,10 @@ def lookup(spec: str) -> ExportedModel | None:
         ident = identify(spec, index)
         if ident is None:
             return None
-        folder = export_dir() / ident.key(torch.__version__, _timm_version())
+        from vitcli import kernels
+
+        variant = "onednn" if kernels.enabled_here() else "eager"  # what load_predictor would build now
+        folder = export_dir() / ident.key(torch.__version__, _timm_version(), variant)
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("weights_sha256") != ident.weights_sha256 or not meta.get("equal_logits"):
             return None
@@ -343,7 +347,9 @@ def _remember(spec: str, loaded) -> str | None:
     if ident is None:
         return None
     timm_version = _timm_version()
-    key = ident.key(torch.__version__, timm_version)
+    from vitcli import kernels
+
+    key = ident.key(torch.__version__, timm_version, "onednn" if kernels.is_fused(loaded.model) else "eager")
     folder = export_dir() / key
     names = index.setdefault("timm_names", {})
     changed = bool(ident.where) and names.get(f"{spec}|{timm_version}") != ident.where

@@ -1,0 +1,95 @@
+"""CPU inference kernels (vitcli/kernels.py): what is swapped, that outputs stay the model's, that
+training never runs through them, the measured verdict, and the TorchScript copy of a fused model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import make_tiny_vit, save_hub_layout
+from vitcli import kernels
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="this torch build has no oneDNN")
+
+
+def test_fuse_swaps_every_linear_folds_gelu_and_keeps_the_parameters():
+    model = make_tiny_vit(10)
+    reference = make_tiny_vit(10)
+    keys = list(model.state_dict())
+    linears = sum(type(m) is nn.Linear for m in model.modules())
+    assert kernels.fuse(model) == linears and kernels.is_fused(model)
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    assert list(model.state_dict()) == keys  # same names: checkpoints, digests and hooks see no change
+    mlp = model.blocks[0].mlp
+    assert mlp.fc1.activation == "gelu" and isinstance(mlp.act, nn.Identity) and mlp.fc2.activation == "none"
+    assert model.blocks[0].attn.qkv.activation == "none" and model.head.activation == "none"
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(model(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_with_gradients_a_fused_model_is_the_eager_model_and_trains():
+    model, reference = make_tiny_vit(4), make_tiny_vit(4)
+    kernels.fuse(model)
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)  # grad enabled: plain F.linear + F.gelu, bit for bit the eager model
+    assert torch.equal(out, reference(x))
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_non_gelu_mlp_is_not_folded():
+    from timm.layers import Mlp
+
+    mlp = Mlp(8, 16, act_layer=nn.ReLU)
+    kernels.fuse(mlp)
+    assert mlp.fc1.activation == "none" and isinstance(mlp.act, nn.ReLU)
+    tanh = Mlp(8, 16, act_layer=lambda: nn.GELU(approximate="tanh"))
+    kernels.fuse(tanh)
+    assert tanh.fc1.activation == "none" and isinstance(tanh.act, nn.GELU)
+
+
+def test_the_verdict_is_measured_once_and_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("VIT_CACHE", str(tmp_path))
+    calls = []
+    real = kernels.measure
+    monkeypatch.setattr(kernels, "measure", lambda: calls.append(1) or real(reps=2))
+    first = kernels.faster_here()
+    assert kernels.faster_here() == first and len(calls) == 1
+    (verdict,) = json.loads((tmp_path / "kernels.json").read_text()).values()
+    assert verdict["fused"] == first and verdict["allclose"] is True
+    assert first == (verdict["fused_ms"] < 0.97 * verdict["eager_ms"])
+
+
+def test_switches(monkeypatch):
+    from vitcli.devices import Runtime
+
+    cpu = Runtime(torch.device("cpu"), "fp32")
+    monkeypatch.setenv("VIT_KERNELS", "0")
+    assert not kernels.wanted(cpu)
+    monkeypatch.setenv("VIT_KERNELS", "1")
+    monkeypatch.setattr(kernels, "faster_here", lambda: pytest.fail("VIT_KERNELS=1 must not measure"))
+    assert kernels.wanted(cpu) and not kernels.wanted(Runtime(torch.device("cpu"), "bf16"))
+
+
+def test_a_fused_model_exports_to_torchscript_with_equal_logits(monkeypatch, tmp_path):
+    from vitcli import export
+    from vitcli.devices import runtime
+    from vitcli.predict import load_predictor
+
+    monkeypatch.setenv("VIT_KERNELS", "1")
+    folder = save_hub_layout(make_tiny_vit(5, seed=3), tmp_path / "m", [f"c{i}" for i in range(5)])
+    rt = runtime("cpu", "fp32")
+    loaded = load_predictor(str(folder), rt)
+    assert kernels.is_fused(loaded.model)
+    assert export.remember(str(folder), loaded, rt.device) is not None
+    exported = export.lookup(str(folder))
+    assert exported is not None and "mkldnn::_linear_pointwise" in str(exported.model.graph)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode(), torch.jit.optimized_execution(False):
+        assert torch.equal(exported.model(x), loaded.model(x))
+    monkeypatch.setenv("VIT_KERNELS", "0")  # the unfused model is another copy, not this one
+    assert export.lookup(str(folder)) is None
