@@ -491,9 +491,13 @@ def _train_phase(model, baseline, x, rt, iters, warmup, rounds, compile, ceiling
     num_classes = getattr(model, "num_classes", 0) or 1000
     gen = torch.Generator().manual_seed(1)
     y = torch.randint(0, max(1, num_classes), (x.shape[0],), generator=gen).to(rt.device)
-    ours_model = copy.deepcopy(baseline).train()  # the unfused module: training runs timm's layers
+    ours_model = copy.deepcopy(baseline).train()
     timm_model = baseline.train()
-    train_flops = count_flops(ours_model, x[:1], train=True)
+    train_flops = count_flops(timm_model, x[:1], train=True)  # timm's layers: FlopCounterMode knows their ops
+    if not compile:
+        from vitcli import kernels
+
+        kernels.for_runtime(ours_model, rt)  # as vit finetune / train run it
 
     # vitcli: SGD (the fine-tuning recipe) fused where torch has it, foreach clipping, no .item() per step
     kwargs = {"fused": True} if _fused_ok(rt.device) else {"foreach": True}

@@ -111,7 +111,8 @@ def _fast_exit(code: int) -> None:
     handlers still run (multiprocessing joins DataLoader workers, tempfile and weakref finalizers clean
     up) and stdout/stderr are flushed; only the module teardown is skipped.
     """
-    if "torch" not in sys.modules or os.environ.get("VIT_DEBUG") == "1":
+    if ("torch" not in sys.modules or os.environ.get("VIT_DEBUG") == "1"
+            or sys.getprofile() is not None or sys.gettrace() is not None):  # profilers write at exit
         raise SystemExit(code)
     import atexit
 

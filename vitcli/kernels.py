@@ -8,9 +8,10 @@ On a CPU in fp32, PyTorch runs `nn.Linear` as MKL's sgemm after copying the bias
 ViT-B 4.5 -> 5.1; the logits differ from the eager model's by rounding only (max |diff| 4e-6).
 
 `fuse(model)` swaps the modules in place (the parameters are the same tensors under the same names, so
-state_dict, hooks on other modules and TorchScript tracing are unchanged). It is for inference: with
-gradients enabled a FusedLinear runs the plain F.linear (+ GELU), so nothing can train through oneDNN's
-op, which has no autograd formula.
+state_dict, hooks on other modules and TorchScript tracing are unchanged). With gradients enabled (vit
+finetune / train on CPU) a FusedLinear runs an autograd Function: oneDNN for the forward matmul and for
+the input gradient, torch's mm for the weight gradient, GELU as its own op (its backward needs the
+pre-activation): ViT-Ti training steps 5-9 % faster here, gradients equal to eager's up to rounding.
 
 Used only where it is measured faster on this machine: `faster_here()` times one ViT-shaped fc1 both
 ways once per (CPU, torch version, thread count) and caches the verdict in vitcli's cache. On CPUs
@@ -44,18 +45,47 @@ class FusedLinear(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and self.weight.requires_grad:  # training: the autograd-able path
-            y = F.linear(x, self.weight, self.bias)
-            return F.gelu(y) if self.activation == "gelu" else y
         x2 = x.reshape(-1, self.in_features)  # (..., in) -> (rows, in)
-        if torch.jit.is_tracing():  # the tracer cannot record the op's empty Scalar?[] list; TorchScript can
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self._params())):
+            y = _TrainableLinear.apply(x2, self.weight, self.bias)  # training: GELU stays a separate op
+            if self.activation == "gelu":
+                y = F.gelu(y)
+        elif torch.jit.is_tracing():  # the tracer cannot record the op's empty Scalar?[] list; TorchScript can
             y = _scripted()(x2, self.weight, self.bias, self.activation)
         else:
             y = torch.ops.mkldnn._linear_pointwise(x2, self.weight, self.bias, self.activation, [], "none")
         return y.view(*x.shape[:-1], self.out_features)  # (rows, out) -> (..., out)
 
+    def _params(self):
+        return (self.weight,) if self.bias is None else (self.weight, self.bias)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
+
+
+class _TrainableLinear(torch.autograd.Function):
+    """x @ W.T + b with oneDNN forward and oneDNN grad-input; grad-weight stays torch's mm (MKL), which
+    reads the transposed activations in place where oneDNN would need copies of them."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # (rows, in), (out, in), (out,) -> (rows, out)
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):  # (rows, out)
+        x, weight = ctx.saved_tensors
+        grad_y = grad_y.contiguous()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:  # grad_y @ W = linear(grad_y, W.T)
+            grad_x = torch.ops.mkldnn._linear_pointwise(grad_y, weight.t().contiguous(), None, "none", [], "")
+        if ctx.needs_input_grad[1]:
+            grad_w = grad_y.t().mm(x)  # (out, in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_y.sum(0)
+        return grad_x, grad_w, grad_b
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -124,9 +154,14 @@ def wanted(runtime) -> bool:
 
 def for_inference(loaded, runtime) -> int:
     """Fuse `loaded.model` in place when `wanted(runtime)`; returns how many linears were swapped."""
-    if not wanted(runtime) or is_fused(loaded.model):
+    return for_runtime(loaded.model, runtime)
+
+
+def for_runtime(model: nn.Module, runtime) -> int:
+    """Fuse `model` in place when `wanted(runtime)` (inference or training); how many were swapped."""
+    if not wanted(runtime) or is_fused(model):
         return 0
-    return fuse(loaded.model)
+    return fuse(model)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -188,9 +188,17 @@ def _gather_rng(dist):
 def fit(job: Job) -> dict:
     import torch
 
+    from vitcli import kernels
+
     cfg, dist, rt = job.cfg, job.dist, job.runtime
     model = job.model
     state = job.resume_state or {}
+    # CPU fp32: oneDNN linears where measured faster (same parameters); a resumed run keeps the kernels
+    # it started with, so that it stays bit for bit the uninterrupted run
+    if state.get("kernels") is None:
+        kernels.for_runtime(model, rt)
+    elif state["kernels"] == "onednn" and kernels.available() and rt.device.type == "cpu":
+        kernels.fuse(model)
     if job.accum is None:
         job.accum = int(state.get("accum") or cfg.accum or 1)
     accum = job.accum
@@ -257,6 +265,7 @@ def fit(job: Job) -> dict:
             "rng": rng, "best": best, "bad_steps": bad_steps, "images_seen": images_seen,
             "train_seconds": train_seconds, "elapsed": elapsed + time.time() - started,
             "unreadable": dict(job.source.unreadable),
+            "kernels": "onednn" if kernels.is_fused(model) else "eager",
         }, job.run_dir / runs.STATE)
 
     def save_best():
