@@ -65,11 +65,18 @@ def teardown(dist: Dist) -> None:
 
 
 def all_sum(tensor, dist: Dist):
-    """Sum a tensor over ranks, in place (a no-op for one process)."""
+    """Sum a tensor over ranks, in place (a no-op for one process). nccl reduces CUDA tensors only, so
+    a CPU tensor (the loop's flags and evaluation totals) travels through this rank's GPU."""
     if dist.enabled:
+        import torch
         import torch.distributed as td
 
-        td.all_reduce(tensor, op=td.ReduceOp.SUM)
+        if td.get_backend() == "nccl" and tensor.device.type != "cuda":
+            on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+            td.all_reduce(on_gpu, op=td.ReduceOp.SUM)
+            tensor.copy_(on_gpu.cpu())
+        else:
+            td.all_reduce(tensor, op=td.ReduceOp.SUM)
     return tensor
 
 

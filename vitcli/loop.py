@@ -80,7 +80,35 @@ def _optimizer(model, cfg):
         kwargs["momentum"] = cfg.momentum
     if name.startswith(("adam", "nadam", "radam", "lamb")):
         kwargs["betas"] = tuple(cfg.betas)
+    if name in _FUSED and _fused_supported(next(model.parameters()).device):
+        kwargs["fused"] = True  # torch's one-kernel SGD / Adam(W) step (timm passes it through)
     return create_optimizer_v2(model, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
+
+
+_FUSED = {"momentum", "nesterov", "adam", "adamw"}  # timm names that map to torch's SGD / Adam / AdamW
+
+
+def _fused_supported(device) -> bool:
+    """torch's fused optimizers: CUDA, and CPU from torch 2.4 (MPS: Adam(W) only, so not here)."""
+    import torch
+
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        p = torch.nn.Parameter(torch.zeros(1))
+        p.grad = torch.zeros(1)
+        torch.optim.SGD([p], lr=0.1, momentum=0.9, fused=True).step()
+        return True
+    except (RuntimeError, TypeError, ValueError):
+        return False
+
+
+def _loss_dtype(device):
+    import torch
+
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
 def _scheduler(optimizer, cfg, total: int):
@@ -281,7 +309,7 @@ def fit(job: Job) -> dict:
                 t0 = time.time()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step_update(step + 1)
-                loss_sum = torch.zeros((), dtype=torch.float64)
+                loss_sum = torch.zeros((), dtype=_loss_dtype(rt.device), device=rt.device)  # no sync per micro-batch
                 n_images = 0
                 for a in range(accum):
                     images, labels = batches.next()
@@ -294,12 +322,15 @@ def fit(job: Job) -> dict:
                         loss = criterion(logits.float(), labels)
                         scaled = loss / accum
                         (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                    loss_sum += loss.detach().double().cpu() * len(labels)
+                    loss_sum += loss.detach().to(loss_sum.dtype) * len(labels)
                     n_images += len(labels)
                 if scaler is not None:
                     scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or float("inf")).item()
-                flags = torch.tensor([loss_sum.item(), n_images, float(stop.signum or 0),
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or float("inf"), foreach=True)
+                # the step's one device -> host transfer: the NaN guard must decide before the update
+                loss_value, grad_norm = torch.stack([loss_sum.double(), grad_norm.double()]).tolist() \
+                    if rt.device.type != "mps" else (loss_sum.item(), grad_norm.item())
+                flags = torch.tensor([loss_value, n_images, float(stop.signum or 0),
                                       float(job.stop_after is not None and step + 1 >= job.stop_after)],
                                      dtype=torch.float64)
                 distributed.all_sum(flags, dist)
