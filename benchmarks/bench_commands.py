@@ -155,10 +155,14 @@ print(json.dumps({{"img_s": n / (time.perf_counter() - t), "workers": workers}})
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+        for line in info:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+        flags = next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
+        simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+        cpu += f" ({', '.join(simd) or 'no AVX2'})"
     except OSError:
         pass
     import importlib.metadata as md

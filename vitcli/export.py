@@ -69,8 +69,9 @@ class EvalTransform:
     @property
     def draft_size(self) -> int:
         """A JPEG may be DCT-decoded down to twice the resize target's short side and no further.
-        (Down to 1x changed one top-1 label in 100 on 3x-upscaled val images; 2x changed none: see
-        benchmarks/draft_accuracy.py.)"""
+        (On the val images upscaled 2-4x, top-1 accuracy was the same with and without it; down to 1x
+        changed up to 2 of 100 labels, 2x at most 1: benchmarks/draft_accuracy.py, its output in the
+        README's performance section.)"""
         return 2 * (min(self.scale) if self.mode == "center" else max(self.scale))
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
