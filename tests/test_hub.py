@@ -84,6 +84,21 @@ def test_connection_refused(image, monkeypatch):
     assert "cannot connect" in line and "127.0.0.1:9" in line
 
 
+def test_unknown_host_fails_at_once_without_the_hub_retries(image, monkeypatch):
+    import huggingface_hub
+
+    def no_download(*args, **kwargs):
+        if not kwargs.get("local_files_only"):
+            raise AssertionError("huggingface_hub was asked to download (and to retry for 23 s)")
+        return real(*args, **kwargs)
+
+    real = huggingface_hub.hf_hub_download
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    monkeypatch.setenv("HF_ENDPOINT", "http://nonexistent.invalid")
+    line = _one_error_line(_predict(image))
+    assert "cannot connect" in line and "nonexistent.invalid" in line
+
+
 def test_dropped_connection_resumes(hub, image):
     hub.drop_after = {"model.safetensors": 1000}
     hub.drops_left = 1
