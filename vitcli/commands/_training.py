@@ -74,6 +74,25 @@ RResume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the 
 RDryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")]
 
 
+_NOT_FLAGS = ("config", "resume", "sweep", "dry_run", "json_out", "offline")
+
+
+def dispatch(command: str, params: dict) -> None:
+    """The body of `vit finetune` and `vit train`, given the command's parameters (its `locals()`):
+    every recipe option becomes a flag for vitcli.recipes (None: not given; device/precision "auto" too),
+    and a --sweep (or --resume of a sweep folder) goes to the sweep runner instead of one run."""
+    from vitcli import sweep_training
+
+    flags = {k: v for k, v in params.items() if k not in _NOT_FLAGS}
+    for key in ("device", "precision"):
+        flags[key] = None if flags[key] == "auto" else flags[key]
+    rest = {k: params[k] for k in ("config", "resume", "dry_run", "json_out", "offline")}
+    if params["sweep"] or sweep_training.is_sweep_dir(params["resume"]):
+        sweep_training.run_command(command, flags, params["sweep"], **rest)
+    else:
+        run(command, flags, **rest)
+
+
 def run(command: str, flags: dict, *, config: Optional[Path], resume: Optional[Path], dry_run: bool,
         json_out: bool, offline: bool) -> None:
     """Resolve the config, run the core function, render its summary."""

@@ -50,20 +50,7 @@ def finetune(
 
     Zero-initialised head, 2-D resampled position embeddings, SGD momentum, warmup + cosine, clipping.
     """
-    flags = dict(dataset=dataset, model=model, recipe=recipe, steps=steps, epochs=epochs, lr=lr,
-                 batch_size=batch_size, accum=accum, warmup=warmup, img_size=img_size, freeze=freeze,
-                 schedule=schedule, weight_decay=weight_decay, clip_grad=clip_grad,
-                 label_smoothing=label_smoothing, seed=seed, data_dir=data_dir, val_split=val_split,
-                 token_mixer=token_mixer, token_mixers=token_mixers, workers=workers,
-                 device=None if device == "auto" else device, precision=None if precision == "auto" else precision,
-                 eval_every=eval_every, save_every=save_every, name=name, project=project)
-    from vitcli import sweep_training
-
-    if sweep or sweep_training.is_sweep_dir(resume):
-        sweep_training.run_command("finetune", flags, sweep, config=config, resume=resume, dry_run=dry_run,
-                                   json_out=json_out, offline=offline)
-        return
-    t.run("finetune", flags, config=config, resume=resume, dry_run=dry_run, json_out=json_out, offline=offline)
+    t.dispatch("finetune", locals())
 
 
 def register(app: typer.Typer) -> None:

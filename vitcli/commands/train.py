@@ -56,21 +56,7 @@ def train(
 
     Position embedding (--pos-embed learn|sincos|none) and pooling (--pool token|avg) are options.
     """
-    flags = dict(dataset=dataset, model=model, recipe=recipe, img_size=img_size, patch_size=patch_size,
-                 pos_embed=pos_embed, pool=pool, drop_path=drop_path, steps=steps, epochs=epochs, lr=lr,
-                 batch_size=batch_size, accum=accum, warmup=warmup, schedule=schedule,
-                 weight_decay=weight_decay, clip_grad=clip_grad, label_smoothing=label_smoothing, seed=seed,
-                 data_dir=data_dir, val_split=val_split, token_mixer=token_mixer, token_mixers=token_mixers,
-                 workers=workers, device=None if device == "auto" else device,
-                 precision=None if precision == "auto" else precision, eval_every=eval_every,
-                 save_every=save_every, name=name, project=project)
-    from vitcli import sweep_training
-
-    if sweep or sweep_training.is_sweep_dir(resume):
-        sweep_training.run_command("train", flags, sweep, config=config, resume=resume, dry_run=dry_run,
-                                   json_out=json_out, offline=offline)
-        return
-    t.run("train", flags, config=config, resume=resume, dry_run=dry_run, json_out=json_out, offline=offline)
+    t.dispatch("train", locals())
 
 
 def register(app: typer.Typer) -> None:
