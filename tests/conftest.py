@@ -77,6 +77,23 @@ def make_images(tmp_path):
     return _make
 
 
+def make_colour_tree(root: Path, counts: dict, colours=((200, 40, 40), (40, 40, 200), (40, 200, 40))) -> Path:
+    """An ImageFolder tree: for each split in `counts` (e.g. {"train": 16, "val": 4}), that many noisy
+    36 px images of each colour class c0, c1, ... A dataset a tiny ViT learns in a few steps."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in counts.items():
+        for c, colour in enumerate(colours):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                arr = np.clip(rng.normal(colour, 40, (36, 36, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(folder / f"{i}.png")
+    return root
+
+
 @pytest.fixture(scope="session")
 def assets() -> Path:
     """The real assets beside the repo (../shared/assets); tests using them skip when absent."""

@@ -116,19 +116,10 @@ def test_all_failed_has_no_winner(tmp_path):
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory):
     """train/ and test/ folders of noisy red, green and blue 36 px images (minival is carved from train)."""
-    import numpy as np
-    from PIL import Image
+    from tests.conftest import make_colour_tree
 
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 10), ("test", 3)):
-        for c, colour in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
-            folder = root / split / f"c{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                arr = np.clip(rng.normal(colour, 40, (36, 36, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(folder / f"{i}.png")
-    return root
+    return make_colour_tree(tmp_path_factory.mktemp("colours"), {"train": 10, "test": 3},
+                            colours=((200, 40, 40), (40, 200, 40), (40, 40, 200)))
 
 
 def _base(command, tiny_vit_dir, colours, tmp_path):

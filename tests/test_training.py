@@ -14,11 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
+from tests.conftest import make_colour_tree
 from vitcli import checkpoint
 from vitcli.cli import app
 from vitcli.errors import UsageError
@@ -31,16 +30,7 @@ COLOURS = [(200, 40, 40), (40, 40, 200), (40, 200, 40)]
 @pytest.fixture(scope="module")
 def colour_ds(tmp_path_factory) -> Path:
     """train/val/test folders of noisy red, blue and green 36 px images."""
-    root = tmp_path_factory.mktemp("colours")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 16), ("val", 4), ("test", 4)):
-        for c, colour in enumerate(COLOURS):
-            folder = root / split / f"c{c}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                arr = np.clip(rng.normal(colour, 40, (36, 36, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(arr).save(folder / f"{i}.png")
-    return root
+    return make_colour_tree(tmp_path_factory.mktemp("colours"), {"train": 16, "val": 4, "test": 4}, COLOURS)
 
 
 def cfg_for(tiny_vit_dir, ds, tmp_path, **kw) -> FinetuneConfig:
