@@ -65,25 +65,12 @@ def _root(
 
 
 def _register() -> None:
-    from vitcli.commands import download, predict
+    from vitcli.commands import benchmark, download, eval, finetune, models, predict, train, visualize
 
     app.command("predict")(predict.predict)
     app.command("download")(download.download)
-    for name in ("train", "finetune", "eval", "visualize", "models", "benchmark"):
-        _register_optional(name)
-
-
-def _register_optional(name: str) -> None:
-    """Commands whose module exists (added issue by issue) register themselves via `register(app)`."""
-    import importlib
-
-    try:
-        module = importlib.import_module(f"vitcli.commands.{name}")
-    except ModuleNotFoundError as e:
-        if e.name == f"vitcli.commands.{name}":
-            return
-        raise
-    module.register(app)
+    for module in (train, finetune, eval, visualize, models, benchmark):
+        module.register(app)
 
 
 _register()
