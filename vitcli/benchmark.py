@@ -488,6 +488,8 @@ def _train_phase(model, baseline, x, rt, iters, warmup, rounds, compile, ceiling
     import torch
     import torch.nn.functional as F
 
+    from vitcli.devices import fused_optimizer_ok
+
     num_classes = getattr(model, "num_classes", 0) or 1000
     gen = torch.Generator().manual_seed(1)
     y = torch.randint(0, max(1, num_classes), (x.shape[0],), generator=gen).to(rt.device)
@@ -500,7 +502,7 @@ def _train_phase(model, baseline, x, rt, iters, warmup, rounds, compile, ceiling
         kernels.for_runtime(ours_model, rt)  # as vit finetune / train run it
 
     # vitcli: SGD (the fine-tuning recipe) fused where torch has it, foreach clipping, no .item() per step
-    kwargs = {"fused": True} if _fused_ok(rt.device) else {"foreach": True}
+    kwargs = {"fused": True} if fused_optimizer_ok(rt.device) else {"foreach": True}
     opt = torch.optim.SGD(ours_model.parameters(), lr=1e-4, momentum=0.9, **kwargs)
     scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
     fwd = torch.compile(ours_model) if compile else ours_model
@@ -586,18 +588,6 @@ def _bf16_speedup(probe: GemmProbe, device, fp32_gflop_s: float) -> float | None
 def _plain_autocast(rt):
     """The baseline runs in the same precision as vitcli (a script would use autocast for bf16 too)."""
     return rt.autocast()
-
-
-def _fused_ok(device) -> bool:
-    import torch
-
-    try:
-        p = torch.nn.Parameter(torch.zeros(1, device=device))
-        p.grad = torch.zeros(1, device=device)
-        torch.optim.SGD([p], lr=0.1, momentum=0.9, fused=True).step()
-        return True
-    except (RuntimeError, TypeError, ValueError):
-        return False
 
 
 def _gpu_peak_tflops(device) -> float | None:

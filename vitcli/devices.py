@@ -80,3 +80,20 @@ def resolve_precision(spec: str, device) -> str:
 def runtime(device: str = "auto", precision: str = "auto") -> Runtime:
     dev = resolve_device(device)
     return Runtime(dev, resolve_precision(precision, dev))
+
+
+def fused_optimizer_ok(device) -> bool:
+    """torch's fused (one-kernel) SGD / Adam(W) step: CUDA, and CPU from torch 2.4 (MPS: not here)."""
+    import torch
+
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        p = torch.nn.Parameter(torch.zeros(1))
+        p.grad = torch.zeros(1)
+        torch.optim.SGD([p], lr=0.1, momentum=0.9, fused=True).step()
+        return True
+    except (RuntimeError, TypeError, ValueError):
+        return False

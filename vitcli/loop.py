@@ -74,35 +74,20 @@ class Job:
 def _optimizer(model, cfg):
     from timm.optim import create_optimizer_v2
 
+    from vitcli.devices import fused_optimizer_ok
+
     name = {"sgd": "momentum", "momentum": "momentum"}.get(cfg.optimizer, cfg.optimizer)
     kwargs: dict = {}
     if name in ("momentum", "nesterov", "sgdp", "lars", "lamb"):
         kwargs["momentum"] = cfg.momentum
     if name.startswith(("adam", "nadam", "radam", "lamb")):
         kwargs["betas"] = tuple(cfg.betas)
-    if name in _FUSED and _fused_supported(next(model.parameters()).device):
+    if name in _FUSED and fused_optimizer_ok(next(model.parameters()).device):
         kwargs["fused"] = True  # torch's one-kernel SGD / Adam(W) step (timm passes it through)
     return create_optimizer_v2(model, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
 
 
 _FUSED = {"momentum", "nesterov", "adam", "adamw"}  # timm names that map to torch's SGD / Adam / AdamW
-
-
-def _fused_supported(device) -> bool:
-    """torch's fused optimizers: CUDA, and CPU from torch 2.4 (MPS: Adam(W) only, so not here)."""
-    import torch
-
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    try:
-        p = torch.nn.Parameter(torch.zeros(1))
-        p.grad = torch.zeros(1)
-        torch.optim.SGD([p], lr=0.1, momentum=0.9, fused=True).step()
-        return True
-    except (RuntimeError, TypeError, ValueError):
-        return False
 
 
 def _loss_dtype(device):
