@@ -63,6 +63,11 @@ def _names(exc: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(exc).__mro__}
 
 
+def caused_by(exc: BaseException, *names: str) -> bool:
+    """Whether `exc` or anything in its cause chain is (a subclass of) a class named in `names`."""
+    return any(_names(e) & set(names) for e in _chain(exc))
+
+
 def _hub_failure(exc: BaseException) -> Failure | None:
     """Translate huggingface_hub / httpx errors, looking through the cause chain for the real reason."""
     chain = list(_chain(exc))

@@ -104,15 +104,10 @@ def download_weights(repo_id: str, revision: str | None = None, refresh: bool = 
 def _is_missing_entry(e: BaseException) -> bool:
     """The Hub has no such file (or, offline, the cache has none): try the next weights file. A file that
     could not be fetched because the connection failed is not missing: that error goes up as it is."""
+    from vitcli.errors import caused_by
+
     names = {c.__name__ for c in type(e).__mro__}
     if "RemoteEntryNotFoundError" in names:
         return True
-    if "LocalEntryNotFoundError" not in names:
-        return False
-    cause, seen = e.__cause__ or e.__context__, 0
-    while cause is not None and seen < 10:
-        if {c.__name__ for c in type(cause).__mro__} & {"ConnectError", "TimeoutException", "NetworkError",
-                                                        "HfHubHTTPError"}:
-            return False
-        cause, seen = cause.__cause__ or cause.__context__, seen + 1
-    return True
+    return "LocalEntryNotFoundError" in names and not caused_by(
+        e, "ConnectError", "TimeoutException", "NetworkError", "HfHubHTTPError")

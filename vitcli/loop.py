@@ -313,8 +313,7 @@ def fit(job: Job) -> dict:
                     scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or float("inf"), foreach=True)
                 # the step's one device -> host transfer: the NaN guard must decide before the update
-                loss_value, grad_norm = torch.stack([loss_sum.double(), grad_norm.double()]).tolist() \
-                    if rt.device.type != "mps" else (loss_sum.item(), grad_norm.item())
+                loss_value, grad_norm = torch.stack([loss_sum, grad_norm.to(loss_sum.dtype)]).tolist()
                 flags = torch.tensor([loss_value, n_images, float(stop.signum or 0),
                                       float(job.stop_after is not None and step + 1 >= job.stop_after)],
                                      dtype=torch.float64)
