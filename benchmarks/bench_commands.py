@@ -132,9 +132,10 @@ def loader_throughput(dataset: Path, env: dict, batches: int = 6) -> float:
     """img/s of `vit finetune`'s training data pipeline alone (decode + augment + collate), same workers."""
     code = f"""
 import time, json
-from vitcli import data, training
-from vitcli.models import load_model
-from vitcli.recipes import resolve
+from vitcli.data import datasets as data
+from vitcli.train import run as training
+from vitcli.models.resolver import load_model
+from vitcli.train.config import resolve
 import torch
 cfg = resolve("finetune", {{"dataset": {str(dataset)!r}, "model": "{MODEL_NAME}", "recipe": "quick"}})
 loaded = load_model(cfg.model)

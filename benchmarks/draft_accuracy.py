@@ -26,9 +26,9 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from vitcli.export import EvalTransform
-    from vitcli.images import load_image
-    from vitcli.models import load_model
+    from vitcli.inference.faststart import EvalTransform
+    from vitcli.data.images import load_image
+    from vitcli.models.resolver import load_model
 
     val = args.assets / "images" / "imagenet-val-100"
     labels = dict(line.split() for line in (val / "labels.txt").read_text().splitlines() if line.strip())

@@ -14,7 +14,7 @@ MIXERS = ("attention", "pooling", "mlp", "identity")
 
 
 def tiny_mixer_vit(mixer: str, num_classes: int = 5, **kwargs):
-    from vitcli.models import load_model
+    from vitcli.models.resolver import load_model
 
     torch.manual_seed(0)
     args = {**TINY_ARGS, **kwargs}
@@ -58,7 +58,7 @@ def test_reset_classifier(mixer):
 def test_pooling_mixer_is_avgpool_minus_input():
     from timm.models.metaformer import Pooling as TimmPooling
 
-    from vitcli.architectures import Pooling
+    from vitcli.models.metaformer import Pooling
 
     torch.manual_seed(0)
     B, C, H, W = 2, 8, 5, 4
@@ -76,7 +76,7 @@ def test_pooling_mixer_is_avgpool_minus_input():
 
 
 def test_identity_does_not_mix_patches_and_mlp_does():
-    from vitcli.architectures import Identity, TokenMlp
+    from vitcli.models.metaformer import Identity, TokenMlp
 
     x = torch.randn(2, 1 + 16, 8)
     y = Identity(num_prefix_tokens=1)(x)
@@ -92,7 +92,7 @@ def test_identity_does_not_mix_patches_and_mlp_does():
 def test_mixer_vit_round_trips_through_a_hub_folder(mixer, tmp_path):
     from timm.models import save_for_hf
 
-    from vitcli.models import load_model
+    from vitcli.models.resolver import load_model
 
     model = tiny_mixer_vit(mixer, num_classes=3).eval()
     save_for_hf(model, str(tmp_path), model_config={"label_names": ["a", "b", "c"]}, safe_serialization=True)
@@ -109,7 +109,7 @@ def test_mixer_vit_round_trips_through_a_hub_folder(mixer, tmp_path):
 
 def test_pretrained_weights_keep_their_mixer(tiny_vit_dir):
     from vitcli.errors import ModelError
-    from vitcli.models import load_model
+    from vitcli.models.resolver import load_model
 
     plain = load_model(str(tiny_vit_dir))
     same = load_model(str(tiny_vit_dir), token_mixer="attention")  # the same ViT through the swap
@@ -122,8 +122,8 @@ def test_pretrained_weights_keep_their_mixer(tiny_vit_dir):
 def test_poolformer_token_mixers_per_stage_and_round_trip(tmp_path):
     from timm.models import save_for_hf
 
-    from vitcli.architectures import AttentionNCHW
-    from vitcli.models import load_model
+    from vitcli.models.metaformer import AttentionNCHW
+    from vitcli.models.resolver import load_model
 
     torch.manual_seed(0)
     loaded = load_model("poolformer_s12", pretrained=False, num_classes=2,
@@ -143,7 +143,7 @@ def test_poolformer_token_mixers_per_stage_and_round_trip(tmp_path):
 
 
 def test_poolformer_plain_through_the_resolver():
-    from vitcli.models import load_model
+    from vitcli.models.resolver import load_model
 
     loaded = load_model("poolformer_s12", pretrained=False, num_classes=4)
     assert loaded.architecture == "poolformer_s12"
@@ -154,7 +154,7 @@ def test_poolformer_plain_through_the_resolver():
 
 def test_bad_mixers_are_clear_errors():
     from vitcli.errors import ModelError
-    from vitcli.models import load_model
+    from vitcli.models.resolver import load_model
 
     with pytest.raises(ModelError, match="unknown token mixer 'conv'"):
         load_model("vit_tiny_patch16_224", pretrained=False, token_mixer="conv", **TINY_ARGS)

@@ -41,7 +41,7 @@ def _timm_transform(data_config):
 def test_eval_transform_equals_timm(config):
     import torch
 
-    from vitcli.export import EvalTransform
+    from vitcli.inference.faststart import EvalTransform
 
     rng = np.random.default_rng(0)
     fast = EvalTransform(config)
@@ -54,9 +54,9 @@ def test_eval_transform_equals_timm(config):
 def test_eval_transform_equals_timm_on_real_images(assets):
     import torch
 
-    from vitcli.images import load_image
-    from vitcli.models import load_model
-    from vitcli.export import EvalTransform
+    from vitcli.data.images import load_image
+    from vitcli.models.resolver import load_model
+    from vitcli.inference.faststart import EvalTransform
 
     data_config = load_model(str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k")).data_config
     fast, slow = EvalTransform(data_config), _timm_transform(data_config)
@@ -66,7 +66,7 @@ def test_eval_transform_equals_timm_on_real_images(assets):
 
 
 def test_unsupported_preprocessing_falls_back_to_timm():
-    from vitcli.export import EvalTransform, eval_transform, supports
+    from vitcli.inference.faststart import EvalTransform, eval_transform, supports
 
     border = dict(input_size=(3, 32, 32), interpolation="bicubic", crop_pct=0.9, crop_mode="border",
                   mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -75,7 +75,7 @@ def test_unsupported_preprocessing_falls_back_to_timm():
 
 
 def test_draft_decodes_large_jpegs_smaller(tmp_path):
-    from vitcli.images import load_image
+    from vitcli.data.images import load_image
 
     rng = np.random.default_rng(0)
     big = tmp_path / "big.jpg"
@@ -119,9 +119,9 @@ def test_exported_logits_equal_the_model_and_a_changed_model_is_not_served(tmp_p
     import torch
 
     from tests.conftest import make_tiny_vit, save_hub_layout
-    from vitcli import export
+    from vitcli.inference import faststart as export
     from vitcli.devices import runtime
-    from vitcli.predict import load_predictor
+    from vitcli.inference.predict import load_predictor
 
     folder = save_hub_layout(make_tiny_vit(5, seed=1), tmp_path / "m", [f"c{i}" for i in range(5)])
     rt = runtime("cpu", "fp32")
@@ -146,7 +146,7 @@ def test_flop_count_and_gemm_shapes_of_a_known_model():
     import torch
     from torch import nn
 
-    from vitcli.benchmark import count_flops, gemm_shapes
+    from vitcli.bench.benchmark import count_flops, gemm_shapes
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
     x = torch.randn(5, 3, 2, 2)
@@ -159,7 +159,7 @@ def test_flop_count_includes_attention():
     import torch
 
     from tests.conftest import make_tiny_vit
-    from vitcli.benchmark import count_flops, gemm_shapes
+    from vitcli.bench.benchmark import count_flops, gemm_shapes
 
     model = make_tiny_vit(10)  # 32 px, patch 4: 64 patches + cls = 65 tokens, width 64, depth 2, mlp 2x
     x = torch.randn(1, 3, 32, 32)

@@ -63,12 +63,12 @@ def test_bad_device_is_one_line(tiny_vit_dir, make_images):
 
 
 def test_unexpected_errors_keep_their_traceback(monkeypatch, make_images, tiny_vit_dir):
-    import vitcli.predict
+    import vitcli.inference.predict
 
     def boom(*a, **k):
         raise ZeroDivisionError("bug")
 
-    monkeypatch.setattr(vitcli.predict, "run", boom)
+    monkeypatch.setattr(vitcli.inference.predict, "run", boom)
     result = runner.invoke(app, ["predict", str(make_images(1)[0]), "--model", str(tiny_vit_dir)])
     assert result.exit_code == 1
     assert "Traceback" in result.stderr and "a bug in vitcli" in result.stderr

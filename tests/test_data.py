@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitcli import data
+from vitcli.data import datasets as data
 from vitcli.errors import DataError
 
 

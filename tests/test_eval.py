@@ -168,9 +168,9 @@ def test_real_labels(tiny_vit_dir, tmp_path):
 
 
 def test_core_run_without_cli(tiny_vit_dir, tmp_path):
-    from vitcli import evaluate
+    from vitcli.eval import evaluate
     from vitcli.devices import runtime
-    from vitcli.models import load_model
+    from vitcli.models.resolver import load_model
 
     paths = _images(tmp_path / "val", 4)
     split = evaluate.open_labelled_folder(tmp_path / "val", _labels_file(tmp_path / "l.txt", [p.name for p in paths],

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from vitcli import fewshot
+from vitcli.eval import fewshot
 from vitcli.cli import app
 
 runner = CliRunner()
@@ -116,9 +116,9 @@ def test_cli_few_shot_and_feature_cache(tiny_vit_dir, tmp_path):
 
 
 def test_feature_cache_lives_in_the_vit_cache(tiny_vit_dir, tmp_path, monkeypatch):
-    from vitcli import evaluate
+    from vitcli.eval import evaluate
     from vitcli.devices import runtime
-    from vitcli.models import load_model
+    from vitcli.models.resolver import load_model
 
     monkeypatch.setenv("VIT_CACHE", str(tmp_path / "cache"))
     tree = _tree(tmp_path / "colours", {"train": 3, "test": 2})

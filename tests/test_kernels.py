@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tests.conftest import make_tiny_vit, save_hub_layout
-from vitcli import kernels
+from vitcli.inference import kernels
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="this torch build has no oneDNN")
 
@@ -88,9 +88,9 @@ def test_switches(monkeypatch):
 
 
 def test_a_fused_model_exports_to_torchscript_with_equal_logits(monkeypatch, tmp_path):
-    from vitcli import export
+    from vitcli.inference import faststart as export
     from vitcli.devices import runtime
-    from vitcli.predict import load_predictor
+    from vitcli.inference.predict import load_predictor
 
     monkeypatch.setenv("VIT_KERNELS", "1")
     folder = save_hub_layout(make_tiny_vit(5, seed=3), tmp_path / "m", [f"c{i}" for i in range(5)])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitcli import metrics
+from vitcli.eval import metrics
 
 
 def _logits(probs) -> torch.Tensor:

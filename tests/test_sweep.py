@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from vitcli import sweep
+from vitcli.train import sweep
 from vitcli.errors import UsageError
 
 
@@ -131,7 +131,7 @@ def test_a_2x2_sweep_of_1_step_runs(tiny_vit_dir, colours, tmp_path):
     from typer.testing import CliRunner
 
     from vitcli.cli import app
-    from vitcli.models import load_model
+    from vitcli.models.resolver import load_model
 
     args = _base("train", tiny_vit_dir, colours, tmp_path) + [
         "--sweep", "token-mixer=attention,pooling", "--sweep", "lr=0.001,0.01", "--name", "mixers"]

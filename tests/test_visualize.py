@@ -12,8 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from tests.conftest import make_tiny_vit, save_hub_layout
-from vitcli import analysis
-from vitcli.attention import (AttentionRecorder, NotAViTError, attention_maps, attention_modules,
+from vitcli.analysis import maths as analysis
+from vitcli.analysis.attention import (AttentionRecorder, NotAViTError, attention_maps, attention_modules,
                               fused_attention, method_for, token_layout)
 from vitcli.cli import app
 
@@ -169,7 +169,7 @@ def test_prefix_tokens_and_grids(kind):
     assert torch.isfinite(r).all() and r.sum() > 0
     d = analysis.mean_attention_distance(maps[0], layout.grid, layout.patch_size, layout.num_prefix)
     assert torch.all(d > 0)
-    from vitcli.visualize import patch_position_embeddings
+    from vitcli.analysis.visualize import patch_position_embeddings
 
     pe, grid = patch_position_embeddings(model)
     assert grid == layout.grid and pe.shape == (layout.num_patches, 64)
@@ -249,15 +249,15 @@ def test_cli_non_square_model(make_images, tmp_path):
 def test_cli_poolformer_attention_is_a_one_line_error(make_images, tmp_path, monkeypatch):
     from timm.models.metaformer import MetaFormer
 
-    import vitcli.models
+    import vitcli.models.resolver
 
     model = MetaFormer(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), num_classes=10).eval()
     model.pretrained_cfg = {"architecture": "poolformer_s12"}
-    loaded = vitcli.models.LoadedModel(model, vitcli.models.parse_spec("poolformer_s12"), "poolformer_s12",
+    loaded = vitcli.models.resolver.LoadedModel(model, vitcli.models.resolver.parse_spec("poolformer_s12"), "poolformer_s12",
                                        {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3,
                                         "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center"},
                                        [str(i) for i in range(10)])
-    monkeypatch.setattr(vitcli.models, "load_model", lambda *a, **k: loaded)
+    monkeypatch.setattr(vitcli.models.resolver, "load_model", lambda *a, **k: loaded)
     result = runner.invoke(app, ["visualize", "--attention-distance", str(make_images(1)[0]),
                                  "--model", "poolformer_s12", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
@@ -271,7 +271,7 @@ def test_cli_poolformer_attention_is_a_one_line_error(make_images, tmp_path, mon
 
 @pytest.mark.assets
 def test_real_vit_tiny_matches_the_paper(assets, tmp_path):
-    from vitcli.visualize import run
+    from vitcli.analysis.visualize import run
 
     images = assets / "images" / "imagenet-val-100" / "images"
     result = run(str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k"), attention_distance=True,

@@ -19,7 +19,7 @@ PUBLISHED = {
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_counts_match_timms_published_numbers(name):
-    from vitcli import zoo
+    from vitcli.models import zoo
 
     entry = zoo.profile(name)
     params_m, gmacs = PUBLISHED[name]
@@ -34,7 +34,7 @@ def test_meta_count_equals_a_real_forward_count():
     import timm
     import torch
 
-    from vitcli import zoo
+    from vitcli.models import zoo
 
     torch.manual_seed(0)
     real = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64).eval()
@@ -46,7 +46,7 @@ def test_meta_count_equals_a_real_forward_count():
 
 
 def test_default_families():
-    from vitcli import zoo
+    from vitcli.models import zoo
 
     names = zoo.architectures()
     for name in ("vit_base_patch16_224", "vit_base_r50_s16_384", "deit_small_patch16_224",
@@ -59,7 +59,7 @@ def test_default_families():
 
 
 def test_vit_models_pattern_table_json_and_cache(monkeypatch):
-    from vitcli import zoo
+    from vitcli.models import zoo
     from vitcli.cli import app
 
     runner = CliRunner()
@@ -94,7 +94,7 @@ def test_vit_models_no_match():
 
 
 def test_swapped_mixers_are_counted():
-    from vitcli import zoo
+    from vitcli.models import zoo
 
     attn = zoo.profile("vitcli_metaformer", base="vit_small_patch16_224", token_mixer="attention")
     pool = zoo.profile("vitcli_metaformer", base="vit_small_patch16_224", token_mixer="pooling")

@@ -93,13 +93,13 @@ def _hub_failure(exc: BaseException) -> Failure | None:
         return Failure(f"the model repository has no file {_url_file(e) or 'of that name'}",
                        "the repository may not hold timm weights; try another revision or model", 1)
     if find("OfflineModeIsEnabled", "LocalEntryNotFoundError", "IncompleteSnapshotError"):
-        from vitcli import hub_env  # stdlib only
+        from vitcli import env as hub_env
 
         if hub_env.offline():
             return Failure("offline mode is on and this model is not in the cache",
                            "run `vit download MODEL` once while online (or unset HF_HUB_OFFLINE / drop --offline)", 1)
     if e := find("ConnectError", "ConnectTimeout"):
-        from vitcli import hub_env
+        from vitcli import env as hub_env
 
         return Failure(f"cannot connect to the Hugging Face Hub at {hub_env.endpoint()} ({_first_line(e)})",
                        "check your network or HF_ENDPOINT; with the model cached, add --offline", 1)

@@ -1,0 +1,1 @@
+"""Analysis: attention extraction, the maths of the paper's figures, drawing them (`vit visualize`)."""

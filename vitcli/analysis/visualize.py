@@ -1,0 +1,302 @@
+"""`vit visualize`: the paper's analysis figures for a model, written to a folder.
+
+`run(...)` validates the request, loads the model once, and writes what was asked for:
+
+- attention_distance.{png,json}: mean attention distance per layer and head (Fig. 7 right);
+- rollout/<image>.{png,npy}: attention rollout per image (Fig. 6); the .npy is the (rows, cols) map;
+- pos_embed_similarity.{png,npy}: cosine similarity of the patch position embeddings (Fig. 7 centre);
+  the .npy is the (N, N) matrix over patches in row-major grid order;
+- filters.png: principal components of the patch-embedding filters (Fig. 7 left).
+
+The maths lives in `vitcli.analysis`, attention extraction in `vitcli.attention`, drawing in
+`vitcli.figures`. It returns a JSON-ready dict: what was written and the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from vitcli.errors import UsageError, VitError
+
+DEFAULT_OUT_BASE = Path("runs") / "visualize"
+
+
+def next_run_dir(base: Path = DEFAULT_OUT_BASE) -> Path:
+    """base/<n>, n one more than the largest numbered folder already there (1 for the first)."""
+    base.mkdir(parents=True, exist_ok=True)
+    while True:
+        taken = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit()]
+        path = base / str(max(taken, default=0) + 1)
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:  # another run took it between the listing and mkdir
+            continue
+
+
+def _arch_name(loaded) -> str:
+    return loaded.architecture.split(".", 1)[0] if loaded.architecture else type(loaded.model).__name__
+
+
+def patch_position_embeddings(model):
+    """The learned position embeddings of the patches (prefix tokens' rows dropped): ((N, C), grid)."""
+    import torch
+
+    from vitcli.analysis.attention import token_layout
+
+    pe = getattr(model, "pos_embed", None)
+    if not isinstance(pe, torch.Tensor):
+        raise VitError(f"{type(model).__name__} has no learned absolute position embedding (pos_embed)",
+                       "--pos-embed needs a ViT with learned position embeddings")
+    pe = pe.detach().float()
+    if pe.dim() == 4:  # (1, rows, cols, C)
+        return pe[0].reshape(-1, pe.shape[-1]), (pe.shape[1], pe.shape[2])
+    pe = pe[0]  # (T, C)
+    layout = token_layout(model)
+    extra = pe.shape[0] - layout.num_patches
+    if extra not in (0, layout.num_prefix):
+        raise VitError(f"pos_embed has {pe.shape[0]} rows, which does not match a "
+                       f"{layout.grid[0]}x{layout.grid[1]} patch grid")
+    return pe[extra:], layout.grid
+
+
+def patch_embedding_weights(model):
+    """The patch embedding's convolution weights (D, 3, h, w) and that layer's name.
+
+    ViTs: patch_embed.proj. Other models (PoolFormer's stem): the first convolution on the input image.
+    """
+    import torch
+
+    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
+    if isinstance(proj, torch.nn.Conv2d):
+        return proj.weight.detach().float(), "patch_embed.proj"
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d) and module.in_channels in (1, 3):
+            return module.weight.detach().float(), name
+    raise VitError(f"{type(model).__name__} has no convolutional patch embedding",
+                   "--filters needs a model whose first layer is a convolution on the image")
+
+
+def _image_paths(inputs, data, num_images: int):
+    """(distance images, rollout images, errors). Rollout: the given files, else --data; distance:
+    --data, else the given files; --data is cut to --num-images."""
+    from vitcli.data.images import expand_inputs
+
+    errors = []
+    given, data_paths = [], []
+    if inputs:
+        given, missing = expand_inputs(list(inputs))
+        errors += [{"path": p, "error": why} for p, why in missing]
+    if data:
+        data_paths, missing = expand_inputs(list(data))
+        errors += [{"path": p, "error": why} for p, why in missing]
+        data_paths = data_paths[:num_images]
+    distance = data_paths or given[:num_images]
+    rollout = given or data_paths
+    return distance, rollout, errors
+
+
+def _check(loaded, attention: bool, pos_embed: bool, filters: bool) -> None:
+    """Fail before any work when the model cannot make one of the figures asked for."""
+    from vitcli.analysis.attention import attention_modules
+
+    if attention:
+        attention_modules(loaded.model)
+    if pos_embed:
+        patch_position_embeddings(loaded.model)
+    if filters:
+        patch_embedding_weights(loaded.model)
+
+
+def run(model: str, *, attention_distance: bool = False, attention_map: bool = False, pos_embed: bool = False,
+        filters: bool = False, inputs=(), data=(), num_images: int = 128, head_fusion: str = "mean",
+        discard_ratio: float = 0.0, num_components: int = 28, out: Path | None = None, batch_size: int = 8,
+        device: str = "auto", precision: str = "auto") -> dict:
+    """Make the asked-for figures for `model`; returns what was written and the numbers."""
+    from vitcli.analysis.maths import HEAD_FUSIONS
+
+    if not (attention_distance or attention_map or pos_embed or filters):
+        raise UsageError("nothing to draw",
+                         "give one or more of --attention-distance, --attention-map, --pos-embed, --filters")
+    if head_fusion not in HEAD_FUSIONS:
+        raise UsageError(f"--head-fusion {head_fusion!r}: use one of {', '.join(HEAD_FUSIONS)}")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise UsageError(f"--discard-ratio {discard_ratio}: must be in [0, 1)")
+    if num_components < 1:
+        raise UsageError("--num-components must be at least 1")
+    distance_paths, rollout_paths, errors = _image_paths(inputs, data, num_images)
+    if attention_distance and not distance_paths:
+        raise UsageError("--attention-distance needs images", "give --data FOLDER (or image files)")
+    if attention_map and not rollout_paths:
+        raise UsageError("--attention-map needs images", "give image files after the options, or --data FOLDER")
+
+    from vitcli import output as sink
+    from vitcli.devices import runtime
+    from vitcli.models.resolver import load_model
+
+    rt = runtime(device, precision)
+    loaded = load_model(model, device=rt.device)
+    _check(loaded, attention_distance or attention_map, pos_embed, filters)
+    out = Path(out) if out is not None else next_run_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    sink.info(f"[dim]{loaded.architecture} on {rt.describe()} -> {out}[/]")
+
+    result: dict = {"model": model, "architecture": loaded.architecture, "out": str(out), "files": [],
+                    "errors": errors}
+    if attention_distance or attention_map:
+        same = attention_distance and attention_map and distance_paths == rollout_paths
+        if attention_distance:
+            result["attention_distance"] = attention_figures(
+                loaded, rt, distance_paths, out, distance=True, rollout=same, head_fusion=head_fusion,
+                discard_ratio=discard_ratio, batch_size=batch_size, result=result)
+        if attention_map and not same:
+            attention_figures(loaded, rt, rollout_paths, out, distance=False, rollout=True,
+                              head_fusion=head_fusion, discard_ratio=discard_ratio, batch_size=batch_size,
+                              result=result)
+    if pos_embed:
+        result["pos_embed"] = _pos_embed_figure(loaded, out, result)
+    if filters:
+        result["filters"] = _filters_figure(loaded, out, num_components, result)
+    seen: set[str] = set()  # an image used by both passes is reported once
+    result["errors"] = [e for e in result["errors"] if not (e["path"] in seen or seen.add(e["path"]))]
+    return result
+
+
+def _pos_embed_figure(loaded, out: Path, result: dict) -> dict:
+    import numpy as np
+
+    from vitcli.analysis import figures
+    from vitcli.analysis.maths import cosine_similarity_matrix, most_similar_is_neighbour
+
+    pe, grid = patch_position_embeddings(loaded.model)
+    sim = cosine_similarity_matrix(pe)
+    np.save(out / "pos_embed_similarity.npy", sim.numpy().astype(np.float32))
+    figures.pos_embed_similarity(sim.numpy(), grid, out / "pos_embed_similarity.png",
+                                 title=f"Position embedding similarity: {_arch_name(loaded)}")
+    result["files"] += [str(out / "pos_embed_similarity.png"), str(out / "pos_embed_similarity.npy")]
+    return {"grid": list(grid),
+            "neighbour_fraction": round(float(most_similar_is_neighbour(sim, grid).double().mean()), 4)}
+
+
+def _filters_figure(loaded, out: Path, num_components: int, result: dict) -> dict:
+    from vitcli.analysis import figures
+    from vitcli.analysis.maths import principal_components
+
+    weights, layer = patch_embedding_weights(loaded.model)
+    comps, explained = principal_components(weights, num_components)
+    figures.filters(comps.numpy(), out / "filters.png", explained=explained.tolist(),
+                    title=f"Principal components of the patch embedding ({layer}): {_arch_name(loaded)}")
+    result["files"].append(str(out / "filters.png"))
+    return {"layer": layer, "num_components": int(comps.shape[0]), "filter_shape": list(weights.shape[1:]),
+            "explained_variance_ratio": [round(float(v), 5) for v in explained]}
+
+
+def unique_stem(path: Path, taken: set[str]) -> str:
+    """A file-name stem for an image's outputs, made unique among `taken` (adds -2, -3, ...)."""
+    stem = re.sub(r"[^\w.-]+", "_", path.stem) or "image"
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    taken.add(name)
+    return name
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """A JSON object with one key per line (a table stays one row per line)."""
+    lines = [f" {json.dumps(k)}: " + (
+        "[\n  " + ",\n  ".join(json.dumps(row) for row in v) + "\n ]" if k == "distance" else json.dumps(v))
+        for k, v in obj.items()]
+    path.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+
+
+def attention_figures(loaded, rt, paths, out: Path, *, distance: bool, rollout: bool, head_fusion: str,
+                      discard_ratio: float, batch_size: int, result: dict) -> dict | None:
+    """One pass over `paths`: mean attention distance (accumulated over images) and/or rollout maps."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader
+
+    from vitcli.analysis import figures
+    from vitcli import output as sink
+    from vitcli.analysis.maths import mean_attention_distance
+    from vitcli.analysis.maths import rollout as attention_rollout
+    from vitcli.analysis.attention import NotAViTError, attention_maps, method_for, token_layout
+    from vitcli.models.resolver import eval_transform
+    from vitcli.inference.predict import ImageListDataset, collate
+
+    model = loaded.model
+    method = method_for(model)
+    mean = torch.tensor(loaded.data_config["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(loaded.data_config["std"]).view(1, 3, 1, 1)
+    loader = DataLoader(ImageListDataset(paths, eval_transform(loaded.data_config)), batch_size=batch_size,
+                        num_workers=0, collate_fn=collate)
+    total, count, layout = None, 0, None
+    taken: set[str] = set()
+    if rollout:
+        (out / "rollout").mkdir(parents=True, exist_ok=True)
+    what = "attention distance" if distance else "attention rollout"
+    with sink.progress(what, total=len(paths), unit="img") as advance, torch.inference_mode():
+        for indices, batch, errors in loader:
+            result["errors"] += [{"path": str(paths[i]), "error": e} for i, e in errors]
+            if batch is not None:
+                x = batch.to(rt.device)
+                layout = token_layout(model, tuple(x.shape[-2:]))
+                with rt.autocast():
+                    maps = attention_maps(model, x, method)
+                if x.device.type == "mps":  # the analysis runs in float64, which MPS lacks
+                    maps = [m.cpu() for m in maps]
+                if maps[0].shape[-1] != layout.num_tokens:
+                    raise NotAViTError(f"{maps[0].shape[-1]} attention tokens do not match {layout.num_prefix} "
+                                       f"prefix tokens + a {layout.grid[0]}x{layout.grid[1]} patch grid")
+                if distance:
+                    d = torch.stack([mean_attention_distance(a, layout.grid, layout.patch_size, layout.num_prefix)
+                                     for a in maps])  # (layers, B, heads)
+                    total = d.sum(dim=1).cpu() if total is None else total + d.sum(dim=1).cpu()
+                    count += x.shape[0]
+                if rollout:
+                    r = attention_rollout(maps, layout.num_prefix, layout.has_class_token, head_fusion,
+                                          discard_ratio).reshape(-1, *layout.grid).float().cpu().numpy()
+                    view = (batch.float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+                    for j, i in enumerate(indices):
+                        stem = unique_stem(paths[i], taken)
+                        png, npy = out / "rollout" / f"{stem}.png", out / "rollout" / f"{stem}.npy"
+                        np.save(npy, r[j].astype(np.float32))
+                        figures.rollout_overlay(view[j], r[j], png, title=(
+                            f"{paths[i].name}: {_arch_name(loaded)}, head fusion {head_fusion}, "
+                            f"discard ratio {discard_ratio:g}"))
+                        result["files"] += [str(png), str(npy)]
+                        result.setdefault("rollout", []).append(
+                            {"image": str(paths[i]), "png": str(png), "npy": str(npy)})
+            advance(len(indices) + len(errors))
+    if not distance:
+        return None
+    if count == 0:
+        raise VitError("none of the images could be read, so there is no attention distance to report")
+    table = (total / count).tolist()  # (layers, heads)
+    patch = layout.patch_size[0] if layout.patch_size[0] == layout.patch_size[1] else list(layout.patch_size)
+    record = {"model": loaded.architecture, "patch_size": patch, "grid": list(layout.grid),
+              "num_prefix_tokens": layout.num_prefix, "num_images": count,
+              "distance": [[round(v, 3) for v in row] for row in table]}
+    write_json(out / "attention_distance.json", record)
+    figures.attention_distance(table, out / "attention_distance.png", image_size=max(
+        layout.grid[0] * layout.patch_size[0], layout.grid[1] * layout.patch_size[1]),
+        title=f"Mean attention distance: {_arch_name(loaded)}, {count} images")
+    result["files"] += [str(out / "attention_distance.png"), str(out / "attention_distance.json")]
+    return {**record, "summary": distance_summary(table), "method": method}
+
+
+def distance_summary(table) -> dict:
+    """The numbers the paper's reading of Fig. 7 rests on: the spread of the first layer's heads, and how
+    much farther the last layers look than the first (k = min(3, layers // 2) layers each)."""
+    layers = len(table)
+    k = max(1, min(3, layers // 2))
+    first, last = table[0], table[-k:]
+    first_k = sum(sum(row) / len(row) for row in table[:k]) / k
+    last_k = sum(sum(row) / len(row) for row in last) / k
+    return {"first_layer_min": round(min(first), 3), "first_layer_max": round(max(first), 3),
+            "first_layer_ratio": round(max(first) / max(min(first), 1e-9), 3),
+            "layers_compared": k, "first_layers_mean": round(first_k, 3), "last_layers_mean": round(last_k, 3),
+            "last_over_first": round(last_k / max(first_k, 1e-9), 3)}

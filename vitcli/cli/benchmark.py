@@ -1,0 +1,86 @@
+"""`vit benchmark`: throughput, latency, memory and FLOP efficiency, next to a plain timm loop."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from vitcli.cli.options import DEFAULT_MODEL, BatchSizeOpt, DeviceOpt, JsonOpt, ModelOpt, OfflineOpt, PrecisionOpt
+
+
+def benchmark(
+    model: ModelOpt = DEFAULT_MODEL,
+    batch_size: BatchSizeOpt = 32,
+    img_size: Annotated[Optional[int], typer.Option(
+        "--img-size", min=16, help="Input resolution (default: the model's own; ViTs resample their "
+                                   "position embeddings).")] = None,
+    train: Annotated[bool, typer.Option(
+        "--train", help="Also time training steps (forward, backward, clip, SGD step).")] = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    compile: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile vitcli's side (the compile time is reported apart).")] = False,
+    iters: Annotated[int, typer.Option("--iters", min=1, help="Timed batches per side and phase.")] = 10,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed batches first, per side.")] = 2,
+    random_init: Annotated[bool, typer.Option(
+        "--random-init", help="Random weights instead of the pre-trained ones (no download; speed does not "
+                              "depend on the values).")] = False,
+    json_out: JsonOpt = False,
+    offline: OfflineOpt = False,
+) -> None:
+    """Measure img/s, latency, memory and GFLOP/s, next to a plain timm loop, in one process.
+
+    GFLOP/s is also given as a share of this machine's matrix-multiply ceiling, measured in the run.
+    """
+    from vitcli import env as hub_env
+    from vitcli import output as sink
+
+    hub_env.set_offline(offline)
+    from vitcli.bench.benchmark import run
+
+    result = run(model, batch_size=batch_size, img_size=img_size, train=train, device=device,
+                 precision=precision, compile=compile, iters=iters, warmup=warmup, random_init=random_init,
+                 log=lambda msg: sink.info(f"[dim]{msg}[/]"))
+    if json_out:
+        sink.emit_json(result.to_json())
+    else:
+        _render(result)
+
+
+def _render(r) -> None:
+    from rich.table import Table
+
+    from vitcli import output as sink
+
+    sink.out().print(
+        f"[bold]{r.architecture}[/] ({r.params_m:.1f} M params) on {r.device} {r.precision}, {r.threads} threads, "
+        f"batch {r.batch_size}, {r.img_size} px{', compiled' if r.compile else ''}\n"
+        f"{r.gflop_per_img:.2f} GFLOP/img forward; matrix-multiply ceiling {r.ceiling_gflop_s:.1f} GFLOP/s "
+        f"(the model's GEMM shapes; fastest shape {r.ceiling_best_gflop_s:.1f})", highlight=False)
+    phases = [("inference", r.inference, r.timm_inference, r.speedup)]
+    if r.train is not None:
+        phases.append(("training", r.train, r.timm_train, r.train_speedup))
+    for phase, ours, timm, ratio in phases:
+        table = Table(box=None, pad_edge=False, title=f"[bold]{phase}[/]", title_justify="left")
+        for name in ("loop", "img/s", "GFLOP/s", "% ceiling", "p50 ms", "p90 ms", "p99 ms", "peak MB"):
+            table.add_column(name, justify="left" if name == "loop" else "right", no_wrap=True)
+        for loop, f in (("vitcli", ours), ("timm eager", timm)):
+            table.add_row(loop, f"{f.img_s:.1f}", f"{f.gflop_s:.1f}",
+                          f"{f.ceiling_pct:.0f} %" if f.ceiling_pct is not None else "-",
+                          f"{f.latency_ms['p50']:.1f}", f"{f.latency_ms['p90']:.1f}", f"{f.latency_ms['p99']:.1f}",
+                          f"{f.peak_mem_mb:.0f}" if f.peak_mem_mb is not None else "-")
+        table.add_row("[bold]ratio[/]", f"[bold]{ratio:.2f}x[/]")
+        sink.out().print(table)
+    if r.compile_s is not None:
+        sink.out().print(f"compile: {r.compile_s:.1f} s (first call, not in the figures)", highlight=False)
+    if r.peak_tflops:
+        sink.out().print(f"MFU: inference {r.mfu_pct:.1f} %"
+                         + (f", training {r.train_mfu_pct:.1f} %" if r.train_mfu_pct is not None else "")
+                         + f" of {r.peak_tflops:.0f} TFLOP/s", highlight=False)
+    for note in r.notes:
+        sink.warn(note)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("benchmark")(benchmark)

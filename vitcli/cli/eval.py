@@ -1,0 +1,196 @@
+"""`vit eval`: accuracy and diagnostics on a labelled split, or few-shot linear evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DeviceOpt, JsonOpt, ModelOpt, OfflineOpt, OutDirOpt,
+                            PrecisionOpt, WorkersOpt)
+
+
+def eval_command(
+    model: ModelOpt = DEFAULT_MODEL,
+    dataset: Annotated[Optional[str], typer.Option(
+        "--dataset", help="pets | flowers102 | cifar10 | cifar100, or an ImageFolder tree "
+                                "(train/ and val/ or test/ class folders).")] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", help="A folder of images: with --labels, a flat folder (ImageNet's val layout); "
+                       "without, a folder of class folders, evaluated whole.")] = None,
+    labels: Annotated[Optional[Path], typer.Option(
+        "--labels", help="Labels file for --data: one 'FILENAME CLASS_INDEX' line per image, indices in the "
+                         "model's classes.")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        "--split", help="train | minival | val | test (default: test, else val, else minival).")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(
+        "--data-dir", help="Where named datasets live / are downloaded (default: the vitcli cache).")] = None,
+    real_labels: Annotated[Optional[Path], typer.Option(
+        "--real-labels", help="ImageNet ReaL labels (real.json) for ReaL accuracy.")] = None,
+    few_shot: Annotated[Optional[str], typer.Option(
+        "--few-shot", help="Few-shot linear evaluation instead: shots per class, e.g. 1,5,10,25.")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Few-shot draws per shot count.")] = 3,
+    l2: Annotated[str, typer.Option(
+        "--l2", help="Few-shot L2 strength; several (e.g. 256,1024,4096) for a sweep. The first is the headline.")]
+        = "1024",
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Few-shot: do not read or write the feature cache.")] = False,
+    batch_size: BatchSizeOpt = 64,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    json_out: JsonOpt = False,
+    out: OutDirOpt = None,
+    offline: OfflineOpt = False,
+) -> None:
+    """Evaluate a model: top-1/5, loss, calibration, confusions; or few-shot linear probes.
+
+    --few-shot fits closed-form ridge regressions on frozen pre-logit features, as the paper does.
+    """
+    from vitcli import env as hub_env
+    from vitcli.errors import UsageError
+
+    hub_env.set_offline(offline)
+    if (dataset is None) == (data is None):
+        raise UsageError("give either --dataset NAME|PATH or --data DIR" if dataset is None
+                         else "give --dataset or --data, not both")
+    if labels is not None and data is None:
+        raise UsageError("--labels needs --data (the folder the file names are relative to)")
+    if few_shot is not None:
+        _few_shot(model, dataset, data, labels, split, data_dir, few_shot, seeds, l2, no_cache, batch_size,
+                  workers, device, precision, json_out, out)
+        return
+
+    from vitcli.eval import evaluate
+    from vitcli import output as sink
+    from vitcli.devices import runtime
+    from vitcli.models.resolver import load_model
+
+    target = evaluate.open_split(dataset=dataset, data=data, labels=labels, split=split, data_dir=data_dir)
+    rt = runtime(device, precision)
+    loaded = load_model(model, device=rt.device)
+    sink.info(f"[dim]{loaded.architecture} on {rt.describe()}: {target.name} ({target.split}), "
+              f"{len(target)} image(s)[/]")
+    with sink.progress("eval", total=len(target), unit="img") as advance:
+        result = evaluate.run(loaded, rt, target, batch_size=batch_size, workers=workers,
+                              real_labels=real_labels, progress=advance)
+    _warn_failed(result.summary["failed"])
+    if out is not None:
+        written = evaluate.write_artefacts(result, out)
+        sink.info(f"[dim]wrote {', '.join(str(p) for p in written)}[/]")
+    if json_out:
+        sink.emit_json(result.summary)
+    else:
+        _render(result)
+
+
+def _few_shot(model, dataset, data, labels, split, data_dir, shots_text, seeds, l2_text, no_cache, batch_size,
+              workers, device, precision, json_out, out):
+    import json
+
+    from vitcli.eval import evaluate
+    from vitcli.eval import fewshot
+    from vitcli import output as sink
+    from vitcli.devices import runtime
+    from vitcli.errors import UsageError
+    from vitcli.models.resolver import load_model
+
+    if labels is not None:
+        raise UsageError("--few-shot needs a dataset with a training split",
+                         "use --dataset NAME|PATH (an ImageFolder tree with train/ and val/ or test/)")
+    shots = fewshot.parse_int_list(shots_text, "--few-shot")
+    l2s = fewshot.parse_l2_list(l2_text)
+    source = evaluate.open_source(dataset, data, data_dir=data_dir)
+    if "train" not in source.splits:
+        raise UsageError(f"dataset {source.name} has no training split to draw the shots from")
+    test_name = split or evaluate.default_split(source, few_shot=True)
+    if test_name == "train":
+        raise UsageError("--split train: the shots are drawn from the train split; evaluate on another split")
+    train, test = evaluate.dataset_split(source, "train"), evaluate.dataset_split(source, test_name)
+    rt = runtime(device, precision)
+    loaded = load_model(model, device=rt.device)
+    sink.info(f"[dim]{loaded.architecture} on {rt.describe()}: {source.name}, shots from train "
+              f"({len(train)}), evaluated on {test_name} ({len(test)})[/]")
+    result = fewshot.run(loaded, rt, train, test, shots=shots, seeds=seeds, l2=l2s, batch_size=batch_size,
+                         workers=workers, use_cache=not no_cache,
+                         progress_factory=lambda d, t: sink.progress(d, total=t, unit="img"))
+    _warn_failed(result["failed"])
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "fewshot.json").write_text(json.dumps(result, indent=2) + "\n")
+        sink.info(f"[dim]wrote {out / 'fewshot.json'}[/]")
+    if json_out:
+        sink.emit_json(result)
+    else:
+        _render_few_shot(result)
+
+
+def _warn_failed(failed: list[dict]) -> None:
+    from vitcli import output as sink
+
+    for item in failed[:10]:
+        sink.warn(f"unreadable image {item['path']}: {item['error']}")
+    if len(failed) > 10:
+        sink.warn(f"... and {len(failed) - 10} more unreadable images (all listed in metrics.json with --out)")
+
+
+def _render(result) -> None:
+    from rich.table import Table
+
+    from vitcli import output as sink
+
+    s = result.summary
+    table = Table(box=None, pad_edge=False, show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    rows = [("images", f"{s['num_images']}" + (f" ({s['num_failed']} unreadable)" if s["num_failed"] else "")),
+            ("top-1", f"{s['top1']:.2f} %"), ("top-5", f"{s['top5']:.2f} %")]
+    if "real_top1" in s:
+        rows += [("ReaL top-1", f"{s['real_top1']:.2f} %"), ("ReaL top-5", f"{s['real_top5']:.2f} %")]
+    rows += [("loss", f"{s['loss']:.4f}"), ("ECE (15 bins)", f"{s['ece']:.2f} %"),
+             ("macro precision", f"{s['macro_precision']:.2f} %"), ("macro recall", f"{s['macro_recall']:.2f} %"),
+             ("macro F1", f"{s['macro_f1']:.2f} %"), ("throughput", f"{s['images_per_second']} img/s")]
+    for name, value in rows:
+        table.add_row(name, value)
+    sink.out().print(table)
+    if result.most_confused:
+        confused = Table(box=None, pad_edge=False, title="most confused (true -> predicted)", title_justify="left")
+        confused.add_column("true")
+        confused.add_column("predicted")
+        confused.add_column("images", justify="right")
+        for row in result.most_confused[:5]:
+            confused.add_row(_short(row["true"]), _short(row["predicted"]), str(row["count"]))
+        sink.out().print(confused)
+
+
+def _render_few_shot(result: dict) -> None:
+    from rich.table import Table
+
+    from vitcli import output as sink
+
+    sweep = result.get("l2_sweep") or {_key(result["l2"]): result["few_shot"]}
+    table = Table(box=None, pad_edge=False,
+                  title=f"few-shot top-1 on {result['dataset']} {result['test_split']} "
+                        f"({result['num_test']} images), mean ± std over seeds", title_justify="left")
+    table.add_column("shots", justify="right")
+    for l2 in sweep:
+        table.add_column(f"l2={l2}", justify="right")
+    for shots in result["few_shot"]:
+        table.add_row(shots, *(f"{sweep[l2][shots]['mean']:.2f} ± {sweep[l2][shots]['std']:.2f}" for l2 in sweep))
+    sink.out().print(table)
+    seeds = next(iter(result["few_shot"].values()))["seeds"]
+    sink.info(f"[dim]{seeds} seed(s), {result['feature_dim']}-d features, {result['forward_passes']} new forward pass(es), "
+              f"{result['seconds']} s[/]")
+
+
+def _short(name: str) -> str:
+    return name.split(",")[0]  # ImageNet descriptions: "tabby, tabby cat" -> "tabby"
+
+
+def _key(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_command)

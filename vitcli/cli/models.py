@@ -1,0 +1,82 @@
+"""`vit models [PATTERN]`: timm architectures with params, GMACs/GFLOPs, input size and pretrained tags."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from vitcli.cli.options import JsonOpt
+
+
+def models(
+    pattern: Annotated[Optional[str], typer.Argument(
+        help="Filter over all of timm's architectures: a bare word matches anywhere in the name "
+             "(`vit` = `*vit*`), wildcards as given (`vit_*_patch16_224`); also matches pretrained tags "
+             "(`augreg2`). Without it: the ViT family (incl. R50+ViT hybrids), DeiT, PoolFormer v1/v2, "
+             "MLP-Mixer.", show_default=False)] = None,
+    all_models: Annotated[bool, typer.Option("--all", help="Every architecture timm registers.")] = False,
+    pretrained: Annotated[bool, typer.Option(
+        "--pretrained", help="Only architectures that have pre-trained weights.")] = False,
+    no_tags: Annotated[bool, typer.Option("--no-tags", help="Leave out the pretrained-tags column.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """List architectures: params, GMACs/GFLOPs, input size, pretrained tags (no weights loaded).
+
+    Counted on the meta device, once per timm version (cached); GFLOPs = 2 x GMACs at batch 1.
+    """
+    from vitcli import output as sink
+    from vitcli.models import zoo
+    from vitcli.errors import UsageError
+
+    def on_total(n: int) -> None:
+        if n > 20:
+            sink.info(f"[dim]counting {n} architectures once (cached afterwards)...[/]")
+
+    with sink.progress("count", total=None, unit="models") as advance:
+        entries = zoo.models(pattern, all_models=all_models, pretrained_only=pretrained,
+                             progress=advance, on_total=on_total)
+    if not entries:
+        raise UsageError(f"no architecture matches {pattern!r}" if pattern else "no architectures",
+                         "try a shorter pattern, e.g. `vit models vit`, or `vit models --all`")
+    if json_out:
+        for e in entries:
+            sink.emit_json(e.to_json())
+        return
+    _render(entries, show_tags=not no_tags)
+
+
+def _render(entries, show_tags: bool) -> None:
+    from rich.table import Table
+
+    from vitcli import output as sink
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("model", overflow="fold")
+    table.add_column("params (M)", justify="right")
+    table.add_column("GMACs", justify="right")
+    table.add_column("GFLOPs", justify="right")
+    table.add_column("input", justify="right")
+    if show_tags:
+        table.add_column("pretrained tags", overflow="fold")
+    for e in entries:
+        size = f"{e.input_size[1]}x{e.input_size[2]}" if e.input_size else "?"
+        row = [e.model,
+               f"{e.params / 1e6:.2f}" if e.params is not None else "?",
+               f"{e.gmacs:.2f}" if e.gmacs is not None else "?",
+               f"{e.gflops:.2f}" if e.gflops is not None else "?",
+               size]
+        if show_tags:
+            row.append(", ".join(e.tags) if e.tags else "[dim]-[/]")
+        table.add_row(*row)
+    sink.out().print(table)
+    failed = [e for e in entries if e.error]
+    if failed:
+        sink.warn(f"{len(failed)} architecture(s) could not be counted without weights (shown as ?): "
+                  + ", ".join(e.model for e in failed[:5]) + (" ..." if len(failed) > 5 else ""))
+    sink.info(f"[dim]{len(entries)} architecture{'s' if len(entries) != 1 else ''}; GFLOPs = 2 x GMACs (multiply-adds at batch 1, "
+              "as in timm's benchmark tables)[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("models")(models)

@@ -1,0 +1,340 @@
+"""Few-shot linear evaluation (the paper's Figures 4 and 6; big_vision's `fewshot_lsr`).
+
+Frozen pre-logit features, `model.forward_head(model.forward_features(x), pre_logits=True)`, of
+`shots` images per class drawn from the training split are whitened (per-feature mean/std of those
+samples), given a constant bias feature, and mapped onto {-1, +1}^K targets by closed-form
+L2-regularised least squares; the argmax of the regression is the prediction on the test split.
+As in big_vision, one eigendecomposition per draw serves every L2 strength.
+
+Draws are nested: for a seed, each class's images are shuffled once and the first `shots` taken,
+so the 5-shot sample is part of the 10-shot one. Only the images some draw needs (and the whole
+test split) go through the model, and their features are cached on disk under
+`<vit cache>/features/`, keyed by the model's weights, the dataset, the split and the preprocessing:
+a sweep over shots, seeds and L2 strengths costs no further forward passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vitcli.errors import DataError, UsageError
+
+DEFAULT_L2 = 2.0 ** 10
+BIAS_CONSTANT = 100.0  # big_vision: large, so the bias is almost unregularised
+FEATURE_CACHE_VERSION = 1
+
+
+# ----------------------------------------------------------------------------- the solver (pure torch)
+
+@dataclass
+class RidgeCache:
+    """What one draw of training features contributes, independent of the L2 strength."""
+
+    mean: "object"  # (1, D)
+    std: "object"  # (1, D)
+    eigs: "object"  # (M,)
+    lhs: "object"  # (D+1, M)
+    rhs: "object"  # (M, K)
+
+
+def ridge_cache(x, y, num_classes: int) -> RidgeCache:
+    """Whiten x (N, D), add the bias feature, eigendecompose the smaller Gram matrix (float64)."""
+    import torch
+
+    x = torch.as_tensor(x, dtype=torch.float64)
+    y = torch.as_tensor(y, dtype=torch.long)
+    mean = x.mean(dim=0, keepdim=True)
+    std = x.std(dim=0, keepdim=True, unbiased=False) + 1e-5
+    x = torch.nn.functional.pad((x - mean) / std, (0, 1), value=BIAS_CONSTANT)  # (N, D+1)
+    targets = 2.0 * torch.nn.functional.one_hot(y, num_classes).double() - 1.0  # (N, K) in {-1, +1}
+    n, d = x.shape
+    # (A) N >= D: w = (x^T x + l2 I)^-1 x^T y;  (B) D > N: w = x^T (x x^T + l2 I)^-1 y.
+    # With q diag(eigs) q^T the eigendecomposition of the Gram matrix, both are lhs diag(1/(eigs+l2)) rhs.
+    if n >= d:
+        eigs, q = torch.linalg.eigh(x.T @ x)
+        lhs, rhs = q, q.T @ (x.T @ targets)
+    else:
+        eigs, q = torch.linalg.eigh(x @ x.T)
+        lhs, rhs = x.T @ q, q.T @ targets
+    return RidgeCache(mean, std, eigs, lhs, rhs)
+
+
+def ridge_weights(cache: RidgeCache, l2: float):
+    """(D+1, K) regression weights for one L2 strength."""
+    scaling = 1.0 / (cache.eigs + l2)
+    return (cache.lhs * scaling.reshape(1, -1)) @ cache.rhs
+
+
+def ridge_predict(cache: RidgeCache, x_test, l2: float):
+    import torch
+
+    x = torch.as_tensor(x_test, dtype=torch.float64)
+    x = torch.nn.functional.pad((x - cache.mean) / cache.std, (0, 1), value=BIAS_CONSTANT)
+    return (x @ ridge_weights(cache, l2)).argmax(dim=1)
+
+
+def ridge_accuracy(cache: RidgeCache, x_test, y_test, l2: float) -> float:
+    """Test accuracy (fraction) of the least-squares classifier."""
+    import torch
+
+    preds = ridge_predict(cache, x_test, l2)
+    return float((preds == torch.as_tensor(y_test, dtype=torch.long)).double().mean())
+
+
+def sample_shots(labels, shots: int, seed: int, num_classes: int) -> np.ndarray:
+    """Indices of `shots` examples per class (fewer when a class has fewer), nested across shot counts."""
+    labels = np.asarray(labels)
+    picked = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        rng = np.random.default_rng([seed, c])
+        picked.append(rng.permutation(members)[:shots])
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in str(text).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise UsageError(f"{what} {text!r}: expected whole numbers separated by commas", "e.g. 1,5,10,25") from None
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"{what} {text!r}: expected positive whole numbers", "e.g. 1,5,10,25")
+    return values
+
+
+def parse_l2_list(text: str) -> list[float]:
+    """'1024', '256,1024,4096' or '2**10' -> floats."""
+    values = []
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "**" in part or "^" in part:
+                base, exp = part.replace("^", "**").split("**")
+                values.append(float(base) ** float(exp))
+            else:
+                values.append(float(part))
+        except ValueError:
+            raise UsageError(f"--l2 {text!r}: expected numbers separated by commas", "e.g. 1024 or 256,1024,4096") from None
+    if not values or any(v < 0 for v in values):
+        raise UsageError(f"--l2 {text!r}: expected non-negative numbers", "e.g. 1024 or 256,1024,4096")
+    return values
+
+
+# ----------------------------------------------------------------------------- the feature cache
+
+def weights_digest(model) -> str:
+    """A hash of the model's parameters and buffers (names, shapes, dtypes and bytes)."""
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def cache_key(model_digest: str, dataset_identity: str, split: str, data_config: dict) -> str:
+    payload = json.dumps({"v": FEATURE_CACHE_VERSION, "model": model_digest, "dataset": dataset_identity,
+                          "split": split, "preprocessing": _jsonable(data_config)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def features_dir() -> Path:
+    from vitcli.env import vit_cache_dir
+
+    return Path(vit_cache_dir()) / "features"
+
+
+@dataclass
+class FeatureStore:
+    """Features of some images of one split, by index; failures remembered so they are not retried."""
+
+    path: Path | None
+    features: dict[int, "object"] = field(default_factory=dict)  # index -> (D,) float32 tensor
+    failed: dict[int, str] = field(default_factory=dict)  # index -> reason
+
+    @classmethod
+    def open(cls, path: Path | None) -> "FeatureStore":
+        import torch
+
+        store = cls(path)
+        if path is None or not path.is_file():
+            return store
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            feats = data["features"]
+            store.features = {int(i): feats[j] for j, i in enumerate(data["indices"].tolist())}
+            store.failed = {int(i): str(r) for i, r in zip(data["failed_indices"].tolist(), data["failed_reasons"])}
+        except Exception:  # noqa: BLE001 - a damaged cache is recomputed, never trusted
+            store.features, store.failed = {}, {}
+        return store
+
+    def missing(self, indices) -> list[int]:
+        return [int(i) for i in indices if int(i) not in self.features and int(i) not in self.failed]
+
+    def save(self) -> None:
+        import torch
+
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        indices = sorted(self.features)
+        data = {"indices": torch.tensor(indices, dtype=torch.long),
+                "features": torch.stack([self.features[i] for i in indices]) if indices else torch.zeros(0, 0),
+                "failed_indices": torch.tensor(sorted(self.failed), dtype=torch.long),
+                "failed_reasons": [self.failed[i] for i in sorted(self.failed)]}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            torch.save(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def gather(self, indices) -> tuple["object", list[int]]:
+        """(features of the readable ones, the indices they belong to), in the order given."""
+        import torch
+
+        kept = [int(i) for i in indices if int(i) in self.features]
+        if not kept:
+            return torch.zeros(0, 0), kept
+        return torch.stack([self.features[i] for i in kept]), kept
+
+
+def extract(store: FeatureStore, loaded, runtime, split, indices, *, batch_size: int, workers: int | None,
+            progress=lambda n=1: None) -> int:
+    """Run the images of `indices` that the store lacks through the model; returns how many ran."""
+    from vitcli.eval.evaluate import forward_batches
+
+    todo = store.missing(indices)
+    if not todo:
+        return 0
+    model = loaded.model
+
+    def pre_logits(x):
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+
+    for positions, outputs, errors in forward_batches(pre_logits, split, loaded, runtime, todo,
+                                                      batch_size=batch_size, workers=workers):
+        for pos, reason in errors:
+            store.failed[pos] = reason
+        if outputs is not None:
+            for pos, row in zip(positions, outputs.float().cpu()):
+                store.features[pos] = row.clone()
+        progress(len(positions) + len(errors))
+    store.save()
+    return len(todo)
+
+
+# ----------------------------------------------------------------------------- the evaluation
+
+def run(loaded, runtime, train, test, *, shots=(1, 5, 10, 25), seeds: int = 3, l2=(DEFAULT_L2,),
+        batch_size: int = 64, workers: int | None = None, use_cache: bool = True,
+        progress_factory=None) -> dict:
+    """Few-shot accuracy (percent) per shot count: mean and std over `seeds` draws, for each L2 strength.
+
+    `train` and `test` are `vitcli.evaluate.Split`s of one dataset (same classes).
+    `progress_factory(description, total)` returns a context manager yielding `advance(n)`.
+    """
+    import contextlib
+
+    shots = sorted(set(int(s) for s in shots))
+    l2 = [float(v) for v in l2]
+    if seeds < 1:
+        raise UsageError("--seeds must be at least 1")
+    classes = train.classes
+    if not classes or len(classes) < 2:
+        raise DataError(f"few-shot evaluation needs at least 2 classes; {train.name} has {len(classes or [])}")
+    if test.classes != classes:
+        raise DataError(f"{train.name}: the {train.split} and {test.split} splits have different classes")
+    num_classes = len(classes)
+    progress_factory = progress_factory or (lambda description, total: contextlib.nullcontext(lambda n=1: None))
+
+    started = time.perf_counter()
+    digest = weights_digest(loaded.model)
+    stores = {}
+    for split in (train, test):
+        path = features_dir() / f"{cache_key(digest, split.identity, split.split, loaded.data_config)}.pt" \
+            if use_cache else None
+        stores[split.split] = FeatureStore.open(path)
+    train_store, test_store = stores[train.split], stores[test.split]
+
+    draws = {seed: sample_shots(train.targets, max(shots), seed, num_classes) for seed in range(seeds)}
+    needed_train = sorted(set(np.concatenate(list(draws.values())).tolist()))
+    needed_test = list(range(len(test.targets)))
+    todo = len(train_store.missing(needed_train)) + len(test_store.missing(needed_test))
+    computed = 0
+    with progress_factory("features", todo) as advance:
+        computed += extract(train_store, loaded, runtime, train, needed_train, batch_size=batch_size,
+                            workers=workers, progress=advance)
+        computed += extract(test_store, loaded, runtime, test, needed_test, batch_size=batch_size,
+                            workers=workers, progress=advance)
+
+    x_test, kept_test = test_store.gather(needed_test)
+    if not kept_test:
+        raise DataError(f"no image of the {test.split} split of {test.name} could be read")
+    y_test = np.asarray(test.targets)[kept_test]
+    results = {value: {} for value in l2}
+    capped = {}
+    for k in shots:
+        per_l2 = {value: [] for value in l2}
+        for seed in range(seeds):
+            subset = sample_shots(train.targets, k, seed, num_classes)  # a prefix of draws[seed]
+            x, kept = train_store.gather(subset)
+            if not kept:
+                raise DataError(f"no image of the {train.split} split of {train.name} could be read")
+            counts = np.bincount(np.asarray(train.targets)[kept], minlength=num_classes)
+            if counts.min() < k:
+                capped[k] = int(counts.min())
+            cache = ridge_cache(x, np.asarray(train.targets)[kept], num_classes)
+            for value in l2:
+                per_l2[value].append(100.0 * ridge_accuracy(cache, x_test, y_test, value))
+        for value in l2:
+            accs = np.asarray(per_l2[value])
+            results[value][str(k)] = {
+                "mean": round(float(accs.mean()), 2),
+                "std": round(float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, 2),
+                "seeds": seeds, "l2": value, "accuracies": [round(float(a), 2) for a in accs]}
+
+    used = set(needed_train)
+    failed = [{"split": train.split, "path": train.describe(i), "error": r}
+              for i, r in sorted(train_store.failed.items()) if i in used]
+    failed += [{"split": test.split, "path": test.describe(i), "error": r} for i, r in sorted(test_store.failed.items())]
+    summary = {
+        "model": loaded.source.spec, "architecture": loaded.architecture, "dataset": train.name,
+        "train_split": train.split, "test_split": test.split, "num_classes": num_classes,
+        "num_train": len(train.targets), "num_test": len(kept_test), "feature_dim": int(x_test.shape[1]),
+        "l2": l2[0] if len(l2) == 1 else l2, "few_shot": results[l2[0]],
+        "forward_passes": computed, "num_failed": len(failed), "failed": failed,
+        "seconds": round(time.perf_counter() - started, 2),
+        "device": runtime.describe(),
+    }
+    if len(l2) > 1:
+        summary["l2_sweep"] = {_l2_key(value): results[value] for value in l2}
+    if capped:
+        summary["shots_capped"] = {str(k): v for k, v in capped.items()}
+    return summary
+
+
+def _l2_key(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+

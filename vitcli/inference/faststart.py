@@ -1,0 +1,410 @@
+"""Cold start for `vit predict`: a TorchScript copy of a model that serves without timm.
+
+`import timm` costs 2-4 s on a small CPU (it imports torchvision); a one-image `vit predict` spends most
+of its wall time there. After the first run with a model, `remember()` saves a traced copy (same aten
+kernels, so the same logits: checked bit for bit before anything is written) with the label names and
+the preprocessing, and `lookup()` finds it on later runs using only the standard library and torch.
+
+Cache layout (under `vitcli.hub_env.vit_cache_dir()`):
+    exported/<key>/model.pt      TorchScript (torch.jit.trace of the eval-mode model, CPU, fp32)
+    exported/<key>/meta.json     architecture, data_config, label_names, what the key was made of
+    exported/index.json          spec -> where its weights live, so a timm name resolves without timm
+key = sha256 of (format, sha256 of the weights file, the model's identity (its config.json bytes, or
+the timm name), torch version, timm version, whether vitcli/kernels.py's oneDNN linears are in it). A
+changed weights file, config, torch, timm or kernel choice gives another key, so a stale copy is never
+used. Set VIT_EXPORT=0 to switch all of this off.
+
+`EvalTransform` is timm's eval preprocessing (resize, center crop, to-tensor, normalise) written with
+PIL and torch only; it gives tensors equal to `timm.data.create_transform(..., is_training=False)`
+(tests/test_benchmark.py checks this) and tells the image loader how far a JPEG may be draft-decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMAT = 1
+_PIL_INTERP = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def enabled() -> bool:
+    return os.environ.get("VIT_EXPORT", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def export_dir() -> Path:
+    from vitcli.env import vit_cache_dir
+
+    return Path(vit_cache_dir()) / "exported"
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing without timm or torchvision
+
+
+class EvalTransform:
+    """timm's eval transform (crop_mode center or squash) with PIL + torch: PIL image -> (3, H, W)."""
+
+    def __init__(self, data_config: dict):
+        if not supports(data_config):
+            raise ValueError(f"unsupported preprocessing {data_config}")
+        _, h, w = data_config["input_size"]
+        self.crop = (int(h), int(w))
+        crop_pct = data_config.get("crop_pct") or 0.875  # timm's DEFAULT_CROP_PCT
+        self.scale = (math.floor(h / crop_pct), math.floor(w / crop_pct))
+        self.mode = data_config.get("crop_mode") or "center"
+        self.resample = _PIL_INTERP[data_config.get("interpolation") or "bilinear"]
+        self.mean = tuple(float(m) for m in data_config["mean"])
+        self.std = tuple(float(s) for s in data_config["std"])
+
+    @property
+    def draft_size(self) -> int:
+        """A JPEG may be DCT-decoded down to twice the resize target's short side and no further.
+        (On the val images upscaled 2-4x, top-1 accuracy was the same with and without it; down to 1x
+        changed up to 2 of 100 labels, 2x at most 1: benchmarks/draft_accuracy.py, its output in the
+        README's performance section.)"""
+        return 2 * (min(self.scale) if self.mode == "center" else max(self.scale))
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(w, h) after the resize step, computed exactly as torchvision / timm do."""
+        sh, sw = self.scale
+        if self.mode == "squash":
+            return sw, sh
+        if sh == sw:  # torchvision Resize(int): the short side to `sh`, the long side truncated
+            short, long = (width, height) if width <= height else (height, width)
+            new_short, new_long = sh, int(sh * long / short)
+            return (new_short, new_long) if width <= height else (new_long, new_short)
+        ratio = min(height / sh, width / sw)  # timm ResizeKeepRatio(longest=0)
+        return round(width / ratio), round(height / ratio)
+
+    def __call__(self, image):
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        w, h = self.resized_size(*image.size)
+        if (w, h) != image.size:
+            image = image.resize((w, h), self.resample)
+        ch, cw = self.crop
+        if cw > w or ch > h:  # torchvision pads with black before cropping
+            padded = Image.new(image.mode, (max(w, cw), max(h, ch)))
+            padded.paste(image, ((cw - w) // 2 if cw > w else 0, (ch - h) // 2 if ch > h else 0))
+            image, (w, h) = padded, padded.size
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        if (left, top, cw, ch) != (0, 0, w, h):
+            image = image.crop((left, top, left + cw, top + ch))
+        array = np.asarray(image, dtype=np.uint8)
+        x = torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        return x.sub_(mean).div_(std)
+
+
+def supports(data_config: dict) -> bool:
+    try:
+        return (len(data_config["input_size"]) == 3 and data_config["input_size"][0] == 3
+                and (data_config.get("crop_mode") or "center") in {"center", "squash"}
+                and (data_config.get("interpolation") or "bilinear") in _PIL_INTERP
+                and len(data_config["mean"]) == 3 and len(data_config["std"]) == 3)
+    except (KeyError, TypeError):
+        return False
+
+
+def eval_transform(data_config: dict):
+    """The fast transform when it covers this preprocessing, else timm's own."""
+    if supports(data_config):
+        return EvalTransform(data_config)
+    from vitcli.models.resolver import eval_transform as timm_transform
+
+    return timm_transform(data_config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Identity of a model spec: weights hash + config, found with the standard library only
+
+
+@dataclass
+class Identity:
+    weights: Path
+    weights_sha256: str
+    model: str  # "config:<sha256 of config.json>" or "timm:<name>"
+    where: dict = field(default_factory=dict)  # how to find the weights again (for the index)
+
+    def key(self, torch_version: str, timm_version: str, kernels: str) -> str:
+        text = json.dumps([FORMAT, self.weights_sha256, self.model, torch_version, timm_version, kernels])
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_sha256(path: Path, index: dict | None = None) -> str:
+    """sha256 of a weights file: the Hub cache names LFS blobs by it; otherwise hashed once per
+    (path, size, mtime) and remembered in the index."""
+    real = Path(os.path.realpath(path))
+    if _HEX64.match(real.name) and real.parent.name == "blobs":
+        return real.name
+    st = real.stat()
+    stamp = [st.st_size, st.st_mtime_ns]
+    hashes = (index or {}).setdefault("hashes", {})
+    known = hashes.get(str(real))
+    if known and known[:2] == stamp:
+        return known[2]
+    digest = _sha256_file(real)
+    hashes[str(real)] = stamp + [digest]
+    return digest
+
+
+def _hub_cached_file(repo_id: str, revision: str | None, filename: str) -> Path | None:
+    """The Hub cache's copy of a file for (repo, revision), as hf_hub_download(local_files_only) finds it."""
+    from vitcli.env import cache_dir
+
+    repo_dir = Path(cache_dir()) / ("models--" + repo_id.replace("/", "--"))
+    revision = revision or "main"
+    if re.fullmatch(r"[0-9a-f]{40}", revision):
+        commit = revision
+    else:
+        try:
+            commit = (repo_dir / "refs" / revision).read_text().strip()
+        except OSError:
+            return None
+    path = repo_dir / "snapshots" / commit / filename
+    return path if path.is_file() else None
+
+
+def _config_identity(config_path: Path) -> str:
+    return "config:" + hashlib.sha256(config_path.read_bytes()).hexdigest()
+
+
+def identify(spec: str, index: dict) -> Identity | None:
+    """The identity of `spec` from files on disk only (no network, no timm); None when unknown."""
+    from vitcli.models.resolver import parse_spec
+
+    source = parse_spec(spec)
+    if source.kind == "local":
+        if source.weights is None or source.weights.suffix != ".safetensors":
+            return None
+        return Identity(source.weights, weights_sha256(source.weights, index),
+                        _config_identity(source.folder / "config.json"))
+    if source.kind == "hf-hub":
+        weights = _hub_cached_file(source.name, source.revision, "model.safetensors")
+        config = _hub_cached_file(source.name, source.revision, "config.json")
+        if weights is None or config is None:
+            return None
+        return Identity(weights, weights_sha256(weights, index), _config_identity(config))
+    where = index.get("timm_names", {}).get(f"{spec}|{_timm_version()}")
+    if not where:
+        return None
+    weights = _hub_cached_file(where["repo"], where.get("revision"), where["filename"])
+    if weights is None:
+        return None
+    return Identity(weights, weights_sha256(weights, index), "timm:" + where["name"], where)
+
+
+def _timm_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("timm")
+    except PackageNotFoundError:
+        return "none"
+
+
+def _read_index() -> dict:
+    try:
+        index = json.loads((export_dir() / "index.json").read_text())
+        return index if isinstance(index, dict) and index.get("format") == FORMAT else {"format": FORMAT}
+    except (OSError, ValueError):
+        return {"format": FORMAT}
+
+
+def _write_json(path: Path, obj) -> None:
+    """Write to a temporary file in the same folder, then rename (never a half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Lookup (the fast path) and remember (after a normal run)
+
+
+@dataclass
+class ExportedModel:
+    """Quacks like vitcli.models.LoadedModel for `vitcli.predict.run`."""
+
+    model: object  # torch.jit.ScriptModule
+    architecture: str
+    data_config: dict
+    label_names: list[str]
+    key: str
+    source: object = None
+    config: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+
+def lookup(spec: str) -> ExportedModel | None:
+    """The saved TorchScript copy for `spec`, or None (not saved yet, stale, or anything odd)."""
+    if not enabled():
+        return None
+    try:
+        import torch
+
+        index = _read_index()
+        ident = identify(spec, index)
+        if ident is None:
+            return None
+        from vitcli.inference import kernels
+
+        variant = "onednn" if kernels.enabled_here() else "eager"  # what load_predictor would build now
+        folder = export_dir() / ident.key(torch.__version__, _timm_version(), variant)
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("weights_sha256") != ident.weights_sha256 or not meta.get("equal_logits"):
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+            model = torch.jit.load(str(folder / "model.pt"), map_location="cpu")
+        model.eval()
+    except Exception:  # noqa: BLE001 - the fast path is an optimisation: any problem means the normal path
+        return None
+    return ExportedModel(model, meta["architecture"], meta["data_config"], meta["label_names"], folder.name)
+
+
+def _identity_of_loaded(spec: str, loaded, index: dict) -> Identity | None:
+    source = loaded.source
+    if source is None or source.weights is None or Path(source.weights).suffix != ".safetensors":
+        return None
+    if source.kind in ("local", "hf-hub"):
+        return Identity(Path(source.weights), weights_sha256(Path(source.weights), index),
+                        _config_identity(Path(source.folder) / "config.json"))
+    # a timm name: remember which Hub file holds its weights, so the next lookup needs no timm
+    real = Path(source.weights)
+    parts = real.parts
+    if "snapshots" not in parts:
+        return None
+    i = parts.index("snapshots")
+    repo_dir = parts[i - 1]
+    if not repo_dir.startswith("models--"):
+        return None
+    repo_id = repo_dir[len("models--"):].replace("--", "/", 1)
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(loaded.architecture if "." in loaded.architecture else spec)
+    revision = None
+    if cfg is not None and cfg.hf_hub_id and "@" in cfg.hf_hub_id:
+        revision = cfg.hf_hub_id.split("@", 1)[1]
+    where = {"name": loaded.architecture, "repo": repo_id, "revision": revision,
+             "filename": "/".join(parts[i + 2:])}
+    if _hub_cached_file(repo_id, revision, where["filename"]) is None:
+        return None
+    return Identity(real, weights_sha256(real, index), "timm:" + loaded.architecture, where)
+
+
+def remember(spec: str, loaded, device) -> str | None:
+    """Save a TorchScript copy of `loaded` for the next cold start; returns the key when one was written.
+
+    Only CPU fp32 eval models whose preprocessing EvalTransform covers, only when the traced copy gives
+    exactly the eager model's logits (checked at two batch sizes). Never raises.
+    """
+    if not enabled() or getattr(device, "type", str(device)) != "cpu" or isinstance(loaded, ExportedModel):
+        return None
+    try:
+        return _remember(spec, loaded)
+    except Exception as e:  # noqa: BLE001 - an optimisation must never fail a command
+        if os.environ.get("VIT_DEBUG") == "1":
+            raise
+        from vitcli import output
+
+        output.warn(f"could not save a fast-start copy of the model ({type(e).__name__}: {e})")
+        return None
+
+
+def _remember(spec: str, loaded) -> str | None:
+    import torch
+
+    if not supports(loaded.data_config):
+        return None
+    index = _read_index()
+    ident = _identity_of_loaded(spec, loaded, index)
+    if ident is None:
+        return None
+    timm_version = _timm_version()
+    from vitcli.inference import kernels
+
+    key = ident.key(torch.__version__, timm_version, "onednn" if kernels.is_fused(loaded.model) else "eager")
+    folder = export_dir() / key
+    names = index.setdefault("timm_names", {})
+    changed = bool(ident.where) and names.get(f"{spec}|{timm_version}") != ident.where
+    if ident.where:
+        names[f"{spec}|{timm_version}"] = ident.where
+    if (folder / "meta.json").is_file():
+        if changed or index.get("hashes") != _read_index().get("hashes"):
+            _write_json(export_dir() / "index.json", index)
+        return None  # already saved (or known not to match)
+
+    start = time.perf_counter()
+    model = loaded.model
+    params = list(model.parameters())
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params):
+        return None
+    _, h, w = loaded.data_config["input_size"]
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(2, 3, h, w, generator=gen)
+    checks = [torch.randn(1, 3, h, w, generator=gen), torch.randn(3, 3, h, w, generator=gen)]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, example, check_trace=False)
+        traced = torch.jit.freeze(traced.eval())
+        with torch.jit.optimized_execution(False):
+            equal = all(torch.equal(model(x), traced(x)) for x in checks)
+    meta = {"format": FORMAT, "spec": spec, "architecture": loaded.architecture,
+            "data_config": _plain(loaded.data_config), "label_names": list(loaded.label_names),
+            "weights": str(ident.weights), "weights_sha256": ident.weights_sha256, "model": ident.model,
+            "torch": torch.__version__, "timm": timm_version, "equal_logits": bool(equal),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - start, 2)}
+    tmp = Path(tempfile.mkdtemp(dir=_ensure(export_dir()), prefix=f".{key}."))
+    if equal:
+        traced.save(str(tmp / "model.pt"))
+    _write_json(tmp / "meta.json", meta)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process saved the same key first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    _write_json(export_dir() / "index.json", index)
+    from vitcli import output
+
+    if equal:
+        output.info(f"[dim]saved a TorchScript copy of the model for a faster start next time "
+                    f"({meta['seconds']:.1f} s, once; VIT_EXPORT=0 turns this off)[/]")
+    return key if equal else None
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _plain(obj):
+    """JSON-able copy of a data config (tuples -> lists)."""
+    return json.loads(json.dumps(obj, default=list))

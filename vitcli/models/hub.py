@@ -1,0 +1,114 @@
+"""Hugging Face Hub downloads: the standard cache, a rich progress bar per file, offline mode.
+
+timm exposes no progress hook, so model files are fetched here with `hf_hub_download` (which takes a
+`tqdm_class`) and timm is then pointed at the local file. A file already in the cache is used without
+any network request; `vit download` asks the Hub again and refreshes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from vitcli import __version__
+from vitcli import env as hub_env
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _prepare():
+    """Import huggingface_hub with the settings in force now (not those at its first import)."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = hub_env.offline()
+    constants.HF_HUB_DISABLE_TELEMETRY = True
+    if os.environ.get("VIT_DEBUG") != "1":
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    return huggingface_hub
+
+
+def split_revision(repo: str) -> tuple[str, str | None]:
+    """'org/name@rev' -> ('org/name', 'rev')."""
+    if "@" in repo:
+        repo_id, revision = repo.split("@", 1)
+        return repo_id, revision or None
+    return repo, None
+
+
+def download_file(repo_id: str, filename: str, revision: str | None = None, refresh: bool = False) -> str:
+    """Path of `filename` from the Hub repo, from the cache when it is there (unless `refresh`)."""
+    hf = _prepare()
+    kwargs = dict(repo_id=repo_id, filename=filename, revision=revision, cache_dir=hub_env.cache_dir(),
+                  library_name="vitcli", library_version=__version__)
+    if not refresh or hub_env.offline():
+        try:
+            return hf.hf_hub_download(**kwargs, local_files_only=True)
+        except Exception as e:  # not cached: fall through to a real download
+            if hub_env.offline():
+                raise
+            if type(e).__name__ not in {"LocalEntryNotFoundError", "IncompleteSnapshotError",
+                                        "OfflineModeIsEnabled"}:
+                raise
+    from vitcli.output import RichTqdm
+
+    check_reachable()
+    return hf.hf_hub_download(**kwargs, endpoint=hub_env.endpoint(), tqdm_class=RichTqdm.named(filename))
+
+
+_REACHABLE: set[str] = set()
+
+
+def check_reachable(timeout: float = 5.0) -> None:
+    """Fail at once when nothing answers at the Hub's address.
+
+    With no cached copy, huggingface_hub retries a failed connection 5 times with backoff (1+2+4+8+8 s):
+    a refused connection or an unknown host then costs 23 s per file, 46 s for `vit predict` (weights,
+    then the pickle fallback), before the same error. Those do not heal in seconds, so one TCP connect
+    (per endpoint and process) decides first; anything that does answer gets huggingface_hub's retries.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    from vitcli.errors import HubError
+
+    endpoint = hub_env.endpoint()
+    if endpoint in _REACHABLE:
+        return
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError as e:
+        if isinstance(e, TimeoutError):
+            reason = f"no answer within {timeout:g} s"
+        else:
+            reason = str(e) if not isinstance(e, socket.gaierror) else f"unknown host {url.hostname}: {e.strerror}"
+        raise HubError(f"cannot connect to the Hugging Face Hub at {endpoint} ({reason})",
+                       "check your network or HF_ENDPOINT; with the model cached, add --offline") from e
+    _REACHABLE.add(endpoint)
+
+
+def download_weights(repo_id: str, revision: str | None = None, refresh: bool = False) -> str:
+    """The repo's weights: model.safetensors, else pytorch_model.bin (loaded later with weights_only)."""
+    last = None
+    for name in WEIGHT_FILES:
+        try:
+            return download_file(repo_id, name, revision, refresh=refresh)
+        except Exception as e:
+            if not _is_missing_entry(e):
+                raise
+            last = e
+    raise last  # type: ignore[misc]
+
+
+def _is_missing_entry(e: BaseException) -> bool:
+    """The Hub has no such file (or, offline, the cache has none): try the next weights file. A file that
+    could not be fetched because the connection failed is not missing: that error goes up as it is."""
+    from vitcli.errors import caused_by
+
+    names = {c.__name__ for c in type(e).__mro__}
+    if "RemoteEntryNotFoundError" in names:
+        return True
+    return "LocalEntryNotFoundError" in names and not caused_by(
+        e, "ConnectError", "TimeoutException", "NetworkError", "HfHubHTTPError")

@@ -1,0 +1,177 @@
+"""Run folders: `runs/<command>/<name>`, what a training run leaves behind.
+
+    runs/finetune/pets-3/
+      config.json, model.safetensors   the best model (by minival/val accuracy) in Hub layout; its
+                                       config.json is timm's model config plus label_names and a
+                                       "vitcli" block with the command, resolved config and versions
+      run.json                         resolved config, environment, versions, status, final summary
+      metrics.jsonl                    one line per logging step and per evaluation
+      last/state.pt                    the training state `--resume` continues from
+
+Only the process of rank 0 writes here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+from vitcli.train import checkpoint
+from vitcli.errors import UsageError
+
+STATE = Path("last") / "state.pt"
+
+
+def default_name(dataset: str) -> str:
+    base = Path(dataset.rstrip("/")).name or "run"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-") or "run"
+
+
+def create(project: str | Path, command: str, name: str | None, dataset: str) -> Path:
+    """A new, empty run folder: `--name` as given, else `<dataset>-<n>` with the first free n."""
+    parent = Path(project).expanduser() / command
+    parent.mkdir(parents=True, exist_ok=True)
+    if name:
+        folder = parent / name
+        if folder.exists() and any(folder.iterdir()):
+            raise UsageError(f"run folder {folder} already exists",
+                             f"continue it with --resume {folder}, or pick another --name")
+        folder.mkdir(exist_ok=True)
+        return folder
+    base = default_name(dataset)
+    n = 1
+    while True:
+        folder = parent / f"{base}-{n}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            n += 1
+
+
+def create_at(folder: Path) -> Path:
+    """Exactly this run folder (a sweep names its runs): new, or empty."""
+    folder = Path(folder).expanduser()
+    if folder.exists() and any(folder.iterdir()):
+        raise UsageError(f"run folder {folder} already exists", f"continue it with --resume {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def find_state(run: str | Path) -> Path:
+    """The training state of a run folder given to --resume."""
+    run = Path(run).expanduser()
+    for candidate in (run / STATE, run / "state.pt", run):
+        if candidate.is_file():
+            return candidate
+    if not run.exists():
+        raise UsageError(f"--resume {run}: no such run folder")
+    raise UsageError(f"--resume {run}: the run has no saved training state ({STATE})",
+                     "it stopped before its first checkpoint: start it again")
+
+
+def versions() -> dict:
+    import timm
+    import torch
+
+    out = {"vitcli": __import__("vitcli").__version__, "python": platform.python_version(),
+           "torch": torch.__version__, "timm": timm.__version__}
+    try:
+        import torchvision
+
+        out["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def environment(runtime, world_size: int) -> dict:
+    import torch
+
+    env = {"platform": platform.platform(), "device": str(runtime.device), "precision": runtime.precision,
+           "world_size": world_size, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "argv": sys.argv}
+    if runtime.device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(runtime.device)
+    return env
+
+
+def write_run_json(folder: Path, **fields) -> None:
+    """Merge `fields` into run.json (written atomically)."""
+    path = Path(folder) / "run.json"
+    data = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            data = {}
+    data.update(fields)
+    text = json.dumps(data, indent=2, default=str)
+    checkpoint.atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_run_json(folder: Path) -> dict:
+    try:
+        return json.loads((Path(folder) / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def save_model(folder: Path, model, label_names: list[str], vitcli_block: dict) -> None:
+    """The model in Hub layout at the root of the run folder (weights first, then config.json, each
+    moved into place whole, so a reader never sees a half-written file)."""
+    from timm.models import save_for_hf
+
+    folder = Path(folder)
+    staging = folder / f".model{checkpoint.TMP_MARK}{os.getpid()}"
+    staging.mkdir(parents=True, exist_ok=True)
+    save_for_hf(model, str(staging), model_config={"label_names": list(label_names), "vitcli": vitcli_block},
+                safe_serialization=True)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "config.json"):
+        os.chmod(staging / name, 0o666 & ~umask)  # safetensors writes 0600; a model is meant to be shared
+        os.replace(staging / name, folder / name)
+    for leftover in staging.iterdir():
+        leftover.unlink()
+    staging.rmdir()
+
+
+class Metrics:
+    """metrics.jsonl: appended and flushed line by line; a resumed run first drops the lines written
+    after its checkpoint, so its file reads like the uninterrupted run's."""
+
+    def __init__(self, folder: Path, resume_step: int | None = None, enabled: bool = True):
+        self.path = Path(folder) / "metrics.jsonl"
+        self.enabled = enabled
+        self.fh = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.is_file():
+            kept = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+                except ValueError:
+                    continue  # a line cut by the kill
+            text = "".join(k + "\n" for k in kept)
+            checkpoint.atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+        self.fh = open(self.path, "a", encoding="utf-8")
+
+    def log(self, record: dict) -> None:
+        if self.fh is None:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        self.fh.write(json.dumps(record, default=float) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
