@@ -132,17 +132,18 @@ def loader_throughput(dataset: Path, env: dict, batches: int = 6) -> float:
     """img/s of `vit finetune`'s training data pipeline alone (decode + augment + collate), same workers."""
     code = f"""
 import time, json
-from vitcli.data import datasets as data
-from vitcli.train import run as training
+from vitcli.data.datasets import open_dataset
+from vitcli.data.loader import default_workers, make_loader
+from vitcli.data.transforms import train_transform
 from vitcli.models.resolver import load_model
 from vitcli.train.config import resolve
-import torch
 cfg = resolve("finetune", {{"dataset": {str(dataset)!r}, "model": "{MODEL_NAME}", "recipe": "quick"}})
 loaded = load_model(cfg.model)
-src = data.open_dataset(cfg.dataset)
-ds = src.subset("train", transform=training.train_transform(cfg, loaded.data_config), augment_seed=0)
-workers = training.default_workers(torch.device("cpu"))
-loader = data.loader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, workers=workers)
+src = open_dataset(cfg.dataset)
+ds = src.subset("train", train_transform(loaded.data_config, crop_scale=cfg.crop_scale, hflip=cfg.hflip),
+                augment_seed=0)
+workers = default_workers(len(ds))  # CPU
+loader = make_loader(ds, batch_size=cfg.batch_size, shuffle=True, drop_last=True, workers=workers)
 it = iter(loader); next(it)
 t = time.perf_counter(); n = 0
 for _ in range({batches}):

@@ -1,7 +1,7 @@
 """Does JPEG draft decoding (PIL `draft`, DCT-domain downscaling) change predictions?
 
 `vit predict` lets PIL decode a JPEG at 1/2, 1/4 or 1/8 scale when the result stays at least twice
-the resize target (vitcli.export.EvalTransform.draft_size). The 100 ImageNet val images of
+the resize target (vitcli.data.transforms.EvalTransform.draft_size). The 100 ImageNet val images of
 ../shared/assets are about 500x375, too small for any draft, so this script also re-encodes them
 2x, 3x and 4x upscaled (Lanczos, JPEG quality 92, in a temporary folder) and compares, per scale:
 top-1 accuracy and per-image top-1 agreement for no draft, draft to 1x the target, draft to 2x (the
@@ -26,7 +26,7 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from vitcli.inference.faststart import EvalTransform
+    from vitcli.data.transforms import EvalTransform
     from vitcli.data.images import load_image
     from vitcli.models.resolver import load_model
 

@@ -41,7 +41,7 @@ def _timm_transform(data_config):
 def test_eval_transform_equals_timm(config):
     import torch
 
-    from vitcli.inference.faststart import EvalTransform
+    from vitcli.data.transforms import EvalTransform
 
     rng = np.random.default_rng(0)
     fast = EvalTransform(config)
@@ -56,7 +56,7 @@ def test_eval_transform_equals_timm_on_real_images(assets):
 
     from vitcli.data.images import load_image
     from vitcli.models.resolver import load_model
-    from vitcli.inference.faststart import EvalTransform
+    from vitcli.data.transforms import EvalTransform
 
     data_config = load_model(str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k")).data_config
     fast, slow = EvalTransform(data_config), _timm_transform(data_config)
@@ -66,7 +66,7 @@ def test_eval_transform_equals_timm_on_real_images(assets):
 
 
 def test_unsupported_preprocessing_falls_back_to_timm():
-    from vitcli.inference.faststart import EvalTransform, eval_transform, supports
+    from vitcli.data.transforms import EvalTransform, eval_transform, supports
 
     border = dict(input_size=(3, 32, 32), interpolation="bicubic", crop_pct=0.9, crop_mode="border",
                   mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -146,7 +146,8 @@ def test_flop_count_and_gemm_shapes_of_a_known_model():
     import torch
     from torch import nn
 
-    from vitcli.bench.benchmark import count_flops, gemm_shapes
+    from vitcli.bench.ceiling import gemm_shapes
+    from vitcli.models.meta import count_flops
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
     x = torch.randn(5, 3, 2, 2)
@@ -159,7 +160,8 @@ def test_flop_count_includes_attention():
     import torch
 
     from tests.conftest import make_tiny_vit
-    from vitcli.bench.benchmark import count_flops, gemm_shapes
+    from vitcli.bench.ceiling import gemm_shapes
+    from vitcli.models.meta import count_flops
 
     model = make_tiny_vit(10)  # 32 px, patch 4: 64 patches + cls = 65 tokens, width 64, depth 2, mlp 2x
     x = torch.randn(1, 3, 32, 32)
@@ -175,7 +177,7 @@ def test_flop_count_includes_attention():
 
 def test_benchmark_cli_json(tiny_vit_dir):
     result = runner.invoke(app, ["benchmark", "--model", str(tiny_vit_dir), "--batch-size", "2", "--iters", "2",
-                                 "--warmup", "0", "--train", "--json"])
+                                 "--warmup-iters", "0", "--train", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     for key in ("model", "batch_size", "img_s", "timm_img_s", "gflop_per_img", "ceiling_gflop_s",
@@ -189,6 +191,6 @@ def test_benchmark_cli_json(tiny_vit_dir):
 
 def test_benchmark_table_and_random_init():
     result = runner.invoke(app, ["benchmark", "--model", "vit_tiny_patch16_224", "--random-init", "--img-size", "32",
-                                 "--batch-size", "1", "--iters", "1", "--warmup", "0"])
+                                 "--batch-size", "1", "--iters", "1", "--warmup-iters", "0"])
     assert result.exit_code == 0, result.output
     assert "timm eager" in result.stdout and "ratio" in result.stdout and "32 px" in result.stdout

@@ -103,3 +103,15 @@ def test_process_exit_codes_output_and_a_closed_pipe(tiny_vit_dir, make_images):
     proc.stdout.close()  # the reader leaves after one line
     stderr = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in stderr
+
+
+def test_a_bad_environment_value_is_one_line_naming_the_variable(tiny_vit_dir, make_images):
+    image = str(make_images(1)[0])
+    cases = {"VIT_MAX_IMAGE_PIXELS": ("abc", "is not a whole number"), "VIT_PROGRESS": ("maybe", "yes/no"),
+             "VIT_KERNELS": ("fast", "yes/no"), "HF_ENDPOINT": ("notaurl", "not an http(s) URL")}
+    for name, (value, says) in cases.items():
+        model = "vit_tiny_patch16_224.augreg_in21k_ft_in1k" if name == "HF_ENDPOINT" else str(tiny_vit_dir)
+        result = runner.invoke(app, ["predict", "--model", model, "--device", "cpu", image],
+                               env={name: value, "VIT_EXPORT": "0"})
+        assert result.exit_code == 2, (name, result.output)
+        assert f"{name}={value!r}" in result.stderr and says in result.stderr and "Traceback" not in result.stderr

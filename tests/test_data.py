@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from vitcli.data import datasets as data
+from vitcli.data.loader import Skipped, make_loader
 from vitcli.errors import DataError
 
 
@@ -32,7 +33,7 @@ def test_imagefolder_with_train_and_val(tmp_path):
     assert src.splits == ["train", "val"]
     assert src.selection_split == "val"
     assert src.size("train") == 9 and src.size("val") == 5
-    image, label = src.subset("val")[4]
+    _, image, label = src.subset("val")[4]
     assert isinstance(image, Image.Image) and label == 1
     with pytest.raises(DataError, match="no 'test' split"):
         src.subset("test")
@@ -68,12 +69,12 @@ def test_unreadable_image_is_skipped_named_once_and_counted(tmp_path, capsys):
     bad.write_bytes(b"not a png at all")
     src = data.open_dataset(str(root))
     ds = src.subset("train", T.ToTensor())
-    assert isinstance(ds[1], data.Skipped) and ds[1].path == str(bad)
+    assert isinstance(ds[1], Skipped) and ds[1].path == str(bad) and ds[1].position == 1
     seen = []
     for _ in range(2):  # two epochs: the file is named once, counted once
-        loader = data.loader(ds, batch_size=4)
-        for images, labels in data.batches(src, loader):
-            seen.append(len(labels))
+        for batch in make_loader(ds, batch_size=4):
+            src.note_skipped(batch.skipped)
+            seen.append(len(batch.labels))
     assert seen == [3, 2, 3, 2]  # the bad item is dropped, never replaced by another sample
     assert src.skipped_count == 1 and str(bad) in src.unreadable
     err = capsys.readouterr().err
@@ -89,11 +90,11 @@ def test_augmentation_is_seeded_per_sample_and_epoch(tmp_path):
     ds = data.open_dataset(str(root)).subset("train", aug, augment_seed=7)
     torch.manual_seed(123)
     state = torch.get_rng_state()
-    a = ds[2][0]
+    a = ds[2].image
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left untouched
-    assert torch.equal(ds[2][0], a)
+    assert torch.equal(ds[2].image, a)
     ds.set_epoch(1)
-    assert not torch.equal(ds[2][0], a)
+    assert not torch.equal(ds[2].image, a)
 
 
 def _fake_pets(root: Path) -> None:
@@ -129,7 +130,7 @@ def test_pets_on_disk_in_torchvision_layout_is_found_without_download(tmp_path, 
     assert src.splits == ["train", "minival", "test"]
     assert src.size("train") + src.size("minival") == 20 and src.size("test") == 4
     assert src.size("minival") == 2  # 10 % of each class
-    image, label = src.subset("test")[3]
+    _, image, label = src.subset("test")[3]
     assert image.size == (20, 20) and label == 1
 
 

@@ -81,7 +81,7 @@ def test_flat_folder_artefacts_and_unreadable_images(tiny_vit_dir, tmp_path):
     names = [p.name for p in paths] + ["broken.jpg", "missing.png"]
     labels = _labels_file(tmp_path / "labels.txt", names, [0, 1, 2, 3, 4, 5, 6, 7])
     out = tmp_path / "out"
-    result = _run("--model", tiny_vit_dir, "--data", tmp_path / "val", "--labels", labels, "--out", out,
+    result = _run("--model", tiny_vit_dir, "--data", tmp_path / "val", "--labels", labels, "--out-dir", out,
                   "--workers", 0)
     assert result.exit_code == 0, result.stderr
     assert "top-1" in result.stdout and "ECE" in result.stdout
@@ -97,6 +97,11 @@ def test_flat_folder_artefacts_and_unreadable_images(tiny_vit_dir, tmp_path):
     per_class = list(csv.DictReader(open(out / "per_class.csv")))
     assert sum(int(r["support"]) for r in per_class) == 6
     assert (out / "confusion.png").stat().st_size > 1000
+    predictions = list(csv.DictReader(open(out / "predictions.csv")))  # one row per readable image
+    assert [Path(r["path"]).name for r in predictions] == [p.name for p in paths]
+    assert [int(r["true_index"]) for r in predictions] == [0, 1, 2, 3, 4, 5]
+    assert sum(int(r["top1_index"]) == int(r["true_index"]) for r in predictions) == round(data["top1"] * 6 / 100)
+    assert all(0 < float(r["top1_score"]) <= 1 for r in predictions)
 
 
 def test_labels_file_errors(tiny_vit_dir, tmp_path):
@@ -131,7 +136,7 @@ def test_run_folder_label_names_map_the_classes(tmp_path):
     model_dir = save_hub_layout(make_tiny_vit(4, seed=1), tmp_path / "run" / "best", ["cat", "dog", "ants", "bees"])
     tree = _tree(tmp_path / "data", ["ants", "bees"])  # dataset classes 0, 1 -> model classes 2, 3
     out = tmp_path / "out"
-    result = _run("--model", tmp_path / "run", "--data", tree, "--json", "--out", out, "--workers", 0)
+    result = _run("--model", tmp_path / "run", "--data", tree, "--json", "--out-dir", out, "--workers", 0)
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["num_images"] == 6 and summary["split"] == "all"
@@ -168,12 +173,12 @@ def test_real_labels(tiny_vit_dir, tmp_path):
 
 
 def test_core_run_without_cli(tiny_vit_dir, tmp_path):
-    from vitcli.eval import evaluate
     from vitcli.devices import runtime
+    from vitcli.eval import evaluate, splits
     from vitcli.models.resolver import load_model
 
     paths = _images(tmp_path / "val", 4)
-    split = evaluate.open_labelled_folder(tmp_path / "val", _labels_file(tmp_path / "l.txt", [p.name for p in paths],
+    split = splits.open_labelled_folder(tmp_path / "val", _labels_file(tmp_path / "l.txt", [p.name for p in paths],
                                                                         [0, 0, 1, 1]))
     loaded = load_model(str(tiny_vit_dir))
     result = evaluate.run(loaded, runtime("cpu"), split, batch_size=3, workers=0)
@@ -196,6 +201,25 @@ def test_real_vit_ti_on_imagenet_val_from_local_hub(assets, monkeypatch):
     summary = json.loads(result.stdout)
     assert summary["num_images"] == 100 and summary["num_failed"] == 0
     assert summary["top1"] == 73.0 and summary["top5"] == 91.0
+
+
+@pytest.mark.slow
+def test_predict_and_eval_give_the_same_top1_on_every_real_val_image(assets, tmp_path, monkeypatch):
+    """One image path: `vit predict` and `vit eval` label each of the 100 real val images alike."""
+    monkeypatch.setenv("VIT_EXPORT", "0")  # the plain path on both sides (the fast-start copy has its own test)
+    model = str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k")
+    image_dir = assets / "images" / "imagenet-val-100"
+    predicted = runner.invoke(app, ["predict", "--model", model, "--json", "--device", "cpu", "-k", "1",
+                                    str(image_dir / "images")])
+    assert predicted.exit_code == 0, predicted.stderr
+    top1 = {Path(r["path"]).name: r["predictions"][0] for r in map(json.loads, predicted.stdout.splitlines())}
+    result = _run("--model", model, "--data", image_dir / "images", "--labels", image_dir / "labels.txt",
+                  "--device", "cpu", "--out-dir", tmp_path / "out")
+    assert result.exit_code == 0, result.stderr
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(open(tmp_path / "out" / "predictions.csv"))}
+    assert len(top1) == len(rows) == 100
+    assert all(int(rows[name]["top1_index"]) == p["index"] for name, p in top1.items())
+    assert all(abs(float(rows[name]["top1_score"]) - p["score"]) < 1e-5 for name, p in top1.items())
 
 
 def test_named_dataset_missing_offline_says_where_to_put_it(tiny_vit_dir, tmp_path):

@@ -116,14 +116,14 @@ def test_cli_few_shot_and_feature_cache(tiny_vit_dir, tmp_path):
 
 
 def test_feature_cache_lives_in_the_vit_cache(tiny_vit_dir, tmp_path, monkeypatch):
-    from vitcli.eval import evaluate
+    from vitcli.eval import splits
     from vitcli.devices import runtime
     from vitcli.models.resolver import load_model
 
     monkeypatch.setenv("VIT_CACHE", str(tmp_path / "cache"))
     tree = _tree(tmp_path / "colours", {"train": 3, "test": 2})
-    source = evaluate.open_source(str(tree))
-    train, test = evaluate.dataset_split(source, "train"), evaluate.dataset_split(source, "test")
+    source = splits.open_source(str(tree))
+    train, test = splits.dataset_split(source, "train"), splits.dataset_split(source, "test")
     loaded = load_model(str(tiny_vit_dir))
     result = fewshot.run(loaded, runtime("cpu"), train, test, shots=[2], seeds=1, workers=0)
     files = list((tmp_path / "cache" / "features").glob("*.pt"))

@@ -138,10 +138,10 @@ def test_timm_name_download_then_offline(vit_ti_repo, image, monkeypatch):
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["weights"].endswith("model.safetensors")
     # the server is gone: offline use works from the cache
-    from vitcli import env as hub_env
+    from vitcli import env
     from vitcli.models.resolver import fetch, parse_spec
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert hub_env.offline()
+    assert env.offline()
     source = fetch(parse_spec(name))
     assert source.weights.name == "model.safetensors" and source.weights.is_file()

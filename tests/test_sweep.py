@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +209,32 @@ def test_sweep_keys_and_values_are_checked_before_training(tiny_vit_dir, colours
     result = CliRunner().invoke(app, base + ["--sweep", "lr=0.1,fast"])
     assert result.exit_code == 2
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("run.json"))
+
+
+def test_a_sweep_winner_is_tested_as_a_single_run_is(tiny_vit_dir, colours, tmp_path):
+    """One evaluation path: the winner's test number is the number a single run with its settings
+    reports, and the sweep's test of a run folder reproduces that run's own test loss to the bit."""
+    from typer.testing import CliRunner
+
+    from vitcli.cli import app
+    from vitcli.train.config import resolve
+    from vitcli.train.evaluation import test_run
+
+    base = _base("train", tiny_vit_dir, colours, tmp_path)
+    base[base.index("--steps") + 1] = "3"
+    result = CliRunner().invoke(app, base + ["--sweep", "lr=0.0001,0.003", "--name", "lrs", "--json"])
+    assert result.exit_code == 0, result.output
+    winner = json.loads(result.stdout)["winner"]
+    single = CliRunner().invoke(app, base + ["--lr", winner["lr"], "--name", "single", "--json"])
+    assert single.exit_code == 0, single.output
+    summary = json.loads(single.stdout)
+    assert summary["test_top1"] == winner["test_top1"]
+    assert summary["val_top1"] == winner["val_top1"]
+
+    run_dir = Path(summary["run_dir"])
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    own = next(r for r in logged if r.get("split") == "test")
+    cfg = resolve("train", {"model": str(tiny_vit_dir), "dataset": str(colours), "steps": 3, "batch_size": 6,
+                            "workers": 0, "device": "cpu", "lr": float(winner["lr"])})
+    tested, split = test_run(run_dir, cfg)
+    assert split == "test" and (tested["top1"], tested["loss"], tested["n"]) == (own["top1"], own["loss"], own["n"])

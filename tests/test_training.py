@@ -87,7 +87,7 @@ def test_finetune_model_zero_head_and_2d_resampled_pos_embed(tiny_vit_dir, capsy
     import torch
     from timm.layers import resample_abs_pos_embed
 
-    from vitcli.train.run import build_finetune_model
+    from vitcli.train.build import build_finetune_model
 
     cfg = FinetuneConfig(model=str(tiny_vit_dir), dataset="x", img_size=48, freeze=True)
     loaded, model = build_finetune_model(cfg, 3, torch.device("cpu"))
@@ -106,7 +106,7 @@ def test_scratch_model_ablations():
     import torch
     from timm.layers import build_sincos2d_pos_embed
 
-    from vitcli.train.run import build_scratch_model
+    from vitcli.train.build import build_scratch_model
 
     base = dict(model="Ti/16", dataset="x", img_size=32, patch_size=8)
     _, model = build_scratch_model(TrainConfig(**base, pos_embed="sincos", pool="avg"), 5, torch.device("cpu"))
@@ -198,13 +198,13 @@ def test_corrupt_image_is_skipped_and_counted(tiny_vit_dir, colour_ds, tmp_path,
 
 def _poison(monkeypatch, calls: int):
     """Make the first `calls` training images contain an inf pixel (the measured failure mode)."""
-    import vitcli.train.run as training
+    import vitcli.data.transforms as transforms
 
-    real = training.train_transform
+    real = transforms.train_transform
     count = {"n": 0}
 
-    def poisoned(cfg, data_config):
-        tf = real(cfg, data_config)
+    def poisoned(data_config, **kwargs):
+        tf = real(data_config, **kwargs)
 
         def apply(image):
             x = tf(image)
@@ -214,7 +214,7 @@ def _poison(monkeypatch, calls: int):
             return x
         return apply
 
-    monkeypatch.setattr(training, "train_transform", poisoned)
+    monkeypatch.setattr(transforms, "train_transform", poisoned)
 
 
 def test_nan_guard_skips_a_bad_step(tiny_vit_dir, colour_ds, tmp_path, monkeypatch):
@@ -230,7 +230,7 @@ def test_nan_guard_skips_a_bad_step(tiny_vit_dir, colour_ds, tmp_path, monkeypat
 
 def test_nan_guard_stops_the_run_keeping_the_last_good_checkpoint(tiny_vit_dir, colour_ds, tmp_path,
                                                                   monkeypatch):
-    from vitcli.train.loop import Diverged
+    from vitcli.train.interrupts import Diverged
     from vitcli.train.run import finetune, resume_config
 
     first = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, steps=8, name="nan2", max_bad_steps=2),

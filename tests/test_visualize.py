@@ -188,8 +188,8 @@ def test_poolformer_gets_a_clear_error():
 def test_cli_writes_every_artefact(tiny_vit_dir, make_images, tmp_path):
     images = make_images(3, size=(48, 40))
     out = tmp_path / "out"
-    result = runner.invoke(app, ["visualize", "--attention-distance", "--attention-map", "--pos-embed", "--filters",
-                                 "--model", str(tiny_vit_dir), "--out", str(out), "--num-components", "8",
+    result = runner.invoke(app, ["visualize", "--attention-distance", "--attention-map", "--pos-embed-similarity", "--filters",
+                                 "--model", str(tiny_vit_dir), "--out-dir", str(out), "--num-components", "8",
                                  "--json", *map(str, images)])
     assert result.exit_code == 0, result.output + result.stderr
     report = json.loads(result.stdout)
@@ -217,7 +217,7 @@ def test_cli_numbers_runs_and_needs_something_to_do(tiny_vit_dir, make_images, t
     result = runner.invoke(app, ["visualize", "--attention-distance", "--model", str(tiny_vit_dir)])
     assert result.exit_code == 2 and "needs images" in result.stderr
     for _ in range(2):
-        result = runner.invoke(app, ["visualize", "--pos-embed", "--model", str(tiny_vit_dir)])
+        result = runner.invoke(app, ["visualize", "--pos-embed-similarity", "--model", str(tiny_vit_dir)])
         assert result.exit_code == 0, result.stderr
     assert (tmp_path / "runs/visualize/1/pos_embed_similarity.png").is_file()
     assert (tmp_path / "runs/visualize/2/pos_embed_similarity.png").is_file()
@@ -230,7 +230,7 @@ def test_cli_reports_unreadable_images_and_keeps_going(tiny_vit_dir, make_images
     bad.write_bytes(b"not an image")
     out = tmp_path / "out"
     result = runner.invoke(app, ["visualize", "--attention-map", str(good), str(bad), "--model", str(tiny_vit_dir),
-                                 "--out", str(out)])
+                                 "--out-dir", str(out)])
     assert result.exit_code == 1
     assert "bad.jpg" in result.stderr and "Traceback" not in result.stderr
     assert (out / "rollout" / "img000.png").is_file() and not (out / "rollout" / "bad.png").exists()
@@ -239,8 +239,8 @@ def test_cli_reports_unreadable_images_and_keeps_going(tiny_vit_dir, make_images
 def test_cli_non_square_model(make_images, tmp_path):
     folder = save_hub_layout(make_tiny_vit(img_size=(32, 48)), tmp_path / "wide")
     out = tmp_path / "out"
-    result = runner.invoke(app, ["visualize", "--attention-map", "--pos-embed", str(make_images(1)[0]),
-                                 "--model", str(folder), "--out", str(out)])
+    result = runner.invoke(app, ["visualize", "--attention-map", "--pos-embed-similarity", str(make_images(1)[0]),
+                                 "--model", str(folder), "--out-dir", str(out)])
     assert result.exit_code == 0, result.stderr
     assert np.load(out / "rollout" / "img000.npy").shape == (8, 12)
     assert np.load(out / "pos_embed_similarity.npy").shape == (96, 96)
@@ -259,10 +259,10 @@ def test_cli_poolformer_attention_is_a_one_line_error(make_images, tmp_path, mon
                                        [str(i) for i in range(10)])
     monkeypatch.setattr(vitcli.models.resolver, "load_model", lambda *a, **k: loaded)
     result = runner.invoke(app, ["visualize", "--attention-distance", str(make_images(1)[0]),
-                                 "--model", "poolformer_s12", "--out", str(tmp_path / "out")])
+                                 "--model", "poolformer_s12", "--out-dir", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert "poolformer_s12 has no self-attention blocks" in result.stderr and "Traceback" not in result.stderr
-    result = runner.invoke(app, ["visualize", "--filters", "--model", "poolformer_s12", "--out",
+    result = runner.invoke(app, ["visualize", "--filters", "--model", "poolformer_s12", "--out-dir",
                                  str(tmp_path / "out")])
     assert result.exit_code == 0 and (tmp_path / "out" / "filters.png").is_file()
 
@@ -274,11 +274,11 @@ def test_real_vit_tiny_matches_the_paper(assets, tmp_path):
     from vitcli.analysis.visualize import run
 
     images = assets / "images" / "imagenet-val-100" / "images"
-    result = run(str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k"), attention_distance=True,
-                 pos_embed=True, data=[str(images)], num_images=50, out=tmp_path / "out", device="cpu",
-                 batch_size=25)
+    result = run(str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k"), [str(images)],
+                 attention_distance=True, pos_embed_similarity=True, num_images=50, out_dir=tmp_path / "out",
+                 device="cpu", batch_size=25)
     d = np.array(result["attention_distance"]["distance"])  # (12 layers, 3 heads)
     assert d.shape == (12, 3)
     assert d[0].max() >= 2 * d[0].min()  # the first layer has local and global heads
     assert d[-3:].mean() >= 1.8 * d[:3].mean()  # deeper layers look farther
-    assert result["pos_embed"]["neighbour_fraction"] >= 0.9
+    assert result["pos_embed_similarity"]["neighbour_fraction"] >= 0.9

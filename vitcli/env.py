@@ -1,40 +1,140 @@
-"""Hub settings read from the environment at call time (stdlib only).
+"""The one reader of the environment: vitcli's own VIT_* settings and the variables of the libraries it
+honours (Hugging Face, torchrun). Standard library only.
 
-huggingface_hub reads HF_ENDPOINT, HF_HUB_OFFLINE and HF_HUB_CACHE once, when it is imported. We read
-them whenever they are needed and pass them explicitly, so `--offline` and a changed environment take
-effect even when huggingface_hub was imported earlier in the same process.
+Every value is read when it is asked for, never cached at import, so `--offline` or a changed
+environment takes effect even after huggingface_hub was imported in the same process (it reads its own
+variables once). A value that cannot be understood is a `UsageError` naming the variable and what it
+accepts; nothing falls back silently.
+
+    VIT_DEBUG=1              tracebacks for every error, normal interpreter exit
+    VIT_PROGRESS=0|1         progress bars off / on (default: on when stderr is a terminal)
+    VIT_CACHE=DIR            vitcli's cache (default ~/.cache/vitcli): fast-start copies, features, zoo
+    VIT_MAX_IMAGE_PIXELS=N   the decompression-bomb limit for one image (default: PIL's, 89 478 485)
+    VIT_EXPORT=0             no fast-start copy for `vit predict`
+    VIT_KERNELS=0|1|auto     the CPU oneDNN linears: off, on without measuring, or where measured faster
+    VIT_RECIPE=NAME          the training recipe when --recipe is not given
+    HF_HUB_OFFLINE (TRANSFORMERS_OFFLINE), HF_ENDPOINT, HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME
+    RANK, WORLD_SIZE, LOCAL_RANK (set by torchrun)
 """
 
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
+
+from vitcli.errors import UsageError
 
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit
+DEFAULT_ENDPOINT = "https://huggingface.co"
 
 
+def _get(name: str) -> str | None:
+    value = os.environ.get(name)
+    return None if value is None or not value.strip() else value.strip()
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = _get(name)
+    if value is None:
+        return default
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise UsageError(f"{name}={value!r} is not a yes/no value", f"set {name} to 1 or 0 (or unset it)")
+
+
+def _int(name: str, default: int, minimum: int = 1) -> int:
+    value = _get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value.replace("_", ""))
+    except ValueError:
+        raise UsageError(f"{name}={value!r} is not a whole number", f"e.g. {name}={default}") from None
+    if number < minimum:
+        raise UsageError(f"{name}={value!r} is below {minimum}", f"e.g. {name}={default}")
+    return number
+
+
+# ------------------------------------------------------------------------------------------ vitcli
+def debug() -> bool:
+    """VIT_DEBUG: show tracebacks. Lenient on purpose: it is read while an error is being reported."""
+    return (_get("VIT_DEBUG") or "").lower() in _TRUE
+
+
+def progress() -> bool | None:
+    """VIT_PROGRESS: True / False when set, None to decide by whether stderr is a terminal."""
+    return None if _get("VIT_PROGRESS") is None else _flag("VIT_PROGRESS", False)
+
+
+def max_image_pixels() -> int:
+    return _int("VIT_MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS)
+
+
+def export_enabled() -> bool:
+    return _flag("VIT_EXPORT", True)
+
+
+def kernels() -> str:
+    """VIT_KERNELS: 'auto' (where measured faster), 'on' (without measuring) or 'off'."""
+    value = _get("VIT_KERNELS")
+    if value is None or value.lower() == "auto":
+        return "auto"
+    return "on" if _flag("VIT_KERNELS", False) else "off"
+
+
+def recipe(choices) -> str | None:
+    value = _get("VIT_RECIPE")
+    if value is not None and value not in choices:
+        raise UsageError(f"VIT_RECIPE={value!r} is not a recipe", f"use one of {', '.join(choices)}")
+    return value
+
+
+def vit_cache_dir() -> str:
+    """vitcli's own cache (fast-start copies, few-shot features, zoo counts): VIT_CACHE or ~/.cache/vitcli."""
+    return os.path.expanduser(_get("VIT_CACHE") or os.path.join(_xdg_cache(), "vitcli"))
+
+
+def _xdg_cache() -> str:
+    return _get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+
+
+# ------------------------------------------------------------------------------------------ the Hub
 def offline() -> bool:
-    return (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").lower() in _TRUE
+    return (_get("HF_HUB_OFFLINE") or _get("TRANSFORMERS_OFFLINE") or "").lower() in _TRUE
 
 
 def set_offline(flag: bool) -> None:
-    """Turn offline mode on for this process (and anything it imports later)."""
+    """`--offline`: offline mode for this process and anything it imports later."""
     if flag:
         os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def endpoint() -> str:
-    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    """HF_ENDPOINT (default huggingface.co), checked to be an http(s) URL with a host and a valid port."""
+    value = (_get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    url = urlsplit(value)
+    try:
+        port = url.port
+    except ValueError:
+        port = -1
+    if url.scheme not in ("http", "https") or not url.hostname or port == -1:
+        raise UsageError(f"HF_ENDPOINT={value!r} is not an http(s) URL with a host (and a port of 1-65535)",
+                         f"e.g. HF_ENDPOINT={DEFAULT_ENDPOINT}, or unset it")
+    return value
 
 
-def cache_dir() -> str:
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+def hub_cache_dir() -> str:
+    if _get("HF_HUB_CACHE"):
+        return os.path.expanduser(_get("HF_HUB_CACHE"))
+    home = _get("HF_HOME") or os.path.join(_xdg_cache(), "huggingface")
     return os.path.join(os.path.expanduser(home), "hub")
 
 
-def vit_cache_dir() -> str:
-    """vitcli's own cache (datasets, exported models): VIT_CACHE or ~/.cache/vitcli."""
-    return os.path.expanduser(os.environ.get("VIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vitcli"))
+# ------------------------------------------------------------------------------------------ torchrun
+def dist() -> tuple[int, int, int]:
+    """(rank, world size, local rank) as torchrun sets them; (0, 1, 0) for a plain process."""
+    return (_int("RANK", 0, minimum=0), _int("WORLD_SIZE", 1), _int("LOCAL_RANK", 0, minimum=0))

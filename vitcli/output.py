@@ -1,14 +1,21 @@
 """The output sink: results to stdout (rich tables for people, JSON for programs), everything else
-(progress, warnings, hints) to stderr. Progress bars only when stderr is a terminal.
+(progress, warnings, hints) to stderr; progress bars only when stderr is a terminal. And the one way
+vitcli writes a file: `atomic_write`, so that no reader ever sees half a file.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Union
+
+TMP_MARK = ".tmp-"  # in the name of every temporary file `atomic_write` makes (found again by clean_stale)
+_counter = itertools.count()
 
 
 @lru_cache(maxsize=None)
@@ -29,11 +36,12 @@ def err():
 
 
 def info(message: str) -> None:
-    err().print(message, highlight=False)
+    """A message on stderr, never wrapped to the console width (paths stay whole in logs)."""
+    err().print(message, highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err().print(f"[yellow]warning:[/] {message}", highlight=False)
+    err().print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def emit_json(obj) -> None:
@@ -43,9 +51,10 @@ def emit_json(obj) -> None:
 
 
 def show_progress() -> bool:
-    if os.environ.get("VIT_PROGRESS") in {"0", "1"}:
-        return os.environ["VIT_PROGRESS"] == "1"
-    return sys.stderr.isatty()
+    from vitcli import env
+
+    setting = env.progress()
+    return sys.stderr.isatty() if setting is None else setting
 
 
 @contextmanager
@@ -119,3 +128,44 @@ class RichTqdm:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def atomic_write(path: str | os.PathLike, data: Union[str, bytes, Callable[[Path], object]]) -> Path:
+    """Write `path` whole or not at all, for every file vitcli writes.
+
+    `data` is text (UTF-8), bytes, or a function that writes a given temporary path (torch.save, np.save,
+    savefig: the temporary name keeps the suffix, so writers that go by it choose the same format). The
+    temporary file sits in the same folder, is fsynced, then `os.replace`d over `path` (atomic on POSIX),
+    and the folder is fsynced; a failure removes it and leaves the old file as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}{TMP_MARK}{os.getpid()}-{next(_counter)}{path.suffix}")
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        elif isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            data(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -9,11 +9,12 @@ hook on a softmax (or on `attn_drop`) sees nothing. Two ways to get them, tried 
   attention mask, if one was passed). The hook returns nothing, so the model's output is bit-identical
   to a run without hooks, and fused attention stays on.
 - **extract** (any other attention module that follows timm's convention of applying `attn_drop` to the
-  softmax): timm's `AttentionExtract` hooks `attn_drop` while fused attention is switched off for that
-  pass, then switched back. The explicit path computes the same function, within float rounding.
+  softmax): a forward hook on each `attn_drop`, as timm's `AttentionExtract` places it, while fused
+  attention is switched off for that pass, then switched back. The explicit path computes the same
+  function, within float rounding.
 
-Timm's `AttentionExtract` on its own cannot be the first choice: with fused attention on (the default)
-there is no softmax node to trace and `attn_drop` is never called.
+Hooking `attn_drop` cannot be the first choice: with fused attention on (the default) there is no
+softmax node to trace and `attn_drop` is never called.
 
 Also here: `TokenLayout`, where the prefix tokens (class, registers, distillation) and the patch grid
 sit in the token sequence, for any grid and non-square inputs.
@@ -135,7 +136,7 @@ class AttentionRecorder(contextlib.AbstractContextManager):
         self.modules = attention_modules(model)
         if not all(_recomputable(m) for m in self.modules):
             raise NotAViTError(f"{_arch(model)} uses an attention module the recompute hook does not know",
-                               "use attention_maps(), which falls back to timm's AttentionExtract")
+                               "use attention_maps(), which falls back to hooking attn_drop")
         self.maps: list = [None] * len(self.modules)
         self._handles = []
 
@@ -174,24 +175,30 @@ def fused_attention(model, enabled: bool):
 
 
 def _extract(model, x) -> list:
-    """timm's AttentionExtract on each block's attn_drop, with fused attention off for this pass."""
-    from timm.utils import AttentionExtract
-
-    names = {id(m): n for n, m in model.named_modules()}
-    targets = [f"{names[id(a)]}.attn_drop" for a in attention_modules(model) if hasattr(a, "attn_drop")]
-    if len(targets) != len(attention_modules(model)):
+    """Each block's `attn_drop` output (the softmax weights in eval mode), with fused attention off for
+    this pass. (timm's AttentionExtract does the same with hooks it gives no way to remove.)"""
+    drops = [getattr(a, "attn_drop", None) for a in attention_modules(model)]
+    if any(d is None for d in drops):
         raise NotAViTError(f"cannot read the attention weights of {_arch(model)}",
                            "its attention modules do not follow timm's layout (qkv or attn_drop)")
+    maps: list = [None] * len(drops)
+
+    def hook(index):
+        def keep(module, args, output):
+            maps[index] = output
+
+        return keep
+
+    handles = [d.register_forward_hook(hook(i)) for i, d in enumerate(drops)]
     was_training = model.training
-    with fused_attention(model, False):
-        extractor = AttentionExtract(model, names=targets, method="hook")
-        try:
-            out = extractor(x)
-        finally:
-            for handle in getattr(extractor.hooks, "_handles", []) or []:
-                handle.remove()
-    model.train(was_training)
-    maps = [out.get(t) for t in targets]
+    model.eval()
+    try:
+        with fused_attention(model, False):
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
     if any(m is None or m.dim() != 4 or m.shape[-1] != m.shape[-2] for m in maps):
         raise NotAViTError(f"cannot read the attention weights of {_arch(model)}",
                            "its attn_drop does not receive the (B, heads, N, N) attention weights")

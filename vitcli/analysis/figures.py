@@ -1,4 +1,4 @@
-"""The paper's analysis figures drawn with matplotlib (Agg: no display needed), one function per figure.
+"""The paper's analysis figures drawn with matplotlib, one function per figure, written as PNG files.
 
 Figures are built with `matplotlib.figure.Figure` directly, not pyplot, so nothing global (backend,
 current figure) is touched and no window can open.
@@ -18,9 +18,9 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: Path, dpi: int = DPI) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, facecolor="white")
-    return path
+    from vitcli.output import atomic_write
+
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, facecolor="white"))
 
 
 def attention_distance(distance, path: Path, *, title: str, image_size=None) -> Path:

@@ -8,8 +8,10 @@
   the .npy is the (N, N) matrix over patches in row-major grid order;
 - filters.png: principal components of the patch-embedding filters (Fig. 7 left).
 
-The maths lives in `vitcli.analysis`, attention extraction in `vitcli.attention`, drawing in
-`vitcli.figures`. It returns a JSON-ready dict: what was written and the numbers.
+The maths lives in vitcli.analysis.maths, attention extraction in vitcli.analysis.attention, drawing
+in vitcli.analysis.figures; images come through the one image path and batched forward
+(vitcli.data.loader, vitcli.inference.forward). It returns a JSON-ready dict: what was written and the
+numbers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import re
 from pathlib import Path
 
 from vitcli.errors import UsageError, VitError
+from vitcli.output import atomic_write
 
 DEFAULT_OUT_BASE = Path("runs") / "visualize"
 
@@ -79,25 +82,6 @@ def patch_embedding_weights(model):
                    "--filters needs a model whose first layer is a convolution on the image")
 
 
-def _image_paths(inputs, data, num_images: int):
-    """(distance images, rollout images, errors). Rollout: the given files, else --data; distance:
-    --data, else the given files; --data is cut to --num-images."""
-    from vitcli.data.images import expand_inputs
-
-    errors = []
-    given, data_paths = [], []
-    if inputs:
-        given, missing = expand_inputs(list(inputs))
-        errors += [{"path": p, "error": why} for p, why in missing]
-    if data:
-        data_paths, missing = expand_inputs(list(data))
-        errors += [{"path": p, "error": why} for p, why in missing]
-        data_paths = data_paths[:num_images]
-    distance = data_paths or given[:num_images]
-    rollout = given or data_paths
-    return distance, rollout, errors
-
-
 def _check(loaded, attention: bool, pos_embed: bool, filters: bool) -> None:
     """Fail before any work when the model cannot make one of the figures asked for."""
     from vitcli.analysis.attention import attention_modules
@@ -110,27 +94,35 @@ def _check(loaded, attention: bool, pos_embed: bool, filters: bool) -> None:
         patch_embedding_weights(loaded.model)
 
 
-def run(model: str, *, attention_distance: bool = False, attention_map: bool = False, pos_embed: bool = False,
-        filters: bool = False, inputs=(), data=(), num_images: int = 128, head_fusion: str = "mean",
-        discard_ratio: float = 0.0, num_components: int = 28, out: Path | None = None, batch_size: int = 8,
-        device: str = "auto", precision: str = "auto") -> dict:
-    """Make the asked-for figures for `model`; returns what was written and the numbers."""
+def run(model: str, images=(), *, attention_distance: bool = False, attention_map: bool = False,
+        pos_embed_similarity: bool = False, filters: bool = False, num_images: int = 128,
+        head_fusion: str = "mean", discard_ratio: float = 0.0, num_components: int = 28,
+        out_dir: Path | None = None, batch_size: int = 8, device: str = "auto", precision: str = "auto") -> dict:
+    """Make the asked-for figures for `model` from `images` (files, folders, globs; the first
+    `num_images` of them); returns what was written and the numbers."""
     from vitcli.analysis.maths import HEAD_FUSIONS
+    from vitcli.data.images import expand_inputs
 
-    if not (attention_distance or attention_map or pos_embed or filters):
-        raise UsageError("nothing to draw",
-                         "give one or more of --attention-distance, --attention-map, --pos-embed, --filters")
+    if not (attention_distance or attention_map or pos_embed_similarity or filters):
+        raise UsageError("nothing to draw", "give one or more of --attention-distance, --attention-map, "
+                                            "--pos-embed-similarity, --filters")
     if head_fusion not in HEAD_FUSIONS:
         raise UsageError(f"--head-fusion {head_fusion!r}: use one of {', '.join(HEAD_FUSIONS)}")
     if not 0.0 <= discard_ratio < 1.0:
         raise UsageError(f"--discard-ratio {discard_ratio}: must be in [0, 1)")
     if num_components < 1:
         raise UsageError("--num-components must be at least 1")
-    distance_paths, rollout_paths, errors = _image_paths(inputs, data, num_images)
-    if attention_distance and not distance_paths:
-        raise UsageError("--attention-distance needs images", "give --data FOLDER (or image files)")
-    if attention_map and not rollout_paths:
-        raise UsageError("--attention-map needs images", "give image files after the options, or --data FOLDER")
+    attention = attention_distance or attention_map
+    paths, errors = [], []
+    if attention:
+        if not images:
+            asked = " and ".join(f for f, on in (("--attention-distance", attention_distance),
+                                                 ("--attention-map", attention_map)) if on)
+            raise UsageError(f"{asked} {'need' if ' and ' in asked else 'needs'} images",
+                             "give image files, folders or globs after the options")
+        paths, missing = expand_inputs(list(images))
+        paths = paths[:num_images]
+        errors = [{"path": p, "error": why} for p, why in missing]
 
     from vitcli import output as sink
     from vitcli.devices import runtime
@@ -138,29 +130,23 @@ def run(model: str, *, attention_distance: bool = False, attention_map: bool = F
 
     rt = runtime(device, precision)
     loaded = load_model(model, device=rt.device)
-    _check(loaded, attention_distance or attention_map, pos_embed, filters)
-    out = Path(out) if out is not None else next_run_dir()
+    _check(loaded, attention, pos_embed_similarity, filters)
+    out = Path(out_dir) if out_dir is not None else next_run_dir()
     out.mkdir(parents=True, exist_ok=True)
     sink.info(f"[dim]{loaded.architecture} on {rt.describe()} -> {out}[/]")
 
-    result: dict = {"model": model, "architecture": loaded.architecture, "out": str(out), "files": [],
+    result: dict = {"model": model, "architecture": loaded.architecture, "out_dir": str(out), "files": [],
                     "errors": errors}
-    if attention_distance or attention_map:
-        same = attention_distance and attention_map and distance_paths == rollout_paths
-        if attention_distance:
-            result["attention_distance"] = attention_figures(
-                loaded, rt, distance_paths, out, distance=True, rollout=same, head_fusion=head_fusion,
-                discard_ratio=discard_ratio, batch_size=batch_size, result=result)
-        if attention_map and not same:
-            attention_figures(loaded, rt, rollout_paths, out, distance=False, rollout=True,
-                              head_fusion=head_fusion, discard_ratio=discard_ratio, batch_size=batch_size,
-                              result=result)
-    if pos_embed:
-        result["pos_embed"] = _pos_embed_figure(loaded, out, result)
+    if attention and paths:
+        distance = attention_figures(loaded, rt, paths, out, distance=attention_distance, rollout=attention_map,
+                                     head_fusion=head_fusion, discard_ratio=discard_ratio, batch_size=batch_size,
+                                     result=result)
+        if distance is not None:
+            result["attention_distance"] = distance
+    if pos_embed_similarity:
+        result["pos_embed_similarity"] = _pos_embed_figure(loaded, out, result)
     if filters:
         result["filters"] = _filters_figure(loaded, out, num_components, result)
-    seen: set[str] = set()  # an image used by both passes is reported once
-    result["errors"] = [e for e in result["errors"] if not (e["path"] in seen or seen.add(e["path"]))]
     return result
 
 
@@ -172,7 +158,7 @@ def _pos_embed_figure(loaded, out: Path, result: dict) -> dict:
 
     pe, grid = patch_position_embeddings(loaded.model)
     sim = cosine_similarity_matrix(pe)
-    np.save(out / "pos_embed_similarity.npy", sim.numpy().astype(np.float32))
+    atomic_write(out / "pos_embed_similarity.npy", lambda tmp: np.save(tmp, sim.numpy().astype(np.float32)))
     figures.pos_embed_similarity(sim.numpy(), grid, out / "pos_embed_similarity.png",
                                  title=f"Position embedding similarity: {_arch_name(loaded)}")
     result["files"] += [str(out / "pos_embed_similarity.png"), str(out / "pos_embed_similarity.npy")]
@@ -209,7 +195,7 @@ def write_json(path: Path, obj: dict) -> None:
     lines = [f" {json.dumps(k)}: " + (
         "[\n  " + ",\n  ".join(json.dumps(row) for row in v) + "\n ]" if k == "distance" else json.dumps(v))
         for k, v in obj.items()]
-    path.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+    atomic_write(path, "{\n" + ",\n".join(lines) + "\n}\n")
 
 
 def attention_figures(loaded, rt, paths, out: Path, *, distance: bool, rollout: bool, head_fusion: str,
@@ -217,36 +203,34 @@ def attention_figures(loaded, rt, paths, out: Path, *, distance: bool, rollout: 
     """One pass over `paths`: mean attention distance (accumulated over images) and/or rollout maps."""
     import numpy as np
     import torch
-    from torch.utils.data import DataLoader
 
-    from vitcli.analysis import figures
     from vitcli import output as sink
+    from vitcli.analysis import figures
+    from vitcli.analysis.attention import NotAViTError, attention_maps, method_for, token_layout
     from vitcli.analysis.maths import mean_attention_distance
     from vitcli.analysis.maths import rollout as attention_rollout
-    from vitcli.analysis.attention import NotAViTError, attention_maps, method_for, token_layout
-    from vitcli.models.resolver import eval_transform
-    from vitcli.inference.predict import ImageListDataset, collate
+    from vitcli.data.loader import ImageDataset, Records
+    from vitcli.data.transforms import eval_transform
+    from vitcli.inference.forward import forward
 
     model = loaded.model
     method = method_for(model)
     mean = torch.tensor(loaded.data_config["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(loaded.data_config["std"]).view(1, 3, 1, 1)
-    loader = DataLoader(ImageListDataset(paths, eval_transform(loaded.data_config)), batch_size=batch_size,
-                        num_workers=0, collate_fn=collate)
+    dataset = ImageDataset(Records.of_paths(paths), transform=eval_transform(loaded.data_config))
     total, count, layout = None, 0, None
     taken: set[str] = set()
-    if rollout:
-        (out / "rollout").mkdir(parents=True, exist_ok=True)
     what = "attention distance" if distance else "attention rollout"
-    with sink.progress(what, total=len(paths), unit="img") as advance, torch.inference_mode():
-        for indices, batch, errors in loader:
-            result["errors"] += [{"path": str(paths[i]), "error": e} for i, e in errors]
-            if batch is not None:
-                x = batch.to(rt.device)
-                layout = token_layout(model, tuple(x.shape[-2:]))
-                with rt.autocast():
-                    maps = attention_maps(model, x, method)
-                if x.device.type == "mps":  # the analysis runs in float64, which MPS lacks
+
+    def maps_of(x):
+        return attention_maps(model, x, method)
+
+    with sink.progress(what, total=len(paths), unit="img") as advance:
+        for batch, maps in forward(maps_of, dataset, rt, batch_size=batch_size):
+            result["errors"] += [{"path": str(paths[s.position]), "error": s.reason} for s in batch.skipped]
+            if maps is not None:
+                layout = token_layout(model, tuple(batch.images.shape[-2:]))
+                if rt.device.type == "mps":  # the analysis runs in float64, which MPS lacks
                     maps = [m.cpu() for m in maps]
                 if maps[0].shape[-1] != layout.num_tokens:
                     raise NotAViTError(f"{maps[0].shape[-1]} attention tokens do not match {layout.num_prefix} "
@@ -255,22 +239,22 @@ def attention_figures(loaded, rt, paths, out: Path, *, distance: bool, rollout: 
                     d = torch.stack([mean_attention_distance(a, layout.grid, layout.patch_size, layout.num_prefix)
                                      for a in maps])  # (layers, B, heads)
                     total = d.sum(dim=1).cpu() if total is None else total + d.sum(dim=1).cpu()
-                    count += x.shape[0]
+                    count += batch.images.shape[0]
                 if rollout:
                     r = attention_rollout(maps, layout.num_prefix, layout.has_class_token, head_fusion,
                                           discard_ratio).reshape(-1, *layout.grid).float().cpu().numpy()
-                    view = (batch.float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-                    for j, i in enumerate(indices):
+                    view = (batch.images.float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+                    for j, i in enumerate(batch.positions):
                         stem = unique_stem(paths[i], taken)
                         png, npy = out / "rollout" / f"{stem}.png", out / "rollout" / f"{stem}.npy"
-                        np.save(npy, r[j].astype(np.float32))
+                        atomic_write(npy, lambda tmp: np.save(tmp, r[j].astype(np.float32)))
                         figures.rollout_overlay(view[j], r[j], png, title=(
                             f"{paths[i].name}: {_arch_name(loaded)}, head fusion {head_fusion}, "
                             f"discard ratio {discard_ratio:g}"))
                         result["files"] += [str(png), str(npy)]
                         result.setdefault("rollout", []).append(
                             {"image": str(paths[i]), "png": str(png), "npy": str(npy)})
-            advance(len(indices) + len(errors))
+            advance(len(batch.positions) + len(batch.skipped))
     if not distance:
         return None
     if count == 0:

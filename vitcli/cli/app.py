@@ -34,9 +34,10 @@ class VitGroup(TyperGroup):
         except Exception as exc:  # noqa: BLE001 - the one place exceptions become messages
             if type(exc).__module__.startswith(("typer", "click")):
                 raise  # usage errors and exits: typer/click report them (exit 2) or they are exits
+            from vitcli import env
             from vitcli.errors import report
 
-            raise typer.Exit(report(exc))
+            raise typer.Exit(report(exc, debug=env.debug()))
 
 
 app = typer.Typer(
@@ -78,7 +79,9 @@ _register()
 
 def main() -> None:
     """Console-script entry point."""
-    if os.environ.get("VIT_DEBUG") == "1":
+    from vitcli import env
+
+    if env.debug():
         os.environ.setdefault("PYTHONFAULTHANDLER", "1")
     try:
         app(prog_name="vit")
@@ -98,7 +101,9 @@ def _fast_exit(code: int) -> None:
     handlers still run (multiprocessing joins DataLoader workers, tempfile and weakref finalizers clean
     up) and stdout/stderr are flushed; only the module teardown is skipped.
     """
-    if ("torch" not in sys.modules or os.environ.get("VIT_DEBUG") == "1"
+    from vitcli import env
+
+    if ("torch" not in sys.modules or env.debug()
             or sys.getprofile() is not None or sys.gettrace() is not None):  # profilers write at exit
         raise SystemExit(code)
     import atexit

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from vitcli.cli.options import DEFAULT_MODEL, BatchSizeOpt, DeviceOpt, JsonOpt, ModelOpt, OfflineOpt, PrecisionOpt
+from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DeviceOpt, ImgSizeOpt, JsonOpt, ModelOpt, OfflineOpt,
+                                PrecisionOpt)
 
 
 def benchmark(
     model: ModelOpt = DEFAULT_MODEL,
     batch_size: BatchSizeOpt = 32,
-    img_size: Annotated[Optional[int], typer.Option(
-        "--img-size", min=16, help="Input resolution (default: the model's own; ViTs resample their "
-                                   "position embeddings).")] = None,
+    img_size: ImgSizeOpt = None,
     train: Annotated[bool, typer.Option(
         "--train", help="Also time training steps (forward, backward, clip, SGD step).")] = False,
     device: DeviceOpt = "auto",
@@ -22,7 +21,8 @@ def benchmark(
     compile: Annotated[bool, typer.Option(
         "--compile", help="torch.compile vitcli's side (the compile time is reported apart).")] = False,
     iters: Annotated[int, typer.Option("--iters", min=1, help="Timed batches per side and phase.")] = 10,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed batches first, per side.")] = 2,
+    warmup_iters: Annotated[int, typer.Option("--warmup-iters", min=0,
+                                              help="Untimed batches first, per side and phase.")] = 2,
     random_init: Annotated[bool, typer.Option(
         "--random-init", help="Random weights instead of the pre-trained ones (no download; speed does not "
                               "depend on the values).")] = False,
@@ -33,14 +33,14 @@ def benchmark(
 
     GFLOP/s is also given as a share of this machine's matrix-multiply ceiling, measured in the run.
     """
-    from vitcli import env as hub_env
+    from vitcli import env
     from vitcli import output as sink
 
-    hub_env.set_offline(offline)
+    env.set_offline(offline)
     from vitcli.bench.benchmark import run
 
     result = run(model, batch_size=batch_size, img_size=img_size, train=train, device=device,
-                 precision=precision, compile=compile, iters=iters, warmup=warmup, random_init=random_init,
+                 precision=precision, compile=compile, iters=iters, warmup_iters=warmup_iters, random_init=random_init,
                  log=lambda msg: sink.info(f"[dim]{msg}[/]"))
     if json_out:
         sink.emit_json(result.to_json())

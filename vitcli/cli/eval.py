@@ -7,15 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DeviceOpt, JsonOpt, ModelOpt, OfflineOpt, OutDirOpt,
-                            PrecisionOpt, WorkersOpt)
+from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DataDirOpt, DatasetOpt, DeviceOpt, JsonOpt, ModelOpt,
+                                OfflineOpt, OutDirOpt, PrecisionOpt, WorkersOpt)
 
 
 def eval_command(
     model: ModelOpt = DEFAULT_MODEL,
-    dataset: Annotated[Optional[str], typer.Option(
-        "--dataset", help="pets | flowers102 | cifar10 | cifar100, or an ImageFolder tree "
-                                "(train/ and val/ or test/ class folders).")] = None,
+    dataset: DatasetOpt = None,
     data: Annotated[Optional[Path], typer.Option(
         "--data", help="A folder of images: with --labels, a flat folder (ImageNet's val layout); "
                        "without, a folder of class folders, evaluated whole.")] = None,
@@ -24,8 +22,7 @@ def eval_command(
                          "model's classes.")] = None,
     split: Annotated[Optional[str], typer.Option(
         "--split", help="train | minival | val | test (default: test, else val, else minival).")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(
-        "--data-dir", help="Where named datasets live / are downloaded (default: the vitcli cache).")] = None,
+    data_dir: DataDirOpt = None,
     real_labels: Annotated[Optional[Path], typer.Option(
         "--real-labels", help="ImageNet ReaL labels (real.json) for ReaL accuracy.")] = None,
     few_shot: Annotated[Optional[str], typer.Option(
@@ -41,17 +38,17 @@ def eval_command(
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     json_out: JsonOpt = False,
-    out: OutDirOpt = None,
+    out_dir: OutDirOpt = None,
     offline: OfflineOpt = False,
 ) -> None:
     """Evaluate a model: top-1/5, loss, calibration, confusions; or few-shot linear probes.
 
     --few-shot fits closed-form ridge regressions on frozen pre-logit features, as the paper does.
     """
-    from vitcli import env as hub_env
+    from vitcli import env
     from vitcli.errors import UsageError
 
-    hub_env.set_offline(offline)
+    env.set_offline(offline)
     if (dataset is None) == (data is None):
         raise UsageError("give either --dataset NAME|PATH or --data DIR" if dataset is None
                          else "give --dataset or --data, not both")
@@ -59,15 +56,15 @@ def eval_command(
         raise UsageError("--labels needs --data (the folder the file names are relative to)")
     if few_shot is not None:
         _few_shot(model, dataset, data, labels, split, data_dir, few_shot, seeds, l2, no_cache, batch_size,
-                  workers, device, precision, json_out, out)
+                  workers, device, precision, json_out, out_dir)
         return
 
-    from vitcli.eval import evaluate
     from vitcli import output as sink
     from vitcli.devices import runtime
+    from vitcli.eval import evaluate, reports, splits
     from vitcli.models.resolver import load_model
 
-    target = evaluate.open_split(dataset=dataset, data=data, labels=labels, split=split, data_dir=data_dir)
+    target = splits.open_split(dataset=dataset, data=data, labels=labels, split=split, data_dir=data_dir)
     rt = runtime(device, precision)
     loaded = load_model(model, device=rt.device)
     sink.info(f"[dim]{loaded.architecture} on {rt.describe()}: {target.name} ({target.split}), "
@@ -76,8 +73,8 @@ def eval_command(
         result = evaluate.run(loaded, rt, target, batch_size=batch_size, workers=workers,
                               real_labels=real_labels, progress=advance)
     _warn_failed(result.summary["failed"])
-    if out is not None:
-        written = evaluate.write_artefacts(result, out)
+    if out_dir is not None:
+        written = reports.write_artefacts(result, out_dir)
         sink.info(f"[dim]wrote {', '.join(str(p) for p in written)}[/]")
     if json_out:
         sink.emit_json(result.summary)
@@ -86,40 +83,25 @@ def eval_command(
 
 
 def _few_shot(model, dataset, data, labels, split, data_dir, shots_text, seeds, l2_text, no_cache, batch_size,
-              workers, device, precision, json_out, out):
-    import json
-
-    from vitcli.eval import evaluate
-    from vitcli.eval import fewshot
+              workers, device, precision, json_out, out_dir):
     from vitcli import output as sink
     from vitcli.devices import runtime
-    from vitcli.errors import UsageError
+    from vitcli.eval import fewshot, reports, splits
     from vitcli.models.resolver import load_model
 
-    if labels is not None:
-        raise UsageError("--few-shot needs a dataset with a training split",
-                         "use --dataset NAME|PATH (an ImageFolder tree with train/ and val/ or test/)")
     shots = fewshot.parse_int_list(shots_text, "--few-shot")
     l2s = fewshot.parse_l2_list(l2_text)
-    source = evaluate.open_source(dataset, data, data_dir=data_dir)
-    if "train" not in source.splits:
-        raise UsageError(f"dataset {source.name} has no training split to draw the shots from")
-    test_name = split or evaluate.default_split(source, few_shot=True)
-    if test_name == "train":
-        raise UsageError("--split train: the shots are drawn from the train split; evaluate on another split")
-    train, test = evaluate.dataset_split(source, "train"), evaluate.dataset_split(source, test_name)
+    train, test = splits.few_shot_splits(dataset=dataset, data=data, labels=labels, split=split, data_dir=data_dir)
     rt = runtime(device, precision)
     loaded = load_model(model, device=rt.device)
-    sink.info(f"[dim]{loaded.architecture} on {rt.describe()}: {source.name}, shots from train "
-              f"({len(train)}), evaluated on {test_name} ({len(test)})[/]")
+    sink.info(f"[dim]{loaded.architecture} on {rt.describe()}: {train.name}, shots from train "
+              f"({len(train)}), evaluated on {test.split} ({len(test)})[/]")
     result = fewshot.run(loaded, rt, train, test, shots=shots, seeds=seeds, l2=l2s, batch_size=batch_size,
                          workers=workers, use_cache=not no_cache,
                          progress_factory=lambda d, t: sink.progress(d, total=t, unit="img"))
     _warn_failed(result["failed"])
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "fewshot.json").write_text(json.dumps(result, indent=2) + "\n")
-        sink.info(f"[dim]wrote {out / 'fewshot.json'}[/]")
+    if out_dir is not None:
+        sink.info(f"[dim]wrote {reports.write_few_shot(result, out_dir)}[/]")
     if json_out:
         sink.emit_json(result)
     else:
@@ -132,7 +114,7 @@ def _warn_failed(failed: list[dict]) -> None:
     for item in failed[:10]:
         sink.warn(f"unreadable image {item['path']}: {item['error']}")
     if len(failed) > 10:
-        sink.warn(f"... and {len(failed) - 10} more unreadable images (all listed in metrics.json with --out)")
+        sink.warn(f"... and {len(failed) - 10} more unreadable images (all listed in metrics.json with --out-dir)")
 
 
 def _render(result) -> None:

@@ -1,4 +1,15 @@
-"""Options shared by several commands, defined once so each flag means the same everywhere."""
+"""Options shared by several commands, each defined once here so a flag means the same everywhere.
+
+    --model        a model spec (every command that loads a model)
+    --batch-size   images per batch; in training, the images of one optimizer step (the global batch,
+                   split over processes and --accum micro-batches): the batch is always the number of
+                   images that go through the model between two results (or two updates)
+    --output/-o    a FILE to write (vit predict's results)
+    --out-dir      a FOLDER of artefacts (vit eval, vit visualize)
+    --workers      DataLoader worker processes
+    --img-size     the input resolution the model is built for
+Training's recipe options (defaults from the recipe) are in vitcli.cli.recipe_options.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +19,25 @@ from typing import Annotated, List, Optional
 import typer
 
 DEFAULT_MODEL = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
+P = "Recipe"  # help panel of the training settings a recipe fills
 
-ModelOpt = Annotated[str, typer.Option(
-    "--model", "-m",
-    help="timm name (with or without a pretrained tag), hf-hub:org/name[@rev], a local folder in Hub "
-         "layout (config.json + model.safetensors) or a vit run folder.")]
+_MODEL = ("timm name (with or without a pretrained tag), paper code (S/16), hf-hub:org/name[@rev], a local folder "
+          "in Hub layout (config.json + model.safetensors) or a vit run folder.")
+_BATCH = ("Images per batch. Training: the images of one optimizer step, over all processes and --accum "
+          "micro-batches.")
+_IMG = "Input resolution (ViTs resample their position embeddings in 2-D; CNNs and PoolFormer take any size)."
+_WORKERS = ("DataLoader worker processes (default: none for fewer than 64 images; on a GPU min(8, CPU cores); on a "
+            "CPU none up to 4 cores, else cores / 4 up to 4).")
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help=_MODEL)]
+RecipeModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=_MODEL + " Default: the recipe's.",
+                                                       show_default=False)]
+DatasetOpt = Annotated[Optional[str], typer.Option(
+    "--dataset", "-d", help="pets | flowers102 | cifar10 | cifar100 | a folder (train/ + val/ or test/ class "
+                            "folders, or one folder of class folders).", show_default=False)]
+DataDirOpt = Annotated[Optional[Path], typer.Option(
+    "--data-dir", help="Where named datasets live, in torchvision's layout (default: VIT_CACHE/datasets).",
+    show_default=False)]
 DeviceOpt = Annotated[str, typer.Option(
     "--device", help="auto | cpu | cuda | cuda:N | mps. auto picks cuda, then mps, then cpu.")]
 PrecisionOpt = Annotated[str, typer.Option(
@@ -20,10 +45,17 @@ PrecisionOpt = Annotated[str, typer.Option(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 OfflineOpt = Annotated[bool, typer.Option(
     "--offline", help="Never touch the network: use the Hugging Face cache only (same as HF_HUB_OFFLINE=1).")]
-BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Images per batch.")]
-WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--workers", min=0, help="DataLoader worker processes (default: min(4, CPU cores), 0 for small inputs).")]
-OutDirOpt = Annotated[Optional[Path], typer.Option("--out", help="Folder for the artefacts.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help=_BATCH)]
+RecipeBatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help=_BATCH,
+                                                           rich_help_panel=P, show_default=False)]
+ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", min=8, help=_IMG, show_default=False)]
+RecipeImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", min=8, help=_IMG, rich_help_panel=P,
+                                                         show_default=False)]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help=_WORKERS, show_default=False)]
+OutDirOpt = Annotated[Optional[Path], typer.Option(
+    "--out-dir", help="Folder for the artefacts (created if missing).", show_default=False)]
+OutputFileOpt = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", help="Also write the results to FILE (.jsonl or .csv), as they come.", show_default=False)]
 SweepOpt = Annotated[Optional[List[str]], typer.Option(
     "--sweep", help="KEY=v1,v2,...: one run per value (repeat for a grid) in a sweep folder; the best on minival "
                     "wins and is tested. KEY is an option of the command, e.g. lr, steps, token-mixer.",

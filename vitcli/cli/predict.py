@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, List
 
 import typer
 
 from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DeviceOpt, JsonOpt, ModelOpt, OfflineOpt,
-                            PrecisionOpt, WorkersOpt)
+                                OutputFileOpt, PrecisionOpt, WorkersOpt)
 
 
 def predict(
@@ -21,16 +21,15 @@ def predict(
     precision: PrecisionOpt = "auto",
     workers: WorkersOpt = None,
     json_out: JsonOpt = False,
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Also write the results to FILE (.jsonl or .csv).")] = None,
+    output: OutputFileOpt = None,
     offline: OfflineOpt = False,
 ) -> None:
     """Predict the top-k labels of images with a pre-trained or fine-tuned model."""
-    from vitcli import env as hub_env
+    from vitcli import env
     from vitcli.errors import UsageError
     from vitcli.data.images import expand_inputs
 
-    hub_env.set_offline(offline)
+    env.set_offline(offline)
     if output is not None and output.suffix.lower() not in {".jsonl", ".csv", ".json"}:
         raise UsageError(f"--output {output}: unknown format", "use a .jsonl or .csv file name")
     paths, missing = expand_inputs(inputs)
@@ -60,9 +59,9 @@ def predict(
             writer.close()
     if not json_out:
         _render_table(table_rows, top_k)
-    from vitcli.inference import faststart as export
+    from vitcli.inference import faststart
 
-    export.remember(model, loaded, rt.device)  # first run with this model: save the fast-start copy
+    faststart.remember(model, loaded, rt.device)  # first run with this model: save the fast-start copy
     if failed:
         sink.warn(f"{failed} input(s) could not be read (listed above)")
         raise typer.Exit(1)

@@ -1,27 +1,22 @@
-"""Options and rendering shared by `vit finetune` and `vit train` (typer and stdlib only).
+"""The options of `vit finetune` and `vit train`, defined once, and the command made from them.
 
 Every recipe option defaults to None, meaning "not given": the value then comes from the config file,
-else the recipe (vitcli.recipes.resolve).
+else the recipe (vitcli.train.config.resolve). Both commands are made by `make_command` from the same
+parameter list (plus each command's own options), so a shared option is written once and the command
+functions receive exactly the options the user could give.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-P = "Recipe"  # help panel for the settings a recipe fills
+from vitcli.cli.options import (P, DataDirOpt, DatasetOpt, DeviceOpt, JsonOpt, OfflineOpt, PrecisionOpt,
+                                RecipeBatchSizeOpt, RecipeImgSizeOpt, RecipeModelOpt, SweepOpt, WorkersOpt)
 
-RModel = Annotated[Optional[str], typer.Option(
-    "--model", "-m", help="timm name (with or without a pretrained tag), paper code (S/16), hf-hub:org/name, "
-                          "a Hub-layout folder or a run folder. Default: the recipe's.", show_default=False)]
-RDataset = Annotated[Optional[str], typer.Option(
-    "--dataset", "-d", help="pets | flowers102 | cifar10 | cifar100 | a folder (train/ + val/ or test/ class "
-                            "folders, or one folder of class folders).", show_default=False)]
-RDataDir = Annotated[Optional[Path], typer.Option(
-    "--data-dir", help="Where named datasets live, in torchvision's layout (default: VIT_CACHE/datasets).",
-    show_default=False)]
 RValSplit = Annotated[Optional[float], typer.Option(
     "--val-split", help="Fraction of train held out as minival (default: Pets/Flowers 0.1, CIFAR 0.02, "
                         "folders without val/ 0.1).", show_default=False)]
@@ -36,15 +31,11 @@ REpochs = Annotated[Optional[float], typer.Option("--epochs", help="Epochs (inst
                                                   rich_help_panel=P, show_default=False)]
 RLr = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.", rich_help_panel=P,
                                               show_default=False)]
-RBatch = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, rich_help_panel=P, show_default=False,
-                                               help="Global batch (all devices and accumulation steps).")]
 RAccum = Annotated[Optional[int], typer.Option("--accum", min=1, rich_help_panel=P, show_default=False,
                                                help="Micro-batches per step (default 1; on CUDA doubled on "
                                                     "out-of-memory).")]
 RWarmup = Annotated[Optional[int], typer.Option("--warmup", min=0, help="Linear warmup steps.", rich_help_panel=P,
                                                 show_default=False)]
-RImg = Annotated[Optional[int], typer.Option("--img-size", min=8, rich_help_panel=P, show_default=False,
-                                             help="Input resolution (position embeddings resampled in 2-D).")]
 RSchedule = Annotated[Optional[str], typer.Option("--schedule", help="cosine | linear | constant, after warmup.",
                                                   rich_help_panel=P, show_default=False)]
 RWd = Annotated[Optional[float], typer.Option("--weight-decay", help="Decoupled weight decay.", rich_help_panel=P,
@@ -73,62 +64,71 @@ RResume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the 
                                                  show_default=False)]
 RDryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")]
 
-
 _NOT_FLAGS = ("config", "resume", "sweep", "dry_run", "json_out", "offline")
 
 
-def dispatch(command: str, params: dict) -> None:
-    """The body of `vit finetune` and `vit train`, given the command's parameters (its `locals()`):
-    every recipe option becomes a flag for vitcli.recipes (None: not given; device/precision "auto" too),
-    and a --sweep (or --resume of a sweep folder) goes to the sweep runner instead of one run."""
-    from vitcli.train import sweep_run as sweep_training
-
-    flags = {k: v for k, v in params.items() if k not in _NOT_FLAGS}
-    for key in ("device", "precision"):
-        flags[key] = None if flags[key] == "auto" else flags[key]
-    rest = {k: params[k] for k in ("config", "resume", "dry_run", "json_out", "offline")}
-    if params["sweep"] or sweep_training.is_sweep_dir(params["resume"]):
-        sweep_training.run_command(command, flags, params["sweep"], **rest)
-    else:
-        run(command, flags, **rest)
+def _param(name: str, annotation, default=None) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
-def run(command: str, flags: dict, *, config: Optional[Path], resume: Optional[Path], dry_run: bool,
-        json_out: bool, offline: bool) -> None:
-    """Resolve the config, run the core function, render its summary."""
-    from vitcli import env as hub_env
-    from vitcli import output
-    from vitcli.errors import UsageError
+def make_command(command: str, doc: str, *, first: list = (), recipe: list = ()):
+    """The typer command function of `vit COMMAND`: the shared options, with the command's own `first`
+    (after --recipe) and `recipe` (in the recipe panel) options, as (name, annotation) pairs."""
+    params = [_param("dataset", DatasetOpt), _param("model", RecipeModelOpt), _param("recipe", RRecipe),
+              *(_param(n, a) for n, a in first),
+              _param("steps", RSteps), _param("epochs", REpochs), _param("lr", RLr),
+              _param("batch_size", RecipeBatchSizeOpt), _param("accum", RAccum), _param("warmup", RWarmup),
+              _param("img_size", RecipeImgSizeOpt), _param("schedule", RSchedule), _param("weight_decay", RWd),
+              _param("clip_grad", RClip), _param("label_smoothing", RSmooth),
+              *(_param(n, a) for n, a in recipe),
+              _param("seed", RSeed), _param("data_dir", DataDirOpt), _param("val_split", RValSplit),
+              _param("token_mixer", RMixer), _param("token_mixers", RMixers), _param("workers", WorkersOpt),
+              _param("device", DeviceOpt, "auto"), _param("precision", PrecisionOpt, "auto"),
+              _param("eval_every", REvalEvery), _param("save_every", RSaveEvery), _param("name", RName),
+              _param("project", RProject), _param("config", RConfig), _param("resume", RResume),
+              _param("sweep", SweepOpt), _param("dry_run", RDryRun, False), _param("json_out", JsonOpt, False),
+              _param("offline", OfflineOpt, False)]
 
-    hub_env.set_offline(offline)
-    if offline:
-        flags["download"] = False
-    if flags.get("project") is not None:
-        flags["project"] = str(flags["project"])
-    if flags.get("data_dir") is not None:
-        flags["data_dir"] = str(flags["data_dir"])
-    from vitcli.train import config as recipes
-    from vitcli.train import run as training
+    def command_function(**options) -> None:
+        _run(command, options)
 
-    if resume is not None:
-        if config is not None:
-            raise UsageError("--resume and --config both given", "a resumed run keeps its own config")
-        cfg = training.resume_config(command, resume, flags)
-    else:
-        cfg = recipes.resolve(command, flags, config)
-    if dry_run:
-        output.emit_json(cfg.to_dict()) if json_out else typer.echo(recipes.dumps(cfg))
+    command_function.__signature__ = inspect.Signature(params)
+    command_function.__annotations__ = {p.name: p.annotation for p in params}
+    command_function.__name__ = command_function.__qualname__ = command
+    command_function.__doc__ = doc
+    return command_function
+
+
+def _run(command: str, options: dict) -> None:
+    """Parse: the flags for the core; call vitcli.train.launch; render the summary or the sweep table."""
+    from vitcli import env, output
+    from vitcli.train import launch
+
+    env.set_offline(options["offline"])
+    flags = {k: v for k, v in options.items() if k not in _NOT_FLAGS}
+    where = dict(config_file=options["config"], resume=options["resume"], sweep=options["sweep"])
+    if options["dry_run"]:
+        from vitcli.train.config import dumps
+
+        for setting, cfg in launch.configs(command, flags, **where):
+            if setting is not None:
+                output.emit_json({"setting": setting, "config": cfg.to_dict()})
+            elif options["json_out"]:
+                output.emit_json(cfg.to_dict())
+            else:
+                typer.echo(dumps(cfg))
         return
-    core = training.finetune if command == "finetune" else training.train
-    summary = core(cfg, resume=resume)
-    import os
-
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
+    result = launch.launch(command, flags, **where)
+    if env.dist()[0] != 0:  # under torchrun, rank 0 speaks for all
         return
-    if json_out:
-        output.emit_json(summary)
-    else:
-        render(summary)
+    if isinstance(result, dict):
+        output.emit_json(result) if options["json_out"] else render(result)
+        return
+    output.emit_json(result.to_json()) if options["json_out"] else render_sweep(result)
+    failed = [r for r in result.rows if r.status == "failed"]
+    if failed:
+        output.warn(f"{len(failed)} of {len(result.rows)} settings failed (shown in the table); the winner is "
+                    "the best of the others")
 
 
 def render(summary: dict) -> None:
@@ -152,3 +152,34 @@ def render(summary: dict) -> None:
             value = f"{value / 1e6:.2f} M"
         table.add_row(labels.get(key, key.replace("_", " ")), str(value))
     output.out().print(table)
+
+
+def render_sweep(result) -> None:
+    """The comparison table on stdout (rich), the winner and the saved files on stderr."""
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+
+    from vitcli import output as sink
+    from vitcli.train.sweep import COLUMNS, columns, label, table_rows
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for c, name in zip(COLUMNS, columns(result)):
+        table.add_column(name, justify="left" if c in ("setting", "status") else "right")
+    for r, row in zip(result.rows, table_rows(result, reasons=False)):
+        style = "bold green" if r is result.winner else ("red" if r.status == "failed" else None)
+        table.add_row(*row, style=style)
+    console = sink.out()
+    natural = Measurement.get(console, console.options.update_width(1000), table).maximum
+    if console.width < natural <= 200:  # one line per setting, never folded (logs, narrow pipes)
+        console = Console(file=console.file, width=natural, soft_wrap=True, color_system=console.color_system)
+    console.print(table)
+    for r in result.rows:
+        if r.status == "failed":
+            sink.err().print(f"[red]failed:[/] {label(r.setting)}: {r.error}", highlight=False)
+    if result.winner is None:
+        sink.warn("no run finished: there is no winner")
+    else:
+        sink.info(f"winner (best {result.selection_split}): {label(result.winner.setting)} -> "
+                  f"{result.sweep_dir / result.winner.folder}")
+    sink.info(f"[dim]table saved to {', '.join(str(p) for p in result.table_files)}[/]")

@@ -12,22 +12,21 @@ from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DeviceOpt, JsonOpt,
 
 
 def visualize(
-    inputs: Annotated[Optional[List[str]], typer.Argument(
-        help="Images for --attention-map (files, folders or globs); also used for --attention-distance "
-             "when --data is not given.", metavar="IMAGES", show_default=False)] = None,
+    images: Annotated[Optional[List[str]], typer.Argument(
+        help="Image files, folders (searched recursively) or globs, as for vit predict: the images of "
+             "--attention-distance and --attention-map.", metavar="IMAGES", show_default=False)] = None,
     attention_distance: Annotated[bool, typer.Option(
-        "--attention-distance", help="Mean attention distance per layer and head (paper Fig. 7 right).")] = False,
+        "--attention-distance", help="Mean attention distance per layer and head over the IMAGES (paper Fig. 7 "
+                                     "right).")] = False,
     attention_map: Annotated[bool, typer.Option(
-        "--attention-map", help="Attention rollout overlay per image (paper Fig. 6) for the IMAGES given.")] = False,
-    pos_embed: Annotated[bool, typer.Option(
-        "--pos-embed", help="Cosine similarity of the position embeddings (paper Fig. 7 centre).")] = False,
+        "--attention-map", help="Attention rollout overlay per image (paper Fig. 6) for the IMAGES.")] = False,
+    pos_embed_similarity: Annotated[bool, typer.Option(
+        "--pos-embed-similarity", help="Cosine similarity of the position embeddings (paper Fig. 7 centre).")] = False,
     filters: Annotated[bool, typer.Option(
         "--filters", help="Principal components of the patch-embedding filters (paper Fig. 7 left).")] = False,
     model: ModelOpt = DEFAULT_MODEL,
-    data: Annotated[Optional[List[str]], typer.Option(
-        "--data", help="Images for --attention-distance: a folder, file or glob (repeatable).")] = None,
     num_images: Annotated[int, typer.Option(
-        "--num-images", min=1, help="At most this many images from --data.")] = 128,
+        "--num-images", min=1, help="Use at most the first N of the IMAGES.")] = 128,
     head_fusion: Annotated[str, typer.Option(
         "--head-fusion", help="Rollout: fuse heads by mean, max or min.")] = "mean",
     discard_ratio: Annotated[float, typer.Option(
@@ -35,24 +34,24 @@ def visualize(
         help="Rollout: zero this fraction of the weakest attention weights per layer.")] = 0.0,
     num_components: Annotated[int, typer.Option(
         "--num-components", min=1, help="Filters: principal components to draw.")] = 28,
-    out: OutDirOpt = None,
+    out_dir: OutDirOpt = None,
     batch_size: BatchSizeOpt = 8,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
     json_out: JsonOpt = False,
     offline: OfflineOpt = False,
 ) -> None:
-    """Draw the paper's analysis figures for a model into --out (default runs/visualize/N)."""
-    from vitcli import env as hub_env
+    """Draw the paper's analysis figures for a model into --out-dir (default runs/visualize/N)."""
+    from vitcli import env
 
-    hub_env.set_offline(offline)
+    env.set_offline(offline)
     from vitcli import output as sink
     from vitcli.analysis.visualize import run
 
-    result = run(model, attention_distance=attention_distance, attention_map=attention_map, pos_embed=pos_embed,
-                 filters=filters, inputs=inputs or [], data=data or [], num_images=num_images,
+    result = run(model, images or [], attention_distance=attention_distance, attention_map=attention_map,
+                 pos_embed_similarity=pos_embed_similarity, filters=filters, num_images=num_images,
                  head_fusion=head_fusion.lower(), discard_ratio=discard_ratio, num_components=num_components,
-                 out=out, batch_size=batch_size, device=device, precision=precision)
+                 out_dir=out_dir, batch_size=batch_size, device=device, precision=precision)
     if json_out:
         sink.emit_json(result)
     else:
@@ -86,8 +85,8 @@ def _render(result: dict) -> None:
         console.print(f"first layer: heads from {s['first_layer_min']:.1f} to {s['first_layer_max']:.1f} px "
                       f"({s['first_layer_ratio']:.1f}x); last {s['layers_compared']} layers look "
                       f"{s['last_over_first']:.2f}x as far as the first {s['layers_compared']}", highlight=False)
-    if "pos_embed" in result:
-        p = result["pos_embed"]
+    if "pos_embed_similarity" in result:
+        p = result["pos_embed_similarity"]
         console.print(f"position embeddings: {100 * p['neighbour_fraction']:.1f}% of the patches of the "
                       f"{p['grid'][0]}x{p['grid'][1]} grid are most similar to a neighbouring patch",
                       highlight=False)
@@ -96,7 +95,7 @@ def _render(result: dict) -> None:
         top = sum(f["explained_variance_ratio"])
         console.print(f"filters: top {f['num_components']} principal components of {f['layer']} explain "
                       f"{100 * top:.1f}% of the variance", highlight=False)
-    console.print(f"wrote {len(result['files'])} file(s) to {result['out']}", highlight=False)
+    console.print(f"wrote {len(result['files'])} file(s) to {result['out_dir']}", highlight=False)
     for path in result["files"]:
         console.print(f"  {path}", highlight=False)
 

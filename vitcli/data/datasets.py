@@ -3,30 +3,28 @@
 A dataset spec is a name (`pets`, `flowers102`, `cifar10`, `cifar100`: torchvision's classes, their
 downloads and exactly their on-disk layouts under the data folder) or a path to an ImageFolder tree
 (`train/` plus `val/` and/or `test/` class folders, or one folder of class folders split by
-`val_split`). `open_dataset` returns a `DatasetSource` whose `.subset(split, transform)` is a
-map-style dataset of `(image, label)`.
+`val_split`). `open_dataset` returns a `DatasetSource` whose `.subset(split, transform)` is the one
+`vitcli.data.loader.ImageDataset`.
 
 Splits. "train" trains; "minival" is the paper's held-out split, carved deterministically (stratified,
 seeded) from the training data, and "train" then excludes it; "val" is a validation folder the user
 made; "test" gives the final number. `selection_split` names the split that picks the best model.
 
-Unreadable images are never replaced by another sample: an item that cannot be decoded comes back as
-a `Skipped(path, reason)` record, `collate` drops it from the batch and passes it along, and
-`DatasetSource.note_skipped` (called in the main process) names each file once in a warning and
-counts it in `DatasetSource.unreadable`.
+Unreadable images are never replaced by another sample (vitcli.data.loader): the training loop hands
+the `Skipped` records of each batch to `DatasetSource.note_skipped` (in the main process), which names
+each file once in a warning and counts it in `DatasetSource.unreadable`.
 """
 
 from __future__ import annotations
 
-import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from vitcli.errors import DataError, ImageError
+from vitcli.data.loader import ImageDataset, Records, Skipped
+from vitcli.errors import DataError
 
 NAMED = ("pets", "flowers102", "cifar10", "cifar100")
 MINIVAL_FRACTION = {"pets": 0.10, "flowers102": 0.10, "cifar10": 0.02, "cifar100": 0.02}
@@ -49,121 +47,10 @@ LAYOUTS = {
 }
 
 
-class Skipped(NamedTuple):
-    """An item that could not be read: dropped from its batch, named once, counted."""
-
-    path: str
-    reason: str
-
-
-class Batch(NamedTuple):
-    images: Any  # (B, C, H, W) tensor, or None when every item of the batch was unreadable
-    labels: Any  # (B,) int64 tensor, or None
-    skipped: list  # [Skipped]
-
-
 def default_data_dir() -> Path:
-    from vitcli.env import vit_cache_dir
+    from vitcli import env
 
-    return Path(vit_cache_dir()) / "datasets"
-
-
-# ---------------------------------------------------------------------------------------- records
-class Records:
-    """The items of one underlying split: image files (paths) or a uint8 array (CIFAR), with labels."""
-
-    def __init__(self, labels: Sequence[int], paths: Sequence[str] | None = None, array=None):
-        self.labels = np.asarray(labels, dtype=np.int64)
-        self.paths = list(map(str, paths)) if paths is not None else None
-        self.array = array  # (N, H, W, 3) uint8
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def name(self, j: int) -> str:
-        return self.paths[j] if self.paths is not None else f"#{j}"
-
-    def image(self, j: int):
-        from PIL import Image
-
-        if self.paths is None:
-            return Image.fromarray(self.array[j])
-        from vitcli.data.images import load_image
-
-        return load_image(self.paths[j])
-
-
-class SplitDataset:
-    """Map-style dataset over `records[indices]`: `(image, label)`, or `Skipped` when unreadable.
-
-    With `augment_seed` set, the random transforms of item j in epoch e are seeded from
-    (augment_seed, e, j), so the augmentation of a sample does not depend on DataLoader workers,
-    their number, or where a resumed run restarted.
-    """
-
-    def __init__(self, records: Records, indices: Sequence[int], transform: Callable | None = None,
-                 augment_seed: int | None = None):
-        self.records = records
-        self.indices = np.asarray(indices, dtype=np.int64)
-        self.transform = transform
-        self.augment_seed = augment_seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.records.labels[self.indices]
-
-    def path(self, i: int) -> str:
-        return self.records.name(int(self.indices[i]))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, i: int):
-        j = int(self.indices[i])
-        try:
-            image = self.records.image(j)
-        except ImageError as e:
-            return Skipped(self.records.name(j), e.message.removeprefix(f"{self.records.name(j)}: "))
-        label = int(self.records.labels[j])
-        if self.transform is None:
-            return image, label
-        if self.augment_seed is None:
-            return self.transform(image), label
-        import torch
-
-        seed = (self.augment_seed * 1_000_003 + self.epoch * 1_000_033 + j) % (2 ** 63)
-        state = random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            try:
-                return self.transform(image), label
-            finally:
-                random.setstate(state)
-
-
-def collate(items) -> Batch:
-    """Stack the readable items; pass the unreadable ones along (they are never replaced)."""
-    import torch
-
-    ok = [it for it in items if not isinstance(it, Skipped)]
-    skipped = [it for it in items if isinstance(it, Skipped)]
-    if not ok:
-        return Batch(None, None, skipped)
-    images = torch.stack([torch.as_tensor(im) if not isinstance(im, torch.Tensor) else im for im, _ in ok])
-    labels = torch.tensor([label for _, label in ok], dtype=torch.int64)
-    return Batch(images, labels, skipped)
-
-
-def worker_init(_worker_id: int) -> None:
-    """DataLoader workers ignore Ctrl-C: the main process decides what an interrupt means."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return Path(env.vit_cache_dir()) / "datasets"
 
 
 # ---------------------------------------------------------------------------------------- source
@@ -199,9 +86,9 @@ class DatasetSource:
         return self._parts[split]
 
     def subset(self, split: str, transform: Callable | None = None,
-               augment_seed: int | None = None) -> SplitDataset:
+               augment_seed: int | None = None) -> ImageDataset:
         records, indices = self._part(split)
-        return SplitDataset(records, indices, transform, augment_seed)
+        return ImageDataset(records, indices, transform, augment_seed)
 
     def note_skipped(self, skipped: Sequence[Skipped]) -> None:
         """Record unreadable items seen in a batch: each file is named once in a warning."""
@@ -211,31 +98,6 @@ class DatasetSource:
             if item.path not in self.unreadable:
                 self.unreadable[item.path] = item.reason
                 output.warn(f"skipping unreadable image {item.path}: {item.reason}")
-
-
-def loader(dataset: SplitDataset, *, batch_size: int, workers: int = 0, shuffle: bool = False,
-           sampler=None, drop_last: bool = False, pin_memory: bool = False, seed: int = 0):
-    """A DataLoader with `collate` (drops unreadable items), workers that ignore Ctrl-C, and its own
-    generator: without one, creating an iterator draws from the global torch RNG and shifts it."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
-                      sampler=sampler, num_workers=workers, collate_fn=collate, drop_last=drop_last,
-                      pin_memory=pin_memory, worker_init_fn=worker_init if workers else None,
-                      generator=generator, persistent_workers=False,
-                      prefetch_factor=2 if workers else None)
-
-
-def batches(source: DatasetSource, data_loader):
-    """Iterate `(images, labels)` of a loader built with `loader`, recording unreadable items."""
-    for batch in data_loader:
-        if batch.skipped:
-            source.note_skipped(batch.skipped)
-        if batch.images is not None:
-            yield batch.images, batch.labels
 
 
 # ---------------------------------------------------------------------------------------- splits
@@ -324,10 +186,10 @@ def _concat(parts: list[Records]) -> Records:
 
 
 def _open_named(name: str, root: Path, val_split: float | None, seed: int, download: bool) -> DatasetSource:
-    from vitcli import env as hub_env
+    from vitcli import env
 
     where, url = LAYOUTS[name]
-    why = "offline mode is on" if hub_env.offline() else "downloads are off" if not download else \
+    why = "offline mode is on" if env.offline() else "downloads are off" if not download else \
         "it could not be downloaded"
     missing = DataError(
         f"dataset {name} is not in {root} and {why}",
@@ -335,7 +197,7 @@ def _open_named(name: str, root: Path, val_split: float | None, seed: int, downl
     try:
         trains, test = _load_named(name, root, download=False)
     except RuntimeError:  # torchvision: "Dataset not found ..."
-        if not download or hub_env.offline():
+        if not download or env.offline():
             raise missing from None
         from vitcli import output
 
@@ -421,9 +283,3 @@ def _open_folder(folder: Path, val_split: float | None, seed: int) -> DatasetSou
 def describe(source: DatasetSource) -> str:
     sizes = ", ".join(f"{s} {source.size(s)}" for s in source.splits)
     return f"{source.name}: {source.num_classes} classes, {sizes}"
-
-
-def workers_default(n_items: int) -> int:
-    if n_items < 64:
-        return 0
-    return min(4, os.cpu_count() or 1)

@@ -4,34 +4,45 @@ PIL's defaults get several things wrong for model input: EXIF orientation is ign
 pixels become black, 16-bit greyscale is clipped to near white by `convert("RGB")`, and decompression
 bombs only warn between 1x and 2x the pixel limit. `load_image` fixes each, and turns every failure
 into an `ImageError` that says why, so callers can report that file and carry on with the rest.
+
+The pixel limit (VIT_MAX_IMAGE_PIXELS, default PIL's own) is one limit, always an error, checked by
+`load_image` on each call; PIL's global setting is left as it was.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vitcli import env
 from vitcli.errors import ImageError, UsageError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
                     ".pbm", ".jfif", ".heic", ".heif", ".avif"}
-DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit; settable with VIT_MAX_IMAGE_PIXELS
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif")
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-# We check the pixel count ourselves (one limit, always an error), so PIL's own check is switched off.
-Image.MAX_IMAGE_PIXELS = None
+_PIL_LIMIT = threading.Lock()
 
 
-def max_pixels() -> int:
-    value = os.environ.get("VIT_MAX_IMAGE_PIXELS")
-    return int(value) if value else DEFAULT_MAX_PIXELS
+@contextmanager
+def _without_pil_limit():
+    """PIL checks `Image.MAX_IMAGE_PIXELS` inside `Image.open` (a warning between 1x and 2x): vitcli checks
+    the size itself, always as an error, so PIL's check is off for that one call."""
+    with _PIL_LIMIT:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def _register_heif() -> bool:
@@ -94,11 +105,12 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.
     if _is_heif(path, head) and not _register_heif():
         raise ImageError(f"{path}: HEIC/HEIF images need the optional pillow-heif package",
                          "pip install 'vitcli[heif]'")
-    limit = max_pixels()
+    limit = env.max_image_pixels()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            with _without_pil_limit():  # our check below is the one limit
+                im = Image.open(path)
             width, height = im.size
             if width * height > limit:
                 raise ImageError(

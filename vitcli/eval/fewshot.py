@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from vitcli import env
 from vitcli.errors import DataError, UsageError
+from vitcli.output import atomic_write
 
 DEFAULT_L2 = 2.0 ** 10
 BIAS_CONSTANT = 100.0  # big_vision: large, so the bias is almost unregularised
@@ -160,9 +161,7 @@ def _jsonable(obj):
 
 
 def features_dir() -> Path:
-    from vitcli.env import vit_cache_dir
-
-    return Path(vit_cache_dir()) / "features"
+    return Path(env.vit_cache_dir()) / "features"
 
 
 @dataclass
@@ -197,18 +196,12 @@ class FeatureStore:
 
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         indices = sorted(self.features)
         data = {"indices": torch.tensor(indices, dtype=torch.long),
                 "features": torch.stack([self.features[i] for i in indices]) if indices else torch.zeros(0, 0),
                 "failed_indices": torch.tensor(sorted(self.failed), dtype=torch.long),
                 "failed_reasons": [self.failed[i] for i in sorted(self.failed)]}
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            torch.save(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, lambda tmp: torch.save(data, tmp))
 
     def gather(self, indices) -> tuple["object", list[int]]:
         """(features of the readable ones, the indices they belong to), in the order given."""
@@ -223,24 +216,27 @@ class FeatureStore:
 def extract(store: FeatureStore, loaded, runtime, split, indices, *, batch_size: int, workers: int | None,
             progress=lambda n=1: None) -> int:
     """Run the images of `indices` that the store lacks through the model; returns how many ran."""
-    from vitcli.eval.evaluate import forward_batches
+    from vitcli.data.transforms import eval_transform
+    from vitcli.inference import kernels
+    from vitcli.inference.forward import forward
 
     todo = store.missing(indices)
     if not todo:
         return 0
     model = loaded.model
+    kernels.for_runtime(model, runtime)  # CPU oneDNN linears where measured faster (in place)
 
     def pre_logits(x):
         return model.forward_head(model.forward_features(x), pre_logits=True)
 
-    for positions, outputs, errors in forward_batches(pre_logits, split, loaded, runtime, todo,
-                                                      batch_size=batch_size, workers=workers):
-        for pos, reason in errors:
-            store.failed[pos] = reason
+    dataset = split.make_dataset(eval_transform(loaded.data_config)).select(todo)
+    for batch, outputs in forward(pre_logits, dataset, runtime, batch_size=batch_size, workers=workers):
+        for s in batch.skipped:
+            store.failed[s.position] = s.reason
         if outputs is not None:
-            for pos, row in zip(positions, outputs.float().cpu()):
+            for pos, row in zip(batch.positions, outputs.float().cpu()):
                 store.features[pos] = row.clone()
-        progress(len(positions) + len(errors))
+        progress(len(batch.positions) + len(batch.skipped))
     store.save()
     return len(todo)
 
@@ -252,7 +248,7 @@ def run(loaded, runtime, train, test, *, shots=(1, 5, 10, 25), seeds: int = 3, l
         progress_factory=None) -> dict:
     """Few-shot accuracy (percent) per shot count: mean and std over `seeds` draws, for each L2 strength.
 
-    `train` and `test` are `vitcli.evaluate.Split`s of one dataset (same classes).
+    `train` and `test` are `vitcli.eval.splits.Split`s of one dataset (same classes).
     `progress_factory(description, total)` returns a context manager yielding `advance(n)`.
     """
     import contextlib

@@ -1,4 +1,6 @@
-"""The confusion-matrix figure of `vit eval --out` (matplotlib, Agg backend, written to a PNG).
+"""The files of `vit eval --out-dir`: metrics.json, per_class.csv, confusion_matrix.csv, predictions.csv
+and the confusion-matrix figure (matplotlib's Figure API: no pyplot, no global backend); with
+--few-shot, fewshot.json.
 
 Up to `FULL_LIMIT` classes the whole matrix is drawn. Beyond that a 1000x1000 picture is unreadable,
 so the figure shows the submatrix of the classes in the most confused pairs, beside a bar chart of
@@ -7,9 +9,14 @@ those pairs (true -> predicted: count); the full matrix is in confusion_matrix.c
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from pathlib import Path
 
 import numpy as np
+
+from vitcli.output import atomic_write
 
 FULL_LIMIT = 30
 SUB_CLASSES = 20
@@ -38,10 +45,7 @@ def _heatmap(ax, cm: np.ndarray, labels: list[str], annotate: bool) -> None:
 
 
 def confusion_png(cm, class_names: list[str], path: Path, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     from vitcli.eval.metrics import most_confused
@@ -50,7 +54,8 @@ def confusion_png(cm, class_names: list[str], path: Path, title: str = "") -> Pa
     n = cm.shape[0]
     if n <= FULL_LIMIT:
         size = max(4.0, 0.32 * n + 2.0)
-        fig, ax = plt.subplots(figsize=(size, size))
+        fig = Figure(figsize=(size, size))
+        ax = fig.subplots()
         _heatmap(ax, cm, [_short(c) for c in class_names], annotate=n <= 20)
         ax.set_title(title or "confusion matrix", fontsize=9)
     else:
@@ -60,7 +65,8 @@ def confusion_png(cm, class_names: list[str], path: Path, title: str = "") -> Pa
             for c in (t, p):
                 if c not in chosen and len(chosen) < SUB_CLASSES:
                     chosen.append(c)
-        fig, (ax, bars) = plt.subplots(1, 2, figsize=(15, 7.5), gridspec_kw={"width_ratios": [1.1, 1]})
+        fig = Figure(figsize=(15, 7.5))
+        ax, bars = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.1, 1]})
         if chosen:
             chosen.sort()
             _heatmap(ax, cm[np.ix_(chosen, chosen)], [_short(class_names[c]) for c in chosen], annotate=True)
@@ -79,7 +85,37 @@ def confusion_png(cm, class_names: list[str], path: Path, title: str = "") -> Pa
             bars.axis("off")
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120))
+
+
+def write_artefacts(result, out_dir: Path) -> list[Path]:
+    """metrics.json, per_class.csv, confusion_matrix.csv, predictions.csv and confusion.png in `out_dir`."""
+    out_dir = Path(out_dir)
+    summary = {**result.summary, "most_confused": result.most_confused, "per_class": result.per_class}
+    cols = ["index", "name", "support", "correct", "predicted", "accuracy", "precision", "f1", "most_confused_with"]
+    files = {
+        "metrics.json": json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
+        "per_class.csv": _csv([cols] + [["" if row[c] is None else row[c] for c in cols] for row in result.per_class]),
+        # rows = true class, columns = predicted class
+        "confusion_matrix.csv": _csv([["true \\ predicted"] + list(result.class_names)]
+                                     + [[name] + row.tolist() for name, row in zip(result.class_names, result.confusion)]),
+        # one row per readable image, as timm's inference script writes them
+        "predictions.csv": _csv([["path", "true_index", "top1_index", "top1_score"]]
+                                + [[p["path"], p["true_index"], p["top1_index"], f"{p['top1_score']:.6f}"]
+                                   for p in result.predictions]),
+    }
+    written = [atomic_write(out_dir / name, text) for name, text in files.items()]
+    title = f"{result.summary['architecture']} on {result.summary['dataset']} ({result.summary['split']})"
+    written.append(confusion_png(result.confusion, result.class_names, out_dir / "confusion.png", title=title))
+    return written
+
+
+def _csv(rows) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
+
+
+def write_few_shot(result: dict, out_dir: Path) -> Path:
+    """fewshot.json in `out_dir`."""
+    return atomic_write(Path(out_dir) / "fewshot.json", json.dumps(result, indent=2) + "\n")

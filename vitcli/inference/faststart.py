@@ -1,131 +1,42 @@
-"""Cold start for `vit predict`: a TorchScript copy of a model that serves without timm.
+"""Fast start for `vit predict`: a TorchScript copy of a model that serves without timm.
 
 `import timm` costs 2-4 s on a small CPU (it imports torchvision); a one-image `vit predict` spends most
 of its wall time there. After the first run with a model, `remember()` saves a traced copy (same aten
 kernels, so the same logits: checked bit for bit before anything is written) with the label names and
 the preprocessing, and `lookup()` finds it on later runs using only the standard library and torch.
 
-Cache layout (under `vitcli.hub_env.vit_cache_dir()`):
+Cache layout (under `vitcli.env.vit_cache_dir()`):
     exported/<key>/model.pt      TorchScript (torch.jit.trace of the eval-mode model, CPU, fp32)
-    exported/<key>/meta.json     architecture, data_config, label_names, what the key was made of
+    exported/<key>/meta.json     architecture, data_config, label_names, what the key was made of;
+                                 written last, so a folder with meta.json is complete
     exported/index.json          spec -> where its weights live, so a timm name resolves without timm
 key = sha256 of (format, sha256 of the weights file, the model's identity (its config.json bytes, or
 the timm name), torch version, timm version, whether vitcli/kernels.py's oneDNN linears are in it). A
 changed weights file, config, torch, timm or kernel choice gives another key, so a stale copy is never
-used. Set VIT_EXPORT=0 to switch all of this off.
-
-`EvalTransform` is timm's eval preprocessing (resize, center crop, to-tensor, normalise) written with
-PIL and torch only; it gives tensors equal to `timm.data.create_transform(..., is_training=False)`
-(tests/test_benchmark.py checks this) and tells the image loader how far a JPEG may be draft-decoded.
+used. Set VIT_EXPORT=0 to switch all of this off. The copy is served with vitcli.data.transforms'
+`EvalTransform` (PIL and torch only).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vitcli import env
+from vitcli.output import atomic_write
+
 FORMAT = 1
-_PIL_INTERP = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def enabled() -> bool:
-    return os.environ.get("VIT_EXPORT", "1").strip().lower() not in {"0", "false", "no", "off"}
-
-
 def export_dir() -> Path:
-    from vitcli.env import vit_cache_dir
-
-    return Path(vit_cache_dir()) / "exported"
-
-
-# ----------------------------------------------------------------------------------------------
-# Preprocessing without timm or torchvision
-
-
-class EvalTransform:
-    """timm's eval transform (crop_mode center or squash) with PIL + torch: PIL image -> (3, H, W)."""
-
-    def __init__(self, data_config: dict):
-        if not supports(data_config):
-            raise ValueError(f"unsupported preprocessing {data_config}")
-        _, h, w = data_config["input_size"]
-        self.crop = (int(h), int(w))
-        crop_pct = data_config.get("crop_pct") or 0.875  # timm's DEFAULT_CROP_PCT
-        self.scale = (math.floor(h / crop_pct), math.floor(w / crop_pct))
-        self.mode = data_config.get("crop_mode") or "center"
-        self.resample = _PIL_INTERP[data_config.get("interpolation") or "bilinear"]
-        self.mean = tuple(float(m) for m in data_config["mean"])
-        self.std = tuple(float(s) for s in data_config["std"])
-
-    @property
-    def draft_size(self) -> int:
-        """A JPEG may be DCT-decoded down to twice the resize target's short side and no further.
-        (On the val images upscaled 2-4x, top-1 accuracy was the same with and without it; down to 1x
-        changed up to 2 of 100 labels, 2x at most 1: benchmarks/draft_accuracy.py, its output in the
-        README's performance section.)"""
-        return 2 * (min(self.scale) if self.mode == "center" else max(self.scale))
-
-    def resized_size(self, width: int, height: int) -> tuple[int, int]:
-        """(w, h) after the resize step, computed exactly as torchvision / timm do."""
-        sh, sw = self.scale
-        if self.mode == "squash":
-            return sw, sh
-        if sh == sw:  # torchvision Resize(int): the short side to `sh`, the long side truncated
-            short, long = (width, height) if width <= height else (height, width)
-            new_short, new_long = sh, int(sh * long / short)
-            return (new_short, new_long) if width <= height else (new_long, new_short)
-        ratio = min(height / sh, width / sw)  # timm ResizeKeepRatio(longest=0)
-        return round(width / ratio), round(height / ratio)
-
-    def __call__(self, image):
-        import numpy as np
-        import torch
-        from PIL import Image
-
-        w, h = self.resized_size(*image.size)
-        if (w, h) != image.size:
-            image = image.resize((w, h), self.resample)
-        ch, cw = self.crop
-        if cw > w or ch > h:  # torchvision pads with black before cropping
-            padded = Image.new(image.mode, (max(w, cw), max(h, ch)))
-            padded.paste(image, ((cw - w) // 2 if cw > w else 0, (ch - h) // 2 if ch > h else 0))
-            image, (w, h) = padded, padded.size
-        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-        if (left, top, cw, ch) != (0, 0, w, h):
-            image = image.crop((left, top, left + cw, top + ch))
-        array = np.asarray(image, dtype=np.uint8)
-        x = torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
-        return x.sub_(mean).div_(std)
-
-
-def supports(data_config: dict) -> bool:
-    try:
-        return (len(data_config["input_size"]) == 3 and data_config["input_size"][0] == 3
-                and (data_config.get("crop_mode") or "center") in {"center", "squash"}
-                and (data_config.get("interpolation") or "bilinear") in _PIL_INTERP
-                and len(data_config["mean"]) == 3 and len(data_config["std"]) == 3)
-    except (KeyError, TypeError):
-        return False
-
-
-def eval_transform(data_config: dict):
-    """The fast transform when it covers this preprocessing, else timm's own."""
-    if supports(data_config):
-        return EvalTransform(data_config)
-    from vitcli.models.resolver import eval_transform as timm_transform
-
-    return timm_transform(data_config)
+    return Path(env.vit_cache_dir()) / "exported"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,9 +82,7 @@ def weights_sha256(path: Path, index: dict | None = None) -> str:
 
 def _hub_cached_file(repo_id: str, revision: str | None, filename: str) -> Path | None:
     """The Hub cache's copy of a file for (repo, revision), as hf_hub_download(local_files_only) finds it."""
-    from vitcli.env import cache_dir
-
-    repo_dir = Path(cache_dir()) / ("models--" + repo_id.replace("/", "--"))
+    repo_dir = Path(env.hub_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
     revision = revision or "main"
     if re.fullmatch(r"[0-9a-f]{40}", revision):
         commit = revision
@@ -232,15 +141,6 @@ def _read_index() -> dict:
         return {"format": FORMAT}
 
 
-def _write_json(path: Path, obj) -> None:
-    """Write to a temporary file in the same folder, then rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------------------------
 # Lookup (the fast path) and remember (after a normal run)
 
@@ -264,7 +164,7 @@ class ExportedModel:
 
 def lookup(spec: str) -> ExportedModel | None:
     """The saved TorchScript copy for `spec`, or None (not saved yet, stale, or anything odd)."""
-    if not enabled():
+    if not env.export_enabled():
         return None
     try:
         import torch
@@ -325,12 +225,12 @@ def remember(spec: str, loaded, device) -> str | None:
     Only CPU fp32 eval models whose preprocessing EvalTransform covers, only when the traced copy gives
     exactly the eager model's logits (checked at two batch sizes). Never raises.
     """
-    if not enabled() or getattr(device, "type", str(device)) != "cpu" or isinstance(loaded, ExportedModel):
+    if not env.export_enabled() or getattr(device, "type", str(device)) != "cpu" or isinstance(loaded, ExportedModel):
         return None
     try:
         return _remember(spec, loaded)
     except Exception as e:  # noqa: BLE001 - an optimisation must never fail a command
-        if os.environ.get("VIT_DEBUG") == "1":
+        if env.debug():
             raise
         from vitcli import output
 
@@ -340,6 +240,8 @@ def remember(spec: str, loaded, device) -> str | None:
 
 def _remember(spec: str, loaded) -> str | None:
     import torch
+
+    from vitcli.data.transforms import supports
 
     if not supports(loaded.data_config):
         return None
@@ -358,7 +260,7 @@ def _remember(spec: str, loaded) -> str | None:
         names[f"{spec}|{timm_version}"] = ident.where
     if (folder / "meta.json").is_file():
         if changed or index.get("hashes") != _read_index().get("hashes"):
-            _write_json(export_dir() / "index.json", index)
+            atomic_write(export_dir() / "index.json", json.dumps(index))
         return None  # already saved (or known not to match)
 
     start = time.perf_counter()
@@ -381,28 +283,16 @@ def _remember(spec: str, loaded) -> str | None:
             "weights": str(ident.weights), "weights_sha256": ident.weights_sha256, "model": ident.model,
             "torch": torch.__version__, "timm": timm_version, "equal_logits": bool(equal),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - start, 2)}
-    tmp = Path(tempfile.mkdtemp(dir=_ensure(export_dir()), prefix=f".{key}."))
     if equal:
-        traced.save(str(tmp / "model.pt"))
-    _write_json(tmp / "meta.json", meta)
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process saved the same key first
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    _write_json(export_dir() / "index.json", index)
+        atomic_write(folder / "model.pt", lambda tmp: traced.save(str(tmp)))
+    atomic_write(folder / "meta.json", json.dumps(meta))  # last: a folder with meta.json is complete
+    atomic_write(export_dir() / "index.json", json.dumps(index))
     from vitcli import output
 
     if equal:
         output.info(f"[dim]saved a TorchScript copy of the model for a faster start next time "
                     f"({meta['seconds']:.1f} s, once; VIT_EXPORT=0 turns this off)[/]")
     return key if equal else None
-
-
-def _ensure(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _plain(obj):

@@ -22,7 +22,6 @@ off, VIT_KERNELS=1 skips the measurement.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -30,9 +29,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-_ACTIVATIONS = {"gelu"}  # post-ops we fuse: oneDNN's exact (erf) GELU = nn.GELU(approximate="none")
-
 
 class FusedLinear(nn.Module):
     """y = act(x @ W.T + b) in one oneDNN call (inference); the same parameters as the nn.Linear it replaces."""
@@ -140,21 +136,18 @@ def available() -> bool:
 
 
 def enabled_here() -> bool:
-    """For CPU fp32 inference: oneDNN present, not switched off (VIT_KERNELS), and measured faster here."""
-    setting = os.environ.get("VIT_KERNELS", "auto").strip().lower()
-    if setting in {"0", "false", "no", "off"} or not available():
+    """For CPU fp32: oneDNN present, not switched off (VIT_KERNELS), and measured faster here."""
+    from vitcli import env
+
+    setting = env.kernels()
+    if setting == "off" or not available():
         return False
-    return setting in {"1", "true", "yes", "on"} or faster_here()
+    return setting == "on" or faster_here()
 
 
 def wanted(runtime) -> bool:
     """Fuse for this runtime? CPU, fp32, and `enabled_here()`."""
     return runtime.device.type == "cpu" and runtime.precision == "fp32" and enabled_here()
-
-
-def for_inference(loaded, runtime) -> int:
-    """Fuse `loaded.model` in place when `wanted(runtime)`; returns how many linears were swapped."""
-    return for_runtime(loaded.model, runtime)
 
 
 def for_runtime(model: nn.Module, runtime) -> int:
@@ -181,9 +174,9 @@ def _cpu_name() -> str:
 
 
 def _verdict_file() -> Path:
-    from vitcli.env import vit_cache_dir
+    from vitcli import env
 
-    return Path(vit_cache_dir()) / "kernels.json"
+    return Path(env.vit_cache_dir()) / "kernels.json"
 
 
 def measure(rows: int = 8 * 197, dim: int = 384, reps: int = 5) -> dict:
@@ -222,11 +215,10 @@ def faster_here() -> bool:
             result = {"error": True}
         result["fused"] = bool(result.get("allclose") and result["fused_ms"] < 0.97 * result["eager_ms"])
         verdicts[key] = result
+        from vitcli.output import atomic_write
+
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(verdicts, indent=1))
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps(verdicts, indent=1))
         except OSError:
             pass  # a read-only cache: measure again next time
     return bool(verdicts[key].get("fused"))

@@ -7,11 +7,11 @@ any network request; `vit download` asks the Hub again and refreshes it.
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 
-from vitcli import __version__
-from vitcli import env as hub_env
+from vitcli import __version__, env
+from vitcli.errors import HubError, caused_by
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -21,9 +21,9 @@ def _prepare():
     import huggingface_hub
     from huggingface_hub import constants
 
-    constants.HF_HUB_OFFLINE = hub_env.offline()
+    constants.HF_HUB_OFFLINE = env.offline()
     constants.HF_HUB_DISABLE_TELEMETRY = True
-    if os.environ.get("VIT_DEBUG") != "1":
+    if not env.debug():
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     return huggingface_hub
 
@@ -36,16 +36,45 @@ def split_revision(repo: str) -> tuple[str, str | None]:
     return repo, None
 
 
+def _explained(fn):
+    """Failures whose cause is known here (offline mode, the endpoint unreachable) become a HubError;
+    everything else goes up as it is, for vitcli.errors to describe."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HubError:
+            raise
+        except Exception as e:
+            if env.offline() and caused_by(e, "OfflineModeIsEnabled", "LocalEntryNotFoundError",
+                                           "IncompleteSnapshotError"):
+                raise HubError("offline mode is on and this model is not in the cache",
+                               "run `vit download MODEL` once while online (or unset HF_HUB_OFFLINE / drop "
+                               "--offline)") from e
+            if caused_by(e, "ConnectError", "ConnectTimeout"):
+                raise HubError(f"cannot connect to the Hugging Face Hub at {env.endpoint()}",
+                               "check your network or HF_ENDPOINT; with the model cached, add --offline") from e
+            raise
+
+    return wrapper
+
+
+@_explained
 def download_file(repo_id: str, filename: str, revision: str | None = None, refresh: bool = False) -> str:
     """Path of `filename` from the Hub repo, from the cache when it is there (unless `refresh`)."""
+    return _download_file(repo_id, filename, revision, refresh)
+
+
+def _download_file(repo_id: str, filename: str, revision: str | None, refresh: bool) -> str:
     hf = _prepare()
-    kwargs = dict(repo_id=repo_id, filename=filename, revision=revision, cache_dir=hub_env.cache_dir(),
+    kwargs = dict(repo_id=repo_id, filename=filename, revision=revision, cache_dir=env.hub_cache_dir(),
                   library_name="vitcli", library_version=__version__)
-    if not refresh or hub_env.offline():
+    if not refresh or env.offline():
         try:
             return hf.hf_hub_download(**kwargs, local_files_only=True)
         except Exception as e:  # not cached: fall through to a real download
-            if hub_env.offline():
+            if env.offline():
                 raise
             if type(e).__name__ not in {"LocalEntryNotFoundError", "IncompleteSnapshotError",
                                         "OfflineModeIsEnabled"}:
@@ -53,10 +82,7 @@ def download_file(repo_id: str, filename: str, revision: str | None = None, refr
     from vitcli.output import RichTqdm
 
     check_reachable()
-    return hf.hf_hub_download(**kwargs, endpoint=hub_env.endpoint(), tqdm_class=RichTqdm.named(filename))
-
-
-_REACHABLE: set[str] = set()
+    return hf.hf_hub_download(**kwargs, endpoint=env.endpoint(), tqdm_class=RichTqdm.named(filename))
 
 
 def check_reachable(timeout: float = 5.0) -> None:
@@ -65,16 +91,12 @@ def check_reachable(timeout: float = 5.0) -> None:
     With no cached copy, huggingface_hub retries a failed connection 5 times with backoff (1+2+4+8+8 s):
     a refused connection or an unknown host then costs 23 s per file, 46 s for `vit predict` (weights,
     then the pickle fallback), before the same error. Those do not heal in seconds, so one TCP connect
-    (per endpoint and process) decides first; anything that does answer gets huggingface_hub's retries.
+    decides first; anything that does answer gets huggingface_hub's retries.
     """
     import socket
     from urllib.parse import urlsplit
 
-    from vitcli.errors import HubError
-
-    endpoint = hub_env.endpoint()
-    if endpoint in _REACHABLE:
-        return
+    endpoint = env.endpoint()
     url = urlsplit(endpoint)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
@@ -86,15 +108,15 @@ def check_reachable(timeout: float = 5.0) -> None:
             reason = str(e) if not isinstance(e, socket.gaierror) else f"unknown host {url.hostname}: {e.strerror}"
         raise HubError(f"cannot connect to the Hugging Face Hub at {endpoint} ({reason})",
                        "check your network or HF_ENDPOINT; with the model cached, add --offline") from e
-    _REACHABLE.add(endpoint)
 
 
+@_explained
 def download_weights(repo_id: str, revision: str | None = None, refresh: bool = False) -> str:
     """The repo's weights: model.safetensors, else pytorch_model.bin (loaded later with weights_only)."""
     last = None
     for name in WEIGHT_FILES:
         try:
-            return download_file(repo_id, name, revision, refresh=refresh)
+            return _download_file(repo_id, name, revision, refresh)
         except Exception as e:
             if not _is_missing_entry(e):
                 raise
@@ -105,8 +127,6 @@ def download_weights(repo_id: str, revision: str | None = None, refresh: bool = 
 def _is_missing_entry(e: BaseException) -> bool:
     """The Hub has no such file (or, offline, the cache has none): try the next weights file. A file that
     could not be fetched because the connection failed is not missing: that error goes up as it is."""
-    from vitcli.errors import caused_by
-
     names = {c.__name__ for c in type(e).__mro__}
     if "RemoteEntryNotFoundError" in names:
         return True

@@ -211,7 +211,7 @@ def vitcli_metaformer(pretrained: bool = False, base: str = "vit_small_patch16_2
     if kind == "vit":
         if len(mixers) != 1:
             raise ValueError("an isotropic ViT takes one --token-mixer (--token-mixers is per PoolFormer stage)")
-        from vitcli.models.zoo import skip_init
+        from vitcli.models.meta import skip_init
 
         with torch.device("meta"), skip_init():  # the patch grid and prefix tokens, from a weightless skeleton
             skeleton = fn(pretrained=False, **kwargs)

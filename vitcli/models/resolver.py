@@ -96,20 +96,13 @@ def model_folder(path: Path) -> Path | None:
     return None
 
 
-def _ensure_registered():
-    """Import vitcli's own timm registrations (architectures timm lacks), if that module exists."""
-    try:
-        import vitcli.models.metaformer  # noqa: F401
-    except ModuleNotFoundError as e:
-        if e.name != "vitcli.architectures":
-            raise
-
-
 def resolve_timm_name(name: str) -> str:
     """Check a timm name (architecture[.tag]) exists; suggest close names when it does not."""
     import timm
 
-    _ensure_registered()
+    from vitcli.models.registry import ensure_registered
+
+    ensure_registered()
     name = PAPER_CODES.get(name, name)
     arch = name.split(".", 1)[0]
     if timm.is_model(arch):
@@ -160,10 +153,13 @@ def _load_config(folder: Path) -> dict:
 
 
 def create(source: ModelSource, *, pretrained: bool = True, **overrides):
-    """Build the timm model for a fetched source; `overrides` (num_classes, img_size, ...) win."""
+    """Build the timm model for a fetched source; `overrides` (num_classes, img_size, ...) win. An
+    img_size for an architecture that has no such setting (CNNs, PoolFormer: any input size) is left out."""
     import timm
 
-    _ensure_registered()
+    from vitcli.models.registry import ensure_registered
+
+    ensure_registered()
     config: dict = {}
     if source.kind in ("hf-hub", "local"):
         config = _load_config(source.folder)
@@ -179,9 +175,11 @@ def create(source: ModelSource, *, pretrained: bool = True, **overrides):
         model_args.update(overrides)
         pretrained_cfg.setdefault("architecture", arch)  # tells a token-mixer swap whose weights these are
         arch, model_args = _route_token_mixers(arch, model_args)
+        model_args = _supported_sizes(arch, model_args)
         model = timm.create_model(arch, pretrained=pretrained, pretrained_cfg=pretrained_cfg, **model_args)
     else:
         arch, overrides = _route_token_mixers(resolve_timm_name(source.name), overrides)
+        overrides = _supported_sizes(arch, overrides)
         if pretrained and source.weights is not None:
             model = timm.create_model(arch, pretrained=True,
                                       pretrained_cfg_overlay={"file": str(source.weights)}, **overrides)
@@ -197,6 +195,24 @@ def _route_token_mixers(arch: str, args: dict) -> tuple[str, dict]:
     if ("token_mixer" in args or "token_mixers" in args) and arch.split(".")[0] != "vitcli_metaformer":
         return "vitcli_metaformer", {**args, "base": arch}
     return arch, args
+
+
+def _supported_sizes(arch: str, args: dict) -> dict:
+    """`args` without img_size when the architecture's class has no such parameter, decided from its
+    constructor's signature (a weightless skeleton on the meta device tells the class)."""
+    sizes = [k for k in ("img_size",) if k in args]
+    if not sizes or arch.split(".")[0] == "vitcli_metaformer":  # its entrypoint drops it for PoolFormer
+        return args
+    import inspect
+
+    from vitcli.models.meta import on_meta
+
+    rest = {k: v for k, v in args.items() if k not in sizes}
+    try:
+        params = inspect.signature(type(on_meta(arch.split(".")[0], **rest)).__init__).parameters
+    except Exception:  # noqa: BLE001 - the real build below reports what is wrong
+        return args
+    return {k: v for k, v in args.items() if k not in sizes or k in params}
 
 
 def label_names_for(model, config: dict) -> list[str]:
@@ -242,10 +258,3 @@ def load_model(spec: str, *, pretrained: bool = True, device=None, refresh: bool
     if device is not None:
         model.to(device)
     return LoadedModel(model, source, arch, data_config_for(model), label_names_for(model, config), config)
-
-
-def eval_transform(data_config: dict):
-    """timm's eval transform for a data config (resize, center crop, normalise)."""
-    from timm.data import create_transform
-
-    return create_transform(**data_config, is_training=False)

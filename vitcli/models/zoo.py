@@ -1,23 +1,18 @@
 """The model zoo behind `vit models`: timm architectures with params, GMACs/GFLOPs, input size, tags.
 
-No weights are loaded: each architecture is built on the `meta` device (shapes only, no memory) and
-run once under torch's FlopCounterMode. Counts follow the convention of timm's published benchmark
-tables (`infer_gmacs`, made with fvcore): one multiply-add per term of every matmul, convolution and
-attention product, plus fvcore's per-element cost of normalisation layers (5 with an affine, 4
-without; batch norm in eval 2) and adaptive pooling (1); elementwise activations are free.
-GFLOPs = 2 x GMACs. Results are cached per timm/torch version in vitcli's cache, so a listing is
-computed once.
+No weights are loaded: each architecture is built on the `meta` device and counted once by
+`vitcli.models.meta.count_flops` in the convention of timm's published benchmark tables (fvcore's
+`infer_gmacs`). GFLOPs = 2 x GMACs at batch 1. Results are cached per timm/torch version in vitcli's
+cache, so a listing is computed once.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 COUNTER_VERSION = 2  # part of the cache file name: bump when the counting rules change
 DEFAULT_FAMILIES = ("vit_*", "deit*", "poolformer*", "mixer_*")  # ViT (incl. R50+ViT hybrids), DeiT, PoolFormer v1/v2, MLP-Mixer
@@ -48,111 +43,19 @@ class ZooEntry:
 # ---------------------------------------------------------------------------------------------
 # Counting
 
-def _fvcore_norms() -> dict:
-    """FlopCounterMode formulas (in FLOPs = 2 x MACs) for the ops fvcore charges and torch does not."""
-    import torch
-
-    aten = torch.ops.aten
-
-    def norm(input_shape, weight_shape=None, *args, out_shape=None, **kwargs):  # layer/group norm
-        return 2 * math.prod(input_shape) * (5 if weight_shape is not None else 4)
-
-    def layer_norm(input_shape, normalized_shape, weight_shape=None, *args, out_shape=None, **kwargs):
-        return norm(input_shape, weight_shape)
-
-    def batch_norm_eval(input_shape, weight_shape=None, *args, out_shape=None, **kwargs):
-        return 2 * math.prod(input_shape) * (2 if weight_shape is not None else 1)
-
-    def batch_norm(input_shape, weight_shape=None, bias_shape=None, mean_shape=None, var_shape=None,
-                   training=False, *args, out_shape=None, **kwargs):
-        if training:
-            return norm(input_shape, weight_shape)
-        return batch_norm_eval(input_shape, weight_shape)
-
-    def batch_norm_legit(input_shape, weight_shape=None, *args, out_shape=None, **kwargs):
-        return norm(input_shape, weight_shape)  # no running stats: the training-mode formula (StdConv)
-
-    def adaptive_pool(input_shape, *args, out_shape=None, **kwargs):
-        return 2 * math.prod(input_shape)
-
-    def sdpa_cpu(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
-        from torch.utils.flop_counter import sdpa_flop_count
-
-        return sdpa_flop_count(query_shape, key_shape, value_shape)  # torch counts the CUDA kernels only
-
-    mapping = {
-        aten.native_layer_norm: layer_norm,
-        aten.native_group_norm: norm,
-        aten.native_batch_norm: batch_norm,
-        aten._native_batch_norm_legit_no_training: batch_norm_eval,
-        aten._native_batch_norm_legit: batch_norm_legit,
-        aten._adaptive_avg_pool2d: adaptive_pool,
-    }
-    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = sdpa_cpu
-    return mapping
-
-
-def count(model, input_size: Iterable[int]) -> tuple[int, int]:
-    """(parameters, multiply-adds) of one forward at batch 1; works on `meta` models (no memory)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    params = sum(p.numel() for p in model.parameters())
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    x = torch.zeros(1, *input_size, device=device)
-    was_training = model.training
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    counter = FlopCounterMode(display=False, custom_mapping=_fvcore_norms())
-    try:
-        for p, _ in grads:  # FlopCounterMode's module tracker trips over grad-requiring latents (MAP heads)
-            p.requires_grad_(False)
-        with counter, torch.no_grad():
-            model(x)
-    finally:
-        model.train(was_training)
-        for p, flag in grads:
-            p.requires_grad_(flag)
-    return params, counter.get_total_flops() // 2
-
-
-def skip_init():
-    """A torch-function mode that skips in-place ops on meta tensors (weight init: no data to fill).
-
-    Construction on `meta` otherwise spends most of its time running initialisers through Python refs.
-    """
-    import torch
-    from torch.overrides import TorchFunctionMode
-
-    class SkipInit(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            name = getattr(func, "__name__", "")
-            if (name.endswith("_") and not name.endswith("__") and args and isinstance(args[0], torch.Tensor)
-                    and args[0].is_meta):
-                return args[0]
-            return func(*args, **(kwargs or {}))
-
-    return SkipInit()
-
-
 def profile(name: str, **model_args) -> ZooEntry:
     """Params and GMACs of a timm architecture (or vitcli_metaformer) at its default input size."""
-    import timm
     import torch
 
-    from vitcli.models.resolver import _ensure_registered
+    from vitcli.models.meta import count_flops, on_meta
+    from vitcli.models.registry import ensure_registered
 
-    _ensure_registered()
+    ensure_registered()
     entry = ZooEntry(name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with torch.device("meta"), skip_init():
-                model = timm.create_model(name, pretrained=False, **model_args)
+            model = on_meta(name, **model_args)
             input_size = tuple(int(v) for v in model.pretrained_cfg.get("input_size") or (3, 224, 224))
             if model_args.get("img_size") or model_args.get("in_chans"):  # the input the model was built for
                 from timm.models import get_model_input_config
@@ -160,8 +63,8 @@ def profile(name: str, **model_args) -> ZooEntry:
                 input_size = tuple(int(v) for v in get_model_input_config(model)["input_size"])
             entry.input_size = input_size
             entry.params = sum(p.numel() for p in model.parameters())
-            _, macs = count(model, input_size)
-            entry.gmacs = macs / 1e9
+            example = torch.zeros(1, *input_size, device="meta")
+            entry.gmacs = count_flops(model, example, timm_convention=True) / 2 / 1e9
     except Exception as e:  # noqa: BLE001 - a model that cannot be counted is listed without counts
         entry.error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
     return entry
@@ -187,11 +90,10 @@ def _load_cache(path: Path) -> dict:
 
 
 def _save_cache(path: Path, data: dict) -> None:
+    from vitcli.output import atomic_write
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data, sort_keys=True))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(data, sort_keys=True))
     except OSError:
         pass  # a cache that cannot be written only costs time
 
@@ -206,9 +108,9 @@ def architectures(pattern: str | None = None, all_models: bool = False, pretrain
     """Architecture names: PATTERN over all of timm (name or name.tag), else the default families."""
     import timm
 
-    from vitcli.models.resolver import _ensure_registered
+    from vitcli.models.registry import ensure_registered
 
-    _ensure_registered()
+    ensure_registered()
     if pattern:
         pat = _pattern(pattern)
         names = set(timm.list_models(pat))

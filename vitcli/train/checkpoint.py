@@ -1,51 +1,20 @@
 """Checkpoints that survive a kill, and the random state that makes a resumed run exact.
 
 `torch.save` straight onto the old checkpoint, killed mid-write, leaves neither the old nor the new
-one (measured). So a checkpoint is written to a temporary file in the same folder, fsynced, and
-`os.replace`d over the old one (atomic on POSIX), then the folder is fsynced; temporary files left by
-a killed writer are removed on the next start. Everything saved loads with `weights_only=True`:
+one (measured). So a checkpoint goes through `vitcli.output.atomic_write` (a temporary file in the same
+folder, fsynced, `os.replace`d over the old one); temporary files left by a killed writer are removed
+on the next start. Everything saved loads with `weights_only=True`:
 random states are stored as tensors and plain numbers, never as pickled numpy objects.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 
-TMP_MARK = ".tmp-"
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)`, then move the finished file over `path` in one step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+from vitcli.output import TMP_MARK, atomic_write
 
 
 def save(obj, path: Path) -> None:

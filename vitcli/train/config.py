@@ -1,6 +1,6 @@
-"""Training configs as frozen dataclasses, and the papers' recipes that fill them.
+"""Training configs as frozen dataclasses, resolved in layers.
 
-A config is resolved in layers: dataclass defaults <- the recipe (`paper` or `quick`, per dataset)
+A config is resolved in layers: dataclass defaults <- the recipe (vitcli.train.recipes, per dataset)
 <- a config file (JSON or TOML; a run folder's config.json works too, so any run can be rerun)
 <- command-line flags. Durations are in steps (the paper's unit) or epochs, never both.
 Imports nothing heavy: `--dry-run` prints the resolved config without loading torch.
@@ -12,11 +12,9 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from vitcli.errors import UsageError
-
-RECIPES = ("paper", "quick")
+from vitcli.train.recipes import default_recipe, recipe_values
 
 
 @dataclass(frozen=True)
@@ -94,65 +92,6 @@ class TrainConfig(RunConfig):
 
 
 CONFIGS = {"finetune": FinetuneConfig, "train": TrainConfig}
-
-# ------------------------------------------------------------------------------------------ recipes
-# The paper's fine-tuning (Sec. 3.1, App. B.1.1): SGD momentum 0.9, no weight decay, clip 1.0,
-# batch 512, 384 px, cosine decay after a linear warmup; steps and lr per dataset.
-_FT_PAPER = dict(model="vit_base_patch16_224.augreg_in21k", optimizer="sgd", momentum=0.9,
-                 weight_decay=0.0, clip_grad=1.0, schedule="cosine", batch_size=512, img_size=384,
-                 crop_scale=(0.05, 1.0))
-_FT_PAPER_DATA = {
-    "small": dict(steps=500, warmup=100, lr=0.003),  # Pets, Flowers, small folders
-    "cifar": dict(steps=10_000, warmup=500, lr=0.01),
-    "imagenet": dict(steps=20_000, warmup=500, lr=0.03),
-}
-# A laptop-CPU recipe: the model's own resolution (no resampling), a small batch, a few epochs.
-# Measured on the 2-core dev machine: see docs/sections/30-training.md.
-_FT_QUICK = dict(model="vit_tiny_patch16_224.augreg_in21k", optimizer="sgd", momentum=0.9,
-                 weight_decay=0.0, clip_grad=1.0, schedule="cosine", batch_size=32, img_size=None,
-                 epochs=3, warmup=3, lr=0.01, crop_scale=(0.25, 1.0), eval_every=None)
-# Pre-training (Sec. 3.1, App. B.1): Adam (0.9, 0.999), decoupled weight decay 0.1, batch 4096,
-# linear warmup (10k steps) then linear decay.
-_TRAIN_PAPER = dict(model="B/16", optimizer="adamw", betas=(0.9, 0.999), weight_decay=0.1, lr=0.001,
-                    schedule="linear", batch_size=4096, warmup=10_000, epochs=300, clip_grad=1.0,
-                    crop_scale=(0.08, 1.0))
-_TRAIN_QUICK = dict(model="Ti/16", optimizer="adamw", betas=(0.9, 0.999), weight_decay=0.1, lr=0.001,
-                    schedule="linear", batch_size=64, warmup=10, epochs=30, clip_grad=1.0,
-                    crop_scale=(0.35, 1.0), img_size=64, patch_size=8)
-
-
-def dataset_kind(dataset: str) -> str:
-    name = (dataset or "").strip().lower()
-    if name.startswith("cifar"):
-        return "cifar"
-    if "imagenet" in Path(name).name:
-        return "imagenet"
-    return "small"
-
-
-def recipe_values(command: str, recipe: str, dataset: str) -> dict:
-    if recipe not in RECIPES:
-        raise UsageError(f"unknown recipe {recipe!r}", f"use one of {', '.join(RECIPES)}")
-    if command == "finetune":
-        if recipe == "paper":
-            return {**_FT_PAPER, **_FT_PAPER_DATA[dataset_kind(dataset)]}
-        return dict(_FT_QUICK)
-    return dict(_TRAIN_PAPER if recipe == "paper" else _TRAIN_QUICK)
-
-
-def default_recipe() -> str:
-    """paper with a GPU, quick without (checked without importing torch when possible)."""
-    import importlib.util
-    import os
-
-    if os.environ.get("VIT_RECIPE") in RECIPES:
-        return os.environ["VIT_RECIPE"]
-    if importlib.util.find_spec("torch") is None:
-        return "quick"
-    import torch
-
-    return "paper" if torch.cuda.is_available() else "quick"
-
 
 # ------------------------------------------------------------------------------------------ layers
 def read_config_file(path: Path) -> dict:
@@ -263,8 +202,3 @@ def dumps(cfg: RunConfig) -> str:
 
     text = json.dumps({"command": cfg.command, **cfg.to_dict()}, indent=2)
     return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text)
-
-
-def describe_settings() -> dict[str, Any]:
-    """Every setting a config file may hold, with its default (for the docs)."""
-    return {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.init}

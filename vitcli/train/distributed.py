@@ -7,7 +7,6 @@ writes files or draws progress.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from vitcli.errors import UsageError
@@ -29,8 +28,9 @@ class Dist:
 
 
 def from_env() -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    from vitcli import env
+
+    return Dist(*env.dist())
 
 
 def setup(device_spec: str) -> tuple[Dist, str]:

@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from vitcli.train import checkpoint
 from vitcli.errors import UsageError
+from vitcli.output import TMP_MARK, atomic_write
 
 STATE = Path("last") / "state.pt"
 
@@ -112,7 +112,7 @@ def write_run_json(folder: Path, **fields) -> None:
             data = {}
     data.update(fields)
     text = json.dumps(data, indent=2, default=str)
-    checkpoint.atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, text)
 
 
 def read_run_json(folder: Path) -> dict:
@@ -123,12 +123,13 @@ def read_run_json(folder: Path) -> dict:
 
 
 def save_model(folder: Path, model, label_names: list[str], vitcli_block: dict) -> None:
-    """The model in Hub layout at the root of the run folder (weights first, then config.json, each
-    moved into place whole, so a reader never sees a half-written file)."""
+    """The model in Hub layout at the root of the run folder: timm writes it into a staging folder, then
+    the weights and config.json are moved into place whole (weights first), so a reader never sees a
+    half-written file."""
     from timm.models import save_for_hf
 
     folder = Path(folder)
-    staging = folder / f".model{checkpoint.TMP_MARK}{os.getpid()}"
+    staging = folder / f".model{TMP_MARK}{os.getpid()}"
     staging.mkdir(parents=True, exist_ok=True)
     save_for_hf(model, str(staging), model_config={"label_names": list(label_names), "vitcli": vitcli_block},
                 safe_serialization=True)
@@ -136,7 +137,7 @@ def save_model(folder: Path, model, label_names: list[str], vitcli_block: dict) 
     os.umask(umask)
     for name in ("model.safetensors", "config.json"):
         os.chmod(staging / name, 0o666 & ~umask)  # safetensors writes 0600; a model is meant to be shared
-        os.replace(staging / name, folder / name)
+        atomic_write(folder / name, lambda tmp: os.replace(staging / name, tmp))
     for leftover in staging.iterdir():
         leftover.unlink()
     staging.rmdir()
@@ -161,7 +162,7 @@ class Metrics:
                 except ValueError:
                     continue  # a line cut by the kill
             text = "".join(k + "\n" for k in kept)
-            checkpoint.atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+            atomic_write(self.path, text)
         self.fh = open(self.path, "a", encoding="utf-8")
 
     def log(self, record: dict) -> None:

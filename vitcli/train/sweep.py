@@ -13,9 +13,9 @@ The training itself is injected (`runner`), so this module knows nothing of data
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import json
-import os
 import re
 import time
 import traceback
@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from vitcli import env
 from vitcli.errors import UsageError, VitError
+from vitcli.output import atomic_write
 
 STATE = "sweep.json"
 
@@ -117,20 +119,12 @@ Tester = Callable[[Path, dict], "float | tuple | None"]
 Profiler = Callable[[Path], dict]
 
 
-def _load_state(sweep_dir: Path) -> dict:
+def load_state(sweep_dir: Path) -> dict:
+    """sweep.json of a sweep folder ({} when there is none, or it cannot be read)."""
     try:
-        return json.loads((sweep_dir / STATE).read_text())
+        return json.loads((Path(sweep_dir) / STATE).read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def run(axes: list[Axis], sweep_dir: Path, runner: Runner, *, tester: Tester | None = None,
@@ -147,7 +141,7 @@ def run(axes: list[Axis], sweep_dir: Path, runner: Runner, *, tester: Tester | N
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     settings = grid(axes)
-    state = _load_state(sweep_dir)
+    state = load_state(sweep_dir)
     axes_json = {a.key: list(a.values) for a in axes}
     if state and state.get("axes") != axes_json:
         raise UsageError(f"{sweep_dir} holds a different sweep ({state.get('axes')})",
@@ -163,9 +157,9 @@ def run(axes: list[Axis], sweep_dir: Path, runner: Runner, *, tester: Tester | N
             skipped += 1
 
     def save(winner=None):
-        _write_json(sweep_dir / STATE, {"axes": axes_json, "meta": meta or {},
-                                        "winner": None if winner is None else winner.folder,
-                                        "rows": [asdict(r) for r in rows]})
+        atomic_write(sweep_dir / STATE, json.dumps({"axes": axes_json, "meta": meta or {},
+                                                     "winner": None if winner is None else winner.folder,
+                                                     "rows": [asdict(r) for r in rows]}, indent=1, default=str))
 
     save()
     if skipped:
@@ -241,7 +235,7 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, VitError):
         return e.message
     text = str(e).strip().splitlines()
-    if os.environ.get("VIT_DEBUG") == "1":
+    if env.debug():
         traceback.print_exception(type(e), e, e.__traceback__)
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
@@ -284,48 +278,16 @@ def write_tables(result: SweepResult) -> list[Path]:
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
     if result.winner is not None:
         lines += ["", f"\\* winner on {result.selection_split}: {label(result.winner.setting)}"]
-    md.write_text("\n".join(lines) + "\n")
-    path_csv = result.sweep_dir / "results.csv"
-    with open(path_csv, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["setting", *result.rows[0].setting.keys(), "val_top1", "test_top1", "params", "gflops",
-                    "img_per_s", "seconds", "status", "error", "winner", "run_dir"] if result.rows else [])
-        for r in result.rows:
-            w.writerow([label(r.setting), *r.setting.values(), r.val_top1, r.test_top1, r.params, r.gflops,
-                        r.img_per_s, r.seconds, r.status, r.error or "", r is result.winner,
-                        str(result.sweep_dir / r.folder)])
-    return [md, path_csv]
-
-
-def render(result: SweepResult) -> None:
-    """The comparison table on stdout (rich), the winner and the saved files on stderr."""
-    from rich.table import Table
-
-    from vitcli import output as sink
-
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for c, name in zip(COLUMNS, columns(result)):
-        table.add_column(name, justify="left" if c in ("setting", "status") else "right")
-    for r, row in zip(result.rows, table_rows(result, reasons=False)):
-        style = "bold green" if r is result.winner else ("red" if r.status == "failed" else None)
-        table.add_row(*row, style=style)
-    from rich.console import Console
-    from rich.measure import Measurement
-
-    console = sink.out()
-    natural = Measurement.get(console, console.options.update_width(1000), table).maximum
-    if console.width < natural <= 200:  # one line per setting, never folded (logs, narrow pipes)
-        console = Console(file=console.file, width=natural, soft_wrap=True, color_system=console.color_system)
-    console.print(table)
+    atomic_write(md, "\n".join(lines) + "\n")
+    buffer = io.StringIO()
+    w = csv.writer(buffer)
+    w.writerow(["setting", *result.rows[0].setting.keys(), "val_top1", "test_top1", "params", "gflops",
+                "img_per_s", "seconds", "status", "error", "winner", "run_dir"] if result.rows else [])
     for r in result.rows:
-        if r.status == "failed":
-            sink.err().print(f"[red]failed:[/] {label(r.setting)}: {r.error}", highlight=False)
-    if result.winner is None:
-        sink.warn("no run finished: there is no winner")
-    else:
-        sink.info(f"winner (best {result.selection_split}): {label(result.winner.setting)} -> "
-                  f"{result.sweep_dir / result.winner.folder}")
-    sink.info(f"[dim]table saved to {', '.join(str(p) for p in result.table_files)}[/]")
+        w.writerow([label(r.setting), *r.setting.values(), r.val_top1, r.test_top1, r.params, r.gflops,
+                    r.img_per_s, r.seconds, r.status, r.error or "", r is result.winner,
+                    str(result.sweep_dir / r.folder)])
+    return [md, atomic_write(result.sweep_dir / "results.csv", buffer.getvalue())]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""The package's layout rules (docs/ARCHITECTURE.md): folders by responsibility, small modules, imports
+that point one way, no private names across modules."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "vitcli"
+TOP_LEVEL = {"__init__.py", "__main__.py", "errors.py", "devices.py", "output.py", "env.py"}
+FOLDERS = {"cli", "models", "data", "inference", "train", "eval", "analysis", "bench"}
+# what each folder may import from the others (the arrows of docs/ARCHITECTURE.md; the top-level
+# modules errors, devices, output and env may be imported from anywhere)
+MAY_IMPORT = {
+    "cli": FOLDERS - {"cli"},
+    "train": {"models", "data", "inference", "eval"},
+    "eval": {"models", "data", "inference"},
+    "analysis": {"models", "data", "inference"},
+    "bench": {"models", "data", "inference"},
+    "inference": {"models", "data"},
+    "models": set(),
+    "data": set(),
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(path: Path) -> list[tuple[str, list[str], int]]:
+    """(module, imported names, line) for every vitcli import in the file, at any depth (functions too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(a.name, [], node.lineno) for a in node.names if a.name.startswith("vitcli")]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vitcli"):
+            found.append((node.module, [a.name for a in node.names], node.lineno))
+    return found
+
+
+def _edges(name: str) -> set[str]:
+    """The vitcli modules `name` imports (a `from pkg import mod` names the module itself)."""
+    edges = set()
+    for module, names, _ in _imports(MODULES[name]):
+        targets = [f"{module}.{n}" for n in names if f"{module}.{n}" in MODULES]
+        edges |= set(targets) or {module}
+    return edges - {name}
+
+
+def test_top_level_holds_only_the_shared_modules():
+    files = {p.name for p in PACKAGE.glob("*.py")}
+    assert files <= TOP_LEVEL and len(files) <= 6, files
+    assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"} == FOLDERS
+
+
+def test_no_module_over_400_lines():
+    long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > 400}
+    assert not long, long
+
+
+def test_no_import_cycle():
+    graph = {name: _edges(name) for name in MODULES}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name, path):
+        state[name] = 1
+        for nxt in sorted(graph.get(name, ())):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+            if nxt in graph and state.get(nxt) is None:
+                visit(nxt, path + [nxt])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if state.get(name) is None:
+            visit(name, [name])
+
+
+def test_imports_point_one_way():
+    wrong = []
+    for name, path in MODULES.items():
+        parts = name.split(".")
+        if len(parts) < 2 or parts[1] not in FOLDERS:
+            if len(parts) == 2 and name != "vitcli.__main__":  # shared top-level modules import no folder
+                wrong += [(name, m) for m, _, _ in _imports(path) if m.split(".")[1:2] and m.split(".")[1] in FOLDERS]
+            continue
+        folder = parts[1]
+        for target in _edges(name):
+            other = target.split(".")[1] if target.count(".") else None
+            if other in FOLDERS and other != folder and other not in MAY_IMPORT[folder]:
+                wrong.append((name, target))
+    assert not wrong, wrong
+
+
+def test_no_private_name_imported_from_another_module():
+    private = [(name, module, n, line) for name, path in MODULES.items() for module, names, line in _imports(path)
+               for n in names if n.startswith("_") and not n.startswith("__") and module != name]
+    assert not private, private

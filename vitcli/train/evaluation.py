@@ -1,0 +1,79 @@
+"""The one evaluation of a training run: top-1 and loss of a model on a held-out split.
+
+The loop evaluates minival (to select the best model) and, at the end, test with it; a sweep tests its
+winner with the same function, the same batch size and the same preprocessing, so a sweep winner's test
+number is the number a single run with those settings reports. Under torchrun each rank evaluates its
+shard and the totals are summed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vitcli.train import distributed
+
+
+def eval_batch_size(cfg, world: int = 1, accum: int | None = None) -> int:
+    """No activations are kept for backward: twice the training micro-batch, at most 256."""
+    micro = cfg.batch_size // world // (accum or cfg.accum or 1)
+    return max(1, min(256, 2 * micro))
+
+
+def evaluate(model, dataset, runtime, dist, *, batch_size: int, workers: int | None = None, source=None) -> dict:
+    """{"top1": %, "loss": mean cross-entropy, "n": images} of `model` on `dataset` (an ImageDataset with
+    the eval transform). Unreadable images are left out and handed to `source.note_skipped`."""
+    import torch
+
+    from vitcli.inference.forward import forward
+
+    shard = dataset.select(range(dist.rank, len(dataset), dist.world))
+    totals = torch.zeros(3, dtype=torch.float64)  # correct, loss sum, count
+    was_training = model.training
+    model.eval()
+    try:
+        for batch, logits in forward(model, shard, runtime, batch_size=batch_size, workers=workers):
+            if batch.skipped and source is not None:
+                source.note_skipped(batch.skipped)
+            if logits is None:
+                continue
+            logits, labels = logits.float(), batch.labels.to(logits.device)
+            totals[0] += (logits.argmax(-1) == labels).sum().item()
+            totals[1] += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            totals[2] += len(labels)
+    finally:
+        model.train(was_training)
+    distributed.all_sum(totals, dist)
+    n = int(totals[2])
+    return {"top1": round(100.0 * totals[0].item() / max(n, 1), 4), "loss": round(totals[1].item() / max(n, 1), 6),
+            "n": n}
+
+
+def held_out_split(source) -> str | None:
+    """Where a selected model is tested: test, else val when minival (carved from train) selected it."""
+    if "test" in source.splits:
+        return "test"
+    if source.selection_split == "minival" and "val" in source.splits:
+        return "val"
+    return None
+
+
+def test_run(run_dir: Path, cfg) -> tuple[dict, str] | None:
+    """The held-out evaluation of a finished run folder's model: (result, split), or None without one."""
+    from vitcli.data.transforms import eval_transform
+    from vitcli.devices import runtime
+    from vitcli.inference import kernels
+    from vitcli.models.resolver import load_model
+    from vitcli.train.build import open_run_dataset
+    from vitcli.train.distributed import Dist
+
+    source = open_run_dataset(cfg, download=False)
+    split = held_out_split(source)
+    if split is None:
+        return None
+    rt = runtime(cfg.device, cfg.precision)
+    loaded = load_model(str(run_dir), device=rt.device)
+    kernels.for_runtime(loaded.model, rt)  # the kernels the run's own evaluation used
+    dataset = source.subset(split, eval_transform(loaded.data_config))
+    result = evaluate(loaded.model, dataset, rt, Dist(), batch_size=eval_batch_size(cfg), workers=cfg.workers,
+                      source=source)
+    return result, split

@@ -1,0 +1,70 @@
+"""What `vit finetune` and `vit train` do with their flags: a new run, a resumed run, or a sweep.
+
+`configs()` resolves what would run (for --dry-run), `launch()` runs it. Flags whose value is None were
+not given; their values come from the config file, else the recipe (vitcli.train.config.resolve).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vitcli import env
+from vitcli.errors import UsageError
+
+
+def _flags(flags: dict) -> dict:
+    flags = dict(flags)
+    for key in ("device", "precision"):  # "auto" is the recipe's default, not a choice of the user's
+        if flags.get(key) == "auto":
+            flags[key] = None
+    for key in ("project", "data_dir"):
+        if flags.get(key) is not None:
+            flags[key] = str(flags[key])
+    if env.offline():
+        flags["download"] = False
+    return flags
+
+
+def _is_sweep(sweep, resume) -> bool:
+    from vitcli.train.sweep_run import is_sweep_dir
+
+    return bool(sweep) or is_sweep_dir(resume)
+
+
+def configs(command: str, flags: dict, *, config_file: Path | None = None, resume: Path | None = None,
+            sweep: list[str] | None = None) -> list[tuple[dict | None, object]]:
+    """(setting, resolved config) of every run the flags describe; setting is None for a single run."""
+    flags = _flags(flags)
+    if _is_sweep(sweep, resume):
+        from vitcli.train import sweep_run
+
+        grid = sweep_run.plan(command, flags, sweep, config_file=config_file, resume=resume)
+        return list(zip(grid.settings, grid.configs))
+    return [(None, _single(command, flags, config_file, resume))]
+
+
+def _single(command: str, flags: dict, config_file, resume):
+    from vitcli.train import config as configs_
+    from vitcli.train import run as training
+
+    if resume is not None:
+        if config_file is not None:
+            raise UsageError("--resume and --config both given", "a resumed run keeps its own config")
+        return training.resume_config(command, resume, flags)
+    return configs_.resolve(command, flags, config_file)
+
+
+def launch(command: str, flags: dict, *, config_file: Path | None = None, resume: Path | None = None,
+           sweep: list[str] | None = None):
+    """Run what the flags describe: the summary dict of one run, or a vitcli.train.sweep.SweepResult."""
+    flags = _flags(flags)
+    if _is_sweep(sweep, resume):
+        from vitcli.train import sweep_run
+
+        return sweep_run.run_plan(command, sweep_run.plan(command, flags, sweep, config_file=config_file,
+                                                          resume=resume))
+    from vitcli.train import run as training
+
+    cfg = _single(command, flags, config_file, resume)
+    core = training.finetune if command == "finetune" else training.train
+    return core(cfg, resume=resume)

@@ -1,0 +1,38 @@
+"""The optimizer and the learning-rate schedule of a run, made by timm's factories.
+
+The optimizer names are timm's (`create_optimizer_v2`; `sgd` means SGD with momentum, as the paper's
+fine-tuning uses); torch's fused one-kernel step is asked for where torch has it for this device.
+The schedule is a linear warmup, then cosine, linear or no decay to 0, stepped once per update.
+"""
+
+from __future__ import annotations
+
+FUSED = {"momentum", "nesterov", "adam", "adamw"}  # timm names that map to torch's SGD / Adam / AdamW
+
+
+def create_optimizer(model, cfg):
+    from timm.optim import create_optimizer_v2
+
+    from vitcli.devices import fused_optimizer_ok
+
+    name = {"sgd": "momentum", "momentum": "momentum"}.get(cfg.optimizer, cfg.optimizer)
+    kwargs: dict = {}
+    if name in ("momentum", "nesterov", "sgdp", "lars", "lamb"):
+        kwargs["momentum"] = cfg.momentum
+    if name.startswith(("adam", "nadam", "radam", "lamb")):
+        kwargs["betas"] = tuple(cfg.betas)
+    if name in FUSED and fused_optimizer_ok(next(model.parameters()).device):
+        kwargs["fused"] = True  # torch's one-kernel SGD / Adam(W) step (timm passes it through)
+    return create_optimizer_v2(model, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
+
+
+def create_scheduler(optimizer, cfg, total: int):
+    """Linear warmup over `cfg.warmup` steps, then cosine / linear decay to 0 (or constant)."""
+    from timm.scheduler import CosineLRScheduler, PolyLRScheduler
+
+    warmup = min(cfg.warmup, total - 1) if total > 1 else 0
+    common = dict(t_initial=max(total - warmup, 1), warmup_t=warmup, warmup_lr_init=0.0, warmup_prefix=True,
+                  t_in_epochs=False, lr_min=0.0)
+    if cfg.schedule == "cosine":
+        return CosineLRScheduler(optimizer, **common)
+    return PolyLRScheduler(optimizer, power=1.0 if cfg.schedule == "linear" else 0.0, **common)
