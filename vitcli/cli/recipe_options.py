@@ -25,25 +25,22 @@ RRecipe = Annotated[Optional[str], typer.Option(
 RConfig = Annotated[Optional[Path], typer.Option(
     "--config", help="JSON/TOML file of settings (a run folder reruns that run); flags override it.",
     show_default=False)]
-RSteps = Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimizer steps.", rich_help_panel=P,
-                                               show_default=False)]
-REpochs = Annotated[Optional[float], typer.Option("--epochs", help="Epochs (instead of --steps).",
-                                                  rich_help_panel=P, show_default=False)]
-RLr = Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate.", rich_help_panel=P,
-                                              show_default=False)]
-RAccum = Annotated[Optional[int], typer.Option("--accum", min=1, rich_help_panel=P, show_default=False,
-                                               help="Micro-batches per step (default 1; on CUDA doubled on "
-                                                    "out-of-memory).")]
-RWarmup = Annotated[Optional[int], typer.Option("--warmup", min=0, help="Linear warmup steps.", rich_help_panel=P,
-                                                show_default=False)]
-RSchedule = Annotated[Optional[str], typer.Option("--schedule", help="cosine | linear | constant, after warmup.",
-                                                  rich_help_panel=P, show_default=False)]
-RWd = Annotated[Optional[float], typer.Option("--weight-decay", help="Decoupled weight decay.", rich_help_panel=P,
-                                              show_default=False)]
-RClip = Annotated[Optional[float], typer.Option("--clip-grad", help="Global gradient-norm clip (0: off).",
-                                                rich_help_panel=P, show_default=False)]
-RSmooth = Annotated[Optional[float], typer.Option("--label-smoothing", rich_help_panel=P, show_default=False,
-                                                  help="Label smoothing.")]
+
+
+def _recipe(kind, flag: str, help: str, **kwargs):
+    """An option of the recipe panel: None when not given (the value then comes from the recipe)."""
+    return Annotated[Optional[kind], typer.Option(flag, help=help, rich_help_panel=P, show_default=False, **kwargs)]
+
+
+RSteps = _recipe(int, "--steps", "Optimizer steps.", min=1)
+REpochs = _recipe(float, "--epochs", "Epochs (instead of --steps).")
+RLr = _recipe(float, "--lr", "Peak learning rate.")
+RAccum = _recipe(int, "--accum", "Micro-batches per step (default 1; on CUDA doubled on out-of-memory).", min=1)
+RWarmup = _recipe(int, "--warmup", "Linear warmup steps.", min=0)
+RSchedule = _recipe(str, "--schedule", "cosine | linear | constant, after warmup.")
+RWd = _recipe(float, "--weight-decay", "Decoupled weight decay.")
+RClip = _recipe(float, "--clip-grad", "Global gradient-norm clip (0: off).")
+RSmooth = _recipe(float, "--label-smoothing", "Label smoothing.")
 RSeed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (default 0).", show_default=False)]
 REvalEvery = Annotated[Optional[int], typer.Option("--eval-every", min=1, show_default=False,
                                                    help="Evaluate on minival/val every N steps (default: 5 times).")]
