@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from vitcli.errors import ImageError
-from vitcli.data.images import expand_inputs, load_image
+from vitcli.data.images import load_image
+from vitcli.data.inputs import expand_inputs
 
 
 def test_exif_orientation_is_applied(tmp_path):

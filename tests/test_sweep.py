@@ -205,7 +205,7 @@ def test_sweep_keys_and_values_are_checked_before_training(tiny_vit_dir, colours
     result = CliRunner().invoke(app, base + ["--sweep", "colour=red,blue"])
     assert result.exit_code == 2 and "not a train setting" in result.stderr
     result = CliRunner().invoke(app, base + ["--sweep", "steps=1,0"])
-    assert result.exit_code == 2 and "--sweep steps=0" in result.stderr and "positive" in result.stderr
+    assert result.exit_code == 2 and "--sweep steps=0" in result.stderr and "at least 1" in result.stderr
     result = CliRunner().invoke(app, base + ["--sweep", "lr=0.1,fast"])
     assert result.exit_code == 2
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("run.json"))

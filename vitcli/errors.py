@@ -6,6 +6,7 @@ out-of-memory) are translated here too, by name and module, so this module impor
 
 from __future__ import annotations
 
+import errno
 import sys
 from dataclasses import dataclass
 
@@ -40,7 +41,12 @@ class DataError(VitError):
 
 
 class ImageError(VitError):
-    """One image could not be read; the message says why."""
+    """One image could not be read: `path` (as shown to the user) and `reason`; the message is both."""
+
+    def __init__(self, path: str, reason: str, hint: str | None = None):
+        super().__init__(f"{path}: {reason}", hint)
+        self.path = path
+        self.reason = reason
 
 
 @dataclass
@@ -146,6 +152,15 @@ def describe(exc: BaseException) -> Failure | None:
     if "OutOfMemoryError" in names or "out of memory" in str(exc).lower() and "CUDA" in str(exc):
         return Failure("the GPU ran out of memory",
                        "lower --batch-size (training: raise --accum to keep the global batch), or use --precision bf16", 1)
+    if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc) or "not enough memory" in str(exc):
+        return Failure("out of memory", "lower --batch-size (training: raise --accum to keep the global batch), "
+                                        "or close other programs", 1)
+    full = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)), None)
+    if full is not None or "PytorchStreamWriter failed writing" in str(exc):
+        where = f" while writing {full.filename}" if full is not None and full.filename else ""
+        return Failure(f"no space left on the device{where}",
+                       "free some space (or point VIT_CACHE, HF_HOME or --project elsewhere) and run again; "
+                       "files already finished are kept", 1)
     if "DecompressionBombError" in names:
         return Failure(_first_line(exc), "raise the limit with VIT_MAX_IMAGE_PIXELS if you trust the file", 1)
     if "UnidentifiedImageError" in names:
@@ -154,6 +169,8 @@ def describe(exc: BaseException) -> Failure | None:
         return Failure(f"file not found: {exc.filename or _first_line(exc)}", None, 1)
     if isinstance(exc, PermissionError):
         return Failure(f"permission denied: {exc.filename or _first_line(exc)}", None, 1)
+    if isinstance(exc, IsADirectoryError):
+        return Failure(f"{exc.filename} is a folder, not a file", None, 1)
     return None
 
 

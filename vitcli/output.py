@@ -1,12 +1,19 @@
 """The output sink: results to stdout (rich tables for people, JSON for programs), everything else
 (progress, warnings, hints) to stderr; progress bars only when stderr is a terminal. And the one way
 vitcli writes a file: `atomic_write`, so that no reader ever sees half a file.
+
+Text is printed literally: the consoles have rich's markup and emoji codes off, so a path such as
+`dir[/x]/y.jpg` or `photo [edited].jpg` is shown as it is and can never raise a markup error; styles
+are given as arguments (`info(..., style="dim")`), never written into the text. A file name that is
+not valid UTF-8 is shown, in tables, JSON and CSV alike, with its odd bytes escaped (`display`).
+JSON never holds NaN or Infinity (`dumps`: they become null).
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -22,7 +29,8 @@ _counter = itertools.count()
 def _console(stderr: bool, file_id: int):
     from rich.console import Console
 
-    return Console(stderr=stderr, file=sys.stderr if stderr else sys.stdout, soft_wrap=not stderr)
+    return Console(stderr=stderr, file=sys.stderr if stderr else sys.stdout, soft_wrap=not stderr,
+                   markup=False, emoji=False, highlight=False)
 
 
 def out():
@@ -35,18 +43,56 @@ def err():
     return _console(True, id(sys.stderr))
 
 
-def info(message: str) -> None:
-    """A message on stderr, never wrapped to the console width (paths stay whole in logs)."""
-    err().print(message, highlight=False, soft_wrap=True)
+def info(message: str, style: str | None = None) -> None:
+    """A message on stderr, printed literally and never wrapped to the console width (paths stay whole)."""
+    err().print(message, style=style, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err().print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    _labelled("warning:", "yellow", message)
+
+
+def error(message: str, label: str = "error:") -> None:
+    """An error about one item (an image, a setting) among results that go on: `error: MESSAGE`."""
+    _labelled(label, "red", message)
+
+
+def _labelled(label: str, style: str, message: str) -> None:
+    from rich.text import Text
+
+    err().print(Text.assemble((label, style), " ", message), soft_wrap=True)
+
+
+def display(path) -> str:
+    """A path (or any name) as vitcli shows it everywhere: bytes that are not UTF-8 escaped as \\xNN."""
+    text = os.fspath(path) if not isinstance(path, str) else path
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # surrogate escapes: a name in another encoding
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+def finite(obj):
+    """`obj` with every NaN or infinite float replaced by None (for JSON), containers copied."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj, **kwargs) -> str:
+    """JSON text for anything vitcli writes: never NaN or Infinity (null instead), non-ASCII kept."""
+    kwargs.setdefault("ensure_ascii", False)
+    return json.dumps(finite(obj), allow_nan=False, **kwargs)
 
 
 def emit_json(obj) -> None:
     """One JSON object on one line of stdout."""
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.write(dumps(obj) + "\n")
     sys.stdout.flush()
 
 

@@ -16,12 +16,11 @@ numbers.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from vitcli.errors import UsageError, VitError
-from vitcli.output import atomic_write
+from vitcli.output import atomic_write, display, dumps
 
 DEFAULT_OUT_BASE = Path("runs") / "visualize"
 
@@ -101,7 +100,7 @@ def run(model: str, images=(), *, attention_distance: bool = False, attention_ma
     """Make the asked-for figures for `model` from `images` (files, folders, globs; the first
     `num_images` of them); returns what was written and the numbers."""
     from vitcli.analysis.maths import HEAD_FUSIONS
-    from vitcli.data.images import expand_inputs
+    from vitcli.data.inputs import expand_inputs
 
     if not (attention_distance or attention_map or pos_embed_similarity or filters):
         raise UsageError("nothing to draw", "give one or more of --attention-distance, --attention-map, "
@@ -122,7 +121,7 @@ def run(model: str, images=(), *, attention_distance: bool = False, attention_ma
                              "give image files, folders or globs after the options")
         paths, missing = expand_inputs(list(images))
         paths = paths[:num_images]
-        errors = [{"path": p, "error": why} for p, why in missing]
+        errors = [{"path": display(p), "error": why} for p, why in missing]
 
     from vitcli import output as sink
     from vitcli.devices import runtime
@@ -133,7 +132,7 @@ def run(model: str, images=(), *, attention_distance: bool = False, attention_ma
     _check(loaded, attention, pos_embed_similarity, filters)
     out = Path(out_dir) if out_dir is not None else next_run_dir()
     out.mkdir(parents=True, exist_ok=True)
-    sink.info(f"[dim]{loaded.architecture} on {rt.describe()} -> {out}[/]")
+    sink.info(f"{loaded.architecture} on {rt.describe()} -> {out}", style="dim")
 
     result: dict = {"model": model, "architecture": loaded.architecture, "out_dir": str(out), "files": [],
                     "errors": errors}
@@ -192,8 +191,8 @@ def unique_stem(path: Path, taken: set[str]) -> str:
 
 def write_json(path: Path, obj: dict) -> None:
     """A JSON object with one key per line (a table stays one row per line)."""
-    lines = [f" {json.dumps(k)}: " + (
-        "[\n  " + ",\n  ".join(json.dumps(row) for row in v) + "\n ]" if k == "distance" else json.dumps(v))
+    lines = [f" {dumps(k)}: " + (
+        "[\n  " + ",\n  ".join(dumps(row) for row in v) + "\n ]" if k == "distance" else dumps(v))
         for k, v in obj.items()]
     atomic_write(path, "{\n" + ",\n".join(lines) + "\n}\n")
 
@@ -227,7 +226,7 @@ def attention_figures(loaded, rt, paths, out: Path, *, distance: bool, rollout: 
 
     with sink.progress(what, total=len(paths), unit="img") as advance:
         for batch, maps in forward(maps_of, dataset, rt, batch_size=batch_size):
-            result["errors"] += [{"path": str(paths[s.position]), "error": s.reason} for s in batch.skipped]
+            result["errors"] += [{"path": s.path, "error": s.reason} for s in batch.skipped]
             if maps is not None:
                 layout = token_layout(model, tuple(batch.images.shape[-2:]))
                 if rt.device.type == "mps":  # the analysis runs in float64, which MPS lacks
@@ -249,11 +248,11 @@ def attention_figures(loaded, rt, paths, out: Path, *, distance: bool, rollout: 
                         png, npy = out / "rollout" / f"{stem}.png", out / "rollout" / f"{stem}.npy"
                         atomic_write(npy, lambda tmp: np.save(tmp, r[j].astype(np.float32)))
                         figures.rollout_overlay(view[j], r[j], png, title=(
-                            f"{paths[i].name}: {_arch_name(loaded)}, head fusion {head_fusion}, "
+                            f"{display(paths[i].name)}: {_arch_name(loaded)}, head fusion {head_fusion}, "
                             f"discard ratio {discard_ratio:g}"))
-                        result["files"] += [str(png), str(npy)]
+                        result["files"] += [display(png), display(npy)]
                         result.setdefault("rollout", []).append(
-                            {"image": str(paths[i]), "png": str(png), "npy": str(npy)})
+                            {"image": display(paths[i]), "png": display(png), "npy": display(npy)})
             advance(len(batch.positions) + len(batch.skipped))
     if not distance:
         return None

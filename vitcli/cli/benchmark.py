@@ -41,7 +41,7 @@ def benchmark(
 
     result = run(model, batch_size=batch_size, img_size=img_size, train=train, device=device,
                  precision=precision, compile=compile, iters=iters, warmup_iters=warmup_iters, random_init=random_init,
-                 log=lambda msg: sink.info(f"[dim]{msg}[/]"))
+                 log=lambda msg: sink.info(msg, style="dim"))
     if json_out:
         sink.emit_json(result.to_json())
     else:
@@ -54,15 +54,15 @@ def _render(r) -> None:
     from vitcli import output as sink
 
     sink.out().print(
-        f"[bold]{r.architecture}[/] ({r.params_m:.1f} M params) on {r.device} {r.precision}, {r.threads} threads, "
+        f"{r.architecture} ({r.params_m:.1f} M params) on {r.device} {r.precision}, {r.threads} threads, "
         f"batch {r.batch_size}, {r.img_size} px{', compiled' if r.compile else ''}\n"
         f"{r.gflop_per_img:.2f} GFLOP/img forward; matrix-multiply ceiling {r.ceiling_gflop_s:.1f} GFLOP/s "
-        f"(the model's GEMM shapes; fastest shape {r.ceiling_best_gflop_s:.1f})", highlight=False)
+        f"(the model's GEMM shapes; fastest shape {r.ceiling_best_gflop_s:.1f})")
     phases = [("inference", r.inference, r.timm_inference, r.speedup)]
     if r.train is not None:
         phases.append(("training", r.train, r.timm_train, r.train_speedup))
     for phase, ours, timm, ratio in phases:
-        table = Table(box=None, pad_edge=False, title=f"[bold]{phase}[/]", title_justify="left")
+        table = Table(box=None, pad_edge=False, title=phase, title_justify="left", title_style="bold")
         for name in ("loop", "img/s", "GFLOP/s", "% ceiling", "p50 ms", "p90 ms", "p99 ms", "peak MB"):
             table.add_column(name, justify="left" if name == "loop" else "right", no_wrap=True)
         for loop, f in (("vitcli", ours), ("timm eager", timm)):
@@ -70,14 +70,14 @@ def _render(r) -> None:
                           f"{f.ceiling_pct:.0f} %" if f.ceiling_pct is not None else "-",
                           f"{f.latency_ms['p50']:.1f}", f"{f.latency_ms['p90']:.1f}", f"{f.latency_ms['p99']:.1f}",
                           f"{f.peak_mem_mb:.0f}" if f.peak_mem_mb is not None else "-")
-        table.add_row("[bold]ratio[/]", f"[bold]{ratio:.2f}x[/]")
+        table.add_row("ratio", f"{ratio:.2f}x", style="bold")
         sink.out().print(table)
     if r.compile_s is not None:
-        sink.out().print(f"compile: {r.compile_s:.1f} s (first call, not in the figures)", highlight=False)
+        sink.out().print(f"compile: {r.compile_s:.1f} s (first call, not in the figures)")
     if r.peak_tflops:
         sink.out().print(f"MFU: inference {r.mfu_pct:.1f} %"
                          + (f", training {r.train_mfu_pct:.1f} %" if r.train_mfu_pct is not None else "")
-                         + f" of {r.peak_tflops:.0f} TFLOP/s", highlight=False)
+                         + f" of {r.peak_tflops:.0f} TFLOP/s")
     for note in r.notes:
         sink.warn(note)
 

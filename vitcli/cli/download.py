@@ -27,4 +27,4 @@ def download(
     if json_out:
         sink.emit_json(result)
     else:
-        sink.out().print(f"{model}: {result['weights']}", highlight=False, soft_wrap=True)
+        sink.out().print(f"{model}: {result['weights']}", soft_wrap=True)

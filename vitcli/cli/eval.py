@@ -67,19 +67,21 @@ def eval_command(
     target = splits.open_split(dataset=dataset, data=data, labels=labels, split=split, data_dir=data_dir)
     rt = runtime(device, precision)
     loaded = load_model(model, device=rt.device)
-    sink.info(f"[dim]{loaded.architecture} on {rt.describe()}: {target.name} ({target.split}), "
-              f"{len(target)} image(s)[/]")
+    sink.info(f"{loaded.architecture} on {rt.describe()}: {target.name} ({target.split}), "
+              f"{len(target)} image(s)", style="dim")
     with sink.progress("eval", total=len(target), unit="img") as advance:
         result = evaluate.run(loaded, rt, target, batch_size=batch_size, workers=workers,
                               real_labels=real_labels, progress=advance)
     _warn_failed(result.summary["failed"])
     if out_dir is not None:
         written = reports.write_artefacts(result, out_dir)
-        sink.info(f"[dim]wrote {', '.join(str(p) for p in written)}[/]")
+        sink.info(f"wrote {', '.join(str(p) for p in written)}", style="dim")
     if json_out:
         sink.emit_json(result.summary)
     else:
         _render(result)
+    if result.summary["num_failed"]:  # as predict and visualize: the numbers stand, the exit code says
+        raise typer.Exit(1)
 
 
 def _few_shot(model, dataset, data, labels, split, data_dir, shots_text, seeds, l2_text, no_cache, batch_size,
@@ -94,18 +96,22 @@ def _few_shot(model, dataset, data, labels, split, data_dir, shots_text, seeds, 
     train, test = splits.few_shot_splits(dataset=dataset, data=data, labels=labels, split=split, data_dir=data_dir)
     rt = runtime(device, precision)
     loaded = load_model(model, device=rt.device)
-    sink.info(f"[dim]{loaded.architecture} on {rt.describe()}: {train.name}, shots from train "
-              f"({len(train)}), evaluated on {test.split} ({len(test)})[/]")
+    sink.info(f"{loaded.architecture} on {rt.describe()}: {train.name}, shots from train "
+              f"({len(train)}), evaluated on {test.split} ({len(test)})", style="dim")
     result = fewshot.run(loaded, rt, train, test, shots=shots, seeds=seeds, l2=l2s, batch_size=batch_size,
                          workers=workers, use_cache=not no_cache,
                          progress_factory=lambda d, t: sink.progress(d, total=t, unit="img"))
     _warn_failed(result["failed"])
+    for asked, used in (result.get("shots_reduced") or {}).items():
+        sink.warn(f"--few-shot {asked}: the largest class has {used} training images; reported as {used}-shot")
     if out_dir is not None:
-        sink.info(f"[dim]wrote {reports.write_few_shot(result, out_dir)}[/]")
+        sink.info(f"wrote {reports.write_few_shot(result, out_dir)}", style="dim")
     if json_out:
         sink.emit_json(result)
     else:
         _render_few_shot(result)
+    if result["num_failed"]:
+        raise typer.Exit(1)
 
 
 def _warn_failed(failed: list[dict]) -> None:
@@ -162,8 +168,8 @@ def _render_few_shot(result: dict) -> None:
         table.add_row(shots, *(f"{sweep[l2][shots]['mean']:.2f} ± {sweep[l2][shots]['std']:.2f}" for l2 in sweep))
     sink.out().print(table)
     seeds = next(iter(result["few_shot"].values()))["seeds"]
-    sink.info(f"[dim]{seeds} seed(s), {result['feature_dim']}-d features, {result['forward_passes']} new forward pass(es), "
-              f"{result['seconds']} s[/]")
+    sink.info(f"{seeds} seed(s), {result['feature_dim']}-d features, {result['forward_passes']} new forward pass(es), "
+              f"{result['seconds']} s", style="dim")
 
 
 def _short(name: str) -> str:

@@ -31,7 +31,7 @@ def models(
 
     def on_total(n: int) -> None:
         if n > 20:
-            sink.info(f"[dim]counting {n} architectures once (cached afterwards)...[/]")
+            sink.info(f"counting {n} architectures once (cached afterwards)...", style="dim")
 
     with sink.progress("count", total=None, unit="models") as advance:
         entries = zoo.models(pattern, all_models=all_models, pretrained_only=pretrained,
@@ -67,15 +67,15 @@ def _render(entries, show_tags: bool) -> None:
                f"{e.gflops:.2f}" if e.gflops is not None else "?",
                size]
         if show_tags:
-            row.append(", ".join(e.tags) if e.tags else "[dim]-[/]")
+            row.append(", ".join(e.tags) if e.tags else "-")
         table.add_row(*row)
     sink.out().print(table)
     failed = [e for e in entries if e.error]
     if failed:
         sink.warn(f"{len(failed)} architecture(s) could not be counted without weights (shown as ?): "
                   + ", ".join(e.model for e in failed[:5]) + (" ..." if len(failed) > 5 else ""))
-    sink.info(f"[dim]{len(entries)} architecture{'s' if len(entries) != 1 else ''}; GFLOPs = 2 x GMACs (multiply-adds at batch 1, "
-              "as in timm's benchmark tables)[/]")
+    sink.info(f"{len(entries)} architecture{'s' if len(entries) != 1 else ''}; GFLOPs = 2 x GMACs (multiply-adds at batch 1, "
+              "as in timm's benchmark tables)", style="dim")
 
 
 def register(app: typer.Typer) -> None:

@@ -26,48 +26,48 @@ def predict(
 ) -> None:
     """Predict the top-k labels of images with a pre-trained or fine-tuned model."""
     from vitcli import env
-    from vitcli.errors import UsageError
-    from vitcli.data.images import expand_inputs
+    from vitcli.data.inputs import expand_inputs
 
     env.set_offline(offline)
-    if output is not None and output.suffix.lower() not in {".jsonl", ".csv", ".json"}:
-        raise UsageError(f"--output {output}: unknown format", "use a .jsonl or .csv file name")
+    writer = _FileWriter.check(output)
     paths, missing = expand_inputs(inputs)
 
     from vitcli import output as sink
     from vitcli.devices import runtime
+    from vitcli.inference import faststart
     from vitcli.inference.predict import Prediction, load_predictor, run
 
     rt = runtime(device, precision)
     loaded = load_predictor(model, rt)  # a saved TorchScript copy when there is one: no timm import
-    sink.info(f"[dim]{loaded.architecture} on {rt.describe()}, {len(paths)} image(s)[/]")
+    sink.info(f"{loaded.architecture} on {rt.describe()}, {len(paths)} image(s)", style="dim")
 
-    writer = _FileWriter(output) if output else None
-    table_rows = []
-    failed = 0
+    writer = writer and writer.open()
+    rows, failed = [], 0
     try:
         for item, reason in missing:
             failed += 1
-            _emit(Prediction(item, error=reason), json_out, writer, table_rows)
+            _emit(Prediction(sink.display(item), error=reason), json_out, writer, rows)
         with sink.progress("predict", total=len(paths), unit="img") as advance:
             for pred in run(paths, loaded, rt, top_k=top_k, batch_size=batch_size, workers=workers,
                             progress=advance):
                 failed += pred.error is not None
-                _emit(pred, json_out, writer, table_rows)
-    finally:
+                _emit(pred, json_out, writer, rows)
+    finally:  # whatever stops the run, the results already made are shown and kept
         if writer:
             writer.close()
-    if not json_out:
-        _render_table(table_rows, top_k)
-    from vitcli.inference import faststart
-
+        if not json_out:
+            _render_table(rows)
     faststart.remember(model, loaded, rt.device)  # first run with this model: save the fast-start copy
+    if writer and writer.error:
+        sink.warn(f"the results were not all written to {sink.display(writer.path)} ({writer.error}); "
+                  "every result is on stdout")
     if failed:
         sink.warn(f"{failed} input(s) could not be read (listed above)")
+    if failed or (writer and writer.error):
         raise typer.Exit(1)
 
 
-def _emit(pred, json_out: bool, writer, table_rows: list) -> None:
+def _emit(pred, json_out: bool, writer, rows: list) -> None:
     from vitcli import output as sink
 
     if writer:
@@ -75,12 +75,12 @@ def _emit(pred, json_out: bool, writer, table_rows: list) -> None:
     if json_out:
         sink.emit_json(pred.to_json())
     else:
-        table_rows.append(pred)
+        rows.append(pred)
         if pred.error:
-            sink.err().print(f"[red]error:[/] {pred.path}: {pred.error}", highlight=False)
+            sink.error(f"{pred.path}: {pred.error}")
 
 
-def _render_table(rows, top_k: int) -> None:
+def _render_table(rows) -> None:
     from rich.table import Table
 
     from vitcli import output as sink
@@ -97,33 +97,63 @@ def _render_table(rows, top_k: int) -> None:
         for rank, p in enumerate(pred.predictions, 1):
             table.add_row(pred.path if rank == 1 else "", str(rank), p["label"], str(p["index"]),
                           f"{p['score']:.4f}", end_section=rank == len(pred.predictions))
-    sink.out().print(table)
+    if table.rows:
+        sink.out().print(table)
 
 
 class _FileWriter:
-    """Results streamed to a .jsonl or .csv file as they come (nothing lost if a later image fails)."""
+    """Results streamed to a .jsonl or .csv file as they come. A write that fails (a full disk) stops
+    the file, never the predictions: `error` says why, and every result still reaches stdout."""
 
     def __init__(self, path: Path):
+        self.path, self.fh, self.csv, self.error = path, None, None, None
+
+    @classmethod
+    def check(cls, path: Path | None) -> "_FileWriter | None":
+        """Refuse an --output that cannot be a results file before any work is done."""
+        from vitcli import output as sink
+        from vitcli.errors import UsageError
+
+        if path is None:
+            return None
+        if path.suffix.lower() not in {".jsonl", ".csv", ".json"}:
+            raise UsageError(f"--output {sink.display(path)}: unknown format", "use a .jsonl or .csv file name")
+        if path.is_dir():
+            raise UsageError(f"--output {sink.display(path)} is a folder", "give a file name, e.g. results.csv")
+        return cls(path)
+
+    def open(self) -> "_FileWriter":
         import csv
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(path, "w", newline="", encoding="utf-8")
-        self.csv = None
-        if path.suffix.lower() == ".csv":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "w", newline="", encoding="utf-8")
+        if self.path.suffix.lower() == ".csv":
             self.csv = csv.writer(self.fh)
-            self.csv.writerow(["path", "rank", "label", "index", "score", "error"])
+            self._guarded(self.csv.writerow, ["path", "rank", "label", "index", "score", "error"])
+        return self
+
+    def _guarded(self, fn, *args) -> None:
+        if self.error is not None:
+            return
+        try:
+            fn(*args)
+            self.fh.flush()
+        except OSError as e:
+            self.error = e.strerror or str(e)
 
     def write(self, pred) -> None:
-        import json
+        from vitcli.output import dumps
 
         if self.csv is None:
-            self.fh.write(json.dumps(pred.to_json(), ensure_ascii=False) + "\n")
+            self._guarded(self.fh.write, dumps(pred.to_json()) + "\n")
         elif pred.error:
-            self.csv.writerow([pred.path, "", "", "", "", pred.error])
+            self._guarded(self.csv.writerow, [pred.path, "", "", "", "", pred.error])
         else:
-            for rank, p in enumerate(pred.predictions, 1):
-                self.csv.writerow([pred.path, rank, p["label"], p["index"], f"{p['score']:.6f}", ""])
-        self.fh.flush()
+            self._guarded(self.csv.writerows, [[pred.path, rank, p["label"], p["index"], f"{p['score']:.6f}", ""]
+                                               for rank, p in enumerate(pred.predictions, 1)])
 
     def close(self) -> None:
-        self.fh.close()
+        try:
+            self.fh.close()
+        except OSError as e:
+            self.error = self.error or e.strerror or str(e)

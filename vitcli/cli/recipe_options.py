@@ -173,10 +173,10 @@ def render_sweep(result) -> None:
     console.print(table)
     for r in result.rows:
         if r.status == "failed":
-            sink.err().print(f"[red]failed:[/] {label(r.setting)}: {r.error}", highlight=False)
+            sink.error(f"{label(r.setting)}: {r.error}", label="failed:")
     if result.winner is None:
         sink.warn("no run finished: there is no winner")
     else:
         sink.info(f"winner (best {result.selection_split}): {label(result.winner.setting)} -> "
                   f"{result.sweep_dir / result.winner.folder}")
-    sink.info(f"[dim]table saved to {', '.join(str(p) for p in result.table_files)}[/]")
+    sink.info(f"table saved to {', '.join(str(p) for p in result.table_files)}", style="dim")

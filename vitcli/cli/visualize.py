@@ -58,7 +58,7 @@ def visualize(
         _render(result)
     if result["errors"]:
         for e in result["errors"]:
-            sink.err().print(f"[red]error:[/] {e['path']}: {e['error']}", highlight=False)
+            sink.error(f"{e['path']}: {e['error']}")
         sink.warn(f"{len(result['errors'])} input(s) could not be read (listed above)")
         raise typer.Exit(1)
 
@@ -84,7 +84,7 @@ def _render(result: dict) -> None:
         s = dist["summary"]
         console.print(f"first layer: heads from {s['first_layer_min']:.1f} to {s['first_layer_max']:.1f} px "
                       f"({s['first_layer_ratio']:.1f}x); last {s['layers_compared']} layers look "
-                      f"{s['last_over_first']:.2f}x as far as the first {s['layers_compared']}", highlight=False)
+                      f"{s['last_over_first']:.2f}x as far as the first {s['layers_compared']}")
     if "pos_embed_similarity" in result:
         p = result["pos_embed_similarity"]
         console.print(f"position embeddings: {100 * p['neighbour_fraction']:.1f}% of the patches of the "
@@ -94,10 +94,10 @@ def _render(result: dict) -> None:
         f = result["filters"]
         top = sum(f["explained_variance_ratio"])
         console.print(f"filters: top {f['num_components']} principal components of {f['layer']} explain "
-                      f"{100 * top:.1f}% of the variance", highlight=False)
-    console.print(f"wrote {len(result['files'])} file(s) to {result['out_dir']}", highlight=False)
+                      f"{100 * top:.1f}% of the variance")
+    console.print(f"wrote {len(result['files'])} file(s) to {result['out_dir']}")
     for path in result["files"]:
-        console.print(f"  {path}", highlight=False)
+        console.print(f"  {path}")
 
 
 def register(app: typer.Typer) -> None:

@@ -228,14 +228,14 @@ def _class_dirs(folder: Path) -> list[str]:
 
 
 def _scan(folder: Path, classes: list[str]) -> Records:
-    from vitcli.data.images import is_image_file
+    from vitcli.data.inputs import is_image_file, walk
 
     paths, labels = [], []
     for label, cls in enumerate(classes):
         cdir = folder / cls
         if not cdir.is_dir():
             continue
-        for p in sorted(x for x in cdir.rglob("*") if x.is_file() and is_image_file(x)):
+        for p in sorted(x for x in walk(cdir) if is_image_file(x) and x.is_file()):
             paths.append(p)
             labels.append(label)
     return Records(labels, paths=paths)

@@ -11,7 +11,6 @@ The pixel limit (VIT_MAX_IMAGE_PIXELS, default PIL's own) is one limit, always a
 
 from __future__ import annotations
 
-import glob
 import os
 import threading
 import warnings
@@ -22,10 +21,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vitcli import env
-from vitcli.errors import ImageError, UsageError
+from vitcli.output import display
+from vitcli.errors import ImageError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
-                    ".pbm", ".jfif", ".heic", ".heif", ".avif"}
+# The raster formats vitcli lets PIL open (whatever the file's name says). Anything else (EPS, which
+# PIL hands to Ghostscript, PSD, ICO, the scientific formats...) is "not a supported image format".
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF", "HEIF")  # JPEG's opener reads MPO too
+FORMAT_NAMES = "JPEG, PNG, WebP, GIF, BMP, TIFF, PPM; HEIC and AVIF"
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited on white
 _HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif")
 
@@ -43,6 +45,12 @@ def _without_pil_limit():
             yield
         finally:
             Image.MAX_IMAGE_PIXELS = saved
+
+
+def _formats() -> list[str]:
+    """FORMATS that this PIL can open (HEIF once pillow-heif is registered, AVIF in Pillow >= 11.3)."""
+    Image.init()
+    return [f for f in FORMATS if f in Image.OPEN]
 
 
 def _register_heif() -> bool:
@@ -91,30 +99,31 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.
     resize step produces. Other formats ignore it.
     """
     path = Path(path)
+    shown = display(path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(32)
     except IsADirectoryError:
-        raise ImageError(f"{path}: is a folder, not an image") from None
+        raise ImageError(shown, "is a folder, not an image") from None
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
+        raise ImageError(shown, "no such file") from None
     except OSError as e:
-        raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
+        raise ImageError(shown, f"cannot read ({e.strerror or e})") from None
     if not head:
-        raise ImageError(f"{path}: empty file")
+        raise ImageError(shown, "empty file")
     if _is_heif(path, head) and not _register_heif():
-        raise ImageError(f"{path}: HEIC/HEIF images need the optional pillow-heif package",
+        raise ImageError(shown, "HEIC/HEIF images need the optional pillow-heif package",
                          "pip install 'vitcli[heif]'")
     limit = env.max_image_pixels()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with _without_pil_limit():  # our check below is the one limit
-                im = Image.open(path)
+                im = Image.open(path, formats=_formats())
             width, height = im.size
             if width * height > limit:
                 raise ImageError(
-                    f"{path}: {width}x{height} = {width * height:,} pixels is over the limit of {limit:,} "
+                    shown, f"{width}x{height} = {width * height:,} pixels is over the limit of {limit:,} "
                     "(possible decompression bomb)",
                     "raise VIT_MAX_IMAGE_PIXELS if you trust the file")
             if getattr(im, "is_animated", False):
@@ -127,51 +136,11 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image, or a format PIL cannot read") from None
+        raise ImageError(shown, f"not an image in a supported format ({FORMAT_NAMES})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{path}: {e}") from None
+        raise ImageError(shown, str(e)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         reason = str(e) or type(e).__name__
         if "truncated" in reason.lower() or isinstance(e, EOFError):
             reason = f"truncated or corrupt image data ({reason})"
-        raise ImageError(f"{path}: {reason}") from None
-
-
-def is_image_file(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files, folders (recursive, sorted) and globs -> (image paths in the order given, missing inputs).
-
-    A file named explicitly is kept whatever its extension (so a bad file is reported, not skipped);
-    folders and globs keep files with image extensions.
-    """
-    paths: list[Path] = []
-    missing: list[tuple[str, str]] = []
-    seen: set[Path] = set()
-
-    def add(p: Path):
-        if p not in seen:
-            seen.add(p)
-            paths.append(p)
-
-    for item in inputs:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            for sub in sorted(x for x in p.rglob("*") if x.is_file() and is_image_file(x)):
-                add(sub)
-        elif p.exists():
-            add(p)
-        elif glob.has_magic(item):
-            matches = sorted(glob.glob(os.path.expanduser(item), recursive=True))
-            files = [Path(m) for m in matches if Path(m).is_file() and is_image_file(Path(m))]
-            if not files:
-                missing.append((item, "the pattern matches no image files"))
-            for f in files:
-                add(f)
-        else:
-            missing.append((item, "no such file or folder"))
-    if not paths and not missing:
-        raise UsageError("no images found in the given inputs", "give image files, folders or globs")
-    return paths, missing
+        raise ImageError(shown, reason) from None

@@ -20,6 +20,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from vitcli.errors import ImageError
+from vitcli.output import display
 
 LABELLESS = -1  # the label of an image that has none (vit predict)
 SMALL_JOB = 64  # fewer items than this: no worker processes (starting them costs more than decoding)
@@ -63,7 +64,7 @@ class Records:
         return len(self.labels)
 
     def name(self, j: int) -> str:
-        return self.paths[j] if self.paths is not None else f"#{j}"
+        return display(self.paths[j]) if self.paths is not None else f"#{j}"
 
     def image(self, j: int, draft_size: int | None = None):
         if self.paths is None:
@@ -117,8 +118,7 @@ class ImageDataset:
         try:
             image = self.records.image(j, self.draft_size)
         except ImageError as e:
-            name = self.records.name(j)
-            return Skipped(position, name, e.message.removeprefix(f"{name}: "))
+            return Skipped(position, e.path, e.reason)
         label = int(self.records.labels[j])
         if self.transform is None:
             return Sample(position, image, label)

@@ -45,8 +45,9 @@ def read_real_labels(path: Path, split: Split) -> list[list[int]]:
         real = json.loads(Path(path).expanduser().read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read ReaL labels {path}: {e}") from None
-    if not isinstance(real, list) or not all(isinstance(r, list) for r in real):
-        raise DataError(f"{path} is not a JSON list of label lists", "use ImageNet ReaL's real.json")
+    if not isinstance(real, list) or not all(isinstance(r, list) and all(
+            isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 2 ** 31 for c in r) for r in real):
+        raise DataError(f"{path} is not a JSON list of lists of class indices", "use ImageNet ReaL's real.json")
     names = [split.describe(i) for i in range(len(split))]
     matches = [_IMAGENET_VAL.search(Path(n).name) for n in names]
     if all(matches):

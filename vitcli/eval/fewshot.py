@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,10 +123,10 @@ def parse_l2_list(text: str) -> list[float]:
                 values.append(float(base) ** float(exp))
             else:
                 values.append(float(part))
-        except ValueError:
+        except (ValueError, OverflowError):
             raise UsageError(f"--l2 {text!r}: expected numbers separated by commas", "e.g. 1024 or 256,1024,4096") from None
-    if not values or any(v < 0 for v in values):
-        raise UsageError(f"--l2 {text!r}: expected non-negative numbers", "e.g. 1024 or 256,1024,4096")
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise UsageError(f"--l2 {text!r}: expected finite non-negative numbers", "e.g. 1024 or 256,1024,4096")
     return values
 
 
@@ -263,6 +264,9 @@ def run(loaded, runtime, train, test, *, shots=(1, 5, 10, 25), seeds: int = 3, l
     if test.classes != classes:
         raise DataError(f"{train.name}: the {train.split} and {test.split} splits have different classes")
     num_classes = len(classes)
+    largest = int(np.bincount(np.asarray(train.targets), minlength=num_classes).max())
+    reduced = {str(k): largest for k in shots if k > largest}  # more shots than any class has: all of them
+    shots = sorted(set(min(k, largest) for k in shots))
     progress_factory = progress_factory or (lambda description, total: contextlib.nullcontext(lambda n=1: None))
 
     started = time.perf_counter()
@@ -328,6 +332,8 @@ def run(loaded, runtime, train, test, *, shots=(1, 5, 10, 25), seeds: int = 3, l
         summary["l2_sweep"] = {_l2_key(value): results[value] for value in l2}
     if capped:
         summary["shots_capped"] = {str(k): v for k, v in capped.items()}
+    if reduced:
+        summary["shots_reduced"] = reduced
     return summary
 
 

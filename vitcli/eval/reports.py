@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
-from vitcli.output import atomic_write
+from vitcli.output import atomic_write, dumps
 
 FULL_LIMIT = 30
 SUB_CLASSES = 20
@@ -94,7 +93,7 @@ def write_artefacts(result, out_dir: Path) -> list[Path]:
     summary = {**result.summary, "most_confused": result.most_confused, "per_class": result.per_class}
     cols = ["index", "name", "support", "correct", "predicted", "accuracy", "precision", "f1", "most_confused_with"]
     files = {
-        "metrics.json": json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
+        "metrics.json": dumps(summary, indent=2) + "\n",
         "per_class.csv": _csv([cols] + [["" if row[c] is None else row[c] for c in cols] for row in result.per_class]),
         # rows = true class, columns = predicted class
         "confusion_matrix.csv": _csv([["true \\ predicted"] + list(result.class_names)]
@@ -118,4 +117,4 @@ def _csv(rows) -> str:
 
 def write_few_shot(result: dict, out_dir: Path) -> Path:
     """fewshot.json in `out_dir`."""
-    return atomic_write(Path(out_dir) / "fewshot.json", json.dumps(result, indent=2) + "\n")
+    return atomic_write(Path(out_dir) / "fewshot.json", dumps(result, indent=2) + "\n")

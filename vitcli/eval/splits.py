@@ -50,16 +50,19 @@ def _digest(items) -> str:
 def read_labels_file(path: Path) -> list[tuple[str, int]]:
     """`FILENAME CLASS_INDEX` lines (blank lines and # comments ignored; filenames may hold spaces)."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as e:
         raise DataError(f"cannot read labels file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"labels file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})",
+                        "one 'FILENAME CLASS_INDEX' line per image, saved as UTF-8") from None
     entries = []
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         parts = line.rsplit(None, 1)
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit() or int(parts[1]) < 0:
+        if len(parts) != 2 or not parts[1].isascii() or not parts[1].isdigit() or int(parts[1]) >= 2 ** 31:
             raise DataError(f"{path}:{number}: expected 'FILENAME CLASS_INDEX', got {line[:80]!r}",
                             "one image per line: its file name, a space, its class index (0-based)")
         entries.append((parts[0], int(parts[1])))

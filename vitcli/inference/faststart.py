@@ -268,6 +268,8 @@ def _remember(spec: str, loaded) -> str | None:
     params = list(model.parameters())
     if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params):
         return None
+    if not _room_for(folder, 2 * 4 * sum(p.numel() for p in params) + (8 << 20)):
+        return None  # a full cache: TorchScript's writer aborts the process on a failed write, so never try
     _, h, w = loaded.data_config["input_size"]
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(2, 3, h, w, generator=gen)
@@ -290,9 +292,22 @@ def _remember(spec: str, loaded) -> str | None:
     from vitcli import output
 
     if equal:
-        output.info(f"[dim]saved a TorchScript copy of the model for a faster start next time "
-                    f"({meta['seconds']:.1f} s, once; VIT_EXPORT=0 turns this off)[/]")
+        output.info(f"saved a TorchScript copy of the model for a faster start next time "
+                    f"({meta['seconds']:.1f} s, once; VIT_EXPORT=0 turns this off)", style="dim")
     return key if equal else None
+
+
+def _room_for(folder: Path, size: int) -> bool:
+    """Whether the cache's disk has `size` bytes free (twice the copy: the temporary file, then the copy)."""
+    import shutil
+
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free >= size
+    except OSError:
+        return False
 
 
 def _plain(obj):

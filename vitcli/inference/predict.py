@@ -14,6 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from vitcli.output import display
+
+NON_FINITE = "the model's output is not finite (NaN or infinite): its weights are damaged or diverged"
+
 
 @dataclass
 class Prediction:
@@ -63,14 +67,17 @@ def run(paths: list[Path], loaded, runtime, top_k: int = 5, batch_size: int = 32
             return model(images)
 
     dataset = ImageDataset(Records.of_paths(paths), transform=eval_transform(loaded.data_config))
-    names = loaded.label_names
+    names, shown = loaded.label_names, [display(p) for p in paths]
     for batch, out in forward(logits, dataset, runtime, batch_size=batch_size, workers=workers):
-        results = {s.position: Prediction(str(paths[s.position]), error=s.reason) for s in batch.skipped}
+        results = {s.position: Prediction(shown[s.position], error=s.reason) for s in batch.skipped}
         if out is not None:
-            scores, classes = out.float().softmax(dim=-1).topk(top_k, dim=-1)
-            for i, srow, crow in zip(batch.positions, scores.tolist(), classes.tolist()):
-                results[i] = Prediction(str(paths[i]), [
-                    {"label": names[c], "index": c, "score": round(s, 6)} for s, c in zip(srow, crow)])
+            out = out.float()
+            finite = torch.isfinite(out).all(dim=-1).tolist()
+            scores, classes = out.softmax(dim=-1).topk(top_k, dim=-1)
+            for i, ok, srow, crow in zip(batch.positions, finite, scores.tolist(), classes.tolist()):
+                results[i] = Prediction(shown[i], [
+                    {"label": names[c], "index": c, "score": round(s, 6)} for s, c in zip(srow, crow)]) if ok else \
+                    Prediction(shown[i], error=NON_FINITE)
         for i in sorted(results):
             yield results[i]
         progress(len(results))

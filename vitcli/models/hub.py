@@ -82,7 +82,34 @@ def _download_file(repo_id: str, filename: str, revision: str | None, refresh: b
     from vitcli.output import RichTqdm
 
     check_reachable()
+    remove_stale_partials(repo_id)
     return hf.hf_hub_download(**kwargs, endpoint=env.endpoint(), tqdm_class=RichTqdm.named(filename))
+
+
+STALE_PARTIAL_S = 600  # a download in progress writes its partial file all the time
+
+
+def remove_stale_partials(repo_id: str) -> list[str]:
+    """Delete the partial files a killed download left in the repo's cache.
+
+    huggingface_hub 2.x downloads into a process-unique `<blob>.<id>.incomplete` file and, on purpose
+    (shared partial files corrupted caches on some network file systems), never resumes another
+    process's: a killed download starts over and its partial file stays for ever. Those untouched for
+    10 minutes belong to no running download; they go, so a cache does not fill up with them.
+    """
+    import time
+    from pathlib import Path
+
+    blobs = Path(env.hub_cache_dir()) / ("models--" + repo_id.replace("/", "--")) / "blobs"
+    removed = []
+    for partial in blobs.glob("*.incomplete") if blobs.is_dir() else ():
+        try:
+            if time.time() - partial.stat().st_mtime > STALE_PARTIAL_S:
+                partial.unlink()
+                removed.append(partial.name)
+        except OSError:
+            continue
+    return removed
 
 
 def check_reachable(timeout: float = 5.0) -> None:

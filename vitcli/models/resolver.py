@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vitcli.errors import ModelError
+from vitcli.output import display
 
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 PAPER_CODES = {  # the paper's model codes -> timm architectures (width/depth/heads as in Table 1)
     "Ti/16": "vit_tiny_patch16_224", "S/16": "vit_small_patch16_224", "S/32": "vit_small_patch32_224",
     "B/16": "vit_base_patch16_224", "B/32": "vit_base_patch32_224", "L/16": "vit_large_patch16_224",
@@ -59,8 +62,9 @@ def parse_spec(spec: str) -> ModelSource:
         from vitcli.models.hub import split_revision
 
         repo_id, revision = split_revision(spec[len("hf-hub:"):])
-        if repo_id.count("/") != 1:
-            raise ModelError(f"bad Hub id {spec!r}", "use hf-hub:org/name or hf-hub:org/name@revision")
+        if not HUB_ID.fullmatch(repo_id) or ".." in repo_id or any(p in (".", "..") for p in repo_id.split("/")):
+            raise ModelError(f"bad Hub id {spec!r}: expected org/name of letters, digits, '-', '_' and '.'",
+                             "use hf-hub:org/name or hf-hub:org/name@revision")
         return ModelSource(spec, "hf-hub", repo_id, revision)
     if spec.startswith("local-dir:"):
         spec = spec[len("local-dir:"):]
@@ -128,7 +132,13 @@ def fetch(source: ModelSource, refresh: bool = False) -> ModelSource:
     import timm
 
     name = resolve_timm_name(source.name)
-    cfg = timm.models.get_pretrained_cfg(name)
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # "Invalid pretrained tag (x) for arch"
+        arch, _, tag = name.partition(".")
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+        raise ModelError(f"timm has no pretrained tag {tag!r} for {arch}",
+                         f"its tags: {', '.join(tags)}" if tags else f"{arch} has no pretrained weights in timm") from None
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise ModelError(f"timm has no pretrained weights for {name!r}",
                          "pick a name with a pretrained tag (`vit models` lists them), or train it with `vit train`")
@@ -176,7 +186,17 @@ def create(source: ModelSource, *, pretrained: bool = True, **overrides):
         pretrained_cfg.setdefault("architecture", arch)  # tells a token-mixer swap whose weights these are
         arch, model_args = _route_token_mixers(arch, model_args)
         model_args = _supported_sizes(arch, model_args)
-        model = timm.create_model(arch, pretrained=pretrained, pretrained_cfg=pretrained_cfg, **model_args)
+        # the folder's own model, as saved: built empty, then every tensor loaded strictly (timm would drop a
+        # head that does not match num_classes and make a random one); with overrides (a new head, another
+        # size) timm's loader adapts the checkpoint, as fine-tuning wants
+        strict = pretrained and not overrides
+        model = timm.create_model(arch, pretrained=pretrained and not strict, pretrained_cfg=pretrained_cfg,
+                                  **model_args)
+        if strict:
+            from vitcli.models.weights import load_strict
+
+            load_strict(model, source.weights, display(source.folder / "config.json"))
+            _check_label_names(model, config)
     else:
         arch, overrides = _route_token_mixers(resolve_timm_name(source.name), overrides)
         overrides = _supported_sizes(arch, overrides)
@@ -215,6 +235,14 @@ def _supported_sizes(arch: str, args: dict) -> dict:
     return {k: v for k, v in args.items() if k not in sizes or k in params}
 
 
+def _check_label_names(model, config: dict) -> None:
+    names = config.get("label_names")
+    num_classes = getattr(model, "num_classes", 0) or 0
+    if names is not None and len(names) != num_classes:
+        raise ModelError(f"config.json lists {len(names)} label_names for a model of {num_classes} classes",
+                         "the names and the weights belong to different models: fix label_names in config.json")
+
+
 def label_names_for(model, config: dict) -> list[str]:
     """Names for the head's classes: the folder's label_names, ImageNet names, else the index."""
     num_classes = getattr(model, "num_classes", 0) or 0
@@ -251,7 +279,17 @@ def load_model(spec: str, *, pretrained: bool = True, device=None, refresh: bool
         source = fetch(source, refresh=refresh)
     try:
         model, arch, config = create(source, pretrained=pretrained, **overrides)
-    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - what timm's loader raises for a damaged file, by name
+        if type(e).__name__ in ("SafetensorError", "UnpicklingError", "EOFError"):
+            from vitcli.models.weights import DAMAGED_HINT
+
+            where = display(source.weights) if source.weights else spec
+            raise ModelError(f"the weights file {where} is damaged ({str(e).splitlines()[0][:160] if str(e) else ''})",
+                             DAMAGED_HINT) from None
+        if not isinstance(e, (RuntimeError, KeyError, ValueError, TypeError)):
+            raise
         raise ModelError(f"could not build {spec}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
                          "check the model's config.json and weights match; set VIT_DEBUG=1 for details") from e
     model.eval()

@@ -7,7 +7,11 @@ very next image. Augmentation is seeded per (sample, epoch) by vitcli.data.loade
 
 from __future__ import annotations
 
-from vitcli.errors import VitError
+from collections import Counter
+
+from vitcli.errors import DataError, VitError
+
+EMPTY_RUN = 50  # micro-batches in a row without one readable image: the data is broken, stop
 
 
 class EpochSampler:
@@ -42,6 +46,8 @@ class TrainBatches:
         self.dist, self.runtime, self.workers = dist, runtime, workers
         self.epoch, self.pos = epoch, pos
         self.it = None
+        self.readable = 0  # images read in this epoch
+        self.empty_run = 0  # micro-batches in a row with no readable image
         n = len(dataset)
         if (n // dist.world) // micro < 1:
             raise VitError(f"the training split has {n} images, fewer than one batch per process "
@@ -64,13 +70,38 @@ class TrainBatches:
             try:
                 batch = next(self.it)
             except StopIteration:
-                self.epoch, self.pos, self.it = self.epoch + 1, 0, None
+                if self.readable == 0 and self.pos > 0:
+                    self._unreadable()
+                self.epoch, self.pos, self.it, self.readable = self.epoch + 1, 0, None, 0
                 continue
             self.pos += self.micro
             if batch.skipped:
                 self.source.note_skipped(batch.skipped)
             if batch.images is not None:
+                self.readable += len(batch.labels)
+                self.empty_run = 0
                 return batch.images, batch.labels
+            self.empty_run += 1
+            if self.empty_run >= EMPTY_RUN:
+                self._unreadable()
+
+    def _unreadable(self):
+        """Batch after batch without an image: say how many images could be read, and why not."""
+        mine = {self.dataset.path(i) for i in range(len(self.dataset))}
+        reasons = Counter(_kind(r) for path, r in self.source.unreadable.items() if path in mine)
+        read = len(self.dataset) - sum(reasons.values())
+        why = ", ".join(f"{n} {kind}" for kind, n in reasons.most_common())
+        raise DataError(f"{read} of {len(self.dataset)} training images could be read: {why}",
+                        "check the files of the training split (the first ones are named above)")
 
     def close(self):
         self.it = None
+
+
+def _kind(reason: str) -> str:
+    """A short name for why an image could not be read, to count them."""
+    for key, kind in (("empty", "empty"), ("not an image", "not an image"), ("pillow-heif", "HEIC without pillow-heif"),
+                      ("truncated", "truncated"), ("no such file", "missing"), ("decompression bomb", "too large")):
+        if key in reason:
+            return kind
+    return reason.split("(")[0].strip()[:40] or "unreadable"

@@ -24,20 +24,50 @@ def save(obj, path: Path) -> None:
 
 
 def load(path: Path) -> dict:
+    """A training state saved by `save`; UsageError when the file is anything else (damaged, cut short,
+    pickled objects, not a checkpoint at all): nothing is ever unpickled beyond tensors and numbers."""
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from vitcli.errors import UsageError
+    from vitcli.output import display
+
+    hint = "it is damaged or not a vit training state: resume from a good copy, or start the run again"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError (zip), EOFError, ValueError
+        if isinstance(e, OSError) and e.errno is not None:
+            raise
+        reason = "it holds pickled objects" if "weights_only" in str(e) else \
+            (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        raise UsageError(f"cannot read the training state {display(path)}: {reason}", hint) from None
+    return state
+
+
+def load_training_state(path: Path) -> dict:
+    """`load`, checked to be what `vit finetune|train --resume` continues from."""
+    from vitcli.errors import UsageError
+    from vitcli.output import display
+
+    state = load(path)
+    if not isinstance(state, dict) or not {"model", "optimizer", "step", "config"} <= set(state):
+        raise UsageError(f"{display(path)} is not a vit training state",
+                         "give --resume a run folder (or its last/state.pt)")
+    return state
 
 
 def clean_stale(folder: Path) -> list[Path]:
-    """Remove temporary files a killed writer left behind (any process id)."""
+    """Remove the temporary files and staging folders a killed writer left behind (any process id)."""
+    import shutil
+
     removed = []
     folder = Path(folder)
     if folder.is_dir():
-        for p in folder.rglob(f".*{TMP_MARK}*"):
-            if p.is_file():
+        for p in sorted(folder.rglob(f".*{TMP_MARK}*")):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
                 p.unlink(missing_ok=True)
-                removed.append(p)
+            removed.append(p)
     return removed
 
 

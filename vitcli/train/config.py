@@ -100,9 +100,11 @@ def read_config_file(path: Path) -> dict:
     if path.is_dir():
         path = path / "config.json" if (path / "config.json").is_file() else path / "run.json"
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
         raise UsageError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"config file {path} is not UTF-8 text") from None
     try:
         if path.suffix == ".toml":
             import tomllib
@@ -113,6 +115,9 @@ def read_config_file(path: Path) -> dict:
     except ValueError as e:
         raise UsageError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") \
             from None
+    if not isinstance(values, dict):
+        raise UsageError(f"config file {path} holds a {type(values).__name__}, not a table of settings",
+                         'e.g. {"lr": 0.01, "steps": 500} (JSON) or lr = 0.01 (TOML)')
     if isinstance(values.get("vitcli"), dict):  # a run folder's model config.json
         values = values["vitcli"].get("config", {})
     elif isinstance(values.get("config"), dict):  # run.json
@@ -170,7 +175,59 @@ def resolve(command: str, flags: dict, config_file: Path | None = None):
     return validate(cfg)
 
 
+# setting: (whole number?, lowest, highest, highest excluded?); None: no bound
+_NUMBERS = {
+    "steps": (True, 1, None, False), "epochs": (False, 0, None, False), "warmup": (True, 0, None, False),
+    "lr": (False, 0, None, False), "momentum": (False, 0, 1, False), "weight_decay": (False, 0, None, False),
+    "clip_grad": (False, 0, None, False), "label_smoothing": (False, 0, 1, True), "batch_size": (True, 1, None, False),
+    "accum": (True, 1, None, False), "img_size": (True, 8, None, False), "seed": (True, 0, None, False),
+    "workers": (True, 0, None, False), "eval_every": (True, 1, None, False), "save_every": (True, 1, None, False),
+    "log_every": (True, 1, None, False), "max_bad_steps": (True, 1, None, False), "val_split": (False, 0, 1, True),
+    "patch_size": (True, 1, None, False), "drop_path": (False, 0, 1, True),
+}
+
+
+def _check_types(cfg: RunConfig) -> None:
+    """Text settings hold text, switches hold true/false (a config file can hold anything)."""
+    import typing
+
+    for name, hint in typing.get_type_hints(type(cfg)).items():
+        value = getattr(cfg, name)
+        kinds = typing.get_args(hint) or (hint,)
+        if value is None and type(None) in kinds:
+            continue
+        if str in kinds and not isinstance(value, str):
+            raise UsageError(f"--{name.replace('_', '-')} {value!r}: expected text")
+        if kinds == (bool,) or set(kinds) == {bool, type(None)}:
+            if not isinstance(value, bool):
+                raise UsageError(f"--{name.replace('_', '-')} {value!r}: expected true or false")
+
+
+def _check_numbers(cfg: RunConfig) -> None:
+    """Every numeric setting a finite number in its range (a config file can hold anything)."""
+    import math
+
+    for name, (whole, low, high, open_high) in _NUMBERS.items():
+        value = getattr(cfg, name, None)
+        if value is None:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        kind = "a whole number" if whole else "a number"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not float(value).is_integer()):
+            raise UsageError(f"{flag} {value!r}: expected {kind}")
+        if not math.isfinite(value) or value < low or (high is not None and (value >= high if open_high else value > high)):
+            bounds = f"at least {low}" if high is None else f"in [{low}, {high}{')' if open_high else ']'}"
+            raise UsageError(f"{flag} {value!r}: expected a finite {kind[2:] if whole else 'number'} {bounds}")
+    for name, (low, high) in (("crop_scale", (0, 1)), ("betas", (0, 1))):
+        pair = getattr(cfg, name)
+        if (len(pair) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                      and low <= v <= high for v in pair)):
+            raise UsageError(f"{name} {list(pair)!r}: expected two numbers in [{low}, {high}]")
+
+
 def validate(cfg: RunConfig) -> RunConfig:
+    _check_types(cfg)
+    _check_numbers(cfg)
     if not cfg.dataset:
         raise UsageError("no dataset given", "pass --dataset pets|flowers102|cifar10|cifar100|FOLDER")
     if cfg.steps is None and cfg.epochs is None:
@@ -187,6 +244,9 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise UsageError(f"unknown --pos-embed {cfg.pos_embed!r}", "use learn, sincos or none")
         if cfg.pool not in ("token", "avg"):
             raise UsageError(f"unknown --pool {cfg.pool!r}", "use token or avg")
+        if cfg.img_size and cfg.patch_size and cfg.img_size % cfg.patch_size:
+            raise UsageError(f"--img-size {cfg.img_size} is not a multiple of --patch-size {cfg.patch_size}",
+                             "a ViT cuts the image into whole patches: e.g. --img-size 32 --patch-size 4")
     return cfg
 
 

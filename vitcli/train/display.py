@@ -80,7 +80,7 @@ class Display:
         if not self.enabled:
             return
         if self._progress is not None:
-            self._progress.console.print(text, highlight=False)
+            self._progress.console.print(text)
         else:
             self._print(text)
 

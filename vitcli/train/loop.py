@@ -296,18 +296,30 @@ class Trainer:
         t = self.tally
         result = self.evaluate_split(self.selection)
         self.metrics.log({"step": t.step, **result, "skipped_images": self.job.source.skipped_count})
-        if t.best_top1 is None or result["top1"] > t.best_top1:
+        if (t.best_top1 is None or result["top1"] > t.best_top1) and self.save_best():
             t.best_top1, t.best_step = result["top1"], t.step
-            self.save_best()
         self.display.update(t.step, val=t.best_top1)
         self.display.message(f"step {t.step}/{self.total}: {self.selection} top-1 {result['top1']:.2f} % "
                              f"(best {t.best_top1:.2f} % at step {t.best_step})")
 
     # ----------------------------------------------------------------------------------- saving
+    def finite(self) -> bool:
+        """Every parameter, buffer and optimizer state is finite: the only state worth saving."""
+        import torch
+
+        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        tensors += [v for s in self.optimizer.state.values() for v in s.values()
+                    if isinstance(v, torch.Tensor) and v.is_floating_point()]
+        return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
+
     def save_state(self) -> None:
         from vitcli.inference import kernels
 
         rng = self._gather_rng()
+        if not self.finite():  # (every rank holds the same weights: all agree)
+            self.display.message(f"step {self.tally.step}: the weights are not finite: the training state is not "
+                                 "saved (the last good one is kept)")
+            return
         if not self.dist.main:
             return
         t = self.tally
@@ -332,15 +344,21 @@ class Trainer:
         td.all_gather_object(out, state)
         return out
 
-    def save_best(self) -> None:
+    def save_best(self) -> bool:
+        if not self.finite():
+            self.display.message(f"step {self.tally.step}: the weights are not finite: not kept as the model")
+            return False
         if self.dist.main:
             runs.save_model(self.job.run_dir, self.model, self.job.label_names, self.job.model_block)
+        return True
 
     def finish(self) -> dict:
         """The summary; the selected model (no held-out split: the final one) evaluated on test."""
         t, job = self.tally, self.job
-        if self.selection is None or t.best_top1 is None:
-            self.save_best()
+        if (self.selection is None or t.best_top1 is None) and not self.save_best() \
+                and not (job.run_dir / "model.safetensors").exists():
+            raise Diverged("the weights are not finite at the end of the run, and no earlier model was kept",
+                           "lower --lr, check the data, or use --precision fp32")
         distributed.barrier(self.dist)
         summary = {"run_dir": str(job.run_dir), "steps": self.total,
                    "seconds": round(t.elapsed + time.time() - self.started, 1), "selection_split": self.selection,

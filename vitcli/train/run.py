@@ -44,11 +44,16 @@ def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
 def resume_config(command: str, run: str | Path, changes: dict | None = None) -> RunConfig:
     """The saved config of `run`, with the settings a resumed run may change."""
     state_path = runs.find_state(run)
-    saved = runs.read_run_json(state_path.parent.parent).get("config")
+    record = runs.read_run_json(state_path.parent.parent)
+    saved, made_by = record.get("config"), record.get("command")
     if saved is None:
         from vitcli.train import checkpoint
 
-        saved = checkpoint.load(state_path)["config"]
+        state = checkpoint.load_training_state(state_path)
+        saved, made_by = state["config"], state.get("command")
+    if made_by not in (None, command):
+        raise UsageError(f"--resume {run} is a {made_by} run, not a {command} run",
+                         f"continue it with `vit {made_by} --resume {run}`")
     cfg = from_dict(command, saved)
     changes = {k: v for k, v in (changes or {}).items() if v is not None}
     fixed = sorted(k for k, v in changes.items() if k not in RESUMABLE and _differs(getattr(cfg, k, None), v))
@@ -74,7 +79,7 @@ def _load_resume(command: str, cfg: RunConfig | None, resume) -> tuple[RunConfig
         return cfg, None
     from vitcli.train import checkpoint
 
-    state = checkpoint.load(runs.find_state(resume))
+    state = checkpoint.load_training_state(runs.find_state(resume))
     if state.get("command") != command:
         raise UsageError(f"--resume {resume} is a {state.get('command')} run, not a {command} run",
                          f"continue it with `vit {state.get('command')} --resume {resume}`")
@@ -173,9 +178,12 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
 def _execute(job: loop.Job) -> dict:
     try:
         summary = _fit_with_memory_retry(job)
-    except VitError as e:
+    except BaseException as e:  # whatever ends the run, run.json says so (never "running" for ever)
         if job.dist.main:
-            runs.write_run_json(job.run_dir, status=type(e).__name__.lower(), error=e.message)
+            status = type(e).__name__.lower() if isinstance(e, VitError) else \
+                "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            message = e.message if isinstance(e, VitError) else f"{type(e).__name__}: {e}"
+            runs.write_run_json(job.run_dir, status=status, error=message)
         raise
     if job.dist.main:
         runs.write_run_json(job.run_dir, status="stopped" if "stopped_at" in summary else "finished",

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from vitcli.errors import UsageError
-from vitcli.output import TMP_MARK, atomic_write
+from vitcli.output import TMP_MARK, atomic_write, dumps
 
 STATE = Path("last") / "state.pt"
 
@@ -37,12 +37,7 @@ def create(project: str | Path, command: str, name: str | None, dataset: str) ->
     parent = Path(project).expanduser() / command
     parent.mkdir(parents=True, exist_ok=True)
     if name:
-        folder = parent / name
-        if folder.exists() and any(folder.iterdir()):
-            raise UsageError(f"run folder {folder} already exists",
-                             f"continue it with --resume {folder}, or pick another --name")
-        folder.mkdir(exist_ok=True)
-        return folder
+        return create_at(parent / name)
     base = default_name(dataset)
     n = 1
     while True:
@@ -55,10 +50,17 @@ def create(project: str | Path, command: str, name: str | None, dataset: str) ->
 
 
 def create_at(folder: Path) -> Path:
-    """Exactly this run folder (a sweep names its runs): new, or empty."""
+    """Exactly this run folder (`--name`, a sweep's runs): new, empty, or left by a run that was stopped
+    before it saved anything (no training state, no model: it starts again there)."""
     folder = Path(folder).expanduser()
     if folder.exists() and any(folder.iterdir()):
-        raise UsageError(f"run folder {folder} already exists", f"continue it with --resume {folder}")
+        left = {p.name for p in folder.iterdir()} - {"run.json", "metrics.jsonl", "last"}
+        if left or (folder / STATE).exists() or not (folder / "run.json").is_file():
+            raise UsageError(f"run folder {folder} already exists",
+                             f"continue it with --resume {folder}, or pick another --name")
+        import shutil
+
+        shutil.rmtree(folder)  # nothing in it was worth keeping: the run never reached a checkpoint
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -72,7 +74,8 @@ def find_state(run: str | Path) -> Path:
     if not run.exists():
         raise UsageError(f"--resume {run}: no such run folder")
     raise UsageError(f"--resume {run}: the run has no saved training state ({STATE})",
-                     "it stopped before its first checkpoint: start it again")
+                     "it stopped before its first checkpoint: start it again with the same --name (the folder "
+                     "is reused)")
 
 
 def versions() -> dict:
@@ -111,7 +114,7 @@ def write_run_json(folder: Path, **fields) -> None:
         except ValueError:
             data = {}
     data.update(fields)
-    text = json.dumps(data, indent=2, default=str)
+    text = dumps(data, indent=2, default=str)
     atomic_write(path, text)
 
 
@@ -128,19 +131,21 @@ def save_model(folder: Path, model, label_names: list[str], vitcli_block: dict) 
     half-written file."""
     from timm.models import save_for_hf
 
+    import shutil
+
     folder = Path(folder)
     staging = folder / f".model{TMP_MARK}{os.getpid()}"
     staging.mkdir(parents=True, exist_ok=True)
-    save_for_hf(model, str(staging), model_config={"label_names": list(label_names), "vitcli": vitcli_block},
-                safe_serialization=True)
-    umask = os.umask(0)
-    os.umask(umask)
-    for name in ("model.safetensors", "config.json"):
-        os.chmod(staging / name, 0o666 & ~umask)  # safetensors writes 0600; a model is meant to be shared
-        atomic_write(folder / name, lambda tmp: os.replace(staging / name, tmp))
-    for leftover in staging.iterdir():
-        leftover.unlink()
-    staging.rmdir()
+    try:
+        save_for_hf(model, str(staging), model_config={"label_names": list(label_names), "vitcli": vitcli_block},
+                    safe_serialization=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        for name in ("model.safetensors", "config.json"):
+            os.chmod(staging / name, 0o666 & ~umask)  # safetensors writes 0600; a model is meant to be shared
+            atomic_write(folder / name, lambda tmp: os.replace(staging / name, tmp))
+    finally:  # a full disk or a kill: the previous model stays whole, the staging folder goes
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 class Metrics:
@@ -169,7 +174,7 @@ class Metrics:
         if self.fh is None:
             return
         record = {"time": round(time.time(), 3), **record}
-        self.fh.write(json.dumps(record, default=float) + "\n")
+        self.fh.write(dumps(record, default=float) + "\n")
         self.fh.flush()
 
     def close(self) -> None:

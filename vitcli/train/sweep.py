@@ -25,7 +25,7 @@ from typing import Callable
 
 from vitcli import env
 from vitcli.errors import UsageError, VitError
-from vitcli.output import atomic_write
+from vitcli.output import atomic_write, dumps
 
 STATE = "sweep.json"
 
@@ -157,7 +157,7 @@ def run(axes: list[Axis], sweep_dir: Path, runner: Runner, *, tester: Tester | N
             skipped += 1
 
     def save(winner=None):
-        atomic_write(sweep_dir / STATE, json.dumps({"axes": axes_json, "meta": meta or {},
+        atomic_write(sweep_dir / STATE, dumps({"axes": axes_json, "meta": meta or {},
                                                      "winner": None if winner is None else winner.folder,
                                                      "rows": [asdict(r) for r in rows]}, indent=1, default=str))
 

@@ -165,11 +165,11 @@ def _tester(by_folder: dict) -> Tester:
 
         tested = test_run(run_dir, by_folder[run_dir.name])
         if tested is None:
-            sink.info("[dim]the dataset has no split held out from selection: the winner is not tested[/]")
+            sink.info("the dataset has no split held out from selection: the winner is not tested", style="dim")
             return None
         result, split = tested
         if split != "test":
-            sink.info(f"[dim]no test split: the winner is tested on {split}/ (minival selected it)[/]")
+            sink.info(f"no test split: the winner is tested on {split}/ (minival selected it)", style="dim")
         return result["top1"], split
 
     return tester
