@@ -1,12 +1,9 @@
-"""Performance plumbing: the timm-free preprocessing, the TorchScript fast start, JPEG draft decoding,
+"""Performance plumbing: the timm-free preprocessing, JPEG draft decoding,
 FLOP counting and `vit benchmark`. No timed assertions: speed is measured by benchmarks/, not tests."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -87,59 +84,6 @@ def test_draft_decodes_large_jpegs_smaller(tmp_path):
     assert drafted.size == (300, 200) and drafted.mode == "RGB"  # 1/4 scale, both sides still >= 180
     assert load_image(big, draft_size=500).size == (1200, 800)  # 1/2 would give 400 < 500: full size
     assert load_image(png, draft_size=180).size == (1200, 800)  # not a JPEG: untouched
-
-
-def _predict_json(model_dir, image, extra_env=None):
-    env = {**os.environ, **(extra_env or {})}
-    code = ("import sys, json; from typer.testing import CliRunner; from vitcli.cli import app; "
-            f"r = CliRunner().invoke(app, ['predict', {str(image)!r}, '--model', {str(model_dir)!r}, '--json']); "
-            "print(json.dumps({'exit': r.exit_code, 'out': r.stdout, 'timm': 'timm' in sys.modules, "
-            "'torchvision': 'torchvision' in sys.modules}))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def test_second_predict_uses_the_exported_model_without_timm(tiny_vit_dir, make_images, tmp_path):
-    image = make_images(1, size=(50, 37))[0]
-    env = {"VIT_CACHE": str(tmp_path / "vitcache")}
-    first = _predict_json(tiny_vit_dir, image, env)
-    assert first["exit"] == 0 and first["timm"]  # the normal path, which then saves the copy
-    saved = list((tmp_path / "vitcache" / "exported").glob("*/meta.json"))
-    assert len(saved) == 1
-    meta = json.loads(saved[0].read_text())
-    assert meta["equal_logits"] and (saved[0].parent / "model.pt").is_file()
-    second = _predict_json(tiny_vit_dir, image, env)
-    assert second["exit"] == 0 and not second["timm"] and not second["torchvision"]
-    assert second["out"] == first["out"]  # same labels and scores to the last digit
-
-
-def test_exported_logits_equal_the_model_and_a_changed_model_is_not_served(tmp_path, monkeypatch):
-    import torch
-
-    from tests.conftest import make_tiny_vit, save_hub_layout
-    from vitcli.inference import faststart as export
-    from vitcli.devices import runtime
-    from vitcli.inference.predict import load_predictor
-
-    folder = save_hub_layout(make_tiny_vit(5, seed=1), tmp_path / "m", [f"c{i}" for i in range(5)])
-    rt = runtime("cpu", "fp32")
-    loaded = load_predictor(str(folder), rt)
-    assert not isinstance(loaded, export.ExportedModel)
-    assert export.remember(str(folder), loaded, rt.device) is not None
-    exported = export.lookup(str(folder))
-    assert isinstance(exported, export.ExportedModel)
-    assert exported.label_names == loaded.label_names and exported.data_config["input_size"] == [3, 32, 32]
-    x = torch.randn(4, 3, 32, 32)
-    with torch.no_grad(), torch.jit.optimized_execution(False):
-        assert torch.equal(exported.model(x), loaded.model(x))
-    # new weights in the same folder: another key, so the old copy is never served
-    save_hub_layout(make_tiny_vit(5, seed=2), folder, [f"c{i}" for i in range(5)])
-    assert export.lookup(str(folder)) is None
-    monkeypatch.setenv("VIT_EXPORT", "0")  # switched off: nothing saved, nothing served
-    loaded2 = load_predictor(str(folder), rt)
-    assert export.remember(str(folder), loaded2, rt.device) is None and export.lookup(str(folder)) is None
 
 
 def test_flop_count_and_gemm_shapes_of_a_known_model():

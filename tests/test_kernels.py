@@ -1,5 +1,5 @@
 """CPU inference kernels (vitcli/kernels.py): what is swapped, that outputs stay the model's, that
-training never runs through them, the measured verdict, and the TorchScript copy of a fused model."""
+training never runs through them, and the measured verdict."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import make_tiny_vit, save_hub_layout
+from tests.conftest import make_tiny_vit
 from vitcli.inference import kernels
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="this torch build has no oneDNN")
@@ -87,21 +87,3 @@ def test_switches(monkeypatch):
     assert kernels.wanted(cpu) and not kernels.wanted(Runtime(torch.device("cpu"), "bf16"))
 
 
-def test_a_fused_model_exports_to_torchscript_with_equal_logits(monkeypatch, tmp_path):
-    from vitcli.inference import faststart as export
-    from vitcli.devices import runtime
-    from vitcli.inference.predict import load_predictor
-
-    monkeypatch.setenv("VIT_KERNELS", "1")
-    folder = save_hub_layout(make_tiny_vit(5, seed=3), tmp_path / "m", [f"c{i}" for i in range(5)])
-    rt = runtime("cpu", "fp32")
-    loaded = load_predictor(str(folder), rt)
-    assert kernels.is_fused(loaded.model)
-    assert export.remember(str(folder), loaded, rt.device) is not None
-    exported = export.lookup(str(folder))
-    assert exported is not None and "mkldnn::_linear_pointwise" in str(exported.model.graph)
-    x = torch.randn(3, 3, 32, 32)
-    with torch.inference_mode(), torch.jit.optimized_execution(False):
-        assert torch.equal(exported.model(x), loaded.model(x))
-    monkeypatch.setenv("VIT_KERNELS", "0")  # the unfused model is another copy, not this one
-    assert export.lookup(str(folder)) is None

@@ -123,6 +123,14 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     _, h, w = loaded.data_config["input_size"]
     if img_size and (h, w) != (img_size, img_size):
         h = w = img_size
+    served = model  # what vitcli runs: the model, or an ONNX file's onnxruntime session
+    if getattr(model, "onnx", None) is not None:
+        if train or compile or rt.device.type != "cpu" or rt.precision != "fp32":
+            raise UsageError("an ONNX model is benchmarked for inference on the CPU in fp32 (onnxruntime)",
+                             "drop --train, --compile, --device and --precision")
+        # the plain timm loop: the same architecture (random weights: speed does not depend on them)
+        args = {**model.onnx.model_args, "img_size": h, "num_classes": loaded.num_classes}
+        model = load_model(loaded.architecture, pretrained=False, device=rt.device, **args).model.eval()
     notes: list[str] = []
     if rt.device.type == "cpu" and rt.precision in ("bf16", "fp16"):
         notes.append(f"{rt.precision} on CPU: fast only with AMX/avx512_bf16; the default stays fp32")
@@ -143,9 +151,9 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     if not compile:  # vit predict / eval's CPU kernels (inductor makes its own fusions when compiling)
         from vitcli.inference import kernels
 
-        if kernels.for_runtime(loaded.model, rt):
+        if served is model and kernels.for_runtime(model, rt):
             log("vitcli side: oneDNN linear + GELU kernels (vitcli/inference/kernels.py)")
-    ours = torch.compile(model) if compile else model
+    ours = torch.compile(served) if compile else served
 
     def ours_step():
         with torch.inference_mode(), rt.autocast():

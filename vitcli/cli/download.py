@@ -11,20 +11,19 @@ from vitcli.cli.options import JsonOpt
 
 def download(
     model: Annotated[str, typer.Argument(help="timm name with a pretrained tag, or hf-hub:org/name[@rev].")],
+    fast_start: Annotated[bool, typer.Option(
+        "--fast-start/--no-fast-start", help="Also write the ONNX copy that serves `vit predict` without torch "
+                                             "(10-40 s, once; VIT_EXPORT=0 turns it off everywhere).")] = True,
     json_out: JsonOpt = False,
 ) -> None:
     """Download a model into the Hugging Face cache (HF_HOME), then use it with --offline."""
     from vitcli import output as sink
-    from vitcli.errors import UsageError
-    from vitcli.models.resolver import fetch, parse_spec
+    from vitcli.inference.faststart import download as fetch_model
 
-    source = parse_spec(model)
-    if source.kind == "local":
-        raise UsageError(f"{model} is a local folder: nothing to download")
-    source = fetch(source, refresh=True)
-    result = {"model": model, "weights": str(source.weights) if source.weights else None,
-              "folder": str(source.folder) if source.folder else None}
+    result = fetch_model(model, fast_start=fast_start, log=lambda m: sink.info(m, style="dim"))
     if json_out:
         sink.emit_json(result)
     else:
         sink.out().print(f"{model}: {result['weights']}", soft_wrap=True)
+        if result.get("fast_start"):
+            sink.info(f"fast-start copy: {result['fast_start']}", style="dim")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -12,8 +12,9 @@ from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DeviceOpt, JsonOpt,
 
 
 def predict(
-    inputs: Annotated[List[str], typer.Argument(help="Image files, folders (searched recursively) or globs.",
-                                                show_default=False)],
+    inputs: Annotated[Optional[List[str]], typer.Argument(
+        help="Image files, folders (searched recursively), globs, http(s) URLs, or - for an image on stdin.",
+        show_default=False)] = None,
     model: ModelOpt = DEFAULT_MODEL,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image.")] = 5,
     batch_size: BatchSizeOpt = 32,
@@ -22,24 +23,27 @@ def predict(
     workers: WorkersOpt = None,
     json_out: JsonOpt = False,
     output: OutputFileOpt = None,
+    list_file: Annotated[Optional[Path], typer.Option(
+        "--list", help="A text file of more inputs, one path or URL per line (for large jobs).",
+        show_default=False)] = None,
     offline: OfflineOpt = False,
 ) -> None:
     """Predict the top-k labels of images with a pre-trained or fine-tuned model."""
     from vitcli import env
     from vitcli.data.inputs import expand_inputs
+    from vitcli.errors import UsageError
 
     env.set_offline(offline)
     writer = _FileWriter.check(output)
-    paths, missing = expand_inputs(inputs)
+    if not inputs and list_file is None:
+        raise UsageError("no images given", "give image files, folders, globs or URLs, or --list FILE")
+    paths, missing = expand_inputs(inputs or [], list_file)
 
     from vitcli import output as sink
-    from vitcli.devices import runtime
-    from vitcli.inference import faststart
-    from vitcli.inference.predict import Prediction, load_predictor, run
+    from vitcli.inference.predict import Prediction, open_predictor
 
-    rt = runtime(device, precision)
-    loaded = load_predictor(model, rt)  # a saved TorchScript copy when there is one: no timm import
-    sink.info(f"{loaded.architecture} on {rt.describe()}, {len(paths)} image(s)", style="dim")
+    predictor = open_predictor(model, device, precision)  # onnxruntime when it can: no torch
+    sink.info(f"{predictor.architecture} on {predictor.describe()}, {len(paths)} image(s)", style="dim")
 
     writer = writer and writer.open()
     rows, failed = [], 0
@@ -48,8 +52,8 @@ def predict(
             failed += 1
             _emit(Prediction(sink.display(item), error=reason), json_out, writer, rows)
         with sink.progress("predict", total=len(paths), unit="img") as advance:
-            for pred in run(paths, loaded, rt, top_k=top_k, batch_size=batch_size, workers=workers,
-                            progress=advance):
+            for pred in predictor.run(paths, top_k=top_k, batch_size=batch_size, workers=workers,
+                                      progress=advance):
                 failed += pred.error is not None
                 _emit(pred, json_out, writer, rows)
     finally:  # whatever stops the run, the results already made are shown and kept
@@ -57,7 +61,6 @@ def predict(
             writer.close()
         if not json_out:
             _render_table(rows)
-    faststart.remember(model, loaded, rt.device)  # first run with this model: save the fast-start copy
     if writer and writer.error:
         sink.warn(f"the results were not all written to {sink.display(writer.path)} ({writer.error}); "
                   "every result is on stdout")

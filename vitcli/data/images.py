@@ -63,9 +63,9 @@ def _register_heif() -> bool:
         return False
 
 
-def _is_heif(path: Path, head: bytes) -> bool:
+def _is_heif(suffix: str, head: bytes) -> bool:
     return (len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS) or \
-        path.suffix.lower() in {".heic", ".heif"}
+        suffix.lower() in {".heic", ".heif"}
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -109,9 +109,20 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.
         raise ImageError(shown, "no such file") from None
     except OSError as e:
         raise ImageError(shown, f"cannot read ({e.strerror or e})") from None
+    return _decode(path, shown, head, path.suffix, draft_size)
+
+
+def decode_image(data: bytes, name: str, draft_size: int | None = None) -> Image.Image:
+    """`load_image` for an image held in memory (a URL's body, stdin); `name` is how it is shown."""
+    import io
+
+    return _decode(io.BytesIO(data), name, data[:32], Path(name.split("?")[0]).suffix, draft_size)
+
+
+def _decode(source, shown: str, head: bytes, suffix: str, draft_size: int | None) -> Image.Image:
     if not head:
         raise ImageError(shown, "empty file")
-    if _is_heif(path, head) and not _register_heif():
+    if _is_heif(suffix, head) and not _register_heif():
         raise ImageError(shown, "HEIC/HEIF images need the optional pillow-heif package",
                          "pip install 'vitcli[heif]'")
     limit = env.max_image_pixels()
@@ -119,7 +130,7 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with _without_pil_limit():  # our check below is the one limit
-                im = Image.open(path, formats=_formats())
+                im = Image.open(source, formats=_formats())
             width, height = im.size
             if width * height > limit:
                 raise ImageError(

@@ -1,10 +1,12 @@
-"""What a user names as images: files, folders and globs, expanded into image paths.
+"""What a user names as images: files, folders, globs, http(s) URLs, `-` (an image on stdin) and
+list files (`--list FILE`: one path or URL per line), expanded into the images to read.
 
 Folders are searched recursively and globs may use `**`; both follow symbolic links, but each real
 directory is entered once and each real file kept once, so a link to `.` or two links to each other
 can neither repeat an image nor hang the walk. Hidden files and folders (`.name`) are left out, as
 glob does. A file named explicitly is kept whatever its extension (so a bad file is reported, not
 skipped); folders and globs keep files with image extensions, and one that holds none is reported.
+A URL is kept as it is (vitcli.data.urls fetches it when the image is read) and shown as the path.
 """
 
 from __future__ import annotations
@@ -19,6 +21,29 @@ from vitcli.errors import UsageError
 EMPTY_FOLDER = "the folder holds no image files"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
                     ".pbm", ".jfif", ".heic", ".heif", ".avif"}
+
+
+class StdinImage(str):
+    """`-`: the image read from standard input, carried with its bytes."""
+
+    def __new__(cls, data: bytes):
+        item = super().__new__(cls, "-")
+        item.data = data
+        return item
+
+    def __reduce__(self):  # into DataLoader workers, bytes and all
+        return StdinImage, (self.data,)
+
+
+def read_list(path: Path) -> list[str]:
+    """The paths and URLs of a list file, one per line (blank lines and # comments left out)."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as e:
+        raise UsageError(f"--list {path}: cannot read it ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--list {path} is not UTF-8 text", "one path or URL per line") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def is_image_file(path: Path) -> bool:
@@ -65,20 +90,32 @@ def glob_files(pattern: str) -> list[Path]:
     return [f for f in walk(root) if _matches(list(f.relative_to(root).parts), rest)]
 
 
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files, folders (recursive, sorted) and globs -> (image paths in the order given, each real file
-    once; the inputs that name no image, with the reason)."""
-    paths: list[Path] = []
+def expand_inputs(inputs: list[str], list_file: Path | None = None) -> tuple[list, list[tuple[str, str]]]:
+    """Files, folders (recursive, sorted), globs, URLs, `-` and the lines of `list_file` -> (the images in
+    the order given, each real file once: Paths, URL strings, a StdinImage; the inputs that name no
+    image, with the reason)."""
+    import sys
+
+    from vitcli.data.urls import is_url
+
+    paths: list = []
     missing: list[tuple[str, str]] = []
     seen: set[str] = set()
 
-    def add(p: Path) -> None:
-        real = os.path.realpath(p)
+    def add(p) -> None:
+        real = p if isinstance(p, str) else os.path.realpath(p)
         if real not in seen:
             seen.add(real)
             paths.append(p)
 
-    for item in inputs:
+    for item in list(inputs) + (read_list(list_file) if list_file is not None else []):
+        if is_url(item):
+            add(item)
+            continue
+        if item == "-":
+            if "-" not in seen:
+                add(StdinImage(sys.stdin.buffer.read()))
+            continue
         p = Path(item).expanduser()
         if p.is_dir():
             found = sorted(f for f in walk(p) if is_image_file(f) and f.is_file())

@@ -52,7 +52,8 @@ class Records:
 
     def __init__(self, labels: Sequence[int], paths: Sequence | None = None, array=None):
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.paths = list(map(str, paths)) if paths is not None else None
+        # paths: file paths (as str), http(s) URLs, or a StdinImage (vitcli.data.inputs)
+        self.paths = [p if isinstance(p, str) else str(p) for p in paths] if paths is not None else None
         self.array = array  # (N, H, W, 3) uint8
 
     @classmethod
@@ -71,9 +72,14 @@ class Records:
             from PIL import Image
 
             return Image.fromarray(self.array[j])
-        from vitcli.data.images import load_image
+        from vitcli.data import images, urls
 
-        return load_image(self.paths[j], draft_size=draft_size)
+        item = self.paths[j]
+        if hasattr(item, "data"):  # the image read from stdin
+            return images.decode_image(item.data, "-", draft_size)
+        if urls.is_url(item):
+            return images.decode_image(urls.fetch(item), item, draft_size)
+        return images.load_image(item, draft_size=draft_size)
 
 
 class ImageDataset:

@@ -52,8 +52,14 @@ class EvalTransform:
         return round(width / ratio), round(height / ratio)
 
     def __call__(self, image):
-        import numpy as np
+        """PIL image -> (3, H, W) float32 tensor."""
         import torch
+
+        return torch.from_numpy(self.array(image))
+
+    def array(self, image):
+        """PIL image -> (3, H, W) float32 numpy array, the same numbers without torch (onnxruntime)."""
+        import numpy as np
         from PIL import Image
 
         w, h = self.resized_size(*image.size)
@@ -67,11 +73,10 @@ class EvalTransform:
         top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
         if (left, top, cw, ch) != (0, 0, w, h):
             image = image.crop((left, top, left + cw, top + ch))
-        array = np.asarray(image, dtype=np.uint8)
-        x = torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous().to(torch.float32).div(255)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
-        return x.sub_(mean).div_(std)
+        x = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(-1, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(-1, 1, 1)
+        return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
 
 
 def supports(data_config: dict) -> bool:

@@ -263,6 +263,9 @@ def run(loaded, runtime, train, test, *, shots=(1, 5, 10, 25), seeds: int = 3, l
         raise DataError(f"few-shot evaluation needs at least 2 classes; {train.name} has {len(classes or [])}")
     if test.classes != classes:
         raise DataError(f"{train.name}: the {train.split} and {test.split} splits have different classes")
+    if not hasattr(loaded.model, "forward_head"):
+        raise UsageError(f"few-shot evaluation needs the model's pre-logit features, which {loaded.source.spec} does "
+                         "not expose", "use the torch model (timm name, hf-hub: id or folder), not an export")
     num_classes = len(classes)
     largest = int(np.bincount(np.asarray(train.targets), minlength=num_classes).max())
     reduced = {str(k): largest for k in shots if k > largest}  # more shots than any class has: all of them

@@ -1,20 +1,18 @@
-"""Fast start for `vit predict`: a TorchScript copy of a model that serves without timm.
+"""Fast start for `vit predict`: an ONNX copy of a model, served by onnxruntime without torch or timm.
 
-`import timm` costs 2-4 s on a small CPU (it imports torchvision); a one-image `vit predict` spends most
-of its wall time there. After the first run with a model, `remember()` saves a traced copy (same aten
-kernels, so the same logits: checked bit for bit before anything is written) with the label names and
-the preprocessing, and `lookup()` finds it on later runs using only the standard library and torch.
+`import torch` costs 1.3 s and `import timm` 2-4 s on a small CPU; a one-image `vit predict` spent most of
+its wall time there. `vit download MODEL` (and `vit export`) also writes an ONNX copy of the model here
+(`save`, checked against the torch model before it is kept: the dynamo exporter takes 10-40 s, so it
+is done then, never in the middle of a user's first predict), and `lookup()` finds it on later runs
+using only the standard library, then onnxruntime (vitcli.inference.onnx).
 
 Cache layout (under `vitcli.env.vit_cache_dir()`):
-    exported/<key>/model.pt      TorchScript (torch.jit.trace of the eval-mode model, CPU, fp32)
-    exported/<key>/meta.json     architecture, data_config, label_names, what the key was made of;
-                                 written last, so a folder with meta.json is complete
+    exported/<key>/model.onnx    the model (fp32, dynamic batch), its metadata inside
+    exported/<key>/meta.json     what the key was made of; written last, so a folder with it is complete
     exported/index.json          spec -> where its weights live, so a timm name resolves without timm
 key = sha256 of (format, sha256 of the weights file, the model's identity (its config.json bytes, or
-the timm name), torch version, timm version, whether vitcli/kernels.py's oneDNN linears are in it). A
-changed weights file, config, torch, timm or kernel choice gives another key, so a stale copy is never
-used. Set VIT_EXPORT=0 to switch all of this off. The copy is served with vitcli.data.transforms'
-`EvalTransform` (PIL and torch only).
+the timm name), timm version). A changed weights file, config or timm gives another key, so a stale
+copy is never used. Set VIT_EXPORT=0 to switch all of this off.
 """
 
 from __future__ import annotations
@@ -24,14 +22,13 @@ import json
 import os
 import re
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitcli import env
 from vitcli.output import atomic_write
 
-FORMAT = 1
+FORMAT = 2
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -50,8 +47,8 @@ class Identity:
     model: str  # "config:<sha256 of config.json>" or "timm:<name>"
     where: dict = field(default_factory=dict)  # how to find the weights again (for the index)
 
-    def key(self, torch_version: str, timm_version: str, kernels: str) -> str:
-        text = json.dumps([FORMAT, self.weights_sha256, self.model, torch_version, timm_version, kernels])
+    def key(self, timm_version: str) -> str:
+        text = json.dumps([FORMAT, self.weights_sha256, self.model, timm_version])
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -142,51 +139,28 @@ def _read_index() -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Lookup (the fast path) and remember (after a normal run)
+# Lookup (the fast path) and save (at download / export time)
 
 
-@dataclass
-class ExportedModel:
-    """Quacks like vitcli.models.LoadedModel for `vitcli.predict.run`."""
-
-    model: object  # torch.jit.ScriptModule
-    architecture: str
-    data_config: dict
-    label_names: list[str]
-    key: str
-    source: object = None
-    config: dict = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.label_names)
-
-
-def lookup(spec: str) -> ExportedModel | None:
-    """The saved TorchScript copy for `spec`, or None (not saved yet, stale, or anything odd)."""
+def lookup(spec: str):
+    """The ONNX copy of `spec` as a vitcli.inference.onnx.OnnxModel, or None (none saved, stale, no
+    onnxruntime, or anything odd: the normal path then serves)."""
     if not env.export_enabled():
         return None
     try:
-        import torch
-
         index = _read_index()
         ident = identify(spec, index)
         if ident is None:
             return None
-        from vitcli.inference import kernels
-
-        variant = "onednn" if kernels.enabled_here() else "eager"  # what load_predictor would build now
-        folder = export_dir() / ident.key(torch.__version__, _timm_version(), variant)
+        folder = export_dir() / ident.key(_timm_version())
         meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("weights_sha256") != ident.weights_sha256 or not meta.get("equal_logits"):
+        if meta.get("weights_sha256") != ident.weights_sha256:
             return None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
-            model = torch.jit.load(str(folder / "model.pt"), map_location="cpu")
-        model.eval()
-    except Exception:  # noqa: BLE001 - the fast path is an optimisation: any problem means the normal path
+        from vitcli.models.onnx import OnnxModel
+
+        return OnnxModel(folder / "model.onnx")
+    except Exception:  # noqa: BLE001 - the fast path is an optimisation
         return None
-    return ExportedModel(model, meta["architecture"], meta["data_config"], meta["label_names"], folder.name)
 
 
 def _identity_of_loaded(spec: str, loaded, index: dict) -> Identity | None:
@@ -219,29 +193,60 @@ def _identity_of_loaded(spec: str, loaded, index: dict) -> Identity | None:
     return Identity(real, weights_sha256(real, index), "timm:" + loaded.architecture, where)
 
 
-def remember(spec: str, loaded, device) -> str | None:
-    """Save a TorchScript copy of `loaded` for the next cold start; returns the key when one was written.
+def download(spec: str, fast_start: bool = True, log=lambda message: None) -> dict:
+    """`vit download`: the model's files into the Hub cache (asking the Hub again), then its fast-start
+    copy. {"model", "weights", "folder", "fast_start"}."""
+    from vitcli.errors import UsageError
+    from vitcli.models.resolver import fetch, parse_spec
+    from vitcli.output import display
 
-    Only CPU fp32 eval models whose preprocessing EvalTransform covers, only when the traced copy gives
-    exactly the eager model's logits (checked at two batch sizes). Never raises.
-    """
-    if not env.export_enabled() or getattr(device, "type", str(device)) != "cpu" or isinstance(loaded, ExportedModel):
+    source = parse_spec(spec)
+    if source.kind == "local":
+        raise UsageError(f"{spec} is a local folder: nothing to download",
+                         "`vit export --model FOLDER` makes an ONNX file of it")
+    source = fetch(source, refresh=True)
+    copy = None
+    if fast_start and env.export_enabled():
+        import torch
+
+        from vitcli.models.resolver import load_model
+
+        from vitcli.errors import VitError
+
+        log("writing the fast-start ONNX copy (10-40 s, once)")
+        try:
+            copy = save(spec, load_model(spec, device=torch.device("cpu")))
+        except VitError as e:  # the download itself succeeded: the copy is an optimisation
+            from vitcli import output
+
+            output.warn(f"no fast-start copy: {e.message}")
+    return {"model": spec, "weights": display(source.weights) if source.weights else None,
+            "folder": display(source.folder) if source.folder else None,
+            "fast_start": display(copy) if copy else None}
+
+
+def save(spec: str, loaded, onnx_file: Path | None = None) -> Path | None:
+    """Write the ONNX copy of `loaded` for `spec`'s fast start; the copy's path, or None when it cannot
+    be made (preprocessing EvalTransform does not cover, weights that are not a safetensors file, a
+    full disk, no exporter). Never raises: an optimisation must never fail a command."""
+    if not env.export_enabled():
         return None
     try:
-        return _remember(spec, loaded)
-    except Exception as e:  # noqa: BLE001 - an optimisation must never fail a command
+        return _save(spec, loaded, onnx_file)
+    except Exception as e:  # noqa: BLE001
         if env.debug():
             raise
         from vitcli import output
 
-        output.warn(f"could not save a fast-start copy of the model ({type(e).__name__}: {e})")
+        output.warn(f"could not save a fast-start copy of the model ({type(e).__name__}: {str(e)[:200]})")
         return None
 
 
-def _remember(spec: str, loaded) -> str | None:
+def _save(spec: str, loaded, onnx_file: Path | None) -> Path | None:
     import torch
 
     from vitcli.data.transforms import supports
+    from vitcli.inference import onnx_export as export
 
     if not supports(loaded.data_config):
         return None
@@ -250,51 +255,34 @@ def _remember(spec: str, loaded) -> str | None:
     if ident is None:
         return None
     timm_version = _timm_version()
-    from vitcli.inference import kernels
-
-    key = ident.key(torch.__version__, timm_version, "onednn" if kernels.is_fused(loaded.model) else "eager")
-    folder = export_dir() / key
-    names = index.setdefault("timm_names", {})
-    changed = bool(ident.where) and names.get(f"{spec}|{timm_version}") != ident.where
+    folder = export_dir() / ident.key(timm_version)
     if ident.where:
-        names[f"{spec}|{timm_version}"] = ident.where
-    if (folder / "meta.json").is_file():
-        if changed or index.get("hashes") != _read_index().get("hashes"):
-            atomic_write(export_dir() / "index.json", json.dumps(index))
-        return None  # already saved (or known not to match)
-
-    start = time.perf_counter()
-    model = loaded.model
-    params = list(model.parameters())
-    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in params):
-        return None
-    if not _room_for(folder, 2 * 4 * sum(p.numel() for p in params) + (8 << 20)):
-        return None  # a full cache: TorchScript's writer aborts the process on a failed write, so never try
-    _, h, w = loaded.data_config["input_size"]
-    gen = torch.Generator().manual_seed(0)
-    example = torch.randn(2, 3, h, w, generator=gen)
-    checks = [torch.randn(1, 3, h, w, generator=gen), torch.randn(3, 3, h, w, generator=gen)]
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, example, check_trace=False)
-        traced = torch.jit.freeze(traced.eval())
-        with torch.jit.optimized_execution(False):
-            equal = all(torch.equal(model(x), traced(x)) for x in checks)
-    meta = {"format": FORMAT, "spec": spec, "architecture": loaded.architecture,
-            "data_config": _plain(loaded.data_config), "label_names": list(loaded.label_names),
-            "weights": str(ident.weights), "weights_sha256": ident.weights_sha256, "model": ident.model,
-            "torch": torch.__version__, "timm": timm_version, "equal_logits": bool(equal),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - start, 2)}
-    if equal:
-        atomic_write(folder / "model.pt", lambda tmp: traced.save(str(tmp)))
-    atomic_write(folder / "meta.json", json.dumps(meta))  # last: a folder with meta.json is complete
+        index.setdefault("timm_names", {})[f"{spec}|{timm_version}"] = ident.where
     atomic_write(export_dir() / "index.json", json.dumps(index))
-    from vitcli import output
+    if (folder / "meta.json").is_file():
+        return folder / "model.onnx"
+    model = loaded.model.eval().cpu().float()
+    if not _room_for(folder, 3 * 4 * sum(p.numel() for p in model.parameters()) + (16 << 20)):
+        return None
+    started = time.perf_counter()
+    _, h, w = loaded.data_config["input_size"]
+    example = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
+    if onnx_file is None:
+        export.to_onnx(model, example, folder / "model.onnx", export.metadata(loaded, loaded.data_config))
+    else:  # the file `vit export` just made and checked: the same graph
+        import shutil
 
-    if equal:
-        output.info(f"saved a TorchScript copy of the model for a faster start next time "
-                    f"({meta['seconds']:.1f} s, once; VIT_EXPORT=0 turns this off)", style="dim")
-    return key if equal else None
+        atomic_write(folder / "model.onnx", lambda tmp: shutil.copyfile(onnx_file, tmp))
+    diff = export.check_onnx(model, folder / "model.onnx", example, dynamic_batch=True)
+    if not diff <= export.TOLERANCE:
+        (folder / "model.onnx").unlink(missing_ok=True)
+        return None
+    meta = {"format": FORMAT, "spec": spec, "architecture": loaded.architecture, "weights": str(ident.weights),
+            "weights_sha256": ident.weights_sha256, "model": ident.model, "timm": timm_version,
+            "max_abs_diff": diff, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seconds": round(time.perf_counter() - started, 1)}
+    atomic_write(folder / "meta.json", json.dumps(meta))  # last: a folder with meta.json is complete
+    return folder / "model.onnx"
 
 
 def _room_for(folder: Path, size: int) -> bool:
@@ -308,8 +296,3 @@ def _room_for(folder: Path, size: int) -> bool:
         return shutil.disk_usage(probe).free >= size
     except OSError:
         return False
-
-
-def _plain(obj):
-    """JSON-able copy of a data config (tuples -> lists)."""
-    return json.loads(json.dumps(obj, default=list))

@@ -8,7 +8,7 @@ On a CPU in fp32, PyTorch runs `nn.Linear` as MKL's sgemm after copying the bias
 ViT-B 4.5 -> 5.1; the logits differ from the eager model's by rounding only (max |diff| 4e-6).
 
 `fuse(model)` swaps the modules in place (the parameters are the same tensors under the same names, so
-state_dict, hooks on other modules and TorchScript tracing are unchanged). With gradients enabled (vit
+state_dict and hooks on other modules are unchanged). With gradients enabled (vit
 finetune / train on CPU) a FusedLinear runs an autograd Function: oneDNN for the forward matmul and for
 the input gradient, torch's mm for the weight gradient, GELU as its own op (its backward needs the
 pre-activation): ViT-Ti training steps 5-9 % faster here, gradients equal to eager's up to rounding.
@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +45,6 @@ class FusedLinear(nn.Module):
             y = _TrainableLinear.apply(x2, self.weight, self.bias)  # training: GELU stays a separate op
             if self.activation == "gelu":
                 y = F.gelu(y)
-        elif torch.jit.is_tracing():  # the tracer cannot record the op's empty Scalar?[] list; TorchScript can
-            y = _scripted()(x2, self.weight, self.bias, self.activation)
         else:
             y = torch.ops.mkldnn._linear_pointwise(x2, self.weight, self.bias, self.activation, [], "none")
         return y.view(*x.shape[:-1], self.out_features)  # (rows, out) -> (..., out)
@@ -82,25 +79,6 @@ class _TrainableLinear(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_y.sum(0)
         return grad_x, grad_w, grad_b
-
-
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                   activation: str) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], "none")
-
-
-_SCRIPTED = []
-
-
-def _scripted():
-    """`_onednn_linear` compiled by TorchScript, once, when a fused model is first traced (vitcli/export.py)."""
-    if not _SCRIPTED:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.script is deprecated"
-            _SCRIPTED.append(torch.jit.script(_onednn_linear))
-    return _SCRIPTED[0]
 
 
 def _is_exact_gelu(module: nn.Module) -> bool:

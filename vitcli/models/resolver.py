@@ -34,7 +34,7 @@ class ModelSource:
     """Where a spec points, before anything heavy is loaded."""
 
     spec: str
-    kind: str  # timm | hf-hub | local
+    kind: str  # timm | hf-hub | local | onnx
     name: str  # timm name, hub repo id or folder
     revision: str | None = None
     folder: Path | None = None  # folder holding config.json (+ weights) for hf-hub and local
@@ -68,6 +68,10 @@ def parse_spec(spec: str) -> ModelSource:
         return ModelSource(spec, "hf-hub", repo_id, revision)
     if spec.startswith("local-dir:"):
         spec = spec[len("local-dir:"):]
+    from vitcli.models.onnx import is_onnx
+
+    if is_onnx(spec):
+        return ModelSource(spec, "onnx", spec, weights=Path(spec).expanduser())
     path = Path(spec).expanduser()
     if path.is_dir():
         folder = model_folder(path)
@@ -121,7 +125,7 @@ def fetch(source: ModelSource, refresh: bool = False) -> ModelSource:
     """Make sure the files the model needs are local (downloading with progress when needed)."""
     from vitcli.models import hub
 
-    if source.kind == "local":
+    if source.kind in ("local", "onnx"):
         return source
     if source.kind == "hf-hub":
         config = Path(hub.download_file(source.name, "config.json", source.revision, refresh=refresh))
@@ -171,6 +175,14 @@ def create(source: ModelSource, *, pretrained: bool = True, **overrides):
 
     ensure_registered()
     config: dict = {}
+    if source.kind == "onnx":
+        from vitcli.models.onnx import OnnxModel, as_module
+
+        if overrides:
+            raise ModelError(f"{display(source.name)} is an exported ONNX model: it cannot be rebuilt with "
+                             f"{', '.join(overrides)}", "use the model it was exported from")
+        onnx_model = OnnxModel(source.weights)
+        return as_module(onnx_model), onnx_model.architecture, {"label_names": onnx_model.label_names}
     if source.kind in ("hf-hub", "local"):
         config = _load_config(source.folder)
         arch = config["architecture"]
