@@ -6,7 +6,10 @@
 - rollout/<image>.{png,npy}: attention rollout per image (Fig. 6); the .npy is the (rows, cols) map;
 - pos_embed_similarity.{png,npy}: cosine similarity of the patch position embeddings (Fig. 7 centre);
   the .npy is the (N, N) matrix over patches in row-major grid order;
-- filters.png: principal components of the patch-embedding filters (Fig. 7 left).
+- filters.png: principal components of the patch-embedding filters (Fig. 7 left);
+- gradcam/<image>.{png,npy}: a class-specific Grad-CAM map per image (vitcli.analysis.gradcam);
+- faithfulness.{png,json}: deletion and insertion AUCs of those maps and of a random map
+  (vitcli.analysis.faithfulness).
 
 The maths lives in vitcli.analysis.maths, attention extraction in vitcli.analysis.attention, drawing
 in vitcli.analysis.figures; images come through the one image path and batched forward
@@ -165,6 +168,7 @@ def run(model: str, images=(), *, attention_distance: bool = False, attention_ma
                                      result=result, stems=stems, keep_rollout=rollout_maps)
         if distance is not None:
             result["attention_distance"] = distance
+    cams = None  # the Grad-CAM maps and classes, for the faithfulness pass
     if gradcam and paths:
         from vitcli.analysis.gradcam import gradcam_figures
 
@@ -174,11 +178,11 @@ def run(model: str, images=(), *, attention_distance: bool = False, attention_ma
         from vitcli.analysis.attention import token_layout
         from vitcli.analysis.faithfulness import faithfulness_figures
 
-        maps = {**({method: cams.maps} if gradcam else {}), **({"rollout": rollout_maps} if attention_map else {})}
-        grid = cams.grid if gradcam and cams.grid else token_layout(loaded.model,
-                                                                    tuple(loaded.data_config["input_size"][1:])).grid
+        maps = {**({method: cams.maps} if cams else {}), **({"rollout": rollout_maps} if attention_map else {})}
+        grid = cams.grid if cams and cams.grid else token_layout(loaded.model,
+                                                                 tuple(loaded.data_config["input_size"][1:])).grid
         result["faithfulness"] = faithfulness_figures(
-            loaded, rt, paths, maps, out, grid=grid, targets=cams.targets if gradcam else None, target=target_index,
+            loaded, rt, paths, maps, out, grid=grid, targets=cams.targets if cams else None, target=target_index,
             steps=faithfulness_steps, batch_size=batch_size, arch=_arch_name(loaded), result=result)
     if pos_embed_similarity:
         result["pos_embed_similarity"] = _pos_embed_figure(loaded, out, result)
