@@ -166,6 +166,25 @@ def test_gradcam_points_at_the_evidence_of_the_class_asked_for(red_blue_images, 
     assert blue[:, 24:].min() > 0.99 and blue[:, :24].max() < 0.01
 
 
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam",
+                                    "eigengradcam", "gradcam-elementwise"])
+def test_every_method_draws_a_map(method, red_blue_images, tmp_path):
+    from vitcli.analysis.gradcam import METHODS, gradcam_figures
+    from vitcli.devices import runtime
+
+    assert method in METHODS
+    result = {"files": [], "errors": []}
+    found = gradcam_figures(_loaded(RedBlue(), ["red", "blue"]), runtime("cpu", "fp32"), red_blue_images[:1], ["a"],
+                            tmp_path, method=method, target=1, batch_size=1, arch="redblue", result=result)
+    m = found.maps[0]
+    assert m.shape == (32, 32) and np.isfinite(m).all() and 0 <= m.min() and m.max() <= 1 + 1e-6
+    if method in ("gradcam", "hirescam", "layercam", "gradcam-elementwise"):
+        assert m[:, 24:].min() > 0.99 and m[:, :24].max() < 0.01  # blue's evidence
+    # gradcam++ and xgradcam divide by the sum of the activations, which assumes they are non-negative
+    # (post-ReLU CNN maps): on this signed map they point at red, as they may on a ViT's LayerNorm output;
+    # eigencam is class-agnostic.
+
+
 def test_deletion_and_insertion_rank_the_true_map_above_random_above_the_inverted(red_blue_images, tmp_path):
     from vitcli.devices import runtime
 

@@ -30,7 +30,9 @@ from vitcli.errors import UsageError, VitError
 from vitcli.output import atomic_write
 
 # --method name -> pytorch-grad-cam class; the methods that need one forward and one backward per batch
-# (ScoreCAM and AblationCAM run a forward per channel, too slow for a CPU; FullGrad needs conv biases)
+# (ScoreCAM and AblationCAM run a forward per channel, too slow for a CPU; FullGrad needs conv biases).
+# gradcam++ and xgradcam divide by the sum of the activations, which assumes they are non-negative (post-ReLU);
+# a ViT's norm1 output is signed, so they can point at the wrong evidence there (tests/test_gradcam.py).
 METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "xgradcam": "XGradCAM",
            "layercam": "LayerCAM", "eigencam": "EigenCAM", "eigengradcam": "EigenGradCAM",
            "gradcam-elementwise": "GradCAMElementWise"}
