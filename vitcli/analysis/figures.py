@@ -120,10 +120,13 @@ def filters(components, path: Path, *, title: str, explained=None, per_row: int 
     return _save(fig, path)
 
 
-def rollout_overlay(image, mask, path: Path, *, title: str) -> Path:
-    """Fig. 6: the input as the model sees it, the rollout map over it, and the input weighted by the map.
+def map_overlay(image, mask, path: Path, *, title: str, name: str = "Attention rollout", short: str = "rollout",
+                bar_label: str = "Relative attention") -> Path:
+    """Fig. 6 and its kin: the input as the model sees it, a saliency map over it (`name`), and the input
+    weighted by the map ("Input x `short`").
 
-    image: (H, W, 3) floats in [0, 1]; mask: (rows, cols) rollout weights over the patch grid.
+    image: (H, W, 3) floats in [0, 1]; mask: (rows, cols) weights over the patch grid or (H, W), shown
+    min-max scaled to [0, 1].
     """
     import numpy as np
     import torch
@@ -140,16 +143,43 @@ def rollout_overlay(image, mask, path: Path, *, title: str) -> Path:
     axes[0].set_title("Input (model's view)", fontsize=9)
     axes[1].imshow(img)
     im = axes[1].imshow(m, cmap="jet", alpha=0.5, vmin=0, vmax=1)
-    axes[1].set_title("Attention rollout", fontsize=9)
+    axes[1].set_title(name, fontsize=9)
     axes[2].imshow(img * m[..., None])
-    axes[2].set_title("Input x rollout", fontsize=9)
+    axes[2].set_title(f"Input x {short}", fontsize=9)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
     bar = fig.colorbar(im, ax=list(axes), shrink=0.8)
-    bar.set_label("Relative attention")
+    bar.set_label(bar_label)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path, dpi=100)  # photos: the model sees 224 px, so 100 dpi loses nothing
+
+
+def faithfulness_curves(fractions, maps: dict, path: Path, *, title: str) -> Path:
+    """Deletion (left) and insertion (right) curves, one line per map, its mean AUC in the legend.
+
+    maps: name -> {"deletion_curve", "insertion_curve", "deletion_auc", "insertion_auc"}; the random
+    baseline is drawn grey and dashed.
+    """
+    x = [100 * f for f in fractions]
+    fig = _figure(9.6, 3.9)
+    axes = fig.subplots(1, 2, sharey=True)
+    colours = _cmap("tab10")
+    for n, (name, m) in enumerate(maps.items()):
+        style = dict(color="0.45", linestyle="--") if name == "random" else dict(color=colours(n % 10))
+        for ax, kind in zip(axes, ("deletion", "insertion")):
+            ax.plot(x, m[f"{kind}_curve"], marker="o", markersize=2.5, linewidth=1.4,
+                    label=f"{name} (AUC {m[f'{kind}_auc']:.3f})", **style)
+    for ax, kind, better in zip(axes, ("Deletion", "Insertion"), ("lower", "higher")):
+        ax.set_title(f"{kind}: {better} AUC is more faithful", fontsize=9)
+        ax.set_xlabel(f"Pixels {'removed' if kind == 'Deletion' else 'inserted'}, most salient first (%)")
+        ax.set_xlim(0, 100)
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8, frameon=True, framealpha=0.8)
+    axes[0].set_ylabel("Probability of the explained class")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
 
 
 def _cmap(name: str):

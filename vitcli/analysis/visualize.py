@@ -6,7 +6,10 @@
 - rollout/<image>.{png,npy}: attention rollout per image (Fig. 6); the .npy is the (rows, cols) map;
 - pos_embed_similarity.{png,npy}: cosine similarity of the patch position embeddings (Fig. 7 centre);
   the .npy is the (N, N) matrix over patches in row-major grid order;
-- filters.png: principal components of the patch-embedding filters (Fig. 7 left).
+- filters.png: principal components of the patch-embedding filters (Fig. 7 left);
+- gradcam/<image>.{png,npy}: a class-specific Grad-CAM map per image (vitcli.analysis.gradcam);
+- faithfulness.{png,json}: deletion and insertion AUCs of those maps and of a random map
+  (vitcli.analysis.faithfulness).
 
 The maths lives in vitcli.analysis.maths, attention extraction in vitcli.analysis.attention, drawing
 in vitcli.analysis.figures; images come through the one image path and batched forward
@@ -81,10 +84,13 @@ def patch_embedding_weights(model):
                    "--filters needs a model whose first layer is a convolution on the image")
 
 
-def _check(loaded, attention: bool, pos_embed: bool, filters: bool) -> None:
+def _check(loaded, attention: bool, pos_embed: bool, filters: bool, gradcam: bool) -> None:
     """Fail before any work when the model cannot make one of the figures asked for."""
     from vitcli.analysis.attention import attention_modules
+    from vitcli.analysis.gradcam import cam_layer
 
+    if gradcam:
+        cam_layer(loaded.model)
     if attention:
         attention_modules(loaded.model)
     if pos_embed:
@@ -94,17 +100,21 @@ def _check(loaded, attention: bool, pos_embed: bool, filters: bool) -> None:
 
 
 def run(model: str, images=(), *, attention_distance: bool = False, attention_map: bool = False,
-        pos_embed_similarity: bool = False, filters: bool = False, num_images: int = 128,
-        head_fusion: str = "mean", discard_ratio: float = 0.0, num_components: int = 28,
-        out_dir: Path | None = None, batch_size: int = 8, device: str = "auto", precision: str = "auto") -> dict:
+        pos_embed_similarity: bool = False, filters: bool = False, gradcam: bool = False, method: str = "gradcam",
+        target: str | None = None, faithfulness: bool = False, faithfulness_steps: int = 20,
+        num_images: int = 128, head_fusion: str = "mean", discard_ratio: float = 0.0, num_components: int = 28,
+        out_dir: Path | None = None, batch_size: int = 8, device: str = "auto", precision: str = "auto",
+        random_init: bool = False) -> dict:
     """Make the asked-for figures for `model` from `images` (files, folders, globs; the first
     `num_images` of them); returns what was written and the numbers."""
     from vitcli.analysis.maths import HEAD_FUSIONS
     from vitcli.data.inputs import expand_inputs
 
-    if not (attention_distance or attention_map or pos_embed_similarity or filters):
+    if not (attention_distance or attention_map or pos_embed_similarity or filters or gradcam):
         raise UsageError("nothing to draw", "give one or more of --attention-distance, --attention-map, "
-                                            "--pos-embed-similarity, --filters")
+                                            "--pos-embed-similarity, --filters, --gradcam")
+    _check_options(gradcam=gradcam, method=method, target=target, faithfulness=faithfulness,
+                   attention_map=attention_map, steps=faithfulness_steps)
     if head_fusion not in HEAD_FUSIONS:
         raise UsageError(f"--head-fusion {head_fusion!r}: use one of {', '.join(HEAD_FUSIONS)}")
     if not 0.0 <= discard_ratio < 1.0:
@@ -113,40 +123,87 @@ def run(model: str, images=(), *, attention_distance: bool = False, attention_ma
         raise UsageError("--num-components must be at least 1")
     attention = attention_distance or attention_map
     paths, errors = [], []
-    if attention:
+    if attention or gradcam:
         if not images:
-            asked = " and ".join(f for f, on in (("--attention-distance", attention_distance),
-                                                 ("--attention-map", attention_map)) if on)
-            raise UsageError(f"{asked} {'need' if ' and ' in asked else 'needs'} images",
+            asked = [f for f, on in (("--attention-distance", attention_distance), ("--attention-map", attention_map),
+                                     ("--gradcam", gradcam)) if on]
+            raise UsageError(f"{' and '.join(asked)} {'need' if len(asked) > 1 else 'needs'} images",
                              "give image files, folders or globs after the options")
         paths, missing = expand_inputs(list(images))
         paths = paths[:num_images]
         errors = [{"path": display(p), "error": why} for p, why in missing]
+    if gradcam or faithfulness:
+        from vitcli.analysis.gradcam import engine
+
+        engine()  # before the model loads: a missing optional package is a one-line error
 
     from vitcli import output as sink
     from vitcli.devices import runtime
     from vitcli.models.resolver import load_model
 
     rt = runtime(device, precision)
-    loaded = load_model(model, device=rt.device)
-    _check(loaded, attention, pos_embed_similarity, filters)
+    if random_init:  # the same random weights, so the same maps, every run
+        import torch
+
+        torch.manual_seed(0)
+    loaded = load_model(model, device=rt.device, pretrained=not random_init)
+    target_index = None
+    if target is not None:
+        from vitcli.analysis.gradcam import resolve_target
+
+        target_index = resolve_target(target, loaded.label_names)
+    _check(loaded, attention, pos_embed_similarity, filters, gradcam)
     out = Path(out_dir) if out_dir is not None else next_run_dir()
     out.mkdir(parents=True, exist_ok=True)
-    sink.info(f"{loaded.architecture} on {rt.describe()} -> {out}", style="dim")
+    sink.info(f"{loaded.architecture}{' (random weights)' if random_init else ''} on {rt.describe()} -> {out}",
+              style="dim")
 
-    result: dict = {"model": model, "architecture": loaded.architecture, "out_dir": str(out), "files": [],
-                    "errors": errors}
+    result: dict = {"model": model, "architecture": loaded.architecture, "random_init": random_init,
+                    "out_dir": str(out), "files": [], "errors": errors}
+    stems = image_stems(paths)
+    rollout_maps: dict | None = {} if faithfulness and attention_map else None
     if attention and paths:
         distance = attention_figures(loaded, rt, paths, out, distance=attention_distance, rollout=attention_map,
                                      head_fusion=head_fusion, discard_ratio=discard_ratio, batch_size=batch_size,
-                                     result=result)
+                                     result=result, stems=stems, keep_rollout=rollout_maps)
         if distance is not None:
             result["attention_distance"] = distance
+    cams = None  # the Grad-CAM maps and classes, for the faithfulness pass
+    if gradcam and paths:
+        from vitcli.analysis.gradcam import gradcam_figures
+
+        cams = gradcam_figures(loaded, rt, paths, stems, out, method=method, target=target_index,
+                               batch_size=batch_size, arch=_arch_name(loaded), result=result)
+    if faithfulness and paths:
+        from vitcli.analysis.attention import token_layout
+        from vitcli.analysis.faithfulness import faithfulness_figures
+
+        maps = {**({method: cams.maps} if cams else {}), **({"rollout": rollout_maps} if attention_map else {})}
+        grid = cams.grid if cams and cams.grid else token_layout(loaded.model,
+                                                                 tuple(loaded.data_config["input_size"][1:])).grid
+        result["faithfulness"] = faithfulness_figures(
+            loaded, rt, paths, maps, out, grid=grid, targets=cams.targets if cams else None, target=target_index,
+            steps=faithfulness_steps, batch_size=batch_size, arch=_arch_name(loaded), result=result)
     if pos_embed_similarity:
         result["pos_embed_similarity"] = _pos_embed_figure(loaded, out, result)
     if filters:
         result["filters"] = _filters_figure(loaded, out, num_components, result)
+    result["errors"] = list({(e["path"], e["error"]): e for e in result["errors"]}.values())  # once per image
     return result
+
+
+def _check_options(*, gradcam: bool, method: str, target, faithfulness: bool, attention_map: bool,
+                   steps: int) -> None:
+    from vitcli.analysis.gradcam import check_method
+
+    check_method(method)
+    if faithfulness and not (gradcam or attention_map):
+        raise UsageError("--faithfulness scores the maps of --gradcam and --attention-map",
+                         "add --gradcam and/or --attention-map")
+    if target is not None and not (gradcam or faithfulness):
+        raise UsageError("--target chooses the class of --gradcam and --faithfulness", "add --gradcam")
+    if steps < 2:
+        raise UsageError("--faithfulness-steps must be at least 2")
 
 
 def _pos_embed_figure(loaded, out: Path, result: dict) -> dict:
@@ -178,15 +235,19 @@ def _filters_figure(loaded, out: Path, num_components: int, result: dict) -> dic
             "explained_variance_ratio": [round(float(v), 5) for v in explained]}
 
 
-def unique_stem(path: Path, taken: set[str]) -> str:
-    """A file-name stem for an image's outputs, made unique among `taken` (adds -2, -3, ...)."""
-    stem = re.sub(r"[^\w.-]+", "_", path.stem) or "image"
-    name, n = stem, 1
-    while name in taken:
-        n += 1
-        name = f"{stem}-{n}"
-    taken.add(name)
-    return name
+def image_stems(paths) -> list[str]:
+    """A file-name stem per image for its outputs (rollout/, gradcam/): the name, made unique (-2, -3, ...)."""
+    taken: set[str] = set()
+    stems = []
+    for path in paths:
+        stem = re.sub(r"[^\w.-]+", "_", Path(path).stem) or "image"
+        name, n = stem, 1
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name)
+        stems.append(name)
+    return stems
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -198,8 +259,10 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def attention_figures(loaded, rt, paths, out: Path, *, distance: bool, rollout: bool, head_fusion: str,
-                      discard_ratio: float, batch_size: int, result: dict) -> dict | None:
-    """One pass over `paths`: mean attention distance (accumulated over images) and/or rollout maps."""
+                      discard_ratio: float, batch_size: int, result: dict, stems=None,
+                      keep_rollout: dict | None = None) -> dict | None:
+    """One pass over `paths`: mean attention distance (accumulated over images) and/or rollout maps
+    (kept in `keep_rollout`, image position -> (rows, cols) map, when given)."""
     import numpy as np
     import torch
 
@@ -218,7 +281,7 @@ def attention_figures(loaded, rt, paths, out: Path, *, distance: bool, rollout: 
     std = torch.tensor(loaded.data_config["std"]).view(1, 3, 1, 1)
     dataset = ImageDataset(Records.of_paths(paths), transform=eval_transform(loaded.data_config))
     total, count, layout = None, 0, None
-    taken: set[str] = set()
+    stems = image_stems(paths) if stems is None else stems
     what = "attention distance" if distance else "attention rollout"
 
     def maps_of(x):
@@ -244,11 +307,12 @@ def attention_figures(loaded, rt, paths, out: Path, *, distance: bool, rollout: 
                                           discard_ratio).reshape(-1, *layout.grid).float().cpu().numpy()
                     view = (batch.images.float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
                     for j, i in enumerate(batch.positions):
-                        stem = unique_stem(paths[i], taken)
-                        png, npy = out / "rollout" / f"{stem}.png", out / "rollout" / f"{stem}.npy"
+                        png, npy = out / "rollout" / f"{stems[i]}.png", out / "rollout" / f"{stems[i]}.npy"
+                        if keep_rollout is not None:
+                            keep_rollout[i] = r[j].astype(np.float32)
                         atomic_write(npy, lambda tmp: np.save(tmp, r[j].astype(np.float32)))
-                        figures.rollout_overlay(view[j], r[j], png, title=(
-                            f"{display(paths[i].name)}: {_arch_name(loaded)}, head fusion {head_fusion}, "
+                        figures.map_overlay(view[j], r[j], png, title=(
+                            f"{display(Path(paths[i]).name)}: {_arch_name(loaded)}, head fusion {head_fusion}, "
                             f"discard ratio {discard_ratio:g}"))
                         result["files"] += [display(png), display(npy)]
                         result.setdefault("rollout", []).append(

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DeviceOpt, ImgSizeOpt, JsonOpt, ModelOpt, OfflineOpt,
-                                PrecisionOpt)
+                                PrecisionOpt, RandomInitOpt)
 
 
 def benchmark(
@@ -23,9 +23,7 @@ def benchmark(
     iters: Annotated[int, typer.Option("--iters", min=1, help="Timed batches per side and phase.")] = 10,
     warmup_iters: Annotated[int, typer.Option("--warmup-iters", min=0,
                                               help="Untimed batches first, per side and phase.")] = 2,
-    random_init: Annotated[bool, typer.Option(
-        "--random-init", help="Random weights instead of the pre-trained ones (no download; speed does not "
-                              "depend on the values).")] = False,
+    random_init: RandomInitOpt = False,
     json_out: JsonOpt = False,
     offline: OfflineOpt = False,
 ) -> None:

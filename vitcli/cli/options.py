@@ -8,6 +8,7 @@
     --out-dir      a FOLDER of artefacts (vit eval, vit visualize)
     --workers      DataLoader worker processes
     --img-size     the input resolution the model is built for
+    --random-init  the model without its weights (vit benchmark, vit visualize)
 Training's recipe options (defaults from the recipe) are in vitcli.cli.recipe_options.
 """
 
@@ -56,6 +57,9 @@ OutDirOpt = Annotated[Optional[Path], typer.Option(
     "--out-dir", help="Folder for the artefacts (created if missing).", show_default=False)]
 OutputFileOpt = Annotated[Optional[Path], typer.Option(
     "--output", "-o", help="Also write the results to FILE (.jsonl or .csv), as they come.", show_default=False)]
+RandomInitOpt = Annotated[bool, typer.Option(
+    "--random-init", help="Random weights instead of the pre-trained ones (no download): speed does not depend on "
+                          "the values; maps show what the architecture alone does.")]
 SweepOpt = Annotated[Optional[List[str]], typer.Option(
     "--sweep", help="KEY=v1,v2,...: one run per value (repeat for a grid) in a sweep folder; the best on minival "
                     "wins and is tested. KEY is an option of the command, e.g. lr, steps, token-mixer.",

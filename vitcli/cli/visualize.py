@@ -1,5 +1,5 @@
 """`vit visualize`: the paper's analysis figures (attention distance, rollout, position embeddings,
-patch-embedding filters) as PNG + JSON/NPY files."""
+patch-embedding filters), class-specific Grad-CAM maps and their faithfulness, as PNG + JSON/NPY files."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ from typing import Annotated, List, Optional
 import typer
 
 from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DeviceOpt, JsonOpt, ModelOpt, OfflineOpt, OutDirOpt,
-                            PrecisionOpt)
+                                PrecisionOpt, RandomInitOpt)
+
+_METHODS = "gradcam | gradcam++ | hirescam | xgradcam | layercam | eigencam | eigengradcam | gradcam-elementwise"
 
 
 def visualize(
     images: Annotated[Optional[List[str]], typer.Argument(
         help="Image files, folders (searched recursively) or globs, as for vit predict: the images of "
-             "--attention-distance and --attention-map.", metavar="IMAGES", show_default=False)] = None,
+             "--attention-distance, --attention-map and --gradcam.", metavar="IMAGES", show_default=False)] = None,
     attention_distance: Annotated[bool, typer.Option(
         "--attention-distance", help="Mean attention distance per layer and head over the IMAGES (paper Fig. 7 "
                                      "right).")] = False,
@@ -24,7 +26,20 @@ def visualize(
         "--pos-embed-similarity", help="Cosine similarity of the position embeddings (paper Fig. 7 centre).")] = False,
     filters: Annotated[bool, typer.Option(
         "--filters", help="Principal components of the patch-embedding filters (paper Fig. 7 left).")] = False,
+    gradcam: Annotated[bool, typer.Option(
+        "--gradcam", help="Class-specific saliency overlay per image (pytorch-grad-cam: ViT/DeiT, PoolFormer/MetaFormer, "
+                          "CNNs); needs vitcli[gradcam].")] = False,
+    method: Annotated[str, typer.Option("--method", help=f"Grad-CAM variant: {_METHODS}.")] = "gradcam",
+    target: Annotated[Optional[str], typer.Option(
+        "--target", help="The class to explain: a label name of the model or an index (default: the predicted "
+                         "class).", metavar="LABEL_OR_INDEX", show_default=False)] = None,
+    faithfulness: Annotated[bool, typer.Option(
+        "--faithfulness", help="Deletion and insertion AUCs (RISE) of the --gradcam and --attention-map maps and of "
+                               "a random map, averaged over the IMAGES.")] = False,
+    faithfulness_steps: Annotated[int, typer.Option(
+        "--faithfulness-steps", min=2, help="Faithfulness: steps of each curve (one batched forward each).")] = 20,
     model: ModelOpt = DEFAULT_MODEL,
+    random_init: RandomInitOpt = False,
     num_images: Annotated[int, typer.Option(
         "--num-images", min=1, help="Use at most the first N of the IMAGES.")] = 128,
     head_fusion: Annotated[str, typer.Option(
@@ -49,9 +64,13 @@ def visualize(
     from vitcli.analysis.visualize import run
 
     result = run(model, images or [], attention_distance=attention_distance, attention_map=attention_map,
-                 pos_embed_similarity=pos_embed_similarity, filters=filters, num_images=num_images,
-                 head_fusion=head_fusion.lower(), discard_ratio=discard_ratio, num_components=num_components,
-                 out_dir=out_dir, batch_size=batch_size, device=device, precision=precision)
+                 pos_embed_similarity=pos_embed_similarity, filters=filters, gradcam=gradcam, method=method.lower(),
+                 target=target, faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
+                 num_images=num_images, head_fusion=head_fusion.lower(), discard_ratio=discard_ratio,
+                 num_components=num_components, out_dir=out_dir, batch_size=batch_size, device=device,
+                 precision=precision, random_init=random_init)
+    if "faithfulness" in result:
+        _faithfulness_table(result)  # for people, on stderr; the numbers are in the result
     if json_out:
         sink.emit_json(result)
     else:
@@ -90,6 +109,14 @@ def _render(result: dict) -> None:
         console.print(f"position embeddings: {100 * p['neighbour_fraction']:.1f}% of the patches of the "
                       f"{p['grid'][0]}x{p['grid'][1]} grid are most similar to a neighbouring patch",
                       highlight=False)
+    g = result.get("gradcam")
+    if g:
+        console.print(f"{g['method']} at {g['layer']} ({g['layer_kind']}, {'x'.join(map(str, g['grid'] or []))}):",
+                      highlight=False)
+        for im in g["images"]:
+            console.print(f"  {im['image']}: class {im['target']} {im['target_label'].split(',')[0]!r} "
+                          f"({im['target_prob']:.3g}); predicted {im['predicted']} "
+                          f"{im['predicted_label'].split(',')[0]!r} ({im['predicted_prob']:.3g})", highlight=False)
     if "filters" in result:
         f = result["filters"]
         top = sum(f["explained_variance_ratio"])
@@ -98,6 +125,22 @@ def _render(result: dict) -> None:
     console.print(f"wrote {len(result['files'])} file(s) to {result['out_dir']}")
     for path in result["files"]:
         console.print(f"  {path}")
+
+
+def _faithfulness_table(result: dict) -> None:
+    from rich.table import Table
+
+    from vitcli import output as sink
+
+    setup = result["faithfulness_setup"]
+    table = Table(title=f"Faithfulness: {setup['num_images']} images, {setup['steps']} steps", box=None,
+                  pad_edge=False, title_justify="left")
+    table.add_column("map")
+    table.add_column("deletion AUC (lower: faithful)", justify="right")
+    table.add_column("insertion AUC (higher: faithful)", justify="right")
+    for name, s in result["faithfulness"].items():
+        table.add_row(name, f"{s['deletion_auc']:.4f}", f"{s['insertion_auc']:.4f}")
+    sink.err().print(table)
 
 
 def register(app: typer.Typer) -> None:
