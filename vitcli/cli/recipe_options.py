@@ -23,7 +23,7 @@ RValSplit = Annotated[Optional[float], typer.Option(
 RRecipe = Annotated[Optional[str], typer.Option(
     "--recipe", help="paper (default with a GPU) | quick (laptop CPU, default without a GPU).", show_default=False)]
 RConfig = Annotated[Optional[Path], typer.Option(
-    "--config", help="JSON/TOML file of settings (a run folder reruns that run); flags override it.",
+    "--config", help="JSON, TOML or YAML file of settings (a run folder reruns that run); flags override it.",
     show_default=False)]
 
 
