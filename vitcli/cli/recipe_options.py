@@ -57,6 +57,9 @@ RName = Annotated[Optional[str], typer.Option("--name", help="Run folder name (d
                                               show_default=False)]
 RProject = Annotated[Optional[Path], typer.Option("--project", help="Parent of the run folders (default: runs).",
                                                   show_default=False)]
+RReportTo = Annotated[Optional[str], typer.Option(
+    "--report-to", help="tensorboard | wandb | tensorboard,wandb | none (default): also send the scalars there "
+                        "(extras vitcli[tensorboard], vitcli[wandb]).", show_default=False)]
 RResume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this run folder.",
                                                  show_default=False)]
 RDryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")]
@@ -82,7 +85,7 @@ def make_command(command: str, doc: str, *, first: list = (), recipe: list = ())
               _param("token_mixer", RMixer), _param("token_mixers", RMixers), _param("workers", WorkersOpt),
               _param("device", DeviceOpt, "auto"), _param("precision", PrecisionOpt, "auto"),
               _param("eval_every", REvalEvery), _param("save_every", RSaveEvery), _param("name", RName),
-              _param("project", RProject), _param("config", RConfig), _param("resume", RResume),
+              _param("project", RProject), _param("report_to", RReportTo), _param("config", RConfig), _param("resume", RResume),
               _param("sweep", SweepOpt), _param("dry_run", RDryRun, False), _param("json_out", JsonOpt, False),
               _param("offline", OfflineOpt, False)]
 

@@ -60,6 +60,7 @@ class RunConfig:
     download: bool = True
     project: str = "runs"
     name: str | None = None
+    report_to: str = "none"  # none | tensorboard | wandb | tensorboard,wandb (vitcli.train.reporting)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -213,6 +214,9 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise UsageError(f"unknown --pos-embed {cfg.pos_embed!r}", "use learn, sincos or none")
         if cfg.pool not in ("token", "avg"):
             raise UsageError(f"unknown --pool {cfg.pool!r}", "use token or avg")
+    from vitcli.train.reporting import backends
+
+    backends(cfg.report_to)  # a known --report-to (its package is checked when the run starts)
     return cfg
 
 
