@@ -34,7 +34,14 @@ RecipeModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=_MO
                                                        show_default=False)]
 DatasetOpt = Annotated[Optional[str], typer.Option(
     "--dataset", "-d", help="pets | flowers102 | cifar10 | cifar100 | a folder (train/ + val/ or test/ class "
-                            "folders, or one folder of class folders).", show_default=False)]
+                            "folders, or one folder of class folders) | hf:NAME[:CONFIG] (Hugging Face datasets) | "
+                            "a save_to_disk folder.", show_default=False)]
+ImageColumnOpt = Annotated[Optional[str], typer.Option(
+    "--image-column", help="Hugging Face datasets: the column of images (default: the first Image feature).",
+    show_default=False)]
+LabelColumnOpt = Annotated[Optional[str], typer.Option(
+    "--label-column", help="Hugging Face datasets: the column of labels (default: the first ClassLabel, else "
+                           "label/labels/class/target).", show_default=False)]
 DataDirOpt = Annotated[Optional[Path], typer.Option(
     "--data-dir", help="Where named datasets live, in torchvision's layout (default: VIT_CACHE/datasets).",
     show_default=False)]

@@ -14,8 +14,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitcli.cli.options import (P, DataDirOpt, DatasetOpt, DeviceOpt, JsonOpt, OfflineOpt, PrecisionOpt,
-                                RecipeBatchSizeOpt, RecipeImgSizeOpt, RecipeModelOpt, SweepOpt, WorkersOpt)
+from vitcli.cli.options import (P, DataDirOpt, DatasetOpt, DeviceOpt, ImageColumnOpt, JsonOpt, LabelColumnOpt,
+                                OfflineOpt, PrecisionOpt, RecipeBatchSizeOpt, RecipeImgSizeOpt, RecipeModelOpt,
+                                SweepOpt, WorkersOpt)
 
 RValSplit = Annotated[Optional[float], typer.Option(
     "--val-split", help="Fraction of train held out as minival (default: Pets/Flowers 0.1, CIFAR 0.02, "
@@ -82,6 +83,7 @@ def make_command(command: str, doc: str, *, first: list = (), recipe: list = ())
               _param("clip_grad", RClip), _param("label_smoothing", RSmooth),
               *(_param(n, a) for n, a in recipe),
               _param("seed", RSeed), _param("data_dir", DataDirOpt), _param("val_split", RValSplit),
+              _param("image_column", ImageColumnOpt), _param("label_column", LabelColumnOpt),
               _param("token_mixer", RMixer), _param("token_mixers", RMixers), _param("workers", WorkersOpt),
               _param("device", DeviceOpt, "auto"), _param("precision", PrecisionOpt, "auto"),
               _param("eval_every", REvalEvery), _param("save_every", RSaveEvery), _param("name", RName),

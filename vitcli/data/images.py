@@ -12,6 +12,7 @@ The pixel limit (VIT_MAX_IMAGE_PIXELS, default PIL's own) is one limit, always a
 from __future__ import annotations
 
 import glob
+import io
 import os
 import threading
 import warnings
@@ -83,17 +84,22 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")  # L, 1, P, CMYK (inverted Adobe JPEGs handled by PIL), YCbCr, LAB, HSV
 
 
-def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.Image:
+def load_image(path: str | os.PathLike, draft_size: int | None = None, data: bytes | None = None) -> Image.Image:
     """Open `path` as an upright RGB image, or raise `ImageError` naming the reason.
 
     `draft_size`: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (PIL's `draft`, done in the DCT, much
     faster) as long as both sides stay at least this many pixels; callers pass the short side their
     resize step produces. Other formats ignore it.
+    `data`: the bytes of the image file, when it is stored in a dataset row (a Hugging Face dataset's
+    Image column); `path` then only names it. Decoded exactly as the file would be.
     """
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(32)
+        if data is not None:
+            head = bytes(data[:32])
+        else:
+            with open(path, "rb") as fh:
+                head = fh.read(32)
     except IsADirectoryError:
         raise ImageError(f"{path}: is a folder, not an image") from None
     except FileNotFoundError:
@@ -110,7 +116,7 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with _without_pil_limit():  # our check below is the one limit
-                im = Image.open(path)
+                im = Image.open(io.BytesIO(data) if data is not None else path)
             width, height = im.size
             if width * height > limit:
                 raise ImageError(

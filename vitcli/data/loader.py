@@ -47,12 +47,17 @@ class Batch(NamedTuple):
 
 
 class Records:
-    """The items of one underlying split: image files (paths) or a uint8 array (CIFAR), with labels."""
+    """The items of one underlying split, with labels: image files (paths), a uint8 array (CIFAR), or
+    encoded images stored in dataset rows (a Hugging Face dataset's Image column: `encoded[j]` is the
+    image file's bytes, or the path of a file, and `names[j]` names it)."""
 
-    def __init__(self, labels: Sequence[int], paths: Sequence | None = None, array=None):
+    def __init__(self, labels: Sequence[int], paths: Sequence | None = None, array=None, encoded=None,
+                 names: Sequence[str] | None = None):
         self.labels = np.asarray(labels, dtype=np.int64)
         self.paths = list(map(str, paths)) if paths is not None else None
         self.array = array  # (N, H, W, 3) uint8
+        self.encoded = encoded
+        self.names = list(names) if names is not None else None
 
     @classmethod
     def of_paths(cls, paths: Sequence) -> "Records":
@@ -63,16 +68,23 @@ class Records:
         return len(self.labels)
 
     def name(self, j: int) -> str:
-        return self.paths[j] if self.paths is not None else f"#{j}"
+        if self.paths is not None:
+            return self.paths[j]
+        return self.names[j] if self.names is not None else f"#{j}"
 
     def image(self, j: int, draft_size: int | None = None):
-        if self.paths is None:
-            from PIL import Image
-
-            return Image.fromarray(self.array[j])
         from vitcli.data.images import load_image
 
-        return load_image(self.paths[j], draft_size=draft_size)
+        if self.paths is not None:
+            return load_image(self.paths[j], draft_size=draft_size)
+        if self.encoded is not None:
+            item = self.encoded[j]
+            if isinstance(item, (bytes, bytearray, memoryview)):
+                return load_image(self.name(j), draft_size=draft_size, data=item)
+            return load_image(item or self.name(j), draft_size=draft_size)  # a file the row points to
+        from PIL import Image
+
+        return Image.fromarray(self.array[j])
 
 
 class ImageDataset:

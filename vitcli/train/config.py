@@ -25,6 +25,8 @@ class RunConfig:
     dataset: str = ""
     data_dir: str | None = None
     val_split: float | None = None
+    image_column: str | None = None  # Hugging Face datasets: None finds it from the features
+    label_column: str | None = None
     recipe: str = "quick"
     # duration: steps, or epochs (converted to steps once the dataset size is known)
     steps: int | None = None
