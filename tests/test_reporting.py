@@ -74,13 +74,19 @@ def test_every_run_folder_has_results_csv_and_curves(tiny_vit_dir, colours, tmp_
         assert was_there or module not in sys.modules, module
 
 
-def test_report_to_tensorboard_scalars_read_by_event_accumulator(tiny_vit_dir, colours, tmp_path):
+def test_report_to_tensorboard_and_wandb(tiny_vit_dir, colours, tmp_path, monkeypatch):
+    """A 6-step run: TensorBoard's EventAccumulator reads its loss and top-1 scalars; W&B (offline) logged
+    the same names and the config."""
     pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    result = _finetune(tiny_vit_dir, colours, tmp_path, "--report-to", "tensorboard")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    result = _finetune(tiny_vit_dir, colours, tmp_path, "--report-to", "tensorboard,wandb")
     assert result.exit_code == 0, result.output
-    run = Path(json.loads(result.stdout)["run_dir"])
+    summary = json.loads(result.stdout)  # wandb wrote nothing to stdout
+    run = Path(summary["run_dir"])
     assert list(run.glob("events.out.tfevents.*"))
     events = EventAccumulator(str(run))
     events.Reload()
@@ -89,21 +95,12 @@ def test_report_to_tensorboard_scalars_read_by_event_accumulator(tiny_vit_dir, c
     assert [e.step for e in events.Scalars("val/top1")] == [3, 6]
     assert [e.value for e in events.Scalars("val/top1")] == pytest.approx([float(r["val_top1"]) for r in _rows(run)])
     assert [e.step for e in events.Scalars("train/loss")] == [1, 3, 6]
-    assert events.Scalars("test/top1")[0].value == pytest.approx(json.loads(result.stdout)["test_top1"])
+    assert events.Scalars("test/top1")[0].value == pytest.approx(summary["test_top1"])
     hparams = events.PluginTagToContent("hparams")
     assert any(b"lr" in content and b"report_to" in content for content in hparams.values())
-    assert json.loads((run / "run.json").read_text())["config"]["report_to"] == "tensorboard"
+    assert json.loads((run / "run.json").read_text())["config"]["report_to"] == "tensorboard,wandb"
     assert (run / "results.csv").is_file() and (run / "curves.png").read_bytes().startswith(PNG)
 
-
-def test_report_to_wandb_offline(tiny_vit_dir, colours, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    result = _finetune(tiny_vit_dir, colours, tmp_path, "--report-to", "wandb")
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)  # wandb wrote nothing to stdout
-    run = Path(summary["run_dir"])
     logs = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(logs) == 1
     ident = json.loads((run / "run.json").read_text())["wandb_id"]
