@@ -37,8 +37,8 @@ def push(
         output.emit_json(result)
         return
     typer.echo(result["url"] + (f"/tree/{result['revision']}" if result["revision"] != "main" else ""))
-    output.info(f"[dim]commit {result['commit']}: {', '.join(result['files'])}; load it with --model "
-                f"{result['model']}[/]")
+    output.info(f"commit {result['commit']}: {', '.join(result['files'])}; load it with --model "
+                f"{result['model']}", style="dim")
 
 
 def register(app: typer.Typer) -> None:

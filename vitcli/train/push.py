@@ -55,7 +55,7 @@ def push(run: str | Path, repo_id: str, *, private: bool = False, revision: str 
     if status not in (None, "finished"):
         output.warn(f"the run in {folder} did not finish (status: {status}): pushing its best model so far")
     readme, written = write_card(folder, repo_id)
-    output.info(f"[dim]{'wrote' if written else 'kept'} the model card {readme}[/]")
+    output.info(f"{'wrote' if written else 'kept'} the model card {readme}", style="dim")
 
     import huggingface_hub
     from huggingface_hub import HfApi
