@@ -143,7 +143,7 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     if not compile:  # vit predict / eval's CPU kernels (inductor makes its own fusions when compiling)
         from vitcli.inference import kernels
 
-        if kernels.for_runtime(loaded.model, rt):
+        if kernels.for_inference(loaded.model, rt):
             log("vitcli side: oneDNN linear + GELU kernels (vitcli/inference/kernels.py)")
     ours = torch.compile(model) if compile else model
 

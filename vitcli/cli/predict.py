@@ -61,7 +61,7 @@ def predict(
         _render_table(table_rows, top_k)
     from vitcli.inference import faststart
 
-    faststart.remember(model, loaded, rt.device)  # first run with this model: save the fast-start copy
+    faststart.remember(model, loaded, rt.device, rt.precision)  # first run with this model: save the fast-start copy
     if failed:
         sink.warn(f"{failed} input(s) could not be read (listed above)")
         raise typer.Exit(1)

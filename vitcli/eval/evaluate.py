@@ -74,7 +74,7 @@ def run(loaded, runtime, split: Split, *, batch_size: int = 64, workers: int | N
     acc = metrics.MetricAccumulator(loaded.num_classes)
     order: list[int] = []  # positions in the order the accumulator saw them
     failed: list[dict] = []
-    kernels.for_runtime(loaded.model, runtime)  # CPU oneDNN linears where measured faster (in place)
+    kernels.for_inference(loaded.model, runtime)  # CPU oneDNN linears where faster, or the fp32 head (in place)
     dataset = split.make_dataset(eval_transform(loaded.data_config))
     started = time.perf_counter()
     for batch, logits in forward(loaded.model, dataset, runtime, batch_size=batch_size, workers=workers):
@@ -96,7 +96,11 @@ def run(loaded, runtime, split: Split, *, batch_size: int = 64, workers: int | N
         summary.update({"real_top1": r["top1"], "real_top5": r["top5"], "real_num_images": r["num_images"]})
     summary.update({"num_classes": loaded.num_classes, "num_failed": len(failed), "failed": failed,
                     "seconds": round(seconds, 2), "images_per_second": round(acc.count / seconds, 1) if seconds else None,
-                    "device": runtime.describe()})
+                    "device": runtime.describe(), "precision": runtime.precision})
+    if runtime.precision != "fp32":
+        summary["precision_note"] = (f"{runtime.precision} autocast (the classifier in fp32): a label can differ "
+                                     "from fp32's where two classes nearly tie; --precision fp32 gives exact "
+                                     "fp32 numbers")
     names = loaded.label_names
     stats = metrics.per_class_stats(acc.confusion)
     per_class = []

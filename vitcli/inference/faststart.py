@@ -6,13 +6,16 @@ kernels, so the same logits: checked bit for bit before anything is written) wit
 the preprocessing, and `lookup()` finds it on later runs using only the standard library and torch.
 
 Cache layout (under `vitcli.env.vit_cache_dir()`):
-    exported/<key>/model.pt      TorchScript (torch.jit.trace of the eval-mode model, CPU, fp32)
+    exported/<key>/model.pt      TorchScript (torch.jit.trace of the eval-mode model, CPU, in fp32 or
+                                 traced under bf16 autocast: the casts are in the graph, and freezing
+                                 folds the weights' casts into bf16 constants)
     exported/<key>/meta.json     architecture, data_config, label_names, what the key was made of;
                                  written last, so a folder with meta.json is complete
     exported/index.json          spec -> where its weights live, so a timm name resolves without timm
 key = sha256 of (format, sha256 of the weights file, the model's identity (its config.json bytes, or
-the timm name), torch version, timm version, whether vitcli/kernels.py's oneDNN linears are in it). A
-changed weights file, config, torch, timm or kernel choice gives another key, so a stale copy is never
+the timm name), torch version, timm version, the variant: fp32 with or without vitcli/kernels.py's
+oneDNN linears, or bf16 autocast). A changed weights file, config, torch, timm, kernel choice or
+precision gives another key, so a stale copy is never
 used. Set VIT_EXPORT=0 to switch all of this off. The copy is served with vitcli.data.transforms'
 `EvalTransform` (PIL and torch only).
 """
@@ -154,6 +157,7 @@ class ExportedModel:
     data_config: dict
     label_names: list[str]
     key: str
+    precision: str = "fp32"  # bf16: the autocast casts are in the graph; run it outside autocast
     source: object = None
     config: dict = field(default_factory=dict)
 
@@ -162,8 +166,17 @@ class ExportedModel:
         return len(self.label_names)
 
 
-def lookup(spec: str) -> ExportedModel | None:
-    """The saved TorchScript copy for `spec`, or None (not saved yet, stale, or anything odd)."""
+def variant(precision: str, fused: bool) -> str:
+    """What the copy was traced as: 'onednn' / 'eager' (fp32, with or without vitcli's CPU kernels) or
+    'bf16-autocast'."""
+    if precision == "bf16":
+        return "bf16-autocast"
+    return "onednn" if fused else "eager"
+
+
+def lookup(spec: str, precision: str = "fp32") -> ExportedModel | None:
+    """The saved TorchScript copy for `spec` in `precision` (fp32 or bf16), or None (not saved yet,
+    stale, or anything odd)."""
     if not env.export_enabled():
         return None
     try:
@@ -175,8 +188,8 @@ def lookup(spec: str) -> ExportedModel | None:
             return None
         from vitcli.inference import kernels
 
-        variant = "onednn" if kernels.enabled_here() else "eager"  # what load_predictor would build now
-        folder = export_dir() / ident.key(torch.__version__, _timm_version(), variant)
+        fused = precision == "fp32" and kernels.enabled_here()  # what load_predictor would build now
+        folder = export_dir() / ident.key(torch.__version__, _timm_version(), variant(precision, fused))
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("weights_sha256") != ident.weights_sha256 or not meta.get("equal_logits"):
             return None
@@ -186,7 +199,8 @@ def lookup(spec: str) -> ExportedModel | None:
         model.eval()
     except Exception:  # noqa: BLE001 - the fast path is an optimisation: any problem means the normal path
         return None
-    return ExportedModel(model, meta["architecture"], meta["data_config"], meta["label_names"], folder.name)
+    return ExportedModel(model, meta["architecture"], meta["data_config"], meta["label_names"], folder.name,
+                         precision)
 
 
 def _identity_of_loaded(spec: str, loaded, index: dict) -> Identity | None:
@@ -219,16 +233,18 @@ def _identity_of_loaded(spec: str, loaded, index: dict) -> Identity | None:
     return Identity(real, weights_sha256(real, index), "timm:" + loaded.architecture, where)
 
 
-def remember(spec: str, loaded, device) -> str | None:
+def remember(spec: str, loaded, device, precision: str = "fp32") -> str | None:
     """Save a TorchScript copy of `loaded` for the next cold start; returns the key when one was written.
 
-    Only CPU fp32 eval models whose preprocessing EvalTransform covers, only when the traced copy gives
-    exactly the eager model's logits (checked at two batch sizes). Never raises.
+    Only CPU eval models with fp32 weights, run in fp32 or under bf16 autocast, whose preprocessing
+    EvalTransform covers, and only when the traced copy gives exactly the logits of the eager model
+    run that way (checked at two batch sizes). Never raises.
     """
-    if not env.export_enabled() or getattr(device, "type", str(device)) != "cpu" or isinstance(loaded, ExportedModel):
+    if not env.export_enabled() or getattr(device, "type", str(device)) != "cpu" or isinstance(loaded, ExportedModel) \
+            or precision not in ("fp32", "bf16"):
         return None
     try:
-        return _remember(spec, loaded)
+        return _remember(spec, loaded, precision)
     except Exception as e:  # noqa: BLE001 - an optimisation must never fail a command
         if env.debug():
             raise
@@ -238,7 +254,7 @@ def remember(spec: str, loaded, device) -> str | None:
         return None
 
 
-def _remember(spec: str, loaded) -> str | None:
+def _remember(spec: str, loaded, precision: str) -> str | None:
     import torch
 
     from vitcli.data.transforms import supports
@@ -252,7 +268,7 @@ def _remember(spec: str, loaded) -> str | None:
     timm_version = _timm_version()
     from vitcli.inference import kernels
 
-    key = ident.key(torch.__version__, timm_version, "onednn" if kernels.is_fused(loaded.model) else "eager")
+    key = ident.key(torch.__version__, timm_version, variant(precision, kernels.is_fused(loaded.model)))
     folder = export_dir() / key
     names = index.setdefault("timm_names", {})
     changed = bool(ident.where) and names.get(f"{spec}|{timm_version}") != ident.where
@@ -272,16 +288,28 @@ def _remember(spec: str, loaded) -> str | None:
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(2, 3, h, w, generator=gen)
     checks = [torch.randn(1, 3, h, w, generator=gen), torch.randn(3, 3, h, w, generator=gen)]
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, example, check_trace=False)
+        # under autocast the tracer records the casts it makes; TorchScript's own autocast pass stays
+        # off, so the graph is exactly what eager autocast runs
+        jit_autocast = torch._C._jit_set_autocast_mode(False)
+        try:
+            with autocast:
+                traced = torch.jit.trace(model, example, check_trace=False)
+        finally:
+            torch._C._jit_set_autocast_mode(jit_autocast)
         traced = torch.jit.freeze(traced.eval())
         with torch.jit.optimized_execution(False):
-            equal = all(torch.equal(model(x), traced(x)) for x in checks)
+            def eager(x):
+                with autocast:
+                    return model(x)
+
+            equal = all(torch.equal(eager(x), traced(x)) for x in checks)
     meta = {"format": FORMAT, "spec": spec, "architecture": loaded.architecture,
             "data_config": _plain(loaded.data_config), "label_names": list(loaded.label_names),
             "weights": str(ident.weights), "weights_sha256": ident.weights_sha256, "model": ident.model,
-            "torch": torch.__version__, "timm": timm_version, "equal_logits": bool(equal),
+            "torch": torch.__version__, "timm": timm_version, "precision": precision, "equal_logits": bool(equal),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - start, 2)}
     if equal:
         atomic_write(folder / "model.pt", lambda tmp: traced.save(str(tmp)))

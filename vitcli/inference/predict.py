@@ -4,7 +4,7 @@ Images go through the one image path (vitcli.data.loader, the one eval transform
 forward (vitcli.inference.forward) with the core's device/precision choice. An image that cannot be
 read becomes an error record; every other image is still predicted.
 
-Fast start: on CPU in fp32, `load_predictor` serves a saved TorchScript copy of the model
+Fast start: on CPU in fp32 or bf16, `load_predictor` serves a saved TorchScript copy of the model
 (vitcli.inference.faststart) without importing timm; the first run with a model saves that copy.
 """
 
@@ -28,19 +28,19 @@ class Prediction:
 
 
 def load_predictor(spec: str, runtime):
-    """The model for `run`: the saved TorchScript copy when there is one (CPU, fp32), else load_model
-    with the CPU inference kernels of vitcli/kernels.py swapped in."""
-    if runtime.device.type == "cpu" and runtime.precision == "fp32":
+    """The model for `run`: the saved TorchScript copy when there is one (CPU, fp32 or bf16), else
+    load_model with the CPU inference kernels of vitcli/kernels.py swapped in (fp32)."""
+    if runtime.device.type == "cpu" and runtime.precision in ("fp32", "bf16"):
         from vitcli.inference import faststart
 
-        exported = faststart.lookup(spec)
+        exported = faststart.lookup(spec, runtime.precision)
         if exported is not None:
             return exported
     from vitcli.inference import kernels
     from vitcli.models.resolver import load_model
 
     loaded = load_model(spec, device=runtime.device)
-    kernels.for_runtime(loaded.model, runtime)  # oneDNN linear + GELU on CPU where measured faster
+    kernels.for_inference(loaded.model, runtime)  # oneDNN linear + GELU (CPU fp32) or the fp32 head (bf16)
     return loaded
 
 
@@ -58,8 +58,11 @@ def run(paths: list[Path], loaded, runtime, top_k: int = 5, batch_size: int = 32
     scripted = isinstance(model, torch.jit.ScriptModule)
 
     def logits(images):
-        # a TorchScript copy runs un-optimised: the same kernels as eager, so the same logits
-        with torch.jit.optimized_execution(not scripted):
+        # a TorchScript copy runs un-optimised: the same kernels as eager, so the same logits; a bf16
+        # copy holds its autocast casts in the graph and runs outside autocast
+        if not scripted:
+            return model(images)
+        with torch.jit.optimized_execution(False), torch.autocast("cpu", enabled=False):
             return model(images)
 
     dataset = ImageDataset(Records.of_paths(paths), transform=eval_transform(loaded.data_config))
