@@ -177,27 +177,38 @@ def machine_key() -> str:
     return f"{cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
 
 
+def load_verdicts(filename: str) -> dict:
+    """A file of vitcli's measurements (key -> dict) from vitcli's cache; {} when absent or unreadable."""
+    from vitcli import env
+
+    try:
+        verdicts = json.loads((Path(env.vit_cache_dir()) / filename).read_text())
+    except (OSError, ValueError):
+        return {}
+    return verdicts if isinstance(verdicts, dict) else {}
+
+
+def save_verdict(filename: str, key: str, verdict: dict) -> None:
+    """Add or replace one measurement (a read-only cache is not an error: it is measured again)."""
+    from vitcli import env
+    from vitcli.output import atomic_write
+
+    verdicts = load_verdicts(filename)
+    verdicts[key] = verdict
+    try:
+        atomic_write(Path(env.vit_cache_dir()) / filename, json.dumps(verdicts, indent=1))
+    except OSError:
+        pass
+
+
 def cached_verdict(filename: str, measure: Callable[[], dict], valid: Callable[[dict], bool]) -> dict:
     """The one-time measurement of vitcli's machine-dependent choices: `measure()` once per
     `machine_key()`, its dict kept in vitcli's cache (`filename`, one entry per key), read back after."""
-    from vitcli import env
-
     key = machine_key()
-    path = Path(env.vit_cache_dir()) / filename
-    try:
-        verdicts = json.loads(path.read_text())
-        verdicts = verdicts if isinstance(verdicts, dict) else {}
-    except (OSError, ValueError):
-        verdicts = {}
-    verdict = verdicts.get(key)
+    verdict = load_verdicts(filename).get(key)
     if not isinstance(verdict, dict) or not valid(verdict):
-        verdict = verdicts[key] = measure()
-        from vitcli.output import atomic_write
-
-        try:
-            atomic_write(path, json.dumps(verdicts, indent=1))
-        except OSError:
-            pass  # a read-only cache: measure again next time
+        verdict = measure()
+        save_verdict(filename, key, verdict)
     return verdict
 
 

@@ -36,6 +36,7 @@ def predict(
 
     from vitcli import output as sink
     from vitcli.devices import runtime
+    from vitcli.inference.forward import Throughput
     from vitcli.inference.predict import Prediction, load_predictor, run
 
     rt = runtime(device, precision)
@@ -43,6 +44,7 @@ def predict(
     sink.info(f"[dim]{loaded.architecture} on {rt.describe()}, {len(paths)} image(s)[/]")
 
     writer = _FileWriter(output) if output else None
+    throughput = Throughput()  # the loader's and the model's img/s, said at the end
     table_rows = []
     failed = 0
     try:
@@ -51,7 +53,7 @@ def predict(
             _emit(Prediction(item, error=reason), json_out, writer, table_rows)
         with sink.progress("predict", total=len(paths), unit="img") as advance:
             for pred in run(paths, loaded, rt, top_k=top_k, batch_size=batch_size, workers=workers,
-                            progress=advance):
+                            progress=advance, throughput=throughput):
                 failed += pred.error is not None
                 _emit(pred, json_out, writer, table_rows)
     finally:
@@ -59,6 +61,8 @@ def predict(
             writer.close()
     if not json_out:
         _render_table(table_rows, top_k)
+    if throughput.images > 1:
+        sink.info(f"[dim]{throughput.images} images: {throughput.describe()}[/]")
     from vitcli.inference import faststart
 
     faststart.remember(model, loaded, rt.device, rt.precision)  # first run with this model: save the fast-start copy

@@ -45,29 +45,35 @@ def load_predictor(spec: str, runtime):
 
 
 def run(paths: list[Path], loaded, runtime, top_k: int = 5, batch_size: int = 32,
-        workers: int | None = None, progress=lambda n=1: None) -> Iterator[Prediction]:
-    """Yield one Prediction per path, in the order of `paths`."""
+        workers: int | None = None, progress=lambda n=1: None, throughput=None) -> Iterator[Prediction]:
+    """Yield one Prediction per path, in the order of `paths` (`throughput`: a
+    vitcli.inference.forward.Throughput to add the loader's and the model's time to)."""
     import torch
 
+    from vitcli import output
     from vitcli.data.loader import ImageDataset, Records
     from vitcli.data.transforms import eval_transform
+    from vitcli.inference import compiled
     from vitcli.inference.forward import forward
 
     model = loaded.model
     top_k = max(1, min(top_k, loaded.num_classes))
     scripted = isinstance(model, torch.jit.ScriptModule)
+    fast = compiled.auto(model, runtime, n_images=len(paths), batch_size=batch_size,
+                         architecture=loaded.architecture, log=lambda m: output.info(f"[dim]{m}[/]"))
 
     def logits(images):
         # a TorchScript copy runs un-optimised: the same kernels as eager, so the same logits; a bf16
         # copy holds its autocast casts in the graph and runs outside autocast
         if not scripted:
-            return model(images)
+            return fast(images)  # compiled for a long job, where it pays
         with torch.jit.optimized_execution(False), torch.autocast("cpu", enabled=False):
             return model(images)
 
     dataset = ImageDataset(Records.of_paths(paths), transform=eval_transform(loaded.data_config))
     names = loaded.label_names
-    for batch, out in forward(logits, dataset, runtime, batch_size=batch_size, workers=workers):
+    for batch, out in forward(logits, dataset, runtime, batch_size=batch_size, workers=workers,
+                              throughput=throughput):
         results = {s.position: Prediction(str(paths[s.position]), error=s.reason) for s in batch.skipped}
         if out is not None:
             scores, classes = out.float().softmax(dim=-1).topk(top_k, dim=-1)
