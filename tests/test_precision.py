@@ -42,7 +42,8 @@ def test_the_measurement_times_both_precisions():
     assert result["fp32_ms"] > 0 and result["bf16_ms"] > 0 and result["speedup"] > 0
 
 
-def test_the_classifier_stays_fp32_under_autocast():
+def test_the_classifier_stays_fp32_under_autocast(monkeypatch):
+    monkeypatch.setenv("VIT_KERNELS", "0")  # the head alone (the bf16 kernels: the next test)
     model = make_tiny_vit(10)
     keys = list(model.state_dict())
     x = torch.randn(2, 3, 32, 32)
@@ -57,6 +58,22 @@ def test_the_classifier_stays_fp32_under_autocast():
     with torch.inference_mode():
         expected = torch.nn.functional.linear(features.float(), model.head.weight, model.head.bias)
     assert torch.equal(logits, expected)
+
+
+def test_bf16_kernels_fuse_bias_and_gelu_and_keep_the_parameters(monkeypatch):
+    monkeypatch.setenv("VIT_KERNELS", "1")
+    model = make_tiny_vit(10)
+    keys = list(model.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    rt = devices.Runtime(torch.device("cpu"), "bf16")
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(x).float()
+        assert kernels.for_inference(model, rt) == 1 + 4 * 2  # the head, and qkv, proj, fc1, fc2 per block
+        out = model(x)
+    fc1 = model.blocks[0].mlp.fc1
+    assert isinstance(fc1, kernels.FusedLinear) and fc1.activation == "gelu" and fc1.weight_lp.dtype == torch.bfloat16
+    assert list(model.state_dict()) == keys and out.dtype == torch.float32
+    assert torch.allclose(out, expected, atol=0.05)  # bf16 rounding apart
 
 
 def test_a_bf16_fast_start_copy_gives_the_autocast_logits(tmp_path):

@@ -201,10 +201,12 @@ def save_verdict(filename: str, key: str, verdict: dict) -> None:
         pass
 
 
-def cached_verdict(filename: str, measure: Callable[[], dict], valid: Callable[[dict], bool]) -> dict:
+def cached_verdict(filename: str, measure: Callable[[], dict], valid: Callable[[dict], bool],
+                   suffix: str = "") -> dict:
     """The one-time measurement of vitcli's machine-dependent choices: `measure()` once per
-    `machine_key()`, its dict kept in vitcli's cache (`filename`, one entry per key), read back after."""
-    key = machine_key()
+    `machine_key()` (+ `suffix`), its dict kept in vitcli's cache (`filename`, one entry per key), read
+    back after."""
+    key = machine_key() + suffix
     verdict = load_verdicts(filename).get(key)
     if not isinstance(verdict, dict) or not valid(verdict):
         verdict = measure()

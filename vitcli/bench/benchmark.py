@@ -169,9 +169,11 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     if not compile:  # vit predict / eval's CPU kernels (inductor makes its own fusions when compiling)
         from vitcli.inference import kernels
 
-        if kernels.for_inference(loaded.model, rt):
-            log("vitcli side: " + ("the classifier in fp32 under autocast" if rt.autocast_dtype is not None
-                                   else "oneDNN linear + GELU kernels") + " (vitcli/inference/kernels.py)")
+        swapped = kernels.for_inference(loaded.model, rt)
+        if swapped:
+            fused = f"{swapped - 1 if rt.autocast_dtype is not None else swapped} linears as oneDNN linear + GELU"
+            log(f"vitcli side: {'the classifier in fp32, ' if rt.autocast_dtype is not None else ''}"
+                f"{fused} kernels in {rt.precision} (vitcli/inference/kernels.py)")
     if compile:
         from vitcli.inference.compiled import use_cache
 

@@ -168,9 +168,9 @@ class ExportedModel:
 
 def variant(precision: str, fused: bool) -> str:
     """What the copy was traced as: 'onednn' / 'eager' (fp32, with or without vitcli's CPU kernels) or
-    'bf16-autocast'."""
+    'bf16-autocast' (+ '-onednn' with the kernels in bf16)."""
     if precision == "bf16":
-        return "bf16-autocast"
+        return "bf16-autocast" + ("-onednn" if fused else "")
     return "onednn" if fused else "eager"
 
 
@@ -188,7 +188,7 @@ def lookup(spec: str, precision: str = "fp32") -> ExportedModel | None:
             return None
         from vitcli.inference import kernels
 
-        fused = precision == "fp32" and kernels.enabled_here()  # what load_predictor would build now
+        fused = kernels.enabled_here(precision)  # what load_predictor would build now
         folder = export_dir() / ident.key(torch.__version__, _timm_version(), variant(precision, fused))
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("weights_sha256") != ident.weights_sha256 or not meta.get("equal_logits"):

@@ -34,32 +34,49 @@ import torch.nn.functional as F
 from torch import nn
 
 class FusedLinear(nn.Module):
-    """y = act(x @ W.T + b) in one oneDNN call (inference); the same parameters as the nn.Linear it replaces."""
+    """y = act(x @ W.T + b) in one oneDNN call (inference); the same parameters as the nn.Linear it replaces.
 
-    def __init__(self, linear: nn.Linear, activation: str = "none"):
+    `dtype=torch.bfloat16` (inference under bf16 autocast): the weights are also kept cast to bf16, once
+    (buffers that are not saved), and the input is cast as autocast would; oneDNN applies the bias and
+    GELU to its fp32 accumulator before the one rounding to bf16 (autocast rounds the matmul to bf16,
+    then runs GELU on that). With gradients on, a bf16 FusedLinear is autocast's plain linear + GELU."""
+
+    def __init__(self, linear: nn.Linear, activation: str = "none", dtype: torch.dtype = torch.float32):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
         self.activation = activation
+        self.dtype = dtype
+        if dtype != torch.float32:
+            self.register_buffer("weight_lp", linear.weight.detach().to(dtype), persistent=False)
+            self.register_buffer("bias_lp", None if linear.bias is None else linear.bias.detach().to(dtype),
+                                 persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # (..., in) -> (rows, in)
+        weight, bias = self.weight, self.bias
+        if self.dtype != torch.float32:
+            x2, weight, bias = x2.to(self.dtype), self.weight_lp, self.bias_lp
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self._params())):
-            y = _TrainableLinear.apply(x2, self.weight, self.bias)  # training: GELU stays a separate op
+            if self.dtype != torch.float32:  # the copies do not follow updates: autocast's own linear
+                y = F.linear(x.reshape(-1, self.in_features), self.weight, self.bias)
+            else:
+                y = _TrainableLinear.apply(x2, weight, bias)  # training: GELU stays a separate op
             if self.activation == "gelu":
                 y = F.gelu(y)
         elif torch.jit.is_tracing():  # the tracer cannot record the op's empty Scalar?[] list; TorchScript can
-            y = _scripted()(x2, self.weight, self.bias, self.activation)
+            y = _scripted()(x2, weight, bias, self.activation)
         else:
-            y = torch.ops.mkldnn._linear_pointwise(x2, self.weight, self.bias, self.activation, [], "none")
+            y = torch.ops.mkldnn._linear_pointwise(x2, weight, bias, self.activation, [], "none")
         return y.view(*x.shape[:-1], self.out_features)  # (rows, out) -> (..., out)
 
     def _params(self):
         return (self.weight,) if self.bias is None else (self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
+                + (f", {str(self.dtype).replace('torch.', '')}" if self.dtype != torch.float32 else ""))
 
 
 class _TrainableLinear(torch.autograd.Function):
@@ -112,9 +129,9 @@ def _is_exact_gelu(module: nn.Module) -> bool:
     return type(module).__name__ == "GELU" and type(module).__module__.startswith("timm.")  # F.gelu, exact
 
 
-def fuse(model: nn.Module) -> int:
-    """Swap every fp32 CPU nn.Linear of `model` for a FusedLinear, folding a following exact GELU of
-    timm's Mlp (fc1 -> act) into fc1. Returns how many linears were swapped."""
+def fuse(model: nn.Module, dtype: torch.dtype = torch.float32) -> int:
+    """Swap every fp32 CPU nn.Linear of `model` for a FusedLinear computing in `dtype`, folding a
+    following exact GELU of timm's Mlp (fc1 -> act) into fc1. Returns how many linears were swapped."""
     swapped = 0
     for parent in list(model.modules()):
         fold_act = (type(parent).__name__ == "Mlp" and type(getattr(parent, "fc1", None)) is nn.Linear
@@ -123,7 +140,7 @@ def fuse(model: nn.Module) -> int:
             if type(child) is not nn.Linear or child.weight.dtype != torch.float32 or child.weight.device.type != "cpu":
                 continue
             activation = "gelu" if fold_act and name == "fc1" else "none"
-            setattr(parent, name, FusedLinear(child, activation))
+            setattr(parent, name, FusedLinear(child, activation, dtype))
             if activation == "gelu":
                 parent.act = nn.Identity()
             swapped += 1
@@ -138,14 +155,15 @@ def available() -> bool:
     return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def enabled_here() -> bool:
-    """For CPU fp32: oneDNN present, not switched off (VIT_KERNELS), and measured faster here."""
+def enabled_here(precision: str = "fp32") -> bool:
+    """For CPU fp32 (or bf16 inference): oneDNN present, not switched off (VIT_KERNELS), and measured
+    faster here in that precision."""
     from vitcli import env
 
     setting = env.kernels()
-    if setting == "off" or not available():
+    if setting == "off" or not available() or precision not in ("fp32", "bf16"):
         return False
-    return setting == "on" or faster_here()
+    return setting == "on" or faster_here(precision)
 
 
 def wanted(runtime) -> bool:
@@ -196,25 +214,35 @@ def for_inference(model: nn.Module, runtime) -> int:
     from vitcli import env
 
     env.kernels()  # a bad VIT_KERNELS is an error on every path, not only where the kernels apply
-    if runtime.autocast_dtype is not None:
-        return int(keep_head_fp32(model))
-    return for_runtime(model, runtime)
+    if runtime.autocast_dtype is None:
+        return for_runtime(model, runtime)
+    swapped = int(keep_head_fp32(model))  # first: the classifier is then no nn.Linear to fuse
+    if runtime.device.type == "cpu" and runtime.precision == "bf16" and not is_fused(model) \
+            and enabled_here("bf16"):
+        swapped += fuse(model, torch.bfloat16)
+    return swapped
 
 
 # ----------------------------------------------------------------------------------------------
 # The one-time measurement
 
 
-def measure(rows: int = 8 * 197, dim: int = 384, reps: int = 5) -> dict:
-    """Time a ViT-S fc1 (+ GELU), batch 8, both ways, alternating; best of `reps` each."""
+def measure(rows: int = 8 * 197, dim: int = 384, reps: int = 5, dtype: torch.dtype = torch.float32) -> dict:
+    """Time a ViT-S fc1 (+ GELU), batch 8, both ways, alternating; best of `reps` each. In bf16 the eager
+    way is autocast's (the weight cast per call, GELU on the rounded product)."""
+    import contextlib
+
     gen = torch.Generator().manual_seed(0)
     linear = nn.Linear(dim, 4 * dim)
     x = torch.randn(rows, dim, generator=gen)
-    fused = FusedLinear(linear, "gelu")
+    fused = FusedLinear(linear, "gelu", dtype)
     times = {"eager": [], "fused": []}
-    with torch.inference_mode():
+    low = dtype != torch.float32
+    autocast = torch.autocast("cpu", dtype=dtype) if low else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
         expected = F.gelu(linear(x))
-        same = torch.allclose(fused(x), expected, rtol=1e-4, atol=1e-4)
+        tol = 5e-2 if low else 1e-4
+        same = torch.allclose(fused(x).float(), expected.float(), rtol=tol, atol=tol)
         for _ in range(reps):
             for name, fn in (("eager", lambda: F.gelu(linear(x))), ("fused", lambda: fused(x))):
                 start = time.perf_counter()
@@ -224,17 +252,18 @@ def measure(rows: int = 8 * 197, dim: int = 384, reps: int = 5) -> dict:
             "allclose": bool(same)}
 
 
-def faster_here() -> bool:
+def faster_here(precision: str = "fp32") -> bool:
     """The cached verdict for this CPU, torch and thread count (vitcli.devices.cached_verdict:
-    kernels.json in vitcli's cache); measured (about 0.1 s) the first time."""
+    kernels.json in vitcli's cache), per precision; measured (about 0.1 s) the first time."""
     from vitcli.devices import cached_verdict
 
     def verdict() -> dict:
         try:
-            result = measure()
+            result = measure(dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
         except (RuntimeError, TypeError):  # the op is missing or refuses: never fuse here
             result = {"error": True}
         result["fused"] = bool(result.get("allclose") and result["fused_ms"] < 0.97 * result["eager_ms"])
         return result
 
-    return bool(cached_verdict("kernels.json", verdict, lambda v: "fused" in v).get("fused"))
+    suffix = "" if precision == "fp32" else f"|{precision}"  # fp32 keys stay as they were
+    return bool(cached_verdict("kernels.json", verdict, lambda v: "fused" in v, suffix).get("fused"))
