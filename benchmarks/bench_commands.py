@@ -16,6 +16,10 @@ cropped) in a temporary folder. D is ../shared/assets/datasets/hymenoptera.
 
     python benchmarks/bench_commands.py                  # everything, writes benchmarks/RESULTS.md
     python benchmarks/bench_commands.py --only help predict-1 --repeats 3 --out -
+    python benchmarks/bench_commands.py --precision fp32 --out benchmarks/RESULTS_fp32.md  # no native bf16
+
+vit is `python -m vitcli` run in this checkout (its vitcli, not an installed `vit`), with the precision
+`--precision auto` picks on this machine unless --precision is given (the report names it).
 """
 
 from __future__ import annotations
@@ -190,6 +194,8 @@ def main() -> None:
     parser.add_argument("--ft-steps", type=int, default=8)
     parser.add_argument("--only", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"), help="report file ('-': stdout only)")
+    parser.add_argument("--precision", default=None,
+                        help="pass --precision to vit predict / finetune (fp32: vitcli as on a CPU without native bf16)")
     args = parser.parse_args()
 
     assets = args.assets.resolve()
@@ -197,6 +203,7 @@ def main() -> None:
         raise SystemExit(f"{assets} does not hold the assets (models/{MODEL_NAME})")
     vit = [sys.executable, "-m", "vitcli"]  # run in REPO: this checkout's vitcli, never an installed `vit`
     py = sys.executable
+    prec = ["--precision", args.precision] if args.precision else []
 
     tmp = Path(tempfile.mkdtemp(prefix="vitbench-"))
     env = {**os.environ, "HF_HOME": str(tmp / "hf"), "VIT_CACHE": str(tmp / "vit"), "VIT_PROGRESS": "0",
@@ -222,7 +229,7 @@ def main() -> None:
         dataset = assets / "datasets" / "hymenoptera"
 
         # first run with the model: vit saves its fast-start copy (timed apart, not in the medians)
-        first, _, first_err = sh(vit + ["predict", "--model", model_vit, str(one)], env)
+        first, _, first_err = sh(vit + ["predict", "--model", model_vit, str(one)] + prec, env)
         header = next((line for line in first_err.splitlines() if " on " in line), "")
         _, where, _ = sh([py, "-c", "import vitcli; print(vitcli.__file__)"], env, stdout=subprocess.PIPE)
         sh([py, str(HERE / "timm_predict.py"), "--model", model_timm, str(one)], env)  # warm the file cache
@@ -234,12 +241,12 @@ def main() -> None:
             results.append(alternate("help", vit + ["--help"], [py, str(HERE / "timm_predict.py"), "--help"], env,
                                      args.repeats))
         if "predict-1" in args.only:
-            results.append(alternate("predict-1", vit + ["predict", "--model", model_vit, str(one)],
+            results.append(alternate("predict-1", vit + ["predict", "--model", model_vit, str(one)] + prec,
                                      [py, str(HERE / "timm_predict.py"), "--model", model_timm, str(one)], env,
                                      args.repeats))
         if "predict-500" in args.only:
             results.append(alternate(
-                "predict-500", vit + ["predict", "--model", model_vit, str(folder500), "--json", "-b", "32"],
+                "predict-500", vit + ["predict", "--model", model_vit, str(folder500), "--json", "-b", "32"] + prec,
                 [py, str(HERE / "timm_predict.py"), "--model", model_timm, str(folder500), "--batch-size", "32"],
                 env, max(3, args.repeats - 2), parse=lambda side, out, err: throughput(err)))
         loader_img_s = None
@@ -248,7 +255,7 @@ def main() -> None:
             results.append(alternate(
                 "finetune",
                 vit + ["finetune", "--model", model_vit, "--dataset", str(dataset), "--steps", steps,
-                       "--batch-size", "32", "--eval-every", steps, "--json", "--project", str(tmp / "runs")],
+                       "--batch-size", "32", "--eval-every", steps, "--json", "--project", str(tmp / "runs")] + prec,
                 [py, str(HERE / "timm_finetune.py"), "--model", model_timm, "--data", str(dataset),
                  "--steps", steps, "--batch-size", "32"],
                 env, args.ft_repeats, parse=lambda side, out, err: last_json(out)))
@@ -266,7 +273,9 @@ def main() -> None:
             "The machine was shared with other jobs; each pair ran alternately, so both sides saw the same load.",
             f"Model: ViT-Ti/16 ({MODEL_NAME}), {served}; HF_HUB_OFFLINE=1 for both sides.",
             f"vit = `python -m vitcli` run in {REPO} (vitcli imported from {where.strip()}); its header: "
-            f"`{header.strip()}` (the precision `--precision auto` chose here).",
+            f"`{header.strip()}` ("
+            + (f"`--precision {args.precision}` given" if args.precision else "the precision `--precision auto` chose here")
+            + ").",
             f"First `vit predict` with this model (saves the fast-start TorchScript copy): {first:.2f} s "
             "(not in the medians).",
             "",

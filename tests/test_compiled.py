@@ -106,3 +106,26 @@ def test_matmul_peak_is_measured():
     from vitcli.bench.ceiling import matmul_peak_tflops
 
     assert matmul_peak_tflops(torch.device("cpu"), torch.float32, n=64, min_seconds=0.01) > 0
+
+
+def test_channels_last_where_measured_faster_for_convolutional_models(monkeypatch):
+    from torch import nn
+
+    from vitcli.inference import layout
+
+    vit = make_tiny_vit(10)
+    assert not layout.apply(vit, CPU)  # one convolution: never measured, never converted
+    pool = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AvgPool2d(3, 1, 1), nn.Conv2d(8, 8, 1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()  # a PoolFormer-ish net
+    pool.pretrained_cfg = {"architecture": "tiny_pool", "input_size": (3, 32, 32)}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        expected = pool(x)
+    real = layout.measure
+    assert real(pool, CPU, (3, 32, 32), reps=1)["nchw_ms"] > 0
+    monkeypatch.setattr(layout, "measure", lambda *a, **k: {"channels_last": True})
+    assert layout.apply(pool, CPU) and layout.is_channels_last(pool)
+    weight = next(p for p in pool.parameters() if p.dim() == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert torch.allclose(pool(x), expected, atol=1e-5)
