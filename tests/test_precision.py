@@ -68,12 +68,20 @@ def test_bf16_kernels_fuse_bias_and_gelu_and_keep_the_parameters(monkeypatch):
     rt = devices.Runtime(torch.device("cpu"), "bf16")
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         expected = model(x).float()
-        assert kernels.for_inference(model, rt) == 1 + 4 * 2  # the head, and qkv, proj, fc1, fc2 per block
+        # the head; qkv, proj, fc1 and fc2 of each block; each block's attention as two bf16 GEMMs
+        assert kernels.for_inference(model, rt) == 1 + 4 * 2 + 2
         out = model(x)
     fc1 = model.blocks[0].mlp.fc1
     assert isinstance(fc1, kernels.FusedLinear) and fc1.activation == "gelu" and fc1.weight_lp.dtype == torch.bfloat16
     assert list(model.state_dict()) == keys and out.dtype == torch.float32
     assert torch.allclose(out, expected, atol=0.05)  # bf16 rounding apart
+    from vitcli.inference import attention
+
+    assert attention.is_swapped(model)
+    y = torch.randn(2, 65, 64, requires_grad=True)  # with gradients: timm's own forward, exactly
+    block = model.blocks[0].attn
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(block(y), super(type(block), block).forward(y))
 
 
 def test_a_bf16_fast_start_copy_gives_the_autocast_logits(tmp_path):

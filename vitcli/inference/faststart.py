@@ -166,11 +166,12 @@ class ExportedModel:
         return len(self.label_names)
 
 
-def variant(precision: str, fused: bool) -> str:
+def variant(precision: str, fused: bool, gemm_attention: bool = False) -> str:
     """What the copy was traced as: 'onednn' / 'eager' (fp32, with or without vitcli's CPU kernels) or
-    'bf16-autocast' (+ '-onednn' with the kernels in bf16)."""
+    'bf16-autocast' (+ '-onednn' with the kernels in bf16, + '-gemm-attention' with
+    vitcli.inference.attention's)."""
     if precision == "bf16":
-        return "bf16-autocast" + ("-onednn" if fused else "")
+        return "bf16-autocast" + ("-onednn" if fused else "") + ("-gemm-attention" if gemm_attention else "")
     return "onednn" if fused else "eager"
 
 
@@ -188,8 +189,11 @@ def lookup(spec: str, precision: str = "fp32") -> ExportedModel | None:
             return None
         from vitcli.inference import kernels
 
+        from vitcli.inference import attention
+
         fused = kernels.enabled_here(precision)  # what load_predictor would build now
-        folder = export_dir() / ident.key(torch.__version__, _timm_version(), variant(precision, fused))
+        gemms = precision == "bf16" and fused and attention.wanted()
+        folder = export_dir() / ident.key(torch.__version__, _timm_version(), variant(precision, fused, gemms))
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("weights_sha256") != ident.weights_sha256 or not meta.get("equal_logits"):
             return None
@@ -268,7 +272,10 @@ def _remember(spec: str, loaded, precision: str) -> str | None:
     timm_version = _timm_version()
     from vitcli.inference import kernels
 
-    key = ident.key(torch.__version__, timm_version, variant(precision, kernels.is_fused(loaded.model)))
+    from vitcli.inference import attention
+
+    key = ident.key(torch.__version__, timm_version,
+                    variant(precision, kernels.is_fused(loaded.model), attention.is_swapped(loaded.model)))
     folder = export_dir() / key
     names = index.setdefault("timm_names", {})
     changed = bool(ident.where) and names.get(f"{spec}|{timm_version}") != ident.where

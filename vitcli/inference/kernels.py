@@ -210,7 +210,8 @@ def keep_head_fp32(model: nn.Module) -> bool:
 
 def for_inference(model: nn.Module, runtime) -> int:
     """`for_runtime`; under reduced-precision autocast the classifier in fp32 and, in bf16 on CPU, the
-    linears as bf16 oneDNN kernels where measured faster; convolutional models in channels_last where
+    linears as bf16 oneDNN kernels and attention as two bf16 GEMMs (vitcli.inference.attention) where
+    measured faster; convolutional models in channels_last where
     measured faster (vitcli.inference.layout). In place; how many modules were swapped. For inference
     only: a training run keeps the kernels it was started with."""
     from vitcli import env
@@ -224,6 +225,10 @@ def for_inference(model: nn.Module, runtime) -> int:
         if runtime.device.type == "cpu" and runtime.precision == "bf16" and not is_fused(model) \
                 and enabled_here("bf16"):
             swapped += fuse(model, torch.bfloat16)
+            from vitcli.inference import attention
+
+            if attention.wanted():  # the bf16 GEMMs instead of flash attention
+                swapped += attention.swap(model)
     layout.apply(model, runtime)
     return swapped
 
