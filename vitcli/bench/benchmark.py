@@ -169,11 +169,18 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     if not compile:  # vit predict / eval's CPU kernels (inductor makes its own fusions when compiling)
         from vitcli.inference import kernels
 
-        swapped = kernels.for_inference(loaded.model, rt)
-        if swapped:
-            fused = f"{swapped - 1 if rt.autocast_dtype is not None else swapped} linears as oneDNN linear + GELU"
-            log(f"vitcli side: {'the classifier in fp32, ' if rt.autocast_dtype is not None else ''}"
-                f"{fused} kernels in {rt.precision} (vitcli/inference/kernels.py)")
+        if kernels.for_inference(loaded.model, rt):
+            from vitcli.inference import attention, layout
+
+            done = [f"{sum(isinstance(m, kernels.FusedLinear) for m in loaded.model.modules())} linears as "
+                    f"oneDNN linear (+ GELU) kernels in {rt.precision}"]
+            if rt.autocast_dtype is not None:
+                done.insert(0, "the classifier in fp32")
+            if attention.is_swapped(loaded.model):
+                done.append("attention as two bf16 GEMMs")
+            if layout.is_channels_last(loaded.model):
+                done.append("channels_last")
+            log(f"vitcli side: {', '.join(done)} (vitcli/inference/kernels.py)")
     if compile:
         from vitcli.inference.compiled import use_cache
 
