@@ -62,7 +62,7 @@ def test_top1_top5_equal_timms_pipeline(tiny_vit_dir, tmp_path):
     targets = [int(c) if i % 2 == 0 else (i * 7) % 10 for i, c in enumerate(ref.argmax(1))]
     labels = _labels_file(tmp_path / "labels.txt", [p.name for p in paths], targets)
     result = _run("--model", tiny_vit_dir, "--data", tmp_path / "val", "--labels", labels, "--json",
-                  "--batch-size", 5, "--workers", 0)
+                  "--batch-size", 5, "--workers", 0, "--precision", "fp32")  # exact fp32, as timm's
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     t1, t5 = accuracy(ref, torch.tensor(targets), topk=(1, 5))

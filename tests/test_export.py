@@ -55,7 +55,8 @@ def in_subprocess(args: list[str], env: dict) -> dict:
 
 def test_the_onnx_file_alone_predicts_as_the_torch_model_without_torch(model_dir, onnx_file, make_images, tmp_path):
     images = [str(p) for p in make_images(4, size=(50, 37))]
-    torch_side = runner.invoke(app, ["predict", "--model", str(model_dir), "--json", "-k", "3", *images],
+    torch_side = runner.invoke(app, ["predict", "--model", str(model_dir), "--json", "-k", "3", "--precision", "fp32",
+                                     *images],
                                env={"VIT_EXPORT": "0"})
     onnx_side = in_subprocess(["predict", "--model", str(onnx_file), "--json", "-k", "3", *images],
                               {"VIT_CACHE": str(tmp_path / "c")})
@@ -70,7 +71,8 @@ def test_the_onnx_file_alone_predicts_as_the_torch_model_without_torch(model_dir
     for image in images:
         Path(tmp_path / "val" / "k1" / Path(image).name).write_bytes(Path(image).read_bytes())
     a = runner.invoke(app, ["eval", "--model", str(onnx_file), "--data", str(tmp_path / "val"), "--json"])
-    b = runner.invoke(app, ["eval", "--model", str(model_dir), "--data", str(tmp_path / "val"), "--json"])
+    b = runner.invoke(app, ["eval", "--model", str(model_dir), "--data", str(tmp_path / "val"), "--json",
+                            "--precision", "fp32"])
     assert a.exit_code == b.exit_code == 0, a.stderr + b.stderr
     assert json.loads(a.stdout)["top1"] == json.loads(b.stdout)["top1"]
     assert abs(json.loads(a.stdout)["loss"] - json.loads(b.stdout)["loss"]) < 1e-4
@@ -117,7 +119,8 @@ def test_download_makes_the_fast_start_copy_served_without_torch(model_dir, make
         assert result.exit_code == 0, result.stderr
         assert json.loads(result.stdout)["fast_start"].endswith("model.onnx")
         fast = in_subprocess(["predict", "--model", "hf-hub:org/tiny", "--json", image], env)
-        plain = in_subprocess(["predict", "--model", "hf-hub:org/tiny", "--json", image], {**env, "VIT_EXPORT": "0"})
+        plain = in_subprocess(["predict", "--model", "hf-hub:org/tiny", "--json", "--precision", "fp32", image],
+                              {**env, "VIT_EXPORT": "0"})
     assert fast["exit"] == 0 and not fast["torch"] and "onnxruntime" in fast["err"], fast["err"]
     assert plain["exit"] == 0 and plain["torch"]
     a, b = json.loads(fast["out"])["predictions"], json.loads(plain["out"])["predictions"]
@@ -139,6 +142,30 @@ def test_a_changed_model_never_gets_a_stale_copy(model_dir, tmp_path, monkeypatc
     assert faststart.lookup(str(folder)) is None
     monkeypatch.setenv("VIT_EXPORT", "0")
     assert faststart.save(str(folder), load_model(str(folder))) is None and faststart.lookup(str(folder)) is None
+
+
+def test_a_long_predict_goes_to_the_path_the_recorded_race_says_is_faster(model_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from vitcli.inference import faststart, race
+    from vitcli.inference.predict import OnnxPredictor, TorchPredictor, open_predictor
+    from vitcli.models.resolver import load_model
+
+    verdict = {"onnx_img_s": 10.0, "torch_img_s": 20.0, "torch_start_s": 3.0}
+    assert not race.torch_pays(verdict, 1) and race.torch_pays(verdict, 100)  # 100 x (0.1 - 0.05) s > 3 s
+    assert not race.torch_pays({**verdict, "torch_img_s": 5.0}, 10_000) and not race.torch_pays(None, 10_000)
+    monkeypatch.setenv("VIT_CACHE", str(tmp_path / "vit"))
+    folder = tmp_path / "m"
+    shutil.copytree(model_dir, folder)
+    onnx_path = faststart.save(str(folder), load_model(str(folder)))
+    recorded = json.loads((onnx_path.parent / "meta.json").read_text())["race"]  # measured when made
+    assert recorded["onnx_img_s"] > 0 and recorded["torch_img_s"] > 0 and recorded["torch_start_s"] > 0
+    assert recorded["torch_precision"] in ("fp32", "bf16")
+    meta = json.loads((onnx_path.parent / "meta.json").read_text())
+    (onnx_path.parent / "meta.json").write_text(json.dumps({**meta, "race": verdict}))
+    assert isinstance(open_predictor(str(folder), n_images=1), OnnxPredictor)  # a short job: no torch start
+    assert isinstance(open_predictor(str(folder), n_images=1000), TorchPredictor)
+    assert isinstance(open_predictor(str(folder), precision="fp32", n_images=1000), OnnxPredictor)  # exact fp32
 
 
 # ------------------------------------------------------------------------------------- inputs

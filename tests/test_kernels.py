@@ -68,7 +68,7 @@ def test_the_verdict_is_measured_once_and_cached(monkeypatch, tmp_path):
     monkeypatch.setenv("VIT_CACHE", str(tmp_path))
     calls = []
     real = kernels.measure
-    monkeypatch.setattr(kernels, "measure", lambda: calls.append(1) or real(reps=2))
+    monkeypatch.setattr(kernels, "measure", lambda **kw: calls.append(1) or real(reps=2, **kw))
     first = kernels.faster_here()
     assert kernels.faster_here() == first and len(calls) == 1
     (verdict,) = json.loads((tmp_path / "kernels.json").read_text()).values()
@@ -83,7 +83,7 @@ def test_switches(monkeypatch):
     monkeypatch.setenv("VIT_KERNELS", "0")
     assert not kernels.wanted(cpu)
     monkeypatch.setenv("VIT_KERNELS", "1")
-    monkeypatch.setattr(kernels, "faster_here", lambda: pytest.fail("VIT_KERNELS=1 must not measure"))
+    monkeypatch.setattr(kernels, "faster_here", lambda *a: pytest.fail("VIT_KERNELS=1 must not measure"))
     assert kernels.wanted(cpu) and not kernels.wanted(Runtime(torch.device("cpu"), "bf16"))
 
 

@@ -45,7 +45,8 @@ def test_predict_matches_the_model(tiny_vit_dir, make_images):
     transform = create_transform(**resolve_model_data_config(model))
     with torch.no_grad():
         probs = model(transform(Image.open(path).convert("RGB"))[None]).softmax(-1)[0]
-    result = runner.invoke(app, ["predict", str(path), "--model", str(tiny_vit_dir), "--json", "-k", "1"])
+    result = runner.invoke(app, ["predict", str(path), "--model", str(tiny_vit_dir), "--json", "-k", "1",
+                                 "--precision", "fp32"])  # timm's exact fp32 scores (auto may pick bf16)
     top = _json_lines(result.stdout)[0]["predictions"][0]
     assert top["index"] == int(probs.argmax())
     assert top["score"] == pytest.approx(float(probs.max()), abs=1e-5)

@@ -12,6 +12,7 @@ accepts; nothing falls back silently.
     VIT_MAX_IMAGE_PIXELS=N   the decompression-bomb limit for one image (default: PIL's, 89 478 485)
     VIT_EXPORT=0             no fast-start copy for `vit predict`
     VIT_KERNELS=0|1|auto     the CPU oneDNN linears: off, on without measuring, or where measured faster
+    VIT_COMPILE=0|1|auto     torch.compile for inference: off, always (long jobs or short), or where it pays
     VIT_RECIPE=NAME          the training recipe when --recipe is not given
     HF_HUB_OFFLINE (TRANSFORMERS_OFFLINE), HF_ENDPOINT, HF_HUB_CACHE, HF_DATASETS_CACHE, HF_HOME, XDG_CACHE_HOME
     RANK, WORLD_SIZE, LOCAL_RANK (set by torchrun)
@@ -84,6 +85,25 @@ def kernels() -> str:
     if value is None or value.lower() == "auto":
         return "auto"
     return "on" if _flag("VIT_KERNELS", False) else "off"
+
+
+def compile_mode() -> str:
+    """VIT_COMPILE: 'auto' (long jobs, where the measured gain pays for the compile), 'on' or 'off'."""
+    value = _get("VIT_COMPILE")
+    if value is None or value.lower() == "auto":
+        return "auto"
+    return "on" if _flag("VIT_COMPILE", False) else "off"
+
+
+def use_compile_cache(inductor_default: str | None = None) -> str:
+    """torch.compile's artefacts (inductor's FX graph cache) in vitcli's cache, VIT_CACHE/inductor,
+    unless TORCHINDUCTOR_CACHE_DIR says where; the directory used. Inductor writes its own default
+    (`inductor_default`, /tmp/torchinductor_USER) into the variable when torch loads it, so that value
+    counts as unset."""
+    current = _get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or (inductor_default and os.path.abspath(current) == os.path.abspath(inductor_default)):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(vit_cache_dir(), "inductor")
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
 
 
 def recipe(choices) -> str | None:

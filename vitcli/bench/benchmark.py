@@ -5,22 +5,24 @@ In one process, on synthetic input of the model's own size, it times
     autocast, `--compile` if asked; training: fused/foreach SGD, no host sync inside the loop), and
   - a plain timm eager loop with the same weights (a copy of the same module: `torch.no_grad()`, or
     for training timm's `create_optimizer_v2('sgd')`, `loss.item()` every step, as scripts do),
-alternating the two in rounds so that a noisy machine slows both alike. It reports img/s, per-batch
+alternating the two in rounds so that a noisy machine slows both alike; in bf16 / fp16 also the
+plain timm fp32 loop a user runs by default (no autocast), so the gain of the precision is in the
+same run (`timm_fp32_img_s`, `timm_fp32_train_img_s`). It reports img/s, per-batch
 latency percentiles, peak memory, FLOPs per image (counted by torch's FlopCounterMode, attention
 included) and achieved GFLOP/s as a share of the matrix-multiply ceiling, measured here and now:
 the model's own GEMM shapes (every nn.Linear and 1x1 convolution at this batch size) timed alone
 with F.linear in the run's dtype and thread count, FLOP-weighted. On CUDA it adds MFU against the
-GPU's published dense bf16/fp16 peak when the GPU is one we know.
+GPU's published dense bf16/fp16 peak when the GPU is one we know, and against the peak measured
+here and now (one large square matmul in the run's dtype: `measured_peak_tflops`).
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from vitcli.bench.ceiling import GemmProbe, bf16_speedup, ceiling_gflop_s, gemm_shapes
+from vitcli.bench.ceiling import GemmProbe, bf16_speedup, ceiling_gflop_s, gemm_shapes, matmul_peak_tflops
 from vitcli.bench.timing import Figures, Side, alternate, r
 
 # dense tensor-core peaks (TFLOP/s, bf16/fp16, no sparsity) from the vendors' data sheets
@@ -48,15 +50,22 @@ class BenchResult:
     train_gflop_per_img: float | None = None  # forward + backward
     train: Figures | None = None
     timm_train: Figures | None = None
+    timm_fp32_inference: Figures | None = None  # the plain fp32 loop, when the run's precision is not fp32
+    timm_fp32_train: Figures | None = None
     compile_s: float | None = None
     mfu_pct: float | None = None  # CUDA: achieved / published peak
     train_mfu_pct: float | None = None
     peak_tflops: float | None = None
+    measured_peak_tflops: float | None = None  # CUDA: a large matmul in the run's dtype, timed here
     notes: list[str] = field(default_factory=list)
 
     @property
     def speedup(self) -> float:
         return self.inference.img_s / self.timm_inference.img_s
+
+    @property
+    def timm_fp32(self) -> Figures:
+        return self.timm_fp32_inference or self.timm_inference
 
     @property
     def train_speedup(self) -> float | None:
@@ -71,7 +80,9 @@ class BenchResult:
             "img_size": self.img_size, "device": self.device, "precision": self.precision,
             "threads": self.threads, "compile": self.compile, "params_m": r(self.params_m),
             "img_s": r(self.inference.img_s), "timm_img_s": r(self.timm_inference.img_s),
-            "speedup": r(self.speedup, 3), "gflop_per_img": r(self.gflop_per_img, 3),
+            "speedup": r(self.speedup, 3), "timm_fp32_img_s": r(self.timm_fp32.img_s),
+            "speedup_vs_timm_fp32": r(self.inference.img_s / self.timm_fp32.img_s, 3),
+            "gflop_per_img": r(self.gflop_per_img, 3),
             "gflop_s": r(self.inference.gflop_s), "timm_gflop_s": r(self.timm_inference.gflop_s),
             "ceiling_gflop_s": r(self.ceiling_gflop_s), "ceiling_best_gflop_s": r(self.ceiling_best_gflop_s),
             "ceiling_pct": r(self.inference.ceiling_pct), "timm_ceiling_pct": r(self.timm_inference.ceiling_pct),
@@ -79,8 +90,11 @@ class BenchResult:
             "peak_mem_mb": r(self.inference.peak_mem_mb), "timm_peak_mem_mb": r(self.timm_inference.peak_mem_mb),
         }
         if self.train is not None:
+            timm_fp32_train = self.timm_fp32_train or self.timm_train
             out.update({
                 "train_img_s": r(self.train.img_s), "timm_train_img_s": r(self.timm_train.img_s),
+                "timm_fp32_train_img_s": r(timm_fp32_train.img_s),
+                "train_speedup_vs_timm_fp32": r(self.train.img_s / timm_fp32_train.img_s, 3),
                 "train_speedup": r(self.train_speedup, 3), "train_gflop_per_img": r(self.train_gflop_per_img, 3),
                 "train_gflop_s": r(self.train.gflop_s), "timm_train_gflop_s": r(self.timm_train.gflop_s),
                 "train_ceiling_pct": r(self.train.ceiling_pct),
@@ -94,6 +108,11 @@ class BenchResult:
         if self.peak_tflops is not None:
             out.update({"peak_tflops": self.peak_tflops, "mfu_pct": r(self.mfu_pct),
                         "train_mfu_pct": r(self.train_mfu_pct)})
+        if self.measured_peak_tflops:
+            peak = self.measured_peak_tflops * 1e3  # GFLOP/s
+            out.update({"measured_peak_tflops": r(self.measured_peak_tflops),
+                        "mfu_measured_pct": r(100 * self.inference.gflop_s / peak),
+                        "train_mfu_measured_pct": r(100 * self.train.gflop_s / peak) if self.train else None})
         out["notes"] = self.notes
         return out
 
@@ -108,7 +127,8 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     """Benchmark `spec` (any vit model spec) against a plain timm eager loop in this process."""
     import torch
 
-    from vitcli.devices import runtime
+    from vitcli.devices import cpu_bf16_verdict, runtime
+    from vitcli.inference.compiled import freezing
     from vitcli.errors import UsageError
     from vitcli.models.meta import count_flops
     from vitcli.models.resolver import load_model
@@ -116,7 +136,10 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     if iters < 1 or warmup_iters < 0 or batch_size < 1:
         raise UsageError("--iters and --batch-size must be at least 1, --warmup-iters at least 0")
     warmup = warmup_iters
-    rt = runtime(device, precision)
+    from vitcli.models import onnx
+
+    # an ONNX file runs in onnxruntime in fp32: `auto` means fp32 there
+    rt = runtime(device, "fp32" if precision == "auto" and onnx.is_onnx(spec) else precision)
     loaded = load_model(spec, pretrained=not random_init, device=rt.device,
                         **({"img_size": img_size} if img_size else {}))
     model = loaded.model.eval()
@@ -133,7 +156,13 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
         model = load_model(loaded.architecture, pretrained=False, device=rt.device, **args).model.eval()
     notes: list[str] = []
     if rt.device.type == "cpu" and rt.precision in ("bf16", "fp16"):
-        notes.append(f"{rt.precision} on CPU: fast only with AMX/avx512_bf16; the default stays fp32")
+        verdict = cpu_bf16_verdict()
+        if rt.precision == "bf16" and verdict.get("bf16"):
+            notes.append(f"bf16 autocast, the classifier in fp32 (this CPU has {', '.join(verdict['flags'])}; bf16 "
+                         f"matmuls measured {verdict['speedup']}x fp32): --precision fp32 for exact fp32")
+        else:
+            notes.append(f"{rt.precision} on this CPU is not measured faster than fp32 (no native bf16, or too "
+                         "little gain): --precision auto uses fp32 here")
     dtype = rt.autocast_dtype or torch.float32
     threads = torch.get_num_threads()
     gen = torch.Generator().manual_seed(0)
@@ -151,8 +180,22 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     if not compile:  # vit predict / eval's CPU kernels (inductor makes its own fusions when compiling)
         from vitcli.inference import kernels
 
-        if served is model and kernels.for_runtime(model, rt):
-            log("vitcli side: oneDNN linear + GELU kernels (vitcli/inference/kernels.py)")
+        if served is model and kernels.for_inference(model, rt):
+            from vitcli.inference import attention, layout
+
+            done = [f"{sum(isinstance(m, kernels.FusedLinear) for m in model.modules())} linears as "
+                    f"oneDNN linear (+ GELU) kernels in {rt.precision}"]
+            if rt.autocast_dtype is not None:
+                done.insert(0, "the classifier in fp32")
+            if attention.is_swapped(model):
+                done.append("attention as two bf16 GEMMs")
+            if layout.is_channels_last(model):
+                done.append("channels_last")
+            log(f"vitcli side: {', '.join(done)} (vitcli/inference/kernels.py)")
+    if compile:
+        from vitcli.inference.compiled import use_cache
+
+        use_cache()  # inductor's artefacts in vitcli's cache: a second run compiles from them
     ours = torch.compile(served) if compile else served
 
     def ours_step():
@@ -165,15 +208,23 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
 
     a = Side("vitcli", ours_step, rt.device, batch_size)
     b = Side("timm", timm_step, rt.device, batch_size)
+    sides = [a, b, ceiling_side]
+    if rt.precision != "fp32":  # the loop a user runs by default: timm, fp32, no autocast
+
+        def timm_fp32_step():
+            with torch.no_grad():
+                baseline(x)
+
+        sides.append(Side("timm fp32", timm_fp32_step, rt.device, batch_size))
     log(f"inference: {warmup} warm-up + {iters} timed batches of {batch_size} per side, alternating, "
-        "with the GEMM ceiling probe")
+        "with the GEMM ceiling probe" + (" and the plain fp32 loop" if len(sides) > 3 else ""))
     start = time.perf_counter()
-    with _inductor_freezing(compile and rt.device.type == "cpu"):
+    with freezing(compile and rt.device.type == "cpu"):  # weights as constants: prepacked, bias/GELU fused
         a.run(max(warmup, 1 if compile else 0), record=False)  # compiles on the first call
     compile_s = time.perf_counter() - start if compile else None
-    b.run(warmup, record=False)
-    ceiling_side.run(1, record=False)
-    alternate([a, b, ceiling_side], iters, rounds)
+    for side in sides[1:]:
+        side.run(warmup if side is not ceiling_side else 1, record=False)
+    alternate(sides, iters, rounds)
 
     train_sides = None
     if train:
@@ -182,17 +233,23 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     if rt.device.type == "cpu" and rt.precision == "fp32":
         faster = bf16_speedup(probe, rt.device, ceiling)
         if faster and faster >= 1.3:
-            notes.append(f"bf16 matrix multiplies run {faster:.1f}x faster than fp32 on this CPU (AMX / "
-                         "avx512_bf16): try --precision bf16")
+            notes.append(f"bf16 matrix multiplies run {faster:.1f}x faster than fp32 on this CPU: "
+                         + ("--precision auto (the default) uses bf16 here" if cpu_bf16_verdict().get("bf16")
+                            else "try --precision bf16"))
     result = BenchResult(spec, loaded.architecture, batch_size, h, str(rt.device), rt.precision, threads,
                          compile, params_m, flops / 1e9, ceiling, max(best, ceiling), a.figures(flops, ceiling),
                          b.figures(flops, ceiling), compile_s=compile_s, notes=notes)
+    if len(sides) > 3:
+        result.timm_fp32_inference = sides[3].figures(flops, 0.0)  # no share: the ceiling is the run's dtype's
     if train_sides is not None:
-        ta, tb, train_flops = train_sides
+        ta, tb, tfp32, train_flops = train_sides
         result.train_gflop_per_img = train_flops / 1e9
         result.train = ta.figures(train_flops, ceiling)
         result.timm_train = tb.figures(train_flops, ceiling)
+        if tfp32 is not None:
+            result.timm_fp32_train = tfp32.figures(train_flops, 0.0)
     if rt.device.type == "cuda":
+        result.measured_peak_tflops = matmul_peak_tflops(rt.device, dtype)
         peak = _gpu_peak_tflops(rt.device)
         if peak:
             result.peak_tflops = peak
@@ -214,6 +271,7 @@ def _train_phase(model, baseline, x, rt, iters, warmup, rounds, compile, ceiling
     gen = torch.Generator().manual_seed(1)
     y = torch.randint(0, max(1, num_classes), (x.shape[0],), generator=gen).to(rt.device)
     ours_model = copy.deepcopy(baseline).train()
+    timm_fp32_model = copy.deepcopy(baseline).train() if rt.precision != "fp32" else None
     timm_model = baseline.train()
     train_flops = count_flops(timm_model, x[:1], train=True)  # timm's layers: FlopCounterMode knows their ops
     if not compile:
@@ -243,52 +301,50 @@ def _train_phase(model, baseline, x, rt, iters, warmup, rounds, compile, ceiling
             opt.step()
         opt.zero_grad(set_to_none=True)
 
-    # the plain timm loop a user writes: timm's optimizer factory, clip, loss.item() for the log line
-    from timm.optim import create_optimizer_v2
-
-    timm_opt = create_optimizer_v2(timm_model, "sgd", lr=1e-4, momentum=0.9, weight_decay=0.0)
-    timm_scaler = torch.amp.GradScaler(rt.device.type) if rt.precision == "fp16" else None
-
-    def timm_step():
-        with rt.autocast():
-            loss = F.cross_entropy(timm_model(x), y)
-        timm_opt.zero_grad()
-        if timm_scaler is not None:
-            timm_scaler.scale(loss).backward()
-            timm_scaler.unscale_(timm_opt)
-            torch.nn.utils.clip_grad_norm_(timm_model.parameters(), 1.0)
-            timm_scaler.step(timm_opt)
-            timm_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(timm_model.parameters(), 1.0)
-            timm_opt.step()
-        loss.item()
-
     a = Side("vitcli", ours_step, rt.device, x.shape[0])
-    b = Side("timm", timm_step, rt.device, x.shape[0])
+    b = Side("timm", _timm_train_step(timm_model, x, y, rt, autocast=True), rt.device, x.shape[0])
+    sides = [a, b, ceiling_side]
+    if timm_fp32_model is not None:
+        sides.append(Side("timm fp32", _timm_train_step(timm_fp32_model, x, y, rt, autocast=False), rt.device,
+                          x.shape[0]))
     log(f"training: {warmup} warm-up + {iters} timed steps of {x.shape[0]} per side")
     a.run(max(warmup, 1 if compile else 0), record=False)
-    b.run(warmup, record=False)
-    alternate([a, b, ceiling_side], iters, rounds)
-    return a, b, train_flops
+    for side in sides[1:]:
+        if side is not ceiling_side:
+            side.run(warmup, record=False)
+    alternate(sides, iters, rounds)
+    return a, b, (sides[3] if len(sides) > 3 else None), train_flops
 
 
-@contextmanager
-def _inductor_freezing(on: bool):
-    """Inference on CPU: let inductor treat weights as constants (prepacked oneDNN linear with the bias
-    and GELU fused): measured ~8 % faster than plain torch.compile on ViT-S, 2-core CPU."""
-    if not on:
-        yield
-        return
-    import torch._inductor.config as inductor_config
+def _timm_train_step(model, x, y, rt, autocast: bool):
+    """The plain timm loop a user writes: timm's optimizer factory, clip, loss.item() for the log line;
+    under the run's autocast (and GradScaler for fp16), or plain fp32."""
+    import contextlib
 
-    old = inductor_config.freezing
-    inductor_config.freezing = True
-    try:
-        yield
-    finally:
-        inductor_config.freezing = old
+    import torch
+    import torch.nn.functional as F
+    from timm.optim import create_optimizer_v2
+
+    opt = create_optimizer_v2(model, "sgd", lr=1e-4, momentum=0.9, weight_decay=0.0)
+    scaler = torch.amp.GradScaler(rt.device.type) if autocast and rt.precision == "fp16" else None
+
+    def step():
+        with rt.autocast() if autocast else contextlib.nullcontext():
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        loss.item()
+
+    return step
 
 
 def _gpu_peak_tflops(device) -> float | None:

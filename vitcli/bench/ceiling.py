@@ -135,3 +135,24 @@ def bf16_speedup(probe: GemmProbe, device, fp32_gflop_s: float) -> float | None:
     except (RuntimeError, TypeError):
         return None
     return ceiling_gflop_s(side, bf16.flops) / fp32_gflop_s
+
+
+def matmul_peak_tflops(device, dtype, n: int = 8192, min_seconds: float = 0.5) -> float | None:
+    """TFLOP/s of one n x n x n matmul in `dtype` on `device`, timed for at least `min_seconds`: the
+    device's measured peak, which MFU is also given against (the data sheet's can be out of reach)."""
+    import torch
+
+    try:
+        gen = torch.Generator().manual_seed(3)
+        a = torch.randn(n, n, generator=gen).to(device, dtype)
+        b = torch.randn(n, n, generator=gen).to(device, dtype)
+        a @ b
+        sync(device)
+        reps, start = 0, time.perf_counter()
+        while reps < 3 or time.perf_counter() - start < min_seconds:
+            a @ b
+            reps += 1
+        sync(device)
+    except (RuntimeError, TypeError):  # out of memory, or no matmul in this dtype
+        return None
+    return 2.0 * n ** 3 * reps / (time.perf_counter() - start) / 1e12

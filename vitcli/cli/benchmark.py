@@ -54,28 +54,36 @@ def _render(r) -> None:
     sink.out().print(
         f"{r.architecture} ({r.params_m:.1f} M params) on {r.device} {r.precision}, {r.threads} threads, "
         f"batch {r.batch_size}, {r.img_size} px{', compiled' if r.compile else ''}\n"
-        f"{r.gflop_per_img:.2f} GFLOP/img forward; matrix-multiply ceiling {r.ceiling_gflop_s:.1f} GFLOP/s "
-        f"(the model's GEMM shapes; fastest shape {r.ceiling_best_gflop_s:.1f})")
-    phases = [("inference", r.inference, r.timm_inference, r.speedup)]
+        f"{r.gflop_per_img:.2f} GFLOP/img forward; {r.precision} matrix-multiply ceiling {r.ceiling_gflop_s:.1f} "
+        f"GFLOP/s (the model's GEMM shapes; fastest shape {r.ceiling_best_gflop_s:.1f})")
+    phases = [("inference", r.inference, r.timm_inference, r.speedup, r.timm_fp32_inference)]
     if r.train is not None:
-        phases.append(("training", r.train, r.timm_train, r.train_speedup))
-    for phase, ours, timm, ratio in phases:
+        phases.append(("training", r.train, r.timm_train, r.train_speedup, r.timm_fp32_train))
+    for phase, ours, timm, ratio, timm_fp32 in phases:
         table = Table(box=None, pad_edge=False, title=phase, title_justify="left", title_style="bold")
         for name in ("loop", "img/s", "GFLOP/s", "% ceiling", "p50 ms", "p90 ms", "p99 ms", "peak MB"):
             table.add_column(name, justify="left" if name == "loop" else "right", no_wrap=True)
-        for loop, f in (("vitcli", ours), ("timm eager", timm)):
+        rows = [("vitcli", ours), ("timm eager", timm)] + ([("timm eager fp32", timm_fp32)] if timm_fp32 else [])
+        for loop, f in rows:
             table.add_row(loop, f"{f.img_s:.1f}", f"{f.gflop_s:.1f}",
                           f"{f.ceiling_pct:.0f} %" if f.ceiling_pct is not None else "-",
                           f"{f.latency_ms['p50']:.1f}", f"{f.latency_ms['p90']:.1f}", f"{f.latency_ms['p99']:.1f}",
                           f"{f.peak_mem_mb:.0f}" if f.peak_mem_mb is not None else "-")
         table.add_row("ratio", f"{ratio:.2f}x", style="bold")
+        if timm_fp32:
+            table.add_row("vs fp32", f"{ours.img_s / timm_fp32.img_s:.2f}x", style="bold")
         sink.out().print(table)
     if r.compile_s is not None:
         sink.out().print(f"compile: {r.compile_s:.1f} s (first call, not in the figures)")
     if r.peak_tflops:
         sink.out().print(f"MFU: inference {r.mfu_pct:.1f} %"
                          + (f", training {r.train_mfu_pct:.1f} %" if r.train_mfu_pct is not None else "")
-                         + f" of {r.peak_tflops:.0f} TFLOP/s")
+                         + f" of {r.peak_tflops:.0f} TFLOP/s (data sheet)")
+    if r.measured_peak_tflops:
+        peak = r.measured_peak_tflops * 1e3
+        sink.out().print(f"MFU: inference {100 * r.inference.gflop_s / peak:.1f} %"
+                         + (f", training {100 * r.train.gflop_s / peak:.1f} %" if r.train is not None else "")
+                         + f" of {r.measured_peak_tflops:.0f} TFLOP/s (an 8192^3 {r.precision} matmul measured here)")
     for note in r.notes:
         sink.warn(note)
 

@@ -146,6 +146,8 @@ def _render(result) -> None:
     for name, value in rows:
         table.add_row(name, value)
     sink.out().print(table)
+    if s.get("precision_note"):
+        sink.info(s['precision_note'], style="dim")
     if result.most_confused:
         confused = Table(box=None, pad_edge=False, title="most confused (true -> predicted)", title_justify="left")
         confused.add_column("true")

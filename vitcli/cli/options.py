@@ -49,7 +49,8 @@ DataDirOpt = Annotated[Optional[Path], typer.Option(
 DeviceOpt = Annotated[str, typer.Option(
     "--device", help="auto | cpu | cuda | cuda:N | N (= cuda:N) | mps. auto picks cuda, then mps, then cpu.")]
 PrecisionOpt = Annotated[str, typer.Option(
-    "--precision", help="auto | fp32 | bf16 | fp16. auto: bf16 autocast on CUDA, fp32 on CPU and MPS.")]
+    "--precision", help="auto | fp32 | bf16 | fp16. auto: bf16 autocast on CUDA, and on a CPU with native bf16 "
+                        "(AMX, avx512_bf16) where measured faster (once, cached); else fp32. fp32: exact fp32 numbers.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 OfflineOpt = Annotated[bool, typer.Option(
     "--offline", help="Never touch the network: use the Hugging Face cache only (same as HF_HUB_OFFLINE=1).")]

@@ -40,12 +40,14 @@ def predict(
     paths, missing = expand_inputs(inputs or [], list_file)
 
     from vitcli import output as sink
+    from vitcli.inference.forward import Throughput
     from vitcli.inference.predict import Prediction, open_predictor
 
-    predictor = open_predictor(model, device, precision)  # onnxruntime when it can: no torch
+    predictor = open_predictor(model, device, precision, n_images=len(paths))  # onnxruntime when it can: no torch
     sink.info(f"{predictor.architecture} on {predictor.describe()}, {len(paths)} image(s)", style="dim")
 
     writer = writer and writer.open()
+    throughput = Throughput()  # the loader's and the model's img/s, said at the end
     rows, failed = [], 0
     try:
         for item, reason in missing:
@@ -53,7 +55,7 @@ def predict(
             _emit(Prediction(sink.display(item), error=reason), json_out, writer, rows)
         with sink.progress("predict", total=len(paths), unit="img") as advance:
             for pred in predictor.run(paths, top_k=top_k, batch_size=batch_size, workers=workers,
-                                      progress=advance):
+                                      progress=advance, throughput=throughput):
                 failed += pred.error is not None
                 _emit(pred, json_out, writer, rows)
     finally:  # whatever stops the run, the results already made are shown and kept
@@ -61,6 +63,8 @@ def predict(
             writer.close()
         if not json_out:
             _render_table(rows)
+    if throughput.images > 1:
+        sink.info(f"{throughput.images} images: {throughput.describe()}", style="dim")
     if writer and writer.error:
         sink.warn(f"the results were not all written to {sink.display(writer.path)} ({writer.error}); "
                   "every result is on stdout")

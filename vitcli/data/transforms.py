@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 _PIL_INTERP = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+_CHANNELS = [[[0]], [[1]], [[2]]]  # (3, 1, 1): picks each channel's row of the table
 
 
 class EvalTransform:
@@ -73,10 +74,22 @@ class EvalTransform:
         top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
         if (left, top, cw, ch) != (0, 0, w, h):
             image = image.crop((left, top, left + cw, top + ch))
-        x = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
-        mean = np.asarray(self.mean, dtype=np.float32).reshape(-1, 1, 1)
-        std = np.asarray(self.std, dtype=np.float32).reshape(-1, 1, 1)
-        return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+        array = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
+        # to-tensor and normalise as one table lookup: the table holds, for each channel and byte, the
+        # float32 that timm's ToTensor (x / 255) and Normalize ((x - mean) / std) compute, so the result
+        # is the same bit for bit, in one single-threaded pass instead of four ops per image
+        return self.table()[_CHANNELS, array.transpose(2, 0, 1)]  # (3, H, W)
+
+    def table(self):
+        """(3, 256) float32: ((byte / 255) - mean[c]) / std[c], each step rounded to float32 as timm's is."""
+        if getattr(self, "_table", None) is None:
+            import numpy as np
+
+            x = np.arange(256, dtype=np.float32).reshape(1, 256) / np.float32(255)
+            mean = np.asarray(self.mean, dtype=np.float32).reshape(-1, 1)
+            std = np.asarray(self.std, dtype=np.float32).reshape(-1, 1)
+            self._table = np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+        return self._table
 
 
 def supports(data_config: dict) -> bool:

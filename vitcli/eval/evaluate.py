@@ -66,8 +66,9 @@ def run(loaded, runtime, split: Split, *, batch_size: int = 64, workers: int | N
     """Evaluate `loaded` on `split`: loss, top-1/5, ECE, macro P/R/F1, per-class accuracy, confusion."""
     from vitcli.data.transforms import eval_transform
     from vitcli.eval import metrics
-    from vitcli.inference import kernels
-    from vitcli.inference.forward import forward
+    from vitcli import output
+    from vitcli.inference import compiled, kernels
+    from vitcli.inference.forward import Throughput, forward
 
     mapping = class_mapping(loaded, split)
     targets = split.targets if mapping is None else mapping[split.targets]
@@ -75,10 +76,14 @@ def run(loaded, runtime, split: Split, *, batch_size: int = 64, workers: int | N
     acc = metrics.MetricAccumulator(loaded.num_classes)
     order: list[int] = []  # positions in the order the accumulator saw them
     failed: list[dict] = []
-    kernels.for_runtime(loaded.model, runtime)  # CPU oneDNN linears where measured faster (in place)
+    kernels.for_inference(loaded.model, runtime)  # CPU oneDNN linears where faster, or the fp32 head (in place)
     dataset = split.make_dataset(eval_transform(loaded.data_config))
+    model = compiled.auto(loaded.model, runtime, n_images=len(dataset), batch_size=batch_size,
+                          architecture=loaded.architecture, log=lambda m: output.info(m, style="dim"))
     started = time.perf_counter()
-    for batch, logits in forward(loaded.model, dataset, runtime, batch_size=batch_size, workers=workers):
+    throughput = Throughput()
+    for batch, logits in forward(model, dataset, runtime, batch_size=batch_size, workers=workers,
+                                 throughput=throughput):
         for s in batch.skipped:
             failed.append({"path": split.describe(s.position), "error": s.reason})
         if logits is not None:
@@ -97,7 +102,11 @@ def run(loaded, runtime, split: Split, *, batch_size: int = 64, workers: int | N
         summary.update({"real_top1": r["top1"], "real_top5": r["top5"], "real_num_images": r["num_images"]})
     summary.update({"num_classes": loaded.num_classes, "num_failed": len(failed), "failed": failed,
                     "seconds": round(seconds, 2), "images_per_second": round(acc.count / seconds, 1) if seconds else None,
-                    "device": runtime.describe()})
+                    **throughput.to_json(), "device": runtime.describe(), "precision": runtime.precision})
+    if runtime.precision != "fp32":
+        summary["precision_note"] = (f"{runtime.precision} autocast (the classifier in fp32): a label can differ "
+                                     "from fp32's where two classes nearly tie; --precision fp32 gives exact "
+                                     "fp32 numbers")
     names = loaded.label_names
     stats = metrics.per_class_stats(acc.confusion)
     per_class = []

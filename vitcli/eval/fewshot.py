@@ -145,9 +145,14 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
-def cache_key(model_digest: str, dataset_identity: str, split: str, data_config: dict) -> str:
-    payload = json.dumps({"v": FEATURE_CACHE_VERSION, "model": model_digest, "dataset": dataset_identity,
-                          "split": split, "preprocessing": _jsonable(data_config)}, sort_keys=True)
+def cache_key(model_digest: str, dataset_identity: str, split: str, data_config: dict,
+              precision: str = "fp32") -> str:
+    """Features differ by model, images, preprocessing and precision (fp32 keys stay as they were)."""
+    fields = {"v": FEATURE_CACHE_VERSION, "model": model_digest, "dataset": dataset_identity, "split": split,
+              "preprocessing": _jsonable(data_config)}
+    if precision != "fp32":
+        fields["precision"] = precision
+    payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -225,7 +230,7 @@ def extract(store: FeatureStore, loaded, runtime, split, indices, *, batch_size:
     if not todo:
         return 0
     model = loaded.model
-    kernels.for_runtime(model, runtime)  # CPU oneDNN linears where measured faster (in place)
+    kernels.for_inference(model, runtime)  # CPU oneDNN linears where measured faster (in place)
 
     def pre_logits(x):
         return model.forward_head(model.forward_features(x), pre_logits=True)
@@ -276,7 +281,7 @@ def run(loaded, runtime, train, test, *, shots=(1, 5, 10, 25), seeds: int = 3, l
     digest = weights_digest(loaded.model)
     stores = {}
     for split in (train, test):
-        path = features_dir() / f"{cache_key(digest, split.identity, split.split, loaded.data_config)}.pt" \
+        path = features_dir() / f"{cache_key(digest, split.identity, split.split, loaded.data_config, runtime.precision)}.pt" \
             if use_cache else None
         stores[split.split] = FeatureStore.open(path)
     train_store, test_store = stores[train.split], stores[test.split]
@@ -329,7 +334,7 @@ def run(loaded, runtime, train, test, *, shots=(1, 5, 10, 25), seeds: int = 3, l
         "l2": l2[0] if len(l2) == 1 else l2, "few_shot": results[l2[0]],
         "forward_passes": computed, "num_failed": len(failed), "failed": failed,
         "seconds": round(time.perf_counter() - started, 2),
-        "device": runtime.describe(),
+        "device": runtime.describe(), "precision": runtime.precision,
     }
     if len(l2) > 1:
         summary["l2_sweep"] = {_l2_key(value): results[value] for value in l2}

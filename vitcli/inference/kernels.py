@@ -13,6 +13,11 @@ finetune / train on CPU) a FusedLinear runs an autograd Function: oneDNN for the
 the input gradient, torch's mm for the weight gradient, GELU as its own op (its backward needs the
 pre-activation): ViT-Ti training steps 5-9 % faster here, gradients equal to eager's up to rounding.
 
+Under reduced-precision autocast (bf16, fp16), inference keeps the classifier in fp32 instead
+(`for_inference`): bf16 logits have 8 bits of mantissa, so near-equal classes tie or swap. On the 100
+real val images with ViT-Ti, bf16 autocast agreed with fp32 on 98 top-1 labels with 3 exact ties; with
+the head in fp32 (0.05 % of the FLOPs), on 99 with none.
+
 Used only where it is measured faster on this machine: `faster_here()` times one ViT-shaped fc1 both
 ways once per (CPU, torch version, thread count) and caches the verdict in vitcli's cache. On CPUs
 without AVX-512 oneDNN's fp32 GEMM may lose to MKL; then nothing is swapped. VIT_KERNELS=0 turns this
@@ -21,39 +26,54 @@ off, VIT_KERNELS=1 skips the measurement.
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 class FusedLinear(nn.Module):
-    """y = act(x @ W.T + b) in one oneDNN call (inference); the same parameters as the nn.Linear it replaces."""
+    """y = act(x @ W.T + b) in one oneDNN call (inference); the same parameters as the nn.Linear it replaces.
 
-    def __init__(self, linear: nn.Linear, activation: str = "none"):
+    `dtype=torch.bfloat16` (inference under bf16 autocast): the weights are also kept cast to bf16, once
+    (buffers that are not saved), and the input is cast as autocast would; oneDNN applies the bias and
+    GELU to its fp32 accumulator before the one rounding to bf16 (autocast rounds the matmul to bf16,
+    then runs GELU on that). With gradients on, a bf16 FusedLinear is autocast's plain linear + GELU."""
+
+    def __init__(self, linear: nn.Linear, activation: str = "none", dtype: torch.dtype = torch.float32):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
         self.activation = activation
+        self.dtype = dtype
+        if dtype != torch.float32:
+            self.register_buffer("weight_lp", linear.weight.detach().to(dtype), persistent=False)
+            self.register_buffer("bias_lp", None if linear.bias is None else linear.bias.detach().to(dtype),
+                                 persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # (..., in) -> (rows, in)
+        weight, bias = self.weight, self.bias
+        if self.dtype != torch.float32:
+            x2, weight, bias = x2.to(self.dtype), self.weight_lp, self.bias_lp
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self._params())):
-            y = _TrainableLinear.apply(x2, self.weight, self.bias)  # training: GELU stays a separate op
+            if self.dtype != torch.float32:  # the copies do not follow updates: autocast's own linear
+                y = F.linear(x.reshape(-1, self.in_features), self.weight, self.bias)
+            else:
+                y = _TrainableLinear.apply(x2, weight, bias)  # training: GELU stays a separate op
             if self.activation == "gelu":
                 y = F.gelu(y)
         else:
-            y = torch.ops.mkldnn._linear_pointwise(x2, self.weight, self.bias, self.activation, [], "none")
+            y = torch.ops.mkldnn._linear_pointwise(x2, weight, bias, self.activation, [], "none")
         return y.view(*x.shape[:-1], self.out_features)  # (rows, out) -> (..., out)
 
     def _params(self):
         return (self.weight,) if self.bias is None else (self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
+                + (f", {str(self.dtype).replace('torch.', '')}" if self.dtype != torch.float32 else ""))
 
 
 class _TrainableLinear(torch.autograd.Function):
@@ -87,9 +107,9 @@ def _is_exact_gelu(module: nn.Module) -> bool:
     return type(module).__name__ == "GELU" and type(module).__module__.startswith("timm.")  # F.gelu, exact
 
 
-def fuse(model: nn.Module) -> int:
-    """Swap every fp32 CPU nn.Linear of `model` for a FusedLinear, folding a following exact GELU of
-    timm's Mlp (fc1 -> act) into fc1. Returns how many linears were swapped."""
+def fuse(model: nn.Module, dtype: torch.dtype = torch.float32) -> int:
+    """Swap every fp32 CPU nn.Linear of `model` for a FusedLinear computing in `dtype`, folding a
+    following exact GELU of timm's Mlp (fc1 -> act) into fc1. Returns how many linears were swapped."""
     swapped = 0
     for parent in list(model.modules()):
         fold_act = (type(parent).__name__ == "Mlp" and type(getattr(parent, "fc1", None)) is nn.Linear
@@ -98,7 +118,7 @@ def fuse(model: nn.Module) -> int:
             if type(child) is not nn.Linear or child.weight.dtype != torch.float32 or child.weight.device.type != "cpu":
                 continue
             activation = "gelu" if fold_act and name == "fc1" else "none"
-            setattr(parent, name, FusedLinear(child, activation))
+            setattr(parent, name, FusedLinear(child, activation, dtype))
             if activation == "gelu":
                 parent.act = nn.Identity()
             swapped += 1
@@ -113,14 +133,15 @@ def available() -> bool:
     return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-def enabled_here() -> bool:
-    """For CPU fp32: oneDNN present, not switched off (VIT_KERNELS), and measured faster here."""
+def enabled_here(precision: str = "fp32") -> bool:
+    """For CPU fp32 (or bf16 inference): oneDNN present, not switched off (VIT_KERNELS), and measured
+    faster here in that precision."""
     from vitcli import env
 
     setting = env.kernels()
-    if setting == "off" or not available():
+    if setting == "off" or not available() or precision not in ("fp32", "bf16"):
         return False
-    return setting == "on" or faster_here()
+    return setting == "on" or faster_here(precision)
 
 
 def wanted(runtime) -> bool:
@@ -135,38 +156,81 @@ def for_runtime(model: nn.Module, runtime) -> int:
     return fuse(model)
 
 
+class FullPrecisionLinear(nn.Module):
+    """An nn.Linear run in fp32 inside autocast (the same parameters, under the same names)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x.float(), self.weight.float(), None if self.bias is None else self.bias.float())
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fp32 under autocast"
+
+
+def keep_head_fp32(model: nn.Module) -> bool:
+    """Swap the classifier (timm's `get_classifier()`, an nn.Linear) for a FullPrecisionLinear."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if type(head) is not nn.Linear:
+        return False
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if child is head:
+                setattr(parent, name, FullPrecisionLinear(head))
+                return True
+    return False
+
+
+def for_inference(model: nn.Module, runtime) -> int:
+    """`for_runtime`; under reduced-precision autocast the classifier in fp32 and, in bf16 on CPU, the
+    linears as bf16 oneDNN kernels and attention as two bf16 GEMMs (vitcli.inference.attention) where
+    measured faster; convolutional models in channels_last where
+    measured faster (vitcli.inference.layout). In place; how many modules were swapped. For inference
+    only: a training run keeps the kernels it was started with."""
+    from vitcli import env
+    from vitcli.inference import layout
+
+    env.kernels()  # a bad VIT_KERNELS is an error on every path, not only where the kernels apply
+    if runtime.autocast_dtype is None:
+        swapped = for_runtime(model, runtime)
+    else:
+        swapped = int(keep_head_fp32(model))  # first: the classifier is then no nn.Linear to fuse
+        if runtime.device.type == "cpu" and runtime.precision == "bf16" and not is_fused(model) \
+                and enabled_here("bf16"):
+            swapped += fuse(model, torch.bfloat16)
+            from vitcli.inference import attention
+
+            if attention.wanted():  # the bf16 GEMMs instead of flash attention
+                swapped += attention.swap(model)
+    layout.apply(model, runtime)
+    return swapped
+
+
 # ----------------------------------------------------------------------------------------------
 # The one-time measurement
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
+def measure(rows: int = 8 * 197, dim: int = 384, reps: int = 5, dtype: torch.dtype = torch.float32) -> dict:
+    """Time a ViT-S fc1 (+ GELU), batch 8, both ways, alternating; best of `reps` each. In bf16 the eager
+    way is autocast's (the weight cast per call, GELU on the rounded product)."""
+    import contextlib
 
-    return platform.processor() or platform.machine()
-
-
-def _verdict_file() -> Path:
-    from vitcli import env
-
-    return Path(env.vit_cache_dir()) / "kernels.json"
-
-
-def measure(rows: int = 8 * 197, dim: int = 384, reps: int = 5) -> dict:
-    """Time a ViT-S fc1 (+ GELU), batch 8, both ways, alternating; best of `reps` each."""
     gen = torch.Generator().manual_seed(0)
     linear = nn.Linear(dim, 4 * dim)
     x = torch.randn(rows, dim, generator=gen)
-    fused = FusedLinear(linear, "gelu")
+    fused = FusedLinear(linear, "gelu", dtype)
     times = {"eager": [], "fused": []}
-    with torch.inference_mode():
+    low = dtype != torch.float32
+    autocast = torch.autocast("cpu", dtype=dtype) if low else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
         expected = F.gelu(linear(x))
-        same = torch.allclose(fused(x), expected, rtol=1e-4, atol=1e-4)
+        tol = 5e-2 if low else 1e-4
+        same = torch.allclose(fused(x).float(), expected.float(), rtol=tol, atol=tol)
         for _ in range(reps):
             for name, fn in (("eager", lambda: F.gelu(linear(x))), ("fused", lambda: fused(x))):
                 start = time.perf_counter()
@@ -176,27 +240,18 @@ def measure(rows: int = 8 * 197, dim: int = 384, reps: int = 5) -> dict:
             "allclose": bool(same)}
 
 
-def faster_here() -> bool:
-    """The cached verdict for this CPU, torch and thread count; measured (about 0.1 s) the first time."""
-    key = f"{_cpu_name()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
-    path = _verdict_file()
-    try:
-        verdicts = json.loads(path.read_text())
-        if not isinstance(verdicts, dict):
-            verdicts = {}
-    except (OSError, ValueError):
-        verdicts = {}
-    if key not in verdicts:
+def faster_here(precision: str = "fp32") -> bool:
+    """The cached verdict for this CPU, torch and thread count (vitcli.devices.cached_verdict:
+    kernels.json in vitcli's cache), per precision; measured (about 0.1 s) the first time."""
+    from vitcli.devices import cached_verdict
+
+    def verdict() -> dict:
         try:
-            result = measure()
+            result = measure(dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
         except (RuntimeError, TypeError):  # the op is missing or refuses: never fuse here
             result = {"error": True}
         result["fused"] = bool(result.get("allclose") and result["fused_ms"] < 0.97 * result["eager_ms"])
-        verdicts[key] = result
-        from vitcli.output import atomic_write
+        return result
 
-        try:
-            atomic_write(path, json.dumps(verdicts, indent=1))
-        except OSError:
-            pass  # a read-only cache: measure again next time
-    return bool(verdicts[key].get("fused"))
+    suffix = "" if precision == "fp32" else f"|{precision}"  # fp32 keys stay as they were
+    return bool(cached_verdict("kernels.json", verdict, lambda v: "fused" in v, suffix).get("fused"))

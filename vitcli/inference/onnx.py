@@ -10,6 +10,7 @@ one-image `vit predict` no longer pays.
 from __future__ import annotations
 
 import os
+import time
 from typing import Iterator
 
 from vitcli.errors import ModelError
@@ -17,7 +18,7 @@ from vitcli.models.onnx import OnnxModel
 from vitcli.output import display
 
 def predict(paths: list, model: OnnxModel, top_k: int = 5, batch_size: int = 32, workers: int | None = None,
-            progress=lambda n=1: None) -> Iterator:
+            progress=lambda n=1: None, throughput=None) -> Iterator:
     """One `Prediction` per path, in order, as vitcli.inference.predict.run gives them."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +27,7 @@ def predict(paths: list, model: OnnxModel, top_k: int = 5, batch_size: int = 32,
     from vitcli.data.loader import Records
     from vitcli.data.transforms import EvalTransform, supports
     from vitcli.errors import ImageError
+    from vitcli.inference.forward import Throughput
     from vitcli.inference.prediction import NON_FINITE, Prediction
 
     if not supports(model.data_config):
@@ -41,13 +43,20 @@ def predict(paths: list, model: OnnxModel, top_k: int = 5, batch_size: int = 32,
         except ImageError as e:
             return None, e.reason
 
-    with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
+    tally = throughput if throughput is not None else Throughput()
+    tally.workers = workers or min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=tally.workers) as pool:
         for start in range(0, len(paths), batch_size):
+            began = time.perf_counter()
             batch = list(pool.map(read, range(start, min(start + batch_size, len(paths)))))
             ok = [i for i, (array, _) in enumerate(batch) if array is not None]
             scores = classes = None
+            loaded = time.perf_counter()
+            tally.loader_s += loaded - began
             if ok:
                 logits = model(np.stack([batch[i][0] for i in ok])).astype(np.float64)
+                tally.model_s += time.perf_counter() - loaded
+                tally.images += len(ok)
                 exp = np.exp(logits - logits.max(axis=1, keepdims=True))
                 probs = exp / exp.sum(axis=1, keepdims=True)
                 classes = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]

@@ -51,10 +51,11 @@ def _gpu_visible() -> bool:
     return os.path.exists("/dev/nvidiactl") and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != ""
 
 
-def open_predictor(spec: str, device: str = "auto", precision: str = "auto"):
+def open_predictor(spec: str, device: str = "auto", precision: str = "auto", n_images: int = 1):
     """What predicts `spec`: onnxruntime for an .onnx file, and for a model with a fast-start copy on the
-    CPU in fp32 (measured here, ViT-Ti over 100 JPEGs: 6 s against 15 s for the torch path, the same
-    top-1 on all 100, scores within 4e-6); else the torch model."""
+    CPU in fp32 (the same top-1 as torch fp32, scores within 1e-5) unless, with precision auto, the race
+    recorded when the copy was made says the torch model (bf16 on a CPU with native bf16) finishes
+    `n_images` sooner, its start included (vitcli.inference.race); else the torch model."""
     from vitcli.errors import UsageError
     from vitcli.models import onnx
 
@@ -69,31 +70,40 @@ def open_predictor(spec: str, device: str = "auto", precision: str = "auto"):
 
         copy = faststart.lookup(spec)
         if copy is not None:
-            return OnnxPredictor(copy)
+            from vitcli.inference import race
+
+            if precision == "fp32" or not race.torch_pays(copy.race, n_images):
+                return OnnxPredictor(copy)
     from vitcli.devices import runtime
     from vitcli.inference import kernels
     from vitcli.models.resolver import load_model
 
     rt = runtime(device, precision)
     loaded = load_model(spec, device=rt.device)
-    kernels.for_runtime(loaded.model, rt)  # oneDNN linear + GELU on CPU where measured faster
+    kernels.for_inference(loaded.model, rt)  # CPU oneDNN linears (fp32 or bf16), the fp32 head under autocast
     return TorchPredictor(loaded, rt)
 
 
 def run(paths: list[Path], loaded, runtime, top_k: int = 5, batch_size: int = 32,
-        workers: int | None = None, progress=lambda n=1: None) -> Iterator[Prediction]:
-    """Yield one Prediction per path, in the order of `paths`."""
+        workers: int | None = None, progress=lambda n=1: None, throughput=None) -> Iterator[Prediction]:
+    """Yield one Prediction per path, in the order of `paths` (`throughput`: a
+    vitcli.inference.forward.Throughput to add the loader's and the model's time to)."""
     import torch
 
+    from vitcli import output
     from vitcli.data.loader import ImageDataset, Records
     from vitcli.data.transforms import eval_transform
+    from vitcli.inference import compiled
     from vitcli.inference.forward import forward
 
     model = loaded.model
     top_k = max(1, min(top_k, loaded.num_classes))
+    fast = compiled.auto(model, runtime, n_images=len(paths), batch_size=batch_size,
+                         architecture=loaded.architecture, log=lambda m: output.info(m, style="dim"))
     dataset = ImageDataset(Records.of_paths(paths), transform=eval_transform(loaded.data_config))
     names, shown = loaded.label_names, [display(p) for p in paths]
-    for batch, out in forward(model, dataset, runtime, batch_size=batch_size, workers=workers):
+    for batch, out in forward(fast, dataset, runtime, batch_size=batch_size, workers=workers,
+                              throughput=throughput):
         results = {s.position: Prediction(shown[s.position], error=s.reason) for s in batch.skipped}
         if out is not None:
             out = out.float()

@@ -1,0 +1,118 @@
+"""Precision auto: bf16 autocast on a CPU with native bf16 where it is measured faster, fp32 elsewhere;
+the classifier kept in fp32 under autocast; the guard on the real val images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.conftest import make_tiny_vit, save_hub_layout
+from vitcli import devices
+from vitcli.cli.app import app
+from vitcli.inference import kernels
+
+runner = CliRunner()
+
+
+def test_auto_is_fp32_without_native_bf16_and_measures_nothing(monkeypatch):
+    monkeypatch.setattr(devices, "native_bf16_flags", lambda: [])
+    monkeypatch.setattr(devices, "measure_bf16", lambda: pytest.fail("no timing without native bf16"))
+    assert devices.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert devices.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for: given
+
+
+@pytest.mark.parametrize("speedup, expected", [(4.4, "bf16"), (1.2, "fp32")])
+def test_auto_follows_the_cached_measurement(monkeypatch, tmp_path, speedup, expected):
+    monkeypatch.setenv("VIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(devices, "native_bf16_flags", lambda: ["avx512_bf16"])
+    calls = []
+    monkeypatch.setattr(devices, "measure_bf16", lambda: calls.append(1) or {"fp32_ms": 1.0, "speedup": speedup})
+    assert devices.resolve_precision("auto", torch.device("cpu")) == expected
+    assert devices.runtime("cpu", "auto").precision == expected and len(calls) == 1  # measured once
+    (verdict,) = json.loads((tmp_path / "precision.json").read_text()).values()
+    assert verdict["bf16"] == (expected == "bf16") and verdict["flags"] == ["avx512_bf16"]
+
+
+def test_the_measurement_times_both_precisions():
+    result = devices.measure_bf16(rows=64, dim=32, reps=2)
+    assert result["fp32_ms"] > 0 and result["bf16_ms"] > 0 and result["speedup"] > 0
+
+
+def test_the_classifier_stays_fp32_under_autocast(monkeypatch):
+    monkeypatch.setenv("VIT_KERNELS", "0")  # the head alone (the bf16 kernels: the next test)
+    model = make_tiny_vit(10)
+    keys = list(model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x).dtype == torch.bfloat16
+        rt = devices.Runtime(torch.device("cpu"), "bf16")
+        assert kernels.for_inference(model, rt) == 1 and kernels.for_inference(model, rt) == 0  # once
+        features = model.forward_head(model.forward_features(x), pre_logits=True)
+        logits = model(x)
+    assert isinstance(model.head, kernels.FullPrecisionLinear) and list(model.state_dict()) == keys
+    assert logits.dtype == torch.float32
+    with torch.inference_mode():
+        expected = torch.nn.functional.linear(features.float(), model.head.weight, model.head.bias)
+    assert torch.equal(logits, expected)
+
+
+def test_bf16_kernels_fuse_bias_and_gelu_and_keep_the_parameters(monkeypatch):
+    monkeypatch.setenv("VIT_KERNELS", "1")
+    model = make_tiny_vit(10)
+    keys = list(model.state_dict())
+    x = torch.randn(3, 3, 32, 32)
+    rt = devices.Runtime(torch.device("cpu"), "bf16")
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = model(x).float()
+        # the head; qkv, proj, fc1 and fc2 of each block; each block's attention as two bf16 GEMMs
+        assert kernels.for_inference(model, rt) == 1 + 4 * 2 + 2
+        out = model(x)
+    fc1 = model.blocks[0].mlp.fc1
+    assert isinstance(fc1, kernels.FusedLinear) and fc1.activation == "gelu" and fc1.weight_lp.dtype == torch.bfloat16
+    assert list(model.state_dict()) == keys and out.dtype == torch.float32
+    assert torch.allclose(out, expected, atol=0.05)  # bf16 rounding apart
+    from vitcli.inference import attention
+
+    assert attention.is_swapped(model)
+    y = torch.randn(2, 65, 64, requires_grad=True)  # with gradients: timm's own forward, exactly
+    block = model.blocks[0].attn
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(block(y), super(type(block), block).forward(y))
+
+
+def test_eval_records_the_precision_and_how_to_get_fp32(tiny_vit_dir, make_images, tmp_path):
+    paths = make_images(4, folder=tmp_path / "val")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"{p.name} {i}\n" for i, p in enumerate(paths)))
+    for precision in ("bf16", "fp32"):
+        result = runner.invoke(app, ["eval", "--model", str(tiny_vit_dir), "--data", str(tmp_path / "val"),
+                                     "--labels", str(labels), "--json", "--precision", precision])
+        assert result.exit_code == 0, result.stderr
+        summary = json.loads(result.stdout)
+        assert summary["precision"] == precision and f"cpu {precision}" in result.stderr
+        assert ("--precision fp32" in summary.get("precision_note", "")) == (precision == "bf16")
+
+
+@pytest.mark.slow
+def test_auto_keeps_the_answers_on_the_real_val_images(assets, monkeypatch):
+    """The guard: where auto picks bf16, top-1 agrees with fp32 on at least 99 of the 100 val images."""
+    if devices.runtime("cpu", "auto").precision == "fp32":
+        pytest.skip("auto is fp32 on this CPU (no native bf16, or bf16 not measured faster)")
+    monkeypatch.setenv("VIT_EXPORT", "0")
+    model = str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k")
+    images = assets / "images" / "imagenet-val-100" / "images"
+    top1 = {}
+    for precision in ("auto", "fp32"):
+        result = runner.invoke(app, ["predict", "--model", model, "--json", "--device", "cpu", "-k", "1",
+                                     "--precision", precision, str(images)])
+        assert result.exit_code == 0, result.stderr
+        assert ("cpu bf16" if precision == "auto" else "cpu fp32") in result.stderr  # the header says which
+        top1[precision] = {Path(r["path"]).name: r["predictions"][0]["index"]
+                           for r in map(json.loads, result.stdout.splitlines())}
+    assert len(top1["auto"]) == len(top1["fp32"]) == 100
+    agree = sum(top1["auto"][name] == top1["fp32"][name] for name in top1["fp32"])
+    assert agree >= 99, f"bf16 auto agrees with fp32 on {agree}/100 top-1 labels"
