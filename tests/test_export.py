@@ -117,7 +117,8 @@ def test_download_makes_the_fast_start_copy_served_without_torch(model_dir, make
         env["HF_ENDPOINT"] = hub.endpoint
         result = runner.invoke(app, ["download", "hf-hub:org/tiny", "--json"], env=env)
         assert result.exit_code == 0, result.stderr
-        assert json.loads(result.stdout)["fast_start"].endswith("model.onnx")
+        report = json.loads(result.stdout)
+        assert report["fast_start"].endswith("model.onnx") and report["race"]["onnx_img_s"] > 0  # raced when made
         fast = in_subprocess(["predict", "--model", "hf-hub:org/tiny", "--json", image], env)
         plain = in_subprocess(["predict", "--model", "hf-hub:org/tiny", "--json", "--precision", "fp32", image],
                               {**env, "VIT_EXPORT": "0"})

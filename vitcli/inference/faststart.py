@@ -224,7 +224,15 @@ def download(spec: str, fast_start: bool = True, log=lambda message: None) -> di
             output.warn(f"no fast-start copy: {e.message}")
     return {"model": spec, "weights": display(source.weights) if source.weights else None,
             "folder": display(source.folder) if source.folder else None,
-            "fast_start": display(copy) if copy else None}
+            "fast_start": display(copy) if copy else None, "race": _race_of(copy)}
+
+
+def _race_of(copy: Path | None) -> dict | None:
+    """What the copy's race recorded (vitcli.inference.race), for `vit download` to say."""
+    try:
+        return json.loads((copy.parent / "meta.json").read_text()).get("race") if copy else None
+    except (OSError, ValueError):
+        return None
 
 
 def save(spec: str, loaded, onnx_file: Path | None = None) -> Path | None:
