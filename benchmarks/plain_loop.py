@@ -80,7 +80,7 @@ def main():
         batch, warmup = 32, 10
     else:
         model = timm.create_model(args.model, num_classes=classes, img_size=args.img_size, patch_size=args.patch_size)
-        cfg = resolve_data_config({}, model=model)
+        cfg = resolve_data_config({"input_size": (3, args.img_size, args.img_size)}, model=model)
         train_set.transform = create_transform(**cfg)
         batch, warmup = 64, 10
     test_set = ImageFolder(f"{args.data}/test", transform=create_transform(**cfg))

@@ -232,7 +232,7 @@ def test_probe_head_is_the_fitted_logistic_regression(tiny_vit_dir, colour_ds):
     from vitcli.models.resolver import data_config_for
     from vitcli.train.build import build_finetune_model
     from vitcli.train.config import FinetuneConfig
-    from vitcli.train.probe import fit_logistic, probe_head
+    from vitcli.train.probe import fit_logistic, folds, probe_head
 
     x, y = torch.randn(40, 5, dtype=torch.float64), torch.arange(40) % 3
     w, b = fit_logistic(x, y, 3, l2=1e-2)
@@ -244,15 +244,18 @@ def test_probe_head_is_the_fitted_logistic_regression(tiny_vit_dir, colour_ds):
     cfg = FinetuneConfig(model=str(tiny_vit_dir), dataset=str(colour_ds), workers=0)
     _, model = build_finetune_model(cfg, 3, torch.device("cpu"))
     source = open_dataset(str(colour_ds))
-    info = probe_head(model, data_config_for(model), source, cfg, runtime("cpu", "fp32"), "val")
+    info = probe_head(model, data_config_for(model), source, cfg, runtime("cpu", "fp32"))
     assert model.head.weight.abs().sum() > 0 and info["train_images"] == 48 and info["l2"] in (1e-4, 1e-3, 1e-2, 1e-1)
     from vitcli.data.transforms import eval_transform
 
-    val = source.subset("val", eval_transform(data_config_for(model)))
-    images = torch.stack([val[i].image for i in range(len(val))])
+    train = source.subset("train", eval_transform(data_config_for(model)))
+    images = torch.stack([train[i].image for i in range(len(train))])
     with torch.no_grad():
-        top1 = 100.0 * (model(images).argmax(1).numpy() == val.labels).mean()
-    assert top1 == pytest.approx(info["val_top1"])  # the head is the probe, folded onto raw features
+        top1 = 100.0 * (model(images).argmax(1).numpy() == train.labels).mean()
+    assert top1 == pytest.approx(info["train_top1"])  # the head is the probe, folded onto raw features
+    assert "cv_top1" in info  # its L2 chosen by 5-fold cross-validation on the training split
+    fold = folds([0] * 7 + [1] * 3, 3)
+    assert sorted(fold[:7].tolist()) == [0, 0, 0, 1, 1, 2, 2] and sorted(fold[7:].tolist()) == [0, 1, 2]
 
 
 # ------------------------------------------------------------------------------------ budgets

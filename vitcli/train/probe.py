@@ -1,13 +1,14 @@
 """LP-FT's first step (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features"): the new head
 starts as a linear probe of the frozen pre-trained features, then everything is fine-tuned.
 
-The features are the pre-logits of the training split (and of the selection split) through the eval
+The features are the pre-logits of the training split through the eval
 transform, computed and cached by the few-shot code (vitcli.eval.fewshot: `<vit cache>/features/`,
 keyed by the weights, the data, the split and the preprocessing), so a rerun on the same data costs no
 forward pass. The probe is a multinomial logistic regression (softmax cross-entropy + L2 on the
 weights) fitted by L-BFGS in float64 on standardised features; its L2 strength is the one of `L2_GRID`
-with the lowest cross-entropy on the selection split (the run's own minival or val, never test), and
-the standardisation is folded into the head's weights and bias.
+with the lowest cross-entropy in stratified k-fold cross-validation on the training split (so the
+held-out split stays an unbiased judge of the probe against the fine-tuned model), and the
+standardisation is folded into the head's weights and bias.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 from vitcli import output
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # x ||W||^2 beside the mean cross-entropy, on standardised features
-DEFAULT_L2 = 1e-2  # without a selection split
+DEFAULT_L2 = 1e-2  # with fewer than 2 images in some class (no cross-validation)
+FOLDS = 5
 
 
 def fit_logistic(x, y, num_classes: int, l2: float, iters: int = 200):
@@ -43,6 +45,37 @@ def fit_logistic(x, y, num_classes: int, l2: float, iters: int = 200):
     return w.detach(), b.detach()
 
 
+def folds(y, k: int, seed: int = 0) -> np.ndarray:
+    """A stratified fold number per sample: each class's samples dealt round-robin after a seeded shuffle."""
+    y = np.asarray(y)
+    fold = np.zeros(len(y), dtype=np.int64)
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        fold[np.random.default_rng([seed, int(c)]).permutation(members)] = np.arange(len(members)) % k
+    return fold
+
+
+def choose_l2(z, y, num_classes: int) -> tuple[float, dict]:
+    """The L2 of L2_GRID with the lowest k-fold cross-entropy (and each one's (loss, top-1 %))."""
+    import torch
+
+    k = int(min(FOLDS, np.bincount(np.asarray(y), minlength=num_classes).min()))
+    if k < 2:
+        return DEFAULT_L2, {}
+    fold, y_t = torch.as_tensor(folds(y, k)), torch.as_tensor(np.asarray(y))
+    scores = {}
+    for l2 in L2_GRID:
+        loss = correct = 0.0
+        for f in range(k):
+            train, held = fold != f, fold == f
+            w, b = fit_logistic(z[train], y_t[train], num_classes, l2)
+            logits = z[held] @ w + b
+            loss += torch.nn.functional.cross_entropy(logits, y_t[held], reduction="sum").item()
+            correct += (logits.argmax(1) == y_t[held]).sum().item()
+        scores[l2] = (loss / len(y), 100.0 * correct / len(y))
+    return min(scores, key=lambda v: scores[v][0]), scores
+
+
 def _features(loaded, runtime, split, cfg):
     """(features (N, D) float64 tensor, targets) of the readable images of `split` (cached on disk)."""
     import torch
@@ -59,7 +92,7 @@ def _features(loaded, runtime, split, cfg):
     return x.to(torch.float64), np.asarray(split.targets)[kept]
 
 
-def probe_head(model, data_config: dict, source, cfg, runtime, selection: str | None) -> dict | None:
+def probe_head(model, data_config: dict, source, cfg, runtime) -> dict | None:
     """Set the model's linear head to the linear probe of its frozen features on the training split;
     returns what was fitted (None when the head is not one nn.Linear: it stays as it is)."""
     import torch
@@ -76,16 +109,7 @@ def probe_head(model, data_config: dict, source, cfg, runtime, selection: str | 
     x, y = _features(loaded, runtime, dataset_split(source, "train"), cfg)
     mean, std = x.mean(0, keepdim=True), x.std(0, keepdim=True, unbiased=False) + 1e-6
     z = (x - mean) / std
-    chosen, scores = DEFAULT_L2, {}
-    if selection is not None:
-        xs, ys = _features(loaded, runtime, dataset_split(source, selection), cfg)
-        zs, ys_t = (xs - mean) / std, torch.as_tensor(ys)
-        for l2 in L2_GRID:
-            w, b = fit_logistic(z, y, k, l2)
-            logits = zs @ w + b
-            scores[l2] = (torch.nn.functional.cross_entropy(logits, ys_t).item(),
-                          100.0 * (logits.argmax(1) == ys_t).double().mean().item())
-        chosen = min(scores, key=lambda v: scores[v][0])
+    chosen, scores = choose_l2(z, y, k)
     w, b = fit_logistic(z, y, k, chosen)
     w_raw = w / std.T  # (D, K): logits = x w_raw + b_raw on the raw features the head sees
     b_raw = b - (mean / std) @ w
@@ -96,8 +120,7 @@ def probe_head(model, data_config: dict, source, cfg, runtime, selection: str | 
     train_top1 = 100.0 * ((z @ w + b).argmax(1) == torch.as_tensor(y)).double().mean().item()
     info = {"l2": chosen, "train_images": int(len(y)), "train_top1": round(train_top1, 2)}
     if scores:
-        info[f"{selection}_top1"] = round(scores[chosen][1], 2)
-        info[f"{selection}_loss"] = round(scores[chosen][0], 4)
-    shown = f", {selection} top-1 {scores[chosen][1]:.2f} %" if scores else ""
+        info["cv_top1"], info["cv_loss"] = round(scores[chosen][1], 2), round(scores[chosen][0], 4)
+    shown = f", cross-validated top-1 {scores[chosen][1]:.2f} %" if scores else ""
     output.info(f"head: linear probe of the frozen features (LP-FT), {len(y)} images, L2 {chosen:g}{shown}")
     return info

@@ -141,7 +141,7 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
     if command == "finetune" and cfg.head_init == "probe" and state is None:  # LP-FT: the head first
         from vitcli.train.probe import probe_head
 
-        probe = probe_head(model, data_config, source, cfg, rt, source.selection_split)
+        probe = probe_head(model, data_config, source, cfg, rt)
     crop_scale, hflip = plan.augmentation(cfg, source.size("train"), source.num_classes)
     if (crop_scale, hflip) != (cfg.crop_scale, cfg.hflip) and dist.main:
         output.info(f"augmentation for the budget: crops of {100 * crop_scale[0]:.0f}-{100 * crop_scale[1]:.0f} % "
