@@ -104,3 +104,13 @@ def test_no_private_name_imported_from_another_module():
     private = [(name, module, n, line) for name, path in MODULES.items() for module, names, line in _imports(path)
                for n in names if n.startswith("_") and not n.startswith("__") and module != name]
     assert not private, private
+
+
+def test_no_markup_in_messages():
+    """The consoles print literally (vitcli.output): a style is an argument, never markup in the text."""
+    import re
+
+    markup = re.compile(r"\[/?(dim|red|bold|yellow|green|blue|italic)\]")
+    found = [(name, n) for name, path in MODULES.items() for n, line in enumerate(path.read_text().splitlines(), 1)
+             if markup.search(line) and "TextColumn(" not in line]
+    assert not found, found

@@ -74,6 +74,7 @@ def test_sweep_runs_each_setting_picks_the_winner_and_saves_tables(tmp_path):
     assert state["winner"] == "lr=0.003_mix=b"
     csv_text = (tmp_path / "sw" / "results.csv").read_text()
     assert csv_text.splitlines()[0].startswith("setting,lr,mix,val_top1,test_top1")
+    assert [p.name for p in result.table_files] == ["results.md", "results.csv", "results.png"]
     assert result.to_json()["winner"]["val_top1"] == 85.0
 
 
@@ -165,6 +166,8 @@ def test_a_2x2_sweep_of_1_step_runs(tiny_vit_dir, colours, tmp_path):
     assert len(rows) == 4 and sum("*" in r for r in rows) == 1
     assert "4 of 4 settings already finished" in result.stderr
     assert "| minival |" in (sweep_dir / "results.md").read_text()
+    assert (sweep_dir / "results.png").read_bytes().startswith(b"\x89PNG")  # the comparison plot
+    assert all((sweep_dir / f / "results.csv").is_file() and (sweep_dir / f / "curves.png").is_file() for f in folders)
 
     # a run killed before its first checkpoint (no training state) is trained again from the start
     state = json.loads((sweep_dir / "sweep.json").read_text())

@@ -46,8 +46,15 @@ def weights(path: Path) -> dict:
 
 
 def metrics(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "img_s")}
+    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "img_s", "seconds")}
             for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def results(run: Path) -> list[dict]:
+    import csv
+
+    with open(run / "results.csv", newline="") as fh:
+        return [{k: v for k, v in row.items() if k not in ("img_s", "seconds")} for row in csv.DictReader(fh)]
 
 
 # ------------------------------------------------------------------------------------------ recipes
@@ -176,6 +183,7 @@ def test_resume_equals_uninterrupted_bit_for_bit(tiny_vit_dir, colour_ds, tmp_pa
     wa, wb = weights(run_a / "model.safetensors"), weights(run_b / "model.safetensors")
     assert all(wa[k].equal(wb[k]) for k in wa)
     assert metrics(run_a) == metrics(run_b)
+    assert results(run_a) == results(run_b) and len(results(run_a)) == 3  # results.csv: the same records
     with pytest.raises(UsageError, match="cannot change lr"):
         resume_config("finetune", run_b, {"lr": 0.5})
 

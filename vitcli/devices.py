@@ -39,10 +39,16 @@ class Runtime:
         return f"{self.device} {self.precision}"
 
 
+def canonical(spec: str | None) -> str:
+    """A device spec as torch names it: `0` or `1` (a GPU index, as ultralytics takes it) is cuda:N."""
+    spec = (spec or "auto").strip().lower()
+    return f"cuda:{spec}" if spec.isdigit() else spec
+
+
 def resolve_device(spec: str = "auto"):
     import torch
 
-    spec = (spec or "auto").strip().lower()
+    spec = canonical(spec)
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -52,7 +58,7 @@ def resolve_device(spec: str = "auto"):
     try:
         device = torch.device(spec)
     except (RuntimeError, ValueError):
-        raise UsageError(f"unknown device {spec!r}", "use auto, cpu, cuda, cuda:N or mps") from None
+        raise UsageError(f"unknown device {spec!r}", "use auto, cpu, cuda, cuda:N (or just N) or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError("CUDA was asked for but no CUDA device is available",
@@ -64,7 +70,7 @@ def resolve_device(spec: str = "auto"):
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise UsageError("MPS was asked for but is not available", "use --device auto or --device cpu")
     elif device.type != "cpu":
-        raise UsageError(f"unsupported device {spec!r}", "use auto, cpu, cuda, cuda:N or mps")
+        raise UsageError(f"unsupported device {spec!r}", "use auto, cpu, cuda, cuda:N (or just N) or mps")
     return device
 
 

@@ -13,7 +13,7 @@ accepts; nothing falls back silently.
     VIT_EXPORT=0             no fast-start copy for `vit predict`
     VIT_KERNELS=0|1|auto     the CPU oneDNN linears: off, on without measuring, or where measured faster
     VIT_RECIPE=NAME          the training recipe when --recipe is not given
-    HF_HUB_OFFLINE (TRANSFORMERS_OFFLINE), HF_ENDPOINT, HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME
+    HF_HUB_OFFLINE (TRANSFORMERS_OFFLINE), HF_ENDPOINT, HF_HUB_CACHE, HF_DATASETS_CACHE, HF_HOME, XDG_CACHE_HOME
     RANK, WORLD_SIZE, LOCAL_RANK (set by torchrun)
 """
 
@@ -127,11 +127,22 @@ def endpoint() -> str:
     return value
 
 
+def _hf_home() -> str:
+    return os.path.expanduser(_get("HF_HOME") or os.path.join(_xdg_cache(), "huggingface"))
+
+
 def hub_cache_dir() -> str:
     if _get("HF_HUB_CACHE"):
         return os.path.expanduser(_get("HF_HUB_CACHE"))
-    home = _get("HF_HOME") or os.path.join(_xdg_cache(), "huggingface")
-    return os.path.join(os.path.expanduser(home), "hub")
+    return os.path.join(_hf_home(), "hub")
+
+
+def datasets_cache_dir() -> str:
+    """Where `datasets` keeps what `--dataset hf:NAME` prepared: HF_DATASETS_CACHE, else HF_HOME/datasets
+    (read now, not when `datasets` was imported)."""
+    if _get("HF_DATASETS_CACHE"):
+        return os.path.expanduser(_get("HF_DATASETS_CACHE"))
+    return os.path.join(_hf_home(), "datasets")
 
 
 # ------------------------------------------------------------------------------------------ torchrun

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DataDirOpt, DatasetOpt, DeviceOpt, JsonOpt, ModelOpt,
-                                OfflineOpt, OutDirOpt, PrecisionOpt, WorkersOpt)
+from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DataDirOpt, DatasetOpt, DeviceOpt, ImageColumnOpt, JsonOpt,
+                                LabelColumnOpt, ModelOpt, OfflineOpt, OutDirOpt, PrecisionOpt, WorkersOpt)
 
 
 def eval_command(
@@ -23,6 +23,8 @@ def eval_command(
     split: Annotated[Optional[str], typer.Option(
         "--split", help="train | minival | val | test (default: test, else val, else minival).")] = None,
     data_dir: DataDirOpt = None,
+    image_column: ImageColumnOpt = None,
+    label_column: LabelColumnOpt = None,
     real_labels: Annotated[Optional[Path], typer.Option(
         "--real-labels", help="ImageNet ReaL labels (real.json) for ReaL accuracy.")] = None,
     few_shot: Annotated[Optional[str], typer.Option(
@@ -54,9 +56,10 @@ def eval_command(
                          else "give --dataset or --data, not both")
     if labels is not None and data is None:
         raise UsageError("--labels needs --data (the folder the file names are relative to)")
+    columns = {"image_column": image_column, "label_column": label_column}
     if few_shot is not None:
         _few_shot(model, dataset, data, labels, split, data_dir, few_shot, seeds, l2, no_cache, batch_size,
-                  workers, device, precision, json_out, out_dir)
+                  workers, device, precision, json_out, out_dir, columns)
         return
 
     from vitcli import output as sink
@@ -64,7 +67,7 @@ def eval_command(
     from vitcli.eval import evaluate, reports, splits
     from vitcli.models.resolver import load_model
 
-    target = splits.open_split(dataset=dataset, data=data, labels=labels, split=split, data_dir=data_dir)
+    target = splits.open_split(dataset=dataset, data=data, labels=labels, split=split, data_dir=data_dir, **columns)
     rt = runtime(device, precision)
     loaded = load_model(model, device=rt.device)
     sink.info(f"{loaded.architecture} on {rt.describe()}: {target.name} ({target.split}), "
@@ -85,7 +88,7 @@ def eval_command(
 
 
 def _few_shot(model, dataset, data, labels, split, data_dir, shots_text, seeds, l2_text, no_cache, batch_size,
-              workers, device, precision, json_out, out_dir):
+              workers, device, precision, json_out, out_dir, columns):
     from vitcli import output as sink
     from vitcli.devices import runtime
     from vitcli.eval import fewshot, reports, splits
@@ -93,7 +96,8 @@ def _few_shot(model, dataset, data, labels, split, data_dir, shots_text, seeds, 
 
     shots = fewshot.parse_int_list(shots_text, "--few-shot")
     l2s = fewshot.parse_l2_list(l2_text)
-    train, test = splits.few_shot_splits(dataset=dataset, data=data, labels=labels, split=split, data_dir=data_dir)
+    train, test = splits.few_shot_splits(dataset=dataset, data=data, labels=labels, split=split, data_dir=data_dir,
+                                         **columns)
     rt = runtime(device, precision)
     loaded = load_model(model, device=rt.device)
     sink.info(f"{loaded.architecture} on {rt.describe()}: {train.name}, shots from train "

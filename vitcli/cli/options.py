@@ -6,7 +6,7 @@
                    images that go through the model between two results (or two updates)
     --output/-o    a FILE to write (vit predict's results)
     --out-dir      a FOLDER of artefacts (vit eval, vit visualize)
-    --workers      DataLoader worker processes
+    --workers/-j   DataLoader worker processes
     --img-size     the input resolution the model is built for
     --random-init  the model without its weights (vit benchmark, vit visualize)
 Training's recipe options (defaults from the recipe) are in vitcli.cli.recipe_options.
@@ -35,12 +35,19 @@ RecipeModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=_MO
                                                        show_default=False)]
 DatasetOpt = Annotated[Optional[str], typer.Option(
     "--dataset", "-d", help="pets | flowers102 | cifar10 | cifar100 | a folder (train/ + val/ or test/ class "
-                            "folders, or one folder of class folders).", show_default=False)]
+                            "folders, or one folder of class folders) | hf:NAME[:CONFIG] (Hugging Face datasets) | "
+                            "a save_to_disk folder.", show_default=False)]
+ImageColumnOpt = Annotated[Optional[str], typer.Option(
+    "--image-column", help="Hugging Face datasets: the column of images (default: the first Image feature).",
+    show_default=False)]
+LabelColumnOpt = Annotated[Optional[str], typer.Option(
+    "--label-column", help="Hugging Face datasets: the column of labels (default: the first ClassLabel, else "
+                           "label/labels/class/target).", show_default=False)]
 DataDirOpt = Annotated[Optional[Path], typer.Option(
     "--data-dir", help="Where named datasets live, in torchvision's layout (default: VIT_CACHE/datasets).",
     show_default=False)]
 DeviceOpt = Annotated[str, typer.Option(
-    "--device", help="auto | cpu | cuda | cuda:N | mps. auto picks cuda, then mps, then cpu.")]
+    "--device", help="auto | cpu | cuda | cuda:N | N (= cuda:N) | mps. auto picks cuda, then mps, then cpu.")]
 PrecisionOpt = Annotated[str, typer.Option(
     "--precision", help="auto | fp32 | bf16 | fp16. auto: bf16 autocast on CUDA, fp32 on CPU and MPS.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
@@ -52,7 +59,7 @@ RecipeBatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b",
 ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", min=8, help=_IMG, show_default=False)]
 RecipeImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", min=8, help=_IMG, rich_help_panel=P,
                                                          show_default=False)]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help=_WORKERS, show_default=False)]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-j", min=0, help=_WORKERS, show_default=False)]
 OutDirOpt = Annotated[Optional[Path], typer.Option(
     "--out-dir", help="Folder for the artefacts (created if missing).", show_default=False)]
 OutputFileOpt = Annotated[Optional[Path], typer.Option(

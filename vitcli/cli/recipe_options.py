@@ -14,8 +14,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitcli.cli.options import (P, DataDirOpt, DatasetOpt, DeviceOpt, JsonOpt, OfflineOpt, PrecisionOpt,
-                                RecipeBatchSizeOpt, RecipeImgSizeOpt, RecipeModelOpt, SweepOpt, WorkersOpt)
+from vitcli.cli.options import (P, DataDirOpt, DatasetOpt, DeviceOpt, ImageColumnOpt, JsonOpt, LabelColumnOpt,
+                                OfflineOpt, PrecisionOpt, RecipeBatchSizeOpt, RecipeImgSizeOpt, RecipeModelOpt,
+                                SweepOpt, WorkersOpt)
 
 RValSplit = Annotated[Optional[float], typer.Option(
     "--val-split", help="Fraction of train held out as minival (default: Pets/Flowers 0.1, CIFAR 0.02, "
@@ -24,7 +25,7 @@ RRecipe = Annotated[Optional[str], typer.Option(
     "--recipe", help="paper (default with a GPU) | quick (laptop CPU, default without a GPU) | deit (DeiT's "
                      "augmentation and regularisation).", show_default=False)]
 RConfig = Annotated[Optional[Path], typer.Option(
-    "--config", help="JSON/TOML file of settings (a run folder reruns that run); flags override it.",
+    "--config", help="JSON, TOML or YAML file of settings (a run folder reruns that run); flags override it.",
     show_default=False)]
 
 
@@ -73,6 +74,9 @@ RName = Annotated[Optional[str], typer.Option("--name", help="Run folder name (d
                                               show_default=False)]
 RProject = Annotated[Optional[Path], typer.Option("--project", help="Parent of the run folders (default: runs).",
                                                   show_default=False)]
+RReportTo = Annotated[Optional[str], typer.Option(
+    "--report-to", help="tensorboard | wandb | tensorboard,wandb | none (default): also send the scalars there "
+                        "(extras vitcli[tensorboard], vitcli[wandb]).", show_default=False)]
 RResume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this run folder.",
                                                  show_default=False)]
 RDryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")]
@@ -98,11 +102,12 @@ def make_command(command: str, doc: str, *, first: list = (), recipe: list = ())
               _param("ema_decay", REmaDecay),
               *(_param(n, a) for n, a in recipe),
               _param("seed", RSeed), _param("data_dir", DataDirOpt), _param("val_split", RValSplit),
+              _param("image_column", ImageColumnOpt), _param("label_column", LabelColumnOpt),
               _param("token_mixer", RMixer), _param("token_mixers", RMixers), _param("workers", WorkersOpt),
               _param("device", DeviceOpt, "auto"), _param("precision", PrecisionOpt, "auto"),
               _param("eval_every", REvalEvery), _param("save_every", RSaveEvery), _param("name", RName),
-              _param("project", RProject), _param("config", RConfig), _param("resume", RResume),
-              _param("stop_after", RStopAfter),
+              _param("project", RProject), _param("report_to", RReportTo), _param("config", RConfig),
+              _param("resume", RResume), _param("stop_after", RStopAfter),
               _param("sweep", SweepOpt), _param("dry_run", RDryRun, False), _param("json_out", JsonOpt, False),
               _param("offline", OfflineOpt, False)]
 

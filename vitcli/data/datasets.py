@@ -1,9 +1,10 @@
 """The dataset layer shared by `vit finetune`, `vit train` and `vit eval`.
 
 A dataset spec is a name (`pets`, `flowers102`, `cifar10`, `cifar100`: torchvision's classes, their
-downloads and exactly their on-disk layouts under the data folder) or a path to an ImageFolder tree
+downloads and exactly their on-disk layouts under the data folder), a path to an ImageFolder tree
 (`train/` plus `val/` and/or `test/` class folders, or one folder of class folders split by
-`val_split`). `open_dataset` returns a `DatasetSource` whose `.subset(split, transform)` is the one
+`val_split`), or a Hugging Face dataset (`hf:NAME[:CONFIG]`, or a folder written by `save_to_disk`:
+vitcli.data.hf). `open_dataset` returns a `DatasetSource` whose `.subset(split, transform)` is the one
 `vitcli.data.loader.ImageDataset`.
 
 Splits. "train" trains; "minival" is the paper's held-out split, carved deterministically (stratified,
@@ -127,13 +128,27 @@ def _with_minival(source: DatasetSource, records: Records, fraction: float, seed
 
 # ---------------------------------------------------------------------------------------- opening
 def open_dataset(spec: str, *, data_dir: Path | None = None, val_split: float | None = None, seed: int = 0,
-                 download: bool = True) -> DatasetSource:
-    """Open a named dataset or an ImageFolder tree. Named datasets are downloaded (by torchvision)
-    into `data_dir` only when their files are not already there and `download` is set."""
+                 download: bool = True, image_column: str | None = None,
+                 label_column: str | None = None) -> DatasetSource:
+    """Open a named dataset, an ImageFolder tree or a Hugging Face dataset. Named datasets are downloaded
+    (by torchvision) into `data_dir` only when their files are not already there and `download` is set;
+    `image_column` / `label_column` choose the columns of a Hugging Face dataset."""
+    from vitcli.data import hf
+
     if val_split is not None and not 0.0 <= val_split < 1.0:
         raise DataError(f"--val-split {val_split} is out of range", "give a fraction such as 0.1")
     name = ALIASES.get(spec.strip().lower(), spec.strip().lower())
     path = Path(spec).expanduser()
+    if hf.is_hf(spec):
+        opened = hf.open_parts(spec, image_column=image_column, label_column=label_column, download=download)
+        base = ALIASES.get(opened.base, opened.base)
+        return from_parts(opened.name, opened.classes, opened.parts, root=opened.root, val_split=val_split,
+                          fraction=MINIVAL_FRACTION.get(base, DEFAULT_VAL_SPLIT), seed=seed)
+    if image_column or label_column:
+        from vitcli.errors import UsageError
+
+        raise UsageError("--image-column and --label-column choose the columns of a Hugging Face dataset",
+                         f"{spec} is not one: drop them, or give --dataset hf:NAME or a save_to_disk folder")
     if name in NAMED and not path.is_dir():
         root = Path(data_dir).expanduser() if data_dir else default_data_dir()
         return _open_named(name, root, val_split, seed, download)
@@ -257,10 +272,10 @@ def _open_folder(folder: Path, val_split: float | None, seed: int) -> DatasetSou
     if not classes:
         raise DataError(f"{train_dir} holds no class folders",
                         "lay the images out as <class>/<image> (ImageFolder), e.g. train/ants/1.jpg")
-    source = DatasetSource(folder.name or str(folder), classes, [], str(folder))
     records = _scan(train_dir, classes)
     if len(records) == 0:
         raise DataError(f"{train_dir} holds no images", "lay the images out as <class>/<image>")
+    parts = {"train": records}
     for split in ("val", "test"):
         d = found[split]
         if d is None:
@@ -269,13 +284,26 @@ def _open_folder(folder: Path, val_split: float | None, seed: int) -> DatasetSou
         if extra:
             raise DataError(f"{d} has class folders that train/ lacks: {', '.join(extra[:5])}",
                             "every class needs training images; fix the folder names")
-        part = _scan(d, classes)
-        if len(part):
+        parts[split] = _scan(d, classes)
+    return from_parts(folder.name or str(folder), classes, parts, root=str(folder), val_split=val_split, seed=seed)
+
+
+def from_parts(name: str, classes: list[str], parts: dict, *, root: str = "", val_split: float | None = None,
+               fraction: float = DEFAULT_VAL_SPLIT, seed: int = 0) -> DatasetSource:
+    """A source from the `Records` of its train, val and test parts (an ImageFolder tree's folders, a
+    Hugging Face dataset's splits): a val part selects the model; without one (or with `val_split`) a
+    minival of `val_split`, else `fraction`, is carved from train. Empty parts are left out."""
+    source = DatasetSource(name, classes, [], root)
+    for split in ("val", "test"):
+        part = parts.get(split)
+        if part is not None and len(part):
             source._parts[split] = (part, np.arange(len(part)))
-    if "val" not in source._parts or val_split:
-        _with_minival(source, records, DEFAULT_VAL_SPLIT if val_split is None else val_split, seed)
-    else:
-        source._parts["train"] = (records, np.arange(len(records)))
+    train = parts.get("train")
+    if train is not None and len(train):
+        if "val" not in source._parts or val_split:
+            _with_minival(source, train, fraction if val_split is None else val_split, seed)
+        else:
+            source._parts["train"] = (train, np.arange(len(train)))
     source.splits = [s for s in ("train", "minival", "val", "test") if s in source._parts]
     return source
 

@@ -113,7 +113,8 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.
 
 
 def decode_image(data: bytes, name: str, draft_size: int | None = None) -> Image.Image:
-    """`load_image` for an image held in memory (a URL's body, stdin); `name` is how it is shown."""
+    """`load_image` for an image held in memory (a URL's body, stdin, a dataset row's encoded image);
+    `name` is how it is shown. Decoded exactly as the file would be."""
     import io
 
     return _decode(io.BytesIO(data), name, data[:32], Path(name.split("?")[0]).suffix, draft_size)

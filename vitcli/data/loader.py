@@ -48,13 +48,18 @@ class Batch(NamedTuple):
 
 
 class Records:
-    """The items of one underlying split: image files (paths) or a uint8 array (CIFAR), with labels."""
+    """The items of one underlying split, with labels: image files (paths), a uint8 array (CIFAR), or
+    encoded images stored in dataset rows (a Hugging Face dataset's Image column: `encoded[j]` is the
+    image file's bytes, or the path of a file, and `names[j]` names it)."""
 
-    def __init__(self, labels: Sequence[int], paths: Sequence | None = None, array=None):
+    def __init__(self, labels: Sequence[int], paths: Sequence | None = None, array=None, encoded=None,
+                 names: Sequence[str] | None = None):
         self.labels = np.asarray(labels, dtype=np.int64)
         # paths: file paths (as str), http(s) URLs, or a StdinImage (vitcli.data.inputs)
         self.paths = [p if isinstance(p, str) else str(p) for p in paths] if paths is not None else None
         self.array = array  # (N, H, W, 3) uint8
+        self.encoded = encoded
+        self.names = list(names) if names is not None else None
 
     @classmethod
     def of_paths(cls, paths: Sequence) -> "Records":
@@ -65,21 +70,28 @@ class Records:
         return len(self.labels)
 
     def name(self, j: int) -> str:
-        return display(self.paths[j]) if self.paths is not None else f"#{j}"
+        if self.paths is not None:
+            return display(self.paths[j])
+        return self.names[j] if self.names is not None else f"#{j}"
 
     def image(self, j: int, draft_size: int | None = None):
-        if self.paths is None:
-            from PIL import Image
-
-            return Image.fromarray(self.array[j])
         from vitcli.data import images, urls
 
-        item = self.paths[j]
-        if hasattr(item, "data"):  # the image read from stdin
-            return images.decode_image(item.data, "-", draft_size)
-        if urls.is_url(item):
-            return images.decode_image(urls.fetch(item), item, draft_size)
-        return images.load_image(item, draft_size=draft_size)
+        if self.paths is not None:
+            item = self.paths[j]
+            if hasattr(item, "data"):  # the image read from stdin
+                return images.decode_image(item.data, "-", draft_size)
+            if urls.is_url(item):
+                return images.decode_image(urls.fetch(item), item, draft_size)
+            return images.load_image(item, draft_size=draft_size)
+        if self.encoded is not None:
+            item = self.encoded[j]
+            if isinstance(item, (bytes, bytearray, memoryview)):
+                return images.decode_image(bytes(item), self.name(j), draft_size)
+            return images.load_image(item or self.name(j), draft_size=draft_size)  # a file the row points to
+        from PIL import Image
+
+        return Image.fromarray(self.array[j])
 
 
 class ImageDataset:

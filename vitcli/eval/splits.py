@@ -104,10 +104,13 @@ def _has_split_folders(folder: Path) -> bool:
 
 
 def open_source(dataset: str | None = None, data: Path | None = None, *, data_dir: Path | None = None,
-                download: bool = True):
-    """The `DatasetSource` for --dataset NAME|PATH, or for --data DIR (class folders)."""
+                download: bool = True, image_column: str | None = None, label_column: str | None = None):
+    """The `DatasetSource` for --dataset NAME|PATH|hf:NAME, or for --data DIR (class folders)."""
     if dataset is not None:
-        return open_dataset(str(dataset), data_dir=data_dir, download=download)
+        return open_dataset(str(dataset), data_dir=data_dir, download=download, image_column=image_column,
+                            label_column=label_column)
+    if image_column or label_column:
+        raise UsageError("--image-column and --label-column go with --dataset (a Hugging Face dataset)")
     folder = Path(data).expanduser()
     if not folder.is_dir():
         raise DataError(f"--data {folder}: no such folder")
@@ -129,7 +132,8 @@ def default_split(source, few_shot: bool = False) -> str:
 
 
 def open_split(*, dataset: str | None = None, data: Path | None = None, labels: Path | None = None,
-               split: str | None = None, data_dir: Path | None = None, download: bool = True) -> Split:
+               split: str | None = None, data_dir: Path | None = None, download: bool = True,
+               image_column: str | None = None, label_column: str | None = None) -> Split:
     """The split `vit eval` evaluates, from its --dataset / --data / --labels / --split options."""
     if labels is not None:
         if data is None:
@@ -137,20 +141,22 @@ def open_split(*, dataset: str | None = None, data: Path | None = None, labels: 
         if split is not None:
             raise UsageError("--split does not apply to --data with --labels (the labels file is the split)")
         return open_labelled_folder(data, labels)
-    source = open_source(dataset, data, data_dir=data_dir, download=download)
+    source = open_source(dataset, data, data_dir=data_dir, download=download, image_column=image_column,
+                         label_column=label_column)
     chosen = split or default_split(source)
     single = dataset is None and not _has_split_folders(Path(data).expanduser())
     return dataset_split(source, chosen, "all" if single and split is None else None)
 
 
 def few_shot_splits(*, dataset: str | None = None, data: Path | None = None, labels: Path | None = None,
-                    split: str | None = None, data_dir: Path | None = None) -> tuple[Split, Split]:
+                    split: str | None = None, data_dir: Path | None = None, image_column: str | None = None,
+                    label_column: str | None = None) -> tuple[Split, Split]:
     """(train, test) of few-shot evaluation: the shots are drawn from train, tested on --split (default:
     test, else val, else minival)."""
     if labels is not None:
         raise UsageError("--few-shot needs a dataset with a training split",
                          "use --dataset NAME|PATH (an ImageFolder tree with train/ and val/ or test/)")
-    source = open_source(dataset, data, data_dir=data_dir)
+    source = open_source(dataset, data, data_dir=data_dir, image_column=image_column, label_column=label_column)
     if "train" not in source.splits:
         raise UsageError(f"dataset {source.name} has no training split to draw the shots from")
     test = split or default_split(source, few_shot=True)

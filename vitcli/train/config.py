@@ -1,7 +1,7 @@
 """Training configs as frozen dataclasses, resolved in layers.
 
 A config is resolved in layers: dataclass defaults <- the recipe (vitcli.train.recipes, per dataset)
-<- a config file (JSON or TOML; a run folder's config.json works too, so any run can be rerun)
+<- a config file (JSON, TOML or YAML; a run folder's config.json works too, so any run can be rerun)
 <- command-line flags. Durations are in steps (the paper's unit) or epochs, never both.
 Imports nothing heavy: `--dry-run` prints the resolved config without loading torch.
 """
@@ -25,6 +25,8 @@ class RunConfig:
     dataset: str = ""
     data_dir: str | None = None
     val_split: float | None = None
+    image_column: str | None = None  # Hugging Face datasets: None finds it from the features
+    label_column: str | None = None
     recipe: str = "quick"
     # duration: steps, or epochs (converted to steps once the dataset size is known), or "auto": the
     # recipe's table of steps by training-set size and class count (vitcli.train.recipes.auto_steps)
@@ -74,6 +76,7 @@ class RunConfig:
     download: bool = True
     project: str = "runs"
     name: str | None = None
+    report_to: str = "none"  # none | tensorboard | wandb | tensorboard,wandb (vitcli.train.reporting)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -109,7 +112,7 @@ CONFIGS = {"finetune": FinetuneConfig, "train": TrainConfig}
 
 # ------------------------------------------------------------------------------------------ layers
 def read_config_file(path: Path) -> dict:
-    """A JSON or TOML file of config keys; a run folder (or its config.json) gives that run's config."""
+    """A JSON, TOML or YAML file of config keys; a run folder (or its config.json) gives that run's config."""
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "config.json" if (path / "config.json").is_file() else path / "run.json"
@@ -119,24 +122,47 @@ def read_config_file(path: Path) -> dict:
         raise UsageError(f"cannot read config file {path}: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise UsageError(f"config file {path} is not UTF-8 text") from None
+    kind = {".toml": "TOML", ".yaml": "YAML", ".yml": "YAML"}.get(path.suffix.lower(), "JSON")
     try:
-        if path.suffix == ".toml":
+        if kind == "TOML":
             import tomllib
 
             values = tomllib.loads(text)
+        elif kind == "YAML":
+            values = _load_yaml(text)
         else:
             values = json.loads(text)
     except ValueError as e:
-        raise UsageError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}") \
-            from None
+        raise UsageError(f"config file {path} is not valid {kind}: {e}") from None
     if not isinstance(values, dict):
-        raise UsageError(f"config file {path} holds a {type(values).__name__}, not a table of settings",
-                         'e.g. {"lr": 0.01, "steps": 500} (JSON) or lr = 0.01 (TOML)')
+        raise UsageError(f"config file {path} does not hold a table of settings",
+                         "write one `key: value` (YAML), `key = value` (TOML) or JSON object entry per setting")
     if isinstance(values.get("vitcli"), dict):  # a run folder's model config.json
         values = values["vitcli"].get("config", {})
     elif isinstance(values.get("config"), dict):  # run.json
         values = values["config"]
     return values
+
+
+def _load_yaml(text: str):
+    """YAML as timm and ultralytics users write it: `lr: 1e-3` is a number (YAML 1.1, PyYAML's dialect,
+    reads a float without a dot as a string; YAML 1.2 and those tools' argparse defaults do not)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    exponent = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+$")  # 1e-3, 1.5e3
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+0123456789."))
+    try:
+        values = yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:  # not a ValueError
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{getattr(e, 'problem', None) or e}{where}") from None
+    return {} if values is None else values
 
 
 def _check_keys(cls, values: dict, origin: str) -> dict:
@@ -280,6 +306,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         if cfg.img_size and cfg.patch_size and cfg.img_size % cfg.patch_size:
             raise UsageError(f"--img-size {cfg.img_size} is not a multiple of --patch-size {cfg.patch_size}",
                              "a ViT cuts the image into whole patches: e.g. --img-size 32 --patch-size 4")
+    from vitcli.train.reporting import backends
+
+    backends(cfg.report_to)  # a known --report-to (its package is checked when the run starts)
     return cfg
 
 

@@ -37,7 +37,10 @@ def setup(device_spec: str) -> tuple[Dist, str]:
     """Join the process group when run by torchrun; returns the device spec for this rank."""
     import torch
 
+    from vitcli.devices import canonical
+
     dist = from_env()
+    device_spec = canonical(device_spec)
     if not dist.enabled:
         return dist, device_spec
     import torch.distributed as td

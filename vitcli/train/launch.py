@@ -13,7 +13,11 @@ from vitcli.errors import UsageError
 
 
 def _flags(flags: dict) -> dict:
+    from vitcli.devices import canonical
+
     flags = dict(flags)
+    if flags.get("device") is not None:
+        flags["device"] = canonical(flags["device"])  # `--device 0` is cuda:0 in the run's config
     for key in ("device", "precision"):  # "auto" is the recipe's default, not a choice of the user's
         if flags.get(key) == "auto":
             flags[key] = None

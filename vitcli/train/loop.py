@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitcli.train import checkpoint, distributed, runs
+from vitcli.train import checkpoint, distributed, reporting, runs
 from vitcli.train.batches import TrainBatches
 from vitcli.train.display import Display
 from vitcli.train.evaluation import eval_batch_size, evaluate
@@ -164,9 +164,14 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- the loop
     def fit(self) -> dict:
+        """The loop and `finish`; every record goes to one reporter (metrics.jsonl, results.csv, curves.png,
+        TensorBoard / W&B: vitcli.train.reporting), closed whatever happens."""
+        with reporting.Reporter(self.job.run_dir, self.cfg, resume_step=self.tally.step if self.state else None,
+                                enabled=self.dist.main) as self.metrics:
+            return self.run_steps()
+
+    def run_steps(self) -> dict:
         t = self.tally
-        self.metrics = runs.Metrics(self.job.run_dir, resume_step=t.step if self.state else None,
-                                    enabled=self.dist.main)
         self.display = Display(self.total, enabled=self.dist.main)
         self.model.train()
         try:
@@ -203,7 +208,6 @@ class Trainer:
                         self.save_state()  # never during a run of non-finite steps: the last good one stays
         finally:
             self.batches.close()
-            self.metrics.close()
         return self.finish()
 
     def train_step(self, stop) -> StepResult:
@@ -280,7 +284,7 @@ class Trainer:
             self.display.message(f"step {t.step}: non-finite loss or gradient norm (loss {result.mean_loss}, "
                                  f"grad norm {result.grad_norm}): update skipped "
                                  f"({t.bad_steps}/{self.cfg.max_bad_steps})")
-        elif t.step % self.cfg.log_every == 0 or t.step == 1 or t.step == total:
+        elif t.step % self.cfg.log_every == 0 or t.step == 1 or t.step == total or t.step in self.eval_at:
             epoch = self.batches.epoch + self.batches.pos / max(self.n_train // self.dist.world, 1)
             self.metrics.log({"step": t.step, "epoch": round(epoch, 4), "loss": round(result.mean_loss, 6), "lr": lr,
                               "grad_norm": round(result.grad_norm, 6), "img_s": round(img_s, 2),
@@ -296,23 +300,21 @@ class Trainer:
     def evaluate_and_select(self) -> None:
         """Evaluate the selection split (and the EMA's weights, when kept); a new best is saved as the
         run's model: a higher top-1, or the same top-1 at a lower loss."""
-        t = self.tally
-        results = {}
+        t, results = self.tally, {}
         for which, module in self.candidates().items():
             results[which] = self.evaluate_split(self.selection, module)
             self.metrics.log({"step": t.step, **results[which], **({"weights": which} if self.ema else {}),
-                              "skipped_images": self.job.source.skipped_count})
-        which = max(results, key=lambda w: (results[w]["top1"], -results[w]["loss"]))
-        result = results[which]
+                              "skipped_images": self.job.source.skipped_count,
+                              "seconds": round(t.elapsed + time.time() - self.started, 2)})
+        result = results[which := max(results, key=lambda w: (results[w]["top1"], -results[w]["loss"]))]
         better = t.best_top1 is None or (result["top1"], -result["loss"]) > (t.best_top1, -(t.best_loss or math.inf))
         if better and self.save_best(self.candidates()[which], which):
-            t.best_top1, t.best_step, t.best_loss, t.best_weights, t.stale = (result["top1"], t.step, result["loss"],
-                                                                             which, 0)
+            t.best_top1, t.best_step, t.best_loss, t.best_weights, t.stale = result["top1"], t.step, result["loss"], which, 0
         else:
             t.stale += 1
         self.display.update(t.step, val=t.best_top1)
-        self.display.message(f"step {t.step}/{self.total}: {self.selection} top-1 {result['top1']:.2f} % "
-                             f"(best {t.best_top1:.2f} % at step {t.best_step})")
+        best = f"best {t.best_top1:.2f} % at step {t.best_step}" if t.best_top1 is not None else "no model kept yet"
+        self.display.message(f"step {t.step}/{self.total}: {self.selection} top-1 {result['top1']:.2f} % ({best})")
 
     def candidates(self) -> dict:
         """The weights a selection may keep: the trained ones, and their EMA when kept."""
@@ -392,9 +394,7 @@ class Trainer:
             self.model.load_state_dict(load_file(str(job.run_dir / "model.safetensors")))
             test = self.evaluate_split("test")
             summary["test_top1"] = test["top1"]
-            metrics = runs.Metrics(job.run_dir, enabled=self.dist.main)
-            metrics.log({"step": self.total, **test})
-            metrics.close()
+            self.metrics.log({"step": self.total, **test})
         summary.update(job.extra_summary)
         return summary
 

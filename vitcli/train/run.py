@@ -16,12 +16,12 @@ from pathlib import Path
 from vitcli import output
 from vitcli.data.datasets import describe
 from vitcli.errors import UsageError, VitError
-from vitcli.train import build, distributed, loop, plan, runs
+from vitcli.train import build, distributed, loop, plan, reporting, runs
 from vitcli.train.config import CONFIGS, FinetuneConfig, RunConfig, TrainConfig, from_dict
 
 # settings a resumed run may change; everything else is the run's recipe
 RESUMABLE = ("steps", "epochs", "workers", "device", "precision", "eval_every", "save_every", "log_every",
-             "max_bad_steps")
+             "max_bad_steps", "report_to")
 
 
 def finetune(cfg: FinetuneConfig | None = None, *, resume: str | Path | None = None,
@@ -108,6 +108,7 @@ def _run(command: str, cfg: RunConfig | None, resume, run_dir, test: bool, stop_
     cfg, state = _load_resume(command, cfg, resume)
     if not isinstance(cfg, CONFIGS[command]):
         raise UsageError(f"{command} needs a {CONFIGS[command].__name__}")
+    reporting.check(cfg.report_to)  # a missing TensorBoard / W&B package, before any work
     dist, device_spec = distributed.setup(cfg.device)
     try:
         rt = runtime(device_spec, cfg.precision)

@@ -287,7 +287,9 @@ def write_tables(result: SweepResult) -> list[Path]:
         w.writerow([label(r.setting), *r.setting.values(), r.val_top1, r.test_top1, r.params, r.gflops,
                     r.img_per_s, r.seconds, r.status, r.error or "", r is result.winner,
                     str(result.sweep_dir / r.folder)])
-    return [md, atomic_write(result.sweep_dir / "results.csv", buffer.getvalue())]
+    from vitcli.train.reporting import write_sweep_plot
+
+    return [md, atomic_write(result.sweep_dir / "results.csv", buffer.getvalue()), write_sweep_plot(result, [label(r.setting) for r in result.rows])]
 
 
 # ---------------------------------------------------------------------------------------------
