@@ -94,7 +94,8 @@ def _features(loaded, runtime, split, cfg):
 
 def probe_head(model, data_config: dict, source, cfg, runtime) -> dict | None:
     """Set the model's linear head to the linear probe of its frozen features on the training split;
-    returns what was fitted (None when the head is not one nn.Linear: it stays as it is)."""
+    returns what was fitted (None when the head is not one nn.Linear, or no training image is readable:
+    it stays as it is, and the loop reports the unreadable images)."""
     import torch
 
     from vitcli.eval.splits import dataset_split
@@ -107,6 +108,8 @@ def probe_head(model, data_config: dict, source, cfg, runtime) -> dict | None:
     loaded = SimpleNamespace(model=model, data_config=data_config)
     k = source.num_classes
     x, y = _features(loaded, runtime, dataset_split(source, "train"), cfg)
+    if len(y) == 0:
+        return None
     mean, std = x.mean(0, keepdim=True), x.std(0, keepdim=True, unbiased=False) + 1e-6
     z = (x - mean) / std
     chosen, scores = choose_l2(z, y, k)
