@@ -212,6 +212,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="seeds per from-scratch set (fine-tuning: 1)")
     parser.add_argument("--out", default=str(HERE / "recipes.txt"), help="'-' for stdout only")
     parser.add_argument("--timeout", type=float, default=7200)
+    parser.add_argument("--keep", action="store_true",
+                        help="reuse the rows already measured in WORK/rows.jsonl (a time-boxed run continued)")
     args = parser.parse_args()
     model = (args.assets / MODEL).resolve()
     if not (model / "model.safetensors").is_file():
@@ -219,12 +221,20 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     data = make_sets(args.assets.resolve(), args.work)
     started, load_before = time.time(), loadavg()
-    rows = []
-    for n, name in enumerate(args.only or DEFAULT_RUN):
+    rows, log = [], args.work / "rows.jsonl"
+    kept = {}
+    if args.keep and log.exists():
+        kept = {(r["set"], r["seed"]): r for r in map(json.loads, log.read_text().splitlines())}
+    elif log.exists():
+        log.unlink()
+    for name in args.only or DEFAULT_RUN:
         kind, dataset, vflags, pflags = SETS[name]
         seeds = range(1 if kind == "finetune" else args.seeds)
         for seed in seeds:
-            vit_first = (n + seed) % 2 == 0
+            if (name, seed) in kept:
+                rows.append(kept[(name, seed)])
+                continue
+            vit_first = (list(SETS).index(name) + seed) % 2 == 0  # the order alternates from set to set
             steps = default_steps(data[dataset]) if kind == "finetune" else None  # the plain loop's budget
             load = loadavg()
             if vit_first:
@@ -237,6 +247,8 @@ def main() -> None:
                 row["probe"] = probes(data[dataset], model, args.work, args.timeout)
             rows.append(row)
             print(json.dumps(row), flush=True)
+            with open(log, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
     report = render(rows, started, load_before)
     print(report)
     if args.out != "-":
