@@ -69,6 +69,17 @@ def test_aa_applies_randaugment_and_is_seeded_per_sample():
         train_transform(DC, crop_scale=(1.0, 1.0), hflip=0.0, aa="rand-q9")
 
 
+def test_no_augmentation_trains_on_the_eval_transform():
+    """Crops of 100 %, no flip: the images as evaluation sees them (resize + centre crop by crop_pct), not
+    a 100 % random-resized crop, which resizes the whole image to another scale."""
+    from vitcli.data.transforms import eval_transform, train_transform
+
+    dc, image = dict(DC, crop_pct=0.875), picture()
+    assert seeded(train_transform(dc, crop_scale=(1.0, 1.0), hflip=0.0), image, 0).equal(eval_transform(dc)(image))
+    assert not seeded(train_transform(dc, crop_scale=(1.0, 1.0), hflip=0.0, reprob=1.0), image, 0).equal(
+        eval_transform(dc)(image))
+
+
 def test_reprob_erases_one_rectangle_with_noise_at_that_rate():
     import torch
 

@@ -102,7 +102,12 @@ def eval_transform(data_config: dict):
 def train_transform(data_config: dict, *, crop_scale, hflip: float, aa: str | None = None, reprob: float = 0.0):
     """timm's training transform: random-resized crop (scale `crop_scale`), horizontal flip, the
     RandAugment / AutoAugment policy `aa` (e.g. rand-m9-mstd0.5-inc1) and random erasing with
-    probability `reprob` (per-pixel noise, as DeiT), with the model's interpolation and normalisation."""
+    probability `reprob` (per-pixel noise, as DeiT), with the model's interpolation and normalisation.
+    No augmentation at all (crops of 100 %, no flip, policy or erasing) is the eval transform itself: a
+    100 % random-resized crop would resize the whole image while evaluation resizes and centre-crops
+    (crop_pct), so training and test would see the images at different scales."""
+    if tuple(crop_scale) == (1.0, 1.0) and not hflip and aa in (None, "none") and not reprob:
+        return eval_transform(data_config)
     from timm.data import create_transform
 
     from vitcli.errors import UsageError
