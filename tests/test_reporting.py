@@ -63,11 +63,13 @@ def test_every_run_folder_has_results_csv_and_curves(tiny_vit_dir, colours, tmp_
     evals = [r for r in records if r.get("split") == "val"]
     rows = _rows(run)
     assert list(rows[0]) == list(reporting.COLUMNS)
-    assert [int(r["step"]) for r in rows] == [e["step"] for e in evals] == [3, 6]
+    # step 0: the LP-FT head (a linear probe) is evaluated before any training step, a candidate too
+    assert [int(r["step"]) for r in rows] == [e["step"] for e in evals] == [0, 3, 6]
     assert [float(r["val_top1"]) for r in rows] == [e["top1"] for e in evals]
     train = {r["step"]: r for r in records if "split" not in r and "event" not in r}
-    assert [float(r["train_loss"]) for r in rows] == [train[3]["loss"], train[6]["loss"]]
-    assert all(float(r["seconds"]) > 0 and float(r["img_s"]) > 0 for r in rows)
+    assert rows[0]["train_loss"] == rows[0]["img_s"] == ""
+    assert [float(r["train_loss"]) for r in rows[1:]] == [train[3]["loss"], train[6]["loss"]]
+    assert all(float(r["seconds"]) > 0 for r in rows) and all(float(r["img_s"]) > 0 for r in rows[1:])
     assert (run / "curves.png").read_bytes().startswith(PNG)
     assert not list(run.glob("events.out.tfevents.*")) and not (run / "wandb").exists()
     for module, was_there in had.items():  # no backend package is imported unless asked for
@@ -92,7 +94,7 @@ def test_report_to_tensorboard_and_wandb(tiny_vit_dir, colours, tmp_path, monkey
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/img_s", "val/top1", "val/loss", "test/top1"} <= tags
-    assert [e.step for e in events.Scalars("val/top1")] == [3, 6]
+    assert [e.step for e in events.Scalars("val/top1")] == [0, 3, 6]  # 0: the LP-FT head
     assert [e.value for e in events.Scalars("val/top1")] == pytest.approx([float(r["val_top1"]) for r in _rows(run)])
     assert [e.step for e in events.Scalars("train/loss")] == [1, 3, 6]
     assert events.Scalars("test/top1")[0].value == pytest.approx(summary["test_top1"])

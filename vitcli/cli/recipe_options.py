@@ -22,7 +22,8 @@ RValSplit = Annotated[Optional[float], typer.Option(
     "--val-split", help="Fraction of train held out as minival (default: Pets/Flowers 0.1, CIFAR 0.02, "
                         "folders without val/ 0.1).", show_default=False)]
 RRecipe = Annotated[Optional[str], typer.Option(
-    "--recipe", help="paper (default with a GPU) | quick (laptop CPU, default without a GPU).", show_default=False)]
+    "--recipe", help="paper (default with a GPU) | quick (laptop CPU, default without a GPU) | deit (DeiT's "
+                     "augmentation and regularisation).", show_default=False)]
 RConfig = Annotated[Optional[Path], typer.Option(
     "--config", help="JSON, TOML or YAML file of settings (a run folder reruns that run); flags override it.",
     show_default=False)]
@@ -41,7 +42,22 @@ RWarmup = _recipe(int, "--warmup", "Linear warmup steps.", min=0)
 RSchedule = _recipe(str, "--schedule", "cosine | linear | constant, after warmup.")
 RWd = _recipe(float, "--weight-decay", "Decoupled weight decay.")
 RClip = _recipe(float, "--clip-grad", "Global gradient-norm clip (0: off).")
-RSmooth = _recipe(float, "--label-smoothing", "Label smoothing.")
+RSmooth = Annotated[Optional[float], typer.Option("--smoothing", "--label-smoothing", help="Label smoothing.",
+                                                  rich_help_panel=P, show_default=False)]
+RLayerDecay = _recipe(float, "--layer-decay", "Layer-wise lr decay (BEiT/MAE; 1: off).")
+RPatience = _recipe(int, "--patience", "Stop after N evaluations without a better held-out top-1.", min=1)
+RAa = _recipe(str, "--aa", "RandAugment/AutoAugment policy, e.g. rand-m9-mstd0.5-inc1 (none: off).")
+RMixup = _recipe(float, "--mixup", "Mixup alpha (0: off).")
+RCutmix = _recipe(float, "--cutmix", "CutMix alpha (0: off).")
+RReprob = _recipe(float, "--reprob", "Random-erasing probability.")
+RDropPath = _recipe(float, "--drop-path", "Stochastic depth rate.")
+RModelEma = Annotated[Optional[bool], typer.Option(
+    "--model-ema/--no-model-ema", help="Keep an EMA of the weights (evaluated beside them; the better is kept).",
+    rich_help_panel=P, show_default=False)]
+REmaDecay = _recipe(float, "--ema-decay", "The EMA's decay (default 0.9998; warmed up from 0).")
+RStopAfter = Annotated[Optional[int], typer.Option(
+    "--stop-after", min=1, show_default=False,
+    help="Save and stop after step N, as if interrupted (--resume continues).")]
 RSeed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (default 0).", show_default=False)]
 REvalEvery = Annotated[Optional[int], typer.Option("--eval-every", min=1, show_default=False,
                                                    help="Evaluate on minival/val every N steps (default: 5 times).")]
@@ -65,7 +81,7 @@ RResume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the 
                                                  show_default=False)]
 RDryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")]
 
-_NOT_FLAGS = ("config", "resume", "sweep", "dry_run", "json_out", "offline")
+_NOT_FLAGS = ("config", "resume", "sweep", "dry_run", "json_out", "offline", "stop_after")
 
 
 def _param(name: str, annotation, default=None) -> inspect.Parameter:
@@ -80,14 +96,18 @@ def make_command(command: str, doc: str, *, first: list = (), recipe: list = ())
               _param("steps", RSteps), _param("epochs", REpochs), _param("lr", RLr),
               _param("batch_size", RecipeBatchSizeOpt), _param("accum", RAccum), _param("warmup", RWarmup),
               _param("img_size", RecipeImgSizeOpt), _param("schedule", RSchedule), _param("weight_decay", RWd),
-              _param("clip_grad", RClip), _param("label_smoothing", RSmooth),
+              _param("clip_grad", RClip), _param("layer_decay", RLayerDecay), _param("patience", RPatience),
+              _param("aa", RAa), _param("mixup", RMixup), _param("cutmix", RCutmix), _param("reprob", RReprob),
+              _param("label_smoothing", RSmooth), _param("drop_path", RDropPath), _param("model_ema", RModelEma),
+              _param("ema_decay", REmaDecay),
               *(_param(n, a) for n, a in recipe),
               _param("seed", RSeed), _param("data_dir", DataDirOpt), _param("val_split", RValSplit),
               _param("image_column", ImageColumnOpt), _param("label_column", LabelColumnOpt),
               _param("token_mixer", RMixer), _param("token_mixers", RMixers), _param("workers", WorkersOpt),
               _param("device", DeviceOpt, "auto"), _param("precision", PrecisionOpt, "auto"),
               _param("eval_every", REvalEvery), _param("save_every", RSaveEvery), _param("name", RName),
-              _param("project", RProject), _param("report_to", RReportTo), _param("config", RConfig), _param("resume", RResume),
+              _param("project", RProject), _param("report_to", RReportTo), _param("config", RConfig),
+              _param("resume", RResume), _param("stop_after", RStopAfter),
               _param("sweep", SweepOpt), _param("dry_run", RDryRun, False), _param("json_out", JsonOpt, False),
               _param("offline", OfflineOpt, False)]
 
@@ -108,11 +128,12 @@ def _run(command: str, options: dict) -> None:
 
     env.set_offline(options["offline"])
     flags = {k: v for k, v in options.items() if k not in _NOT_FLAGS}
-    where = dict(config_file=options["config"], resume=options["resume"], sweep=options["sweep"])
+    where = dict(config_file=options["config"], resume=options["resume"], sweep=options["sweep"],
+                 stop_after=options["stop_after"])
     if options["dry_run"]:
         from vitcli.train.config import dumps
 
-        for setting, cfg in launch.configs(command, flags, **where):
+        for setting, cfg in launch.configs(command, flags, **{k: v for k, v in where.items() if k != "stop_after"}):
             if setting is not None:
                 output.emit_json({"setting": setting, "config": cfg.to_dict()})
             elif options["json_out"]:
@@ -143,8 +164,8 @@ def render(summary: dict) -> None:
     table.add_column()
     labels = {"val_top1": f"{summary.get('selection_split') or 'val'} top-1 (best)", "test_top1": "test top-1",
               "img_s": "train img/s", "run_dir": "run folder", "best_step": "best at step"}
-    for key in ("run_dir", "model", "dataset", "steps", "epochs", "best_step", "val_top1", "test_top1", "params",
-                "img_s", "seconds", "skipped_images"):
+    for key in ("run_dir", "model", "dataset", "steps", "stopped_early_at", "stopped_at", "epochs", "best_step",
+                "weights", "val_top1", "test_top1", "params", "img_s", "seconds", "skipped_images"):
         if summary.get(key) is None:
             continue
         value = summary[key]

@@ -15,8 +15,6 @@ PosEmbed = Annotated[Optional[str], typer.Option(
     "--pos-embed", help="learn (1-D, default) | sincos (2-D, fixed) | none.", show_default=False)]
 Pool = Annotated[Optional[str], typer.Option(
     "--pool", help="token (class token, default) | avg (global average pooling).", show_default=False)]
-DropPath = Annotated[Optional[float], typer.Option(
-    "--drop-path", help="Stochastic depth rate.", rich_help_panel=P, show_default=False)]
 
 train = make_command(
     "train",
@@ -24,8 +22,7 @@ train = make_command(
 
     Position embedding (--pos-embed learn|sincos|none) and pooling (--pool token|avg) are options.
     """,
-    first=[("patch_size", PatchSize), ("pos_embed", PosEmbed), ("pool", Pool)],
-    recipe=[("drop_path", DropPath)])
+    first=[("patch_size", PatchSize), ("pos_embed", PosEmbed), ("pool", Pool)])
 
 
 def register(app: typer.Typer) -> None:

@@ -97,8 +97,8 @@ class Records:
 class ImageDataset:
     """Map-style dataset over `records[indices]`: a `Sample`, or a `Skipped` record when unreadable.
 
-    With `augment_seed` set, the random transforms of item j in epoch e are seeded from
-    (augment_seed, e, j), so the augmentation of a sample does not depend on DataLoader workers,
+    With `augment_seed` set, the random transforms of item j in epoch e (Python's, numpy's and torch's
+    generators) are seeded from (augment_seed, e, j), so the augmentation of a sample does not depend on DataLoader workers,
     their number, or where a resumed run restarted.
     """
 
@@ -145,14 +145,16 @@ class ImageDataset:
         import torch
 
         seed = (self.augment_seed * 1_000_003 + self.epoch * 1_000_033 + j) % (2 ** 63)
-        state = random.getstate()
+        state, np_state = random.getstate(), np.random.get_state()  # RandAugment draws from numpy too
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             random.seed(seed)
+            np.random.seed(seed % (2 ** 32))
             try:
                 return Sample(position, self.transform(image), label)
             finally:
                 random.setstate(state)
+                np.random.set_state(np_state)
 
 
 def collate(items) -> Batch:

@@ -112,12 +112,25 @@ def eval_transform(data_config: dict):
     return create_transform(**data_config, is_training=False)
 
 
-def train_transform(data_config: dict, *, crop_scale, hflip: float):
-    """timm's training transform: random-resized crop (scale `crop_scale`) and horizontal flip, with the
-    model's interpolation and normalisation."""
+def train_transform(data_config: dict, *, crop_scale, hflip: float, aa: str | None = None, reprob: float = 0.0):
+    """timm's training transform: random-resized crop (scale `crop_scale`), horizontal flip, the
+    RandAugment / AutoAugment policy `aa` (e.g. rand-m9-mstd0.5-inc1) and random erasing with
+    probability `reprob` (per-pixel noise, as DeiT), with the model's interpolation and normalisation.
+    No augmentation at all (crops of 100 %, no flip, policy or erasing) is the eval transform itself: a
+    100 % random-resized crop would resize the whole image while evaluation resizes and centre-crops
+    (crop_pct), so training and test would see the images at different scales."""
+    if tuple(crop_scale) == (1.0, 1.0) and not hflip and aa in (None, "none") and not reprob:
+        return eval_transform(data_config)
     from timm.data import create_transform
 
-    return create_transform(input_size=data_config["input_size"], is_training=True, scale=tuple(crop_scale),
-                            hflip=hflip, color_jitter=None, auto_augment=None,
-                            interpolation=data_config.get("interpolation", "bicubic"),
-                            mean=data_config["mean"], std=data_config["std"])
+    from vitcli.errors import UsageError
+
+    try:
+        return create_transform(input_size=data_config["input_size"], is_training=True, scale=tuple(crop_scale),
+                                hflip=hflip, color_jitter=None, auto_augment=None if aa in (None, "none") else aa,
+                                re_prob=reprob, re_mode="pixel", re_count=1,
+                                interpolation=data_config.get("interpolation", "bicubic"),
+                                mean=data_config["mean"], std=data_config["std"])
+    except (AssertionError, ValueError, KeyError, IndexError) as e:  # timm's parse of the policy string
+        raise UsageError(f"--aa {aa!r}: timm cannot read this policy ({e or type(e).__name__})",
+                         "e.g. rand-m9-mstd0.5-inc1 (RandAugment: magnitude 9, its std 0.5, increasing)") from None

@@ -65,6 +65,8 @@ def build_finetune_model(cfg: FinetuneConfig, num_classes: int, device):
     overrides = {"num_classes": num_classes, **_mixers(cfg)}
     if cfg.img_size:
         overrides["img_size"] = cfg.img_size
+    if cfg.drop_path:
+        overrides["drop_path_rate"] = cfg.drop_path
     loaded = load_model(cfg.model, pretrained=True, device=device, **overrides)
     model = loaded.model
     head = model.get_classifier()

@@ -102,3 +102,25 @@ def set_rng_state(state: dict) -> None:
     if "cuda" in state and torch.cuda.is_available():
         states = state["cuda"][:torch.cuda.device_count()]
         torch.cuda.set_rng_state_all(states)
+
+
+def gather_rng_states(dist) -> list:
+    """Every rank's `rng_state()`, in rank order (all ranks take part)."""
+    state = rng_state()
+    if not dist.enabled:
+        return [state]
+    import torch.distributed as td
+
+    out = [None] * dist.world
+    td.all_gather_object(out, state)
+    return out
+
+
+def all_finite(model, optimizer) -> bool:
+    """Every parameter, buffer and optimizer state is finite."""
+    import torch
+
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    tensors += [v for s in optimizer.state.values() for v in s.values()
+                if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True

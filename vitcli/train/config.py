@@ -28,25 +28,39 @@ class RunConfig:
     image_column: str | None = None  # Hugging Face datasets: None finds it from the features
     label_column: str | None = None
     recipe: str = "quick"
-    # duration: steps, or epochs (converted to steps once the dataset size is known)
+    # duration: steps, or epochs (converted to steps once the dataset size is known), or "auto": the
+    # recipe's table of steps by training-set size and class count (vitcli.train.recipes.auto_steps)
     steps: int | None = None
     epochs: float | None = None
+    budget: str = "fixed"  # fixed (steps or epochs as given) | auto
     warmup: int = 0
+    warmup_epochs: float | None = None  # instead of warmup (DeiT: 5 epochs)
+    patience: int | None = None  # evaluations without a better selection-split top-1 that stop the run
     # optimisation
     optimizer: str = "sgd"
     lr: float = 0.003
+    lr_base: float | None = None  # lr per 512 images: lr = lr_base x batch_size / 512 when --lr is not given
+    layer_decay: float | None = None  # layer-wise lr decay (BEiT, MAE): layer i of L trains at lr x decay^(L-i)
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     clip_grad: float | None = 1.0
     schedule: str = "cosine"  # cosine | linear | constant, after a linear warmup
-    label_smoothing: float = 0.0
     batch_size: int = 512
     accum: int | None = None  # micro-steps per optimizer step; None: 1 (or as memory requires)
-    # input
+    # input and regularisation (timm's; vitcli.train.regularise). crop_scale / hflip None: by the budget
+    # (vitcli.train.recipes.augmentation)
     img_size: int | None = None  # None: the model's own
-    crop_scale: tuple[float, float] = (0.05, 1.0)
-    hflip: float = 0.5
+    crop_scale: tuple[float, float] | None = (0.05, 1.0)
+    hflip: float | None = 0.5
+    aa: str | None = None  # RandAugment / AutoAugment policy, e.g. rand-m9-mstd0.5-inc1
+    reprob: float = 0.0  # random erasing probability
+    mixup: float = 0.0  # mixup alpha (0: off)
+    cutmix: float = 0.0  # cutmix alpha (0: off)
+    label_smoothing: float = 0.0  # --smoothing (alias --label-smoothing)
+    drop_path: float = 0.0  # stochastic depth rate
+    model_ema: bool = False  # keep an EMA of the weights; evaluated beside them, the better one kept
+    ema_decay: float = 0.9998  # the EMA's decay (reached after timm's warmup of the decay)
     # token mixers (vitcli/architectures.py); passed to the model only when set
     token_mixer: str | None = None
     token_mixers: str | None = None
@@ -76,6 +90,7 @@ class FinetuneConfig(RunConfig):
     """`vit finetune`: a pre-trained model, a zero-initialised head, the paper's SGD recipe."""
 
     freeze: bool = False  # train the head only
+    head_init: str = "zero"  # zero (the paper) | probe (LP-FT: a linear probe on frozen features)
     command: str = field(default="finetune", init=False)
 
 
@@ -90,7 +105,6 @@ class TrainConfig(RunConfig):
     patch_size: int | None = None
     pos_embed: str = "learn"  # learn | sincos | none
     pool: str = "token"  # token | avg
-    drop_path: float = 0.0
     command: str = field(default="train", init=False)
 
 
@@ -180,6 +194,14 @@ def _layer(base: dict, top: dict) -> dict:
         merged["epochs"] = None
     if top.get("epochs") is not None and "steps" not in top:
         merged["steps"] = None
+    if (top.get("steps") is not None or top.get("epochs") is not None) and "budget" not in top:
+        merged["budget"] = "fixed"  # a duration given is the duration
+    if top.get("budget") == "auto" and "steps" not in top and "epochs" not in top:
+        merged["steps"] = merged["epochs"] = None
+    if top.get("warmup") is not None and "warmup_epochs" not in top:
+        merged["warmup_epochs"] = None
+    if top.get("lr") is not None and "lr_base" not in top:
+        merged["lr_base"] = None  # an lr given is the lr
     return merged
 
 
@@ -197,6 +219,8 @@ def resolve(command: str, flags: dict, config_file: Path | None = None):
     values = _layer(values, file_values)
     values = _layer(values, flags)
     values["recipe"] = recipe
+    if values.get("lr_base") is not None and isinstance(values.get("batch_size"), int):
+        values["lr"] = values["lr_base"] * values["batch_size"] / 512  # DeiT's linear scaling rule
     cfg = cls(**_coerce(cls, _check_keys(cls, values, "recipe")))
     return validate(cfg)
 
@@ -209,8 +233,14 @@ _NUMBERS = {
     "accum": (True, 1, None, False), "img_size": (True, 8, None, False), "seed": (True, 0, None, False),
     "workers": (True, 0, None, False), "eval_every": (True, 1, None, False), "save_every": (True, 1, None, False),
     "log_every": (True, 1, None, False), "max_bad_steps": (True, 1, None, False), "val_split": (False, 0, 1, True),
-    "patch_size": (True, 1, None, False), "drop_path": (False, 0, 1, True),
+    "patch_size": (True, 1, None, False), "drop_path": (False, 0, 1, True), "patience": (True, 1, None, False),
+    "warmup_epochs": (False, 0, None, False), "lr_base": (False, 0, None, False), "hflip": (False, 0, 1, False),
+    "layer_decay": (False, 0, 1, False), "reprob": (False, 0, 1, False), "mixup": (False, 0, None, False),
+    "cutmix": (False, 0, None, False), "ema_decay": (False, 0, 1, True),
 }
+CHOICES = {"budget": ("fixed", "auto"), "schedule": ("cosine", "linear", "constant"), "head_init": ("zero", "probe"),
+           "pos_embed": ("learn", "sincos", "none"), "pool": ("token", "avg")}
+AA_POLICIES = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a")  # timm's auto_augment names
 
 
 def _check_types(cfg: RunConfig) -> None:
@@ -246,6 +276,8 @@ def _check_numbers(cfg: RunConfig) -> None:
             raise UsageError(f"{flag} {value!r}: expected a finite {kind[2:] if whole else 'number'} {bounds}")
     for name, (low, high) in (("crop_scale", (0, 1)), ("betas", (0, 1))):
         pair = getattr(cfg, name)
+        if pair is None and name == "crop_scale":
+            continue
         if (len(pair) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                                       and low <= v <= high for v in pair)):
             raise UsageError(f"{name} {list(pair)!r}: expected two numbers in [{low}, {high}]")
@@ -256,20 +288,21 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_numbers(cfg)
     if not cfg.dataset:
         raise UsageError("no dataset given", "pass --dataset pets|flowers102|cifar10|cifar100|FOLDER")
-    if cfg.steps is None and cfg.epochs is None:
+    for name, allowed in CHOICES.items():
+        value = getattr(cfg, name, None)
+        if value is not None and value not in allowed:
+            raise UsageError(f"unknown --{name.replace('_', '-')} {value!r}", f"use {', '.join(allowed)}")
+    if cfg.steps is None and cfg.epochs is None and cfg.budget != "auto":
         raise UsageError("no duration given", "pass --steps N or --epochs N")
     if cfg.steps is not None and cfg.steps < 1 or cfg.epochs is not None and cfg.epochs <= 0:
         raise UsageError("the duration must be positive")
-    if cfg.schedule not in ("cosine", "linear", "constant"):
-        raise UsageError(f"unknown schedule {cfg.schedule!r}", "use cosine, linear or constant")
+    if cfg.aa and cfg.aa != "none" and not cfg.aa.split("-")[0] in AA_POLICIES:
+        raise UsageError(f"unknown --aa {cfg.aa!r}", "e.g. rand-m9-mstd0.5-inc1 (RandAugment), augmix-m5-w4-d2, "
+                                                     "original, v0 (AutoAugment), 3a, or none")
     if cfg.accum is not None and (cfg.accum < 1 or cfg.batch_size % cfg.accum):
         raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by --accum {cfg.accum}",
                          "the global batch is split into --accum equal micro-batches")
     if isinstance(cfg, TrainConfig):
-        if cfg.pos_embed not in ("learn", "sincos", "none"):
-            raise UsageError(f"unknown --pos-embed {cfg.pos_embed!r}", "use learn, sincos or none")
-        if cfg.pool not in ("token", "avg"):
-            raise UsageError(f"unknown --pool {cfg.pool!r}", "use token or avg")
         if cfg.img_size and cfg.patch_size and cfg.img_size % cfg.patch_size:
             raise UsageError(f"--img-size {cfg.img_size} is not a multiple of --patch-size {cfg.patch_size}",
                              "a ViT cuts the image into whole patches: e.g. --img-size 32 --patch-size 4")

@@ -59,10 +59,14 @@ def _single(command: str, flags: dict, config_file, resume):
 
 
 def launch(command: str, flags: dict, *, config_file: Path | None = None, resume: Path | None = None,
-           sweep: list[str] | None = None):
-    """Run what the flags describe: the summary dict of one run, or a vitcli.train.sweep.SweepResult."""
+           sweep: list[str] | None = None, stop_after: int | None = None):
+    """Run what the flags describe: the summary dict of one run, or a vitcli.train.sweep.SweepResult.
+    stop_after: a single run saves and stops after this step, as if interrupted."""
     flags = _flags(flags)
     if _is_sweep(sweep, resume):
+        if stop_after is not None:
+            raise UsageError("--stop-after applies to a single run, not to a sweep",
+                             "a sweep resumes setting by setting: interrupt it, then --resume the sweep folder")
         from vitcli.train import sweep_run
 
         return sweep_run.run_plan(command, sweep_run.plan(command, flags, sweep, config_file=config_file,
@@ -71,4 +75,4 @@ def launch(command: str, flags: dict, *, config_file: Path | None = None, resume
 
     cfg = _single(command, flags, config_file, resume)
     core = training.finetune if command == "finetune" else training.train
-    return core(cfg, resume=resume)
+    return core(cfg, resume=resume, stop_after=stop_after)

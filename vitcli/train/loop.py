@@ -5,13 +5,16 @@
 
 What it guarantees:
 - exact resume: the data order is a per-epoch permutation drawn from (seed, epoch), augmentation is
-  seeded per (sample, epoch) (vitcli.train.batches), and the checkpoint holds model, optimizer,
-  scheduler, scaler, every rank's RNG states, the step and the position within the epoch; on CPU a
-  resumed run reproduces the uninterrupted one bit for bit;
+  seeded per (sample, epoch) (vitcli.train.batches), mixup per (step, micro-batch), and the checkpoint
+  holds model, EMA, optimizer, scheduler, scaler, every rank's RNG states, the step and the position
+  within the epoch; on CPU a resumed run reproduces the uninterrupted one bit for bit;
 - nothing lost: SIGINT/SIGTERM finish the current step, save, and stop with 130/143 (a second Ctrl-C
   aborts at once); a non-finite loss or gradient norm skips the update, `max_bad_steps` in a row stop
   the run with the last good checkpoint kept;
-- one global batch: batch_size = world_size x accum x micro-batch, whatever the device count.
+- one global batch: batch_size = world_size x accum x micro-batch, whatever the device count;
+- selection on the held-out split (higher top-1, on a tie lower loss), the EMA's weights beside the
+  model's, saved as what they are ("weights": "ema"|"model"); `patience` evaluations without a
+  better one stop the run.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitcli.errors import VitError
 from vitcli.train import checkpoint, distributed, reporting, runs
 from vitcli.train.batches import TrainBatches
 from vitcli.train.display import Display
 from vitcli.train.evaluation import eval_batch_size, evaluate
 from vitcli.train.interrupts import Diverged, Interrupted, StopSignals
 from vitcli.train.optim import create_optimizer, create_scheduler
+from vitcli.train.plan import plan
+from vitcli.train.regularise import Regularisation, make_ema
 
 
 @dataclass
@@ -51,6 +55,7 @@ class Job:
     stop_after: int | None = None  # stop as if interrupted after this step (time-boxed jobs, tests)
     workers: int | None = None  # DataLoader workers (results do not depend on it); None: the loader's default
     accum: int | None = None  # micro-batches per step; None: the checkpoint's, --accum, or 1
+    evaluate_first: bool = False  # the model is already a classifier (a probed head): a step-0 candidate
     extra_summary: dict = field(default_factory=dict)
 
 
@@ -61,6 +66,9 @@ class Tally:
     step: int = 0
     best_top1: float | None = None
     best_step: int | None = None
+    best_loss: float | None = None
+    best_weights: str | None = None  # "model" or "ema"
+    stale: int = 0  # evaluations since the best
     bad_steps: int = 0
     images_seen: int = 0
     train_seconds: float = 0.0
@@ -99,17 +107,18 @@ class Trainer:
         if job.accum is None:
             job.accum = int(self.state.get("accum") or self.cfg.accum or 1)
         self.accum = job.accum
-        self.micro = self._micro_batch()
         self.n_train = len(job.train_set)
-        per_epoch_steps = max(((self.n_train // self.dist.world) // self.micro) // self.accum, 1)
-        self.total = self.cfg.steps or max(1, math.ceil(self.cfg.epochs * per_epoch_steps))
+        self.plan = plan(self.cfg, n_train=self.n_train, num_classes=job.source.num_classes, world=self.dist.world,
+                         accum=self.accum)
+        self.micro, self.total, self.eval_at, self.save_at = self.plan.micro, self.plan.total, *self.plan.points
         self.selection = job.source.selection_split if job.source.selection_split in job.eval_sets else None
-        self.eval_at, self.save_at = self._schedule()
 
         self.optimizer = create_optimizer(self.model, self.cfg)
-        self.scheduler = create_scheduler(self.optimizer, self.cfg, self.total)
+        self.scheduler = create_scheduler(self.optimizer, self.cfg, self.total, self.plan.warmup)
         self.scaler = torch.amp.GradScaler(self.rt.device.type) if self.rt.precision == "fp16" else None
-        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=self.cfg.label_smoothing)
+        self.regularisation = Regularisation(self.cfg, job.source.num_classes, self.cfg.seed, self.dist.rank)
+        self.criterion = self.regularisation.criterion
+        self.ema = make_ema(self.model, self.cfg)  # after the kernels: the EMA evaluates with them too
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.train_model = self.model
         if self.dist.enabled:
@@ -122,27 +131,10 @@ class Trainer:
         self.batches = TrainBatches(job.train_set, job.source, micro=self.micro, seed=self.cfg.seed, dist=self.dist,
                                     runtime=self.rt, workers=job.workers, epoch=epoch, pos=pos)
         self.eval_bs = eval_batch_size(self.cfg, self.dist.world, self.accum)
+        self.stopped_early: int | None = None
         self.started = time.time()
 
     # ----------------------------------------------------------------------------------- set-up
-    def _micro_batch(self) -> int:
-        per = self.cfg.batch_size // self.dist.world
-        if self.cfg.batch_size % self.dist.world or per % self.accum:
-            raise VitError(f"the global batch {self.cfg.batch_size} does not split into {self.dist.world} "
-                           f"process(es) x {self.accum} accumulation step(s)",
-                           "choose --batch-size divisible by world size x --accum")
-        return per // self.accum
-
-    def _schedule(self) -> tuple[set, set]:
-        """The steps that evaluate (about five, the last at the end) and the steps that save."""
-        cfg, total = self.cfg, self.total
-        if cfg.eval_every:
-            eval_at = set(range(cfg.eval_every, total + 1, cfg.eval_every)) | {total}
-        else:
-            eval_at = {math.ceil(total * k / 5) for k in range(1, 6)}
-        save_at = set(range(cfg.save_every, total + 1, cfg.save_every)) | {total} if cfg.save_every else eval_at
-        return eval_at, save_at
-
     def restore(self) -> tuple[int, int]:
         """Load the checkpoint being resumed, if any; returns (epoch, position in it)."""
         state = self.state
@@ -154,10 +146,12 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        best = state.get("best") or {}
-        self.tally = Tally(int(state["step"]), best.get("top1"), best.get("step"), int(state.get("bad_steps", 0)),
-                           int(state.get("images_seen", 0)), float(state.get("train_seconds", 0.0)),
-                           float(state.get("elapsed", 0.0)))
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        b = state.get("best") or {}
+        self.tally = Tally(int(state["step"]), b.get("top1"), b.get("step"), b.get("loss"), b.get("weights"),
+                           int(b.get("stale", 0)), int(state.get("bad_steps", 0)), int(state.get("images_seen", 0)),
+                           float(state.get("train_seconds", 0.0)), float(state.get("elapsed", 0.0)))
         self.job.source.unreadable.update(state.get("unreadable") or {})
         rngs = state["rng"]
         checkpoint.set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
@@ -183,6 +177,8 @@ class Trainer:
         try:
             with StopSignals() as stop, self.display:
                 self.display.update(t.step, val=t.best_top1)
+                if self.job.evaluate_first and self.selection and t.step == 0:
+                    self.evaluate_and_select()  # the probed head as it is: fine-tuning must beat it
                 while t.step < self.total:
                     started = time.time()
                     result = self.train_step(stop)
@@ -195,6 +191,9 @@ class Trainer:
                         self.stop_if_diverged(result)
                     if self.selection and t.step in self.eval_at:
                         self.evaluate_and_select()
+                        if self.out_of_patience():
+                            self.save_state()
+                            break
                     if result.signum:  # a signal reached some rank: every rank stops here
                         self.save_state()
                         signum = stop.signum or (signal.SIGTERM if result.signum % signal.SIGTERM == 0
@@ -227,10 +226,11 @@ class Trainer:
             images = images.to(rt.device, non_blocking=True)
             labels = labels.to(rt.device, non_blocking=True)
             sync = self.train_model.no_sync() if self.dist.enabled and a < self.accum - 1 else nullcontext()
+            images, targets = self.regularisation.mix(images, labels, t.step, a)  # mixup / cutmix, when on
             with sync:
                 with rt.autocast():
                     logits = self.train_model(images)
-                loss = self.criterion(logits.float(), labels)
+                loss = self.criterion(logits.float(), targets)
                 scaled = loss / self.accum
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_sum += loss.detach().to(loss_sum.dtype) * len(labels)
@@ -255,6 +255,8 @@ class Trainer:
                 self.scaler.step(self.optimizer)
             else:
                 self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model, step=t.step + 1)
             t.bad_steps = 0
         else:
             self.optimizer.zero_grad(set_to_none=True)
@@ -274,7 +276,7 @@ class Trainer:
 
     def log(self, result: StepResult, finite: bool) -> None:
         t, total = self.tally, self.total
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = max(g["lr"] for g in self.optimizer.param_groups)  # the peak (the head's, with layer decay)
         img_s = t.images_seen / max(t.train_seconds, 1e-9)
         if not finite:
             self.metrics.log({"step": t.step, "event": "nonfinite", "loss": result.mean_loss,
@@ -290,37 +292,52 @@ class Trainer:
         self.display.update(t.step, loss=result.mean_loss, lr=lr, img_s=img_s,
                             eta=(total - t.step) * t.train_seconds / t.step, val=t.best_top1)
 
-    def evaluate_split(self, split: str) -> dict:
-        result = evaluate(self.model, self.job.eval_sets[split], self.rt, self.dist, batch_size=self.eval_bs,
-                          workers=self.job.workers, source=self.job.source)
+    def evaluate_split(self, split: str, model=None) -> dict:
+        result = evaluate(self.model if model is None else model, self.job.eval_sets[split], self.rt, self.dist,
+                          batch_size=self.eval_bs, workers=self.job.workers, source=self.job.source)
         return {"split": split, **result}
 
     def evaluate_and_select(self) -> None:
-        """Evaluate the selection split; a new best is saved as the run's model."""
-        t = self.tally
-        result = self.evaluate_split(self.selection)
-        self.metrics.log({"step": t.step, **result, "skipped_images": self.job.source.skipped_count,
-                          "seconds": round(t.elapsed + time.time() - self.started, 2)})
-        if (t.best_top1 is None or result["top1"] > t.best_top1) and self.save_best():
-            t.best_top1, t.best_step = result["top1"], t.step
+        """Evaluate the selection split (and the EMA's weights, when kept); a new best is saved as the
+        run's model: a higher top-1, or the same top-1 at a lower loss."""
+        t, results = self.tally, {}
+        for which, module in self.candidates().items():
+            results[which] = self.evaluate_split(self.selection, module)
+            self.metrics.log({"step": t.step, **results[which], **({"weights": which} if self.ema else {}),
+                              "skipped_images": self.job.source.skipped_count,
+                              "seconds": round(t.elapsed + time.time() - self.started, 2)})
+        result = results[which := max(results, key=lambda w: (results[w]["top1"], -results[w]["loss"]))]
+        better = t.best_top1 is None or (result["top1"], -result["loss"]) > (t.best_top1, -(t.best_loss or math.inf))
+        if better and self.save_best(self.candidates()[which], which):
+            t.best_top1, t.best_step, t.best_loss, t.best_weights, t.stale = result["top1"], t.step, result["loss"], which, 0
+        else:
+            t.stale += 1
         self.display.update(t.step, val=t.best_top1)
         best = f"best {t.best_top1:.2f} % at step {t.best_step}" if t.best_top1 is not None else "no model kept yet"
         self.display.message(f"step {t.step}/{self.total}: {self.selection} top-1 {result['top1']:.2f} % ({best})")
 
+    def candidates(self) -> dict:
+        """The weights a selection may keep: the trained ones, and their EMA when kept."""
+        return {"model": self.model} if self.ema is None else {"model": self.model, "ema": self.ema.module}
+
+    def out_of_patience(self) -> bool:
+        """`patience` evaluations in a row without a better model: stop early (the best is kept)."""
+        if self.cfg.patience is None or self.tally.stale < self.cfg.patience:
+            return False
+        self.stopped_early = self.tally.step
+        self.display.message(f"step {self.tally.step}: no better {self.selection} top-1 in {self.cfg.patience} "
+                             f"evaluations: stopping early (best at step {self.tally.best_step})")
+        return True
+
     # ----------------------------------------------------------------------------------- saving
     def finite(self) -> bool:
         """Every parameter, buffer and optimizer state is finite: the only state worth saving."""
-        import torch
-
-        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
-        tensors += [v for s in self.optimizer.state.values() for v in s.values()
-                    if isinstance(v, torch.Tensor) and v.is_floating_point()]
-        return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
+        return checkpoint.all_finite(self.model, self.optimizer)
 
     def save_state(self) -> None:
         from vitcli.inference import kernels
 
-        rng = self._gather_rng()
+        rng = checkpoint.gather_rng_states(self.dist)
         if not self.finite():  # (every rank holds the same weights: all agree)
             self.display.message(f"step {self.tally.step}: the weights are not finite: the training state is not "
                                  "saved (the last good one is kept)")
@@ -333,28 +350,25 @@ class Trainer:
             "epoch": self.batches.epoch, "pos": self.batches.pos, "accum": self.accum, "micro": self.micro,
             "total": self.total, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
-            "rng": rng, "best": {"top1": t.best_top1, "step": t.best_step}, "bad_steps": t.bad_steps,
+            "rng": rng, "best": {"top1": t.best_top1, "step": t.best_step, "loss": t.best_loss,
+                                 "weights": t.best_weights, "stale": t.stale}, "bad_steps": t.bad_steps,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "images_seen": t.images_seen, "train_seconds": t.train_seconds,
             "elapsed": t.elapsed + time.time() - self.started, "unreadable": dict(self.job.source.unreadable),
             "kernels": "onednn" if kernels.is_fused(self.model) else "eager",
         }, self.job.run_dir / runs.STATE)
 
-    def _gather_rng(self) -> list:
-        state = checkpoint.rng_state()
-        if not self.dist.enabled:
-            return [state]
-        import torch.distributed as td
-
-        out = [None] * self.dist.world
-        td.all_gather_object(out, state)
-        return out
-
-    def save_best(self) -> bool:
+    def save_best(self, module=None, which: str | None = None) -> bool:
+        """Save `module` (default: the EMA when kept, else the model) as the run's model, saying which
+        weights it holds."""
         if not self.finite():
             self.display.message(f"step {self.tally.step}: the weights are not finite: not kept as the model")
             return False
+        if module is None:
+            which, module = list(self.candidates().items())[-1]
         if self.dist.main:
-            runs.save_model(self.job.run_dir, self.model, self.job.label_names, self.job.model_block)
+            block = {**self.job.model_block, "weights": which} if self.ema is not None else self.job.model_block
+            runs.save_model(self.job.run_dir, module, self.job.label_names, block)
         return True
 
     def finish(self) -> dict:
@@ -370,6 +384,10 @@ class Trainer:
                    "val_top1": t.best_top1, "best_step": t.best_step,
                    "img_s": round(t.images_seen / max(t.train_seconds, 1e-9), 2), "images_seen": t.images_seen,
                    "skipped_images": job.source.skipped_count, "epochs": round(t.images_seen / max(self.n_train, 1), 3)}
+        if self.ema is not None:
+            summary["weights"] = t.best_weights or "ema"
+        if self.stopped_early is not None:
+            summary["stopped_early_at"] = self.stopped_early
         if "test" in job.eval_sets:
             from safetensors.torch import load_file
 

@@ -3,6 +3,7 @@
 The optimizer names are timm's (`create_optimizer_v2`; `sgd` means SGD with momentum, as the paper's
 fine-tuning uses); torch's fused one-kernel step is asked for where torch has it for this device.
 The schedule is a linear warmup, then cosine, linear or no decay to 0, stepped once per update.
+Layer-wise lr decay (`layer_decay`, BEiT/MAE) is timm's `param_groups_layer_decay`.
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ def create_optimizer(model, cfg):
         kwargs["betas"] = tuple(cfg.betas)
     if name in FUSED and fused_optimizer_ok(next(model.parameters()).device):
         kwargs["fused"] = True  # torch's one-kernel SGD / Adam(W) step (timm passes it through)
+    if cfg.layer_decay is not None and cfg.layer_decay < 1:
+        kwargs["layer_decay"] = cfg.layer_decay  # timm's param_groups_layer_decay: an lr_scale per group
     return create_optimizer_v2(model, opt=name, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
 
 
-def create_scheduler(optimizer, cfg, total: int):
-    """Linear warmup over `cfg.warmup` steps, then cosine / linear decay to 0 (or constant)."""
+def create_scheduler(optimizer, cfg, total: int, warmup: int | None = None):
+    """Linear warmup over `warmup` steps (default cfg.warmup), then cosine / linear decay to 0 (or
+    constant); timm's schedulers apply each group's `lr_scale` (layer-wise decay)."""
     from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 
-    warmup = min(cfg.warmup, total - 1) if total > 1 else 0
+    warmup = cfg.warmup if warmup is None else warmup
+    warmup = min(warmup, total - 1) if total > 1 else 0
     common = dict(t_initial=max(total - warmup, 1), warmup_t=warmup, warmup_lr_init=0.0, warmup_prefix=True,
                   t_in_epochs=False, lr_min=0.0)
     if cfg.schedule == "cosine":

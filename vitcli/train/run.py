@@ -16,7 +16,7 @@ from pathlib import Path
 from vitcli import output
 from vitcli.data.datasets import describe
 from vitcli.errors import UsageError, VitError
-from vitcli.train import build, distributed, loop, reporting, runs
+from vitcli.train import build, distributed, loop, plan, reporting, runs
 from vitcli.train.config import CONFIGS, FinetuneConfig, RunConfig, TrainConfig, from_dict
 
 # settings a resumed run may change; everything else is the run's recipe
@@ -138,8 +138,17 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
     random_seed(cfg.seed, dist.rank)  # per-rank streams (drop-path) from here on
     data_config = data_config_for(model)
     img_size = data_config["input_size"][-1]
-    train_set = source.subset("train", train_transform(data_config, crop_scale=cfg.crop_scale, hflip=cfg.hflip),
-                              augment_seed=cfg.seed)
+    probe = None
+    if command == "finetune" and cfg.head_init == "probe" and state is None:  # LP-FT: the head first
+        from vitcli.train.probe import probe_head
+
+        probe = probe_head(model, data_config, source, cfg, rt)
+    crop_scale, hflip = plan.augmentation(cfg, source.size("train"), source.num_classes)
+    if (crop_scale, hflip) != (cfg.crop_scale, cfg.hflip) and dist.main:
+        output.info(f"augmentation for the budget: crops of {100 * crop_scale[0]:.0f}-{100 * crop_scale[1]:.0f} % "
+                    f"of the image, flips {hflip:g}")
+    train_set = source.subset("train", train_transform(data_config, crop_scale=crop_scale, hflip=hflip, aa=cfg.aa,
+                                                       reprob=cfg.reprob), augment_seed=cfg.seed)
     eval_tf = eval_transform(data_config)
     eval_sets = {s: source.subset(s, eval_tf) for s in ("minival", "val", "test")
                  if s in source.splits and (test or s != "test")}
@@ -172,8 +181,10 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
     return loop.Job(cfg=cfg, model=model, source=source, train_set=train_set, eval_sets=eval_sets,
                     runtime=rt, dist=dist, run_dir=run_dir, label_names=list(source.classes),
                     model_block=block, resume_state=state, stop_after=stop_after, workers=cfg.workers,
+                    evaluate_first=probe is not None,
                     extra_summary={"model": cfg.model, "dataset": cfg.dataset, "params": params,
-                                   "img_size": img_size, "world_size": dist.world})
+                                   "img_size": img_size, "world_size": dist.world,
+                                   **({"probe": probe} if probe else {})})
 
 
 def _execute(job: loop.Job) -> dict:

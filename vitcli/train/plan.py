@@ -1,0 +1,74 @@
+"""How long a run is and when it evaluates and saves: its steps, micro-batch, warmup and schedule.
+
+    plan(cfg, n_train=245, num_classes=2, world=1, accum=1)
+    -> Plan(micro=32, per_epoch=7, total=110, warmup=10, eval_at={22, 44, 66, 88, 110}, save_at=...)
+
+The duration is `--steps`, or `--epochs` of the training split, or the recipe's `auto` budget (steps
+by training-set size and class count, vitcli.train.recipes.auto_steps); a warmup in epochs
+(`warmup_epochs`, DeiT's 5) becomes steps here too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from vitcli.errors import VitError
+from vitcli.train.recipes import auto_steps
+
+EVALUATIONS = 5  # per run, the last at the end, unless --eval-every
+
+
+@dataclass(frozen=True)
+class Plan:
+    micro: int  # images per micro-batch on each process
+    per_epoch: int  # optimizer steps per epoch
+    total: int  # optimizer steps of the run
+    warmup: int  # linear-warmup steps
+    eval_at: frozenset  # steps that evaluate the selection split
+    save_at: frozenset  # steps that save the training state
+
+    @property
+    def points(self) -> tuple[frozenset, frozenset]:
+        return self.eval_at, self.save_at
+
+
+def micro_batch(batch_size: int, world: int, accum: int) -> int:
+    per = batch_size // world
+    if batch_size % world or per % accum:
+        raise VitError(f"the global batch {batch_size} does not split into {world} process(es) x {accum} "
+                       "accumulation step(s)", "choose --batch-size divisible by world size x --accum")
+    return per // accum
+
+
+def total_steps(cfg, n_train: int, num_classes: int, per_epoch: int) -> int:
+    if cfg.steps:
+        return cfg.steps
+    if cfg.epochs is None and cfg.budget == "auto":
+        return auto_steps(n_train, num_classes, cfg.batch_size)
+    return max(1, math.ceil(cfg.epochs * per_epoch))
+
+
+def plan(cfg, *, n_train: int, num_classes: int, world: int, accum: int) -> Plan:
+    micro = micro_batch(cfg.batch_size, world, accum)
+    per_epoch = max(((n_train // world) // micro) // accum, 1)
+    total = total_steps(cfg, n_train, num_classes, per_epoch)
+    warmup = cfg.warmup if cfg.warmup_epochs is None else int(round(cfg.warmup_epochs * per_epoch))
+    if cfg.eval_every:
+        eval_at = set(range(cfg.eval_every, total + 1, cfg.eval_every)) | {total}
+    else:
+        eval_at = {math.ceil(total * k / EVALUATIONS) for k in range(1, EVALUATIONS + 1)}
+    save_at = set(range(cfg.save_every, total + 1, cfg.save_every)) | {total} if cfg.save_every else eval_at
+    return Plan(micro, per_epoch, total, warmup, frozenset(eval_at), frozenset(save_at))
+
+
+def augmentation(cfg, n_train: int, num_classes: int) -> tuple[tuple[float, float], float]:
+    """(crop scale, flip probability): the config's, or where it leaves them to the budget (None), the
+    recipe's for the number of epochs the run makes (vitcli.train.recipes.augmentation)."""
+    from vitcli.train.recipes import augmentation as by_budget
+
+    if cfg.crop_scale is not None and cfg.hflip is not None:
+        return tuple(cfg.crop_scale), cfg.hflip
+    total = total_steps(cfg, n_train, num_classes, max(n_train // cfg.batch_size, 1))
+    crop, flip = by_budget(total * cfg.batch_size / max(n_train, 1))
+    return tuple(cfg.crop_scale) if cfg.crop_scale is not None else crop, flip if cfg.hflip is None else cfg.hflip

@@ -1,0 +1,129 @@
+"""LP-FT's first step (Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features"): the new head
+starts as a linear probe of the frozen pre-trained features, then everything is fine-tuned.
+
+The features are the pre-logits of the training split through the eval
+transform, computed and cached by the few-shot code (vitcli.eval.fewshot: `<vit cache>/features/`,
+keyed by the weights, the data, the split and the preprocessing), so a rerun on the same data costs no
+forward pass. The probe is a multinomial logistic regression (softmax cross-entropy + L2 on the
+weights) fitted by L-BFGS in float64 on standardised features; its L2 strength is the one of `L2_GRID`
+with the lowest cross-entropy in stratified k-fold cross-validation on the training split (so the
+held-out split stays an unbiased judge of the probe against the fine-tuned model), and the
+standardisation is folded into the head's weights and bias.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from vitcli import output
+
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # x ||W||^2 beside the mean cross-entropy, on standardised features
+DEFAULT_L2 = 1e-2  # with fewer than 2 images in some class (no cross-validation)
+FOLDS = 5
+
+
+def fit_logistic(x, y, num_classes: int, l2: float, iters: int = 200):
+    """(W (D, K), b (K,)) minimising mean CE(x W + b, y) + l2 ||W||^2 (x: (N, D) float64)."""
+    import torch
+
+    x = torch.as_tensor(x, dtype=torch.float64)
+    y = torch.as_tensor(y, dtype=torch.long)
+    w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def folds(y, k: int, seed: int = 0) -> np.ndarray:
+    """A stratified fold number per sample: each class's samples dealt round-robin after a seeded shuffle."""
+    y = np.asarray(y)
+    fold = np.zeros(len(y), dtype=np.int64)
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        fold[np.random.default_rng([seed, int(c)]).permutation(members)] = np.arange(len(members)) % k
+    return fold
+
+
+def choose_l2(z, y, num_classes: int) -> tuple[float, dict]:
+    """The L2 of L2_GRID with the lowest k-fold cross-entropy (and each one's (loss, top-1 %))."""
+    import torch
+
+    k = int(min(FOLDS, np.bincount(np.asarray(y), minlength=num_classes).min()))
+    if k < 2:
+        return DEFAULT_L2, {}
+    fold, y_t = torch.as_tensor(folds(y, k)), torch.as_tensor(np.asarray(y))
+    scores = {}
+    for l2 in L2_GRID:
+        loss = correct = 0.0
+        for f in range(k):
+            train, held = fold != f, fold == f
+            w, b = fit_logistic(z[train], y_t[train], num_classes, l2)
+            logits = z[held] @ w + b
+            loss += torch.nn.functional.cross_entropy(logits, y_t[held], reduction="sum").item()
+            correct += (logits.argmax(1) == y_t[held]).sum().item()
+        scores[l2] = (loss / len(y), 100.0 * correct / len(y))
+    return min(scores, key=lambda v: scores[v][0]), scores
+
+
+def _features(loaded, runtime, split, cfg):
+    """(features (N, D) float64 tensor, targets) of the readable images of `split` (cached on disk)."""
+    import torch
+
+    from vitcli.eval import fewshot
+    from vitcli.train.evaluation import eval_batch_size
+
+    digest = fewshot.weights_digest(loaded.model)
+    path = fewshot.features_dir() / f"{fewshot.cache_key(digest, split.identity, split.split, loaded.data_config)}.pt"
+    store = fewshot.FeatureStore.open(path)
+    indices = list(range(len(split.targets)))
+    fewshot.extract(store, loaded, runtime, split, indices, batch_size=eval_batch_size(cfg), workers=cfg.workers)
+    x, kept = store.gather(indices)
+    return x.to(torch.float64), np.asarray(split.targets)[kept]
+
+
+def probe_head(model, data_config: dict, source, cfg, runtime) -> dict | None:
+    """Set the model's linear head to the linear probe of its frozen features on the training split;
+    returns what was fitted (None when the head is not one nn.Linear, or no training image is readable:
+    it stays as it is, and the loop reports the unreadable images)."""
+    import torch
+
+    from vitcli.eval.splits import dataset_split
+
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, torch.nn.Linear) or not hasattr(model, "forward_head"):
+        output.warn(f"--head-init probe: {cfg.model} has no single linear head on pre-logit features; "
+                    "the head stays zero-initialised")
+        return None
+    loaded = SimpleNamespace(model=model, data_config=data_config)
+    k = source.num_classes
+    x, y = _features(loaded, runtime, dataset_split(source, "train"), cfg)
+    if len(y) == 0:
+        return None
+    mean, std = x.mean(0, keepdim=True), x.std(0, keepdim=True, unbiased=False) + 1e-6
+    z = (x - mean) / std
+    chosen, scores = choose_l2(z, y, k)
+    w, b = fit_logistic(z, y, k, chosen)
+    w_raw = w / std.T  # (D, K): logits = x w_raw + b_raw on the raw features the head sees
+    b_raw = b - (mean / std) @ w
+    with torch.no_grad():
+        head.weight.copy_(w_raw.T.to(head.weight))
+        if head.bias is not None:
+            head.bias.copy_(b_raw.reshape(-1).to(head.bias))
+    train_top1 = 100.0 * ((z @ w + b).argmax(1) == torch.as_tensor(y)).double().mean().item()
+    info = {"l2": chosen, "train_images": int(len(y)), "train_top1": round(train_top1, 2)}
+    if scores:
+        info["cv_top1"], info["cv_loss"] = round(scores[chosen][1], 2), round(scores[chosen][0], 4)
+    shown = f", cross-validated top-1 {scores[chosen][1]:.2f} %" if scores else ""
+    output.info(f"head: linear probe of the frozen features (LP-FT), {len(y)} images, L2 {chosen:g}{shown}")
+    return info
