@@ -269,6 +269,27 @@ def test_probe_head_is_the_fitted_logistic_regression(tiny_vit_dir, colour_ds):
     assert sorted(fold[:7].tolist()) == [0, 0, 0, 1, 1, 2, 2] and sorted(fold[7:].tolist()) == [0, 1, 2]
 
 
+def test_the_probe_leaves_the_trained_model_as_it_was_built(tiny_vit_dir, colour_ds, monkeypatch):
+    """The feature extraction swaps in inference kernels (in bf16: weight copies cast once, an fp32
+    head); they must never reach the model that is then trained."""
+    import torch
+
+    from vitcli.data.datasets import open_dataset
+    from vitcli.devices import Runtime
+    from vitcli.models.resolver import data_config_for
+    from vitcli.train.build import build_finetune_model
+    from vitcli.train.config import FinetuneConfig
+    from vitcli.train.probe import probe_head
+
+    monkeypatch.setenv("VIT_KERNELS", "1")  # swap wherever they apply, measured faster or not
+    cfg = FinetuneConfig(model=str(tiny_vit_dir), dataset=str(colour_ds), workers=0)
+    _, model = build_finetune_model(cfg, 3, torch.device("cpu"))
+    kinds = [type(m) for m in model.modules()]
+    assert probe_head(model, data_config_for(model), open_dataset(str(colour_ds)), cfg,
+                      Runtime(torch.device("cpu"), "bf16")) is not None
+    assert [type(m) for m in model.modules()] == kinds and model.head.weight.abs().sum() > 0
+
+
 # ------------------------------------------------------------------------------------ budgets
 def test_auto_budget_table_and_the_augmentation_of_a_budget():
     from vitcli.train import plan, recipes

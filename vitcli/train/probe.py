@@ -105,7 +105,11 @@ def probe_head(model, data_config: dict, source, cfg, runtime) -> dict | None:
         output.warn(f"--head-init probe: {cfg.model} has no single linear head on pre-logit features; "
                     "the head stays zero-initialised")
         return None
-    loaded = SimpleNamespace(model=model, data_config=data_config)
+    import copy
+
+    # the features from a copy: the inference kernels the feature extraction swaps in (bf16 linears with
+    # weight copies cast once, an fp32 head) must never reach the model that is then trained
+    loaded = SimpleNamespace(model=copy.deepcopy(model), data_config=data_config)
     k = source.num_classes
     x, y = _features(loaded, runtime, dataset_split(source, "train"), cfg)
     if len(y) == 0:
