@@ -249,6 +249,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             with open(log, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
+        # rows of more seeds measured earlier (a `--seeds N` run continued with --keep) are reported too
+        rows += [kept[key] for key in sorted(kept) if key[0] == name and key[1] >= len(seeds)]
     report = render(rows, started, load_before)
     print(report)
     if args.out != "-":
