@@ -33,7 +33,7 @@ from vitcli.train.display import Display
 from vitcli.train.evaluation import eval_batch_size, evaluate
 from vitcli.train.interrupts import Diverged, Interrupted, StopSignals
 from vitcli.train.optim import create_optimizer, create_scheduler
-from vitcli.train.plan import plan
+from vitcli.train.plan import epoch_images, plan
 from vitcli.train.regularise import Regularisation, make_ema
 
 
@@ -109,7 +109,7 @@ class Trainer:
         self.accum = job.accum
         self.n_train = len(job.train_set)
         self.plan = plan(self.cfg, n_train=self.n_train, num_classes=job.source.num_classes, world=self.dist.world,
-                         accum=self.accum)
+                         accum=self.accum, n_epoch=epoch_images(job.source))
         self.micro, self.total, self.eval_at, self.save_at = self.plan.micro, self.plan.total, *self.plan.points
         self.selection = job.source.selection_split if job.source.selection_split in job.eval_sets else None
 
@@ -285,7 +285,7 @@ class Trainer:
                                  f"grad norm {result.grad_norm}): update skipped "
                                  f"({t.bad_steps}/{self.cfg.max_bad_steps})")
         elif t.step % self.cfg.log_every == 0 or t.step == 1 or t.step == total or t.step in self.eval_at:
-            epoch = self.batches.epoch + self.batches.pos / max(self.n_train // self.dist.world, 1)
+            epoch = t.images_seen / max(self.plan.epoch_images, 1)  # passes over train/ as given
             self.metrics.log({"step": t.step, "epoch": round(epoch, 4), "loss": round(result.mean_loss, 6), "lr": lr,
                               "grad_norm": round(result.grad_norm, 6), "img_s": round(img_s, 2),
                               "skipped_images": self.job.source.skipped_count})
@@ -383,7 +383,7 @@ class Trainer:
                    "seconds": round(t.elapsed + time.time() - self.started, 1), "selection_split": self.selection,
                    "val_top1": t.best_top1, "best_step": t.best_step,
                    "img_s": round(t.images_seen / max(t.train_seconds, 1e-9), 2), "images_seen": t.images_seen,
-                   "skipped_images": job.source.skipped_count, "epochs": round(t.images_seen / max(self.n_train, 1), 3)}
+                   "skipped_images": job.source.skipped_count, "epochs": round(t.images_seen / max(self.plan.epoch_images, 1), 3)}
         if self.ema is not None:
             summary["weights"] = t.best_weights or "ema"
         if self.stopped_early is not None:

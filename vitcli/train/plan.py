@@ -5,7 +5,10 @@
 
 The duration is `--steps`, or `--epochs` of the training split, or the recipe's `auto` budget (steps
 by training-set size and class count, vitcli.train.recipes.auto_steps); a warmup in epochs
-(`warmup_epochs`, DeiT's 5) becomes steps here too.
+(`warmup_epochs`, DeiT's 5) becomes steps here too. An epoch counts the training split as the user
+gave it: when vitcli carves its minival out of it (10 %), `--epochs 2` still makes the steps of two
+passes over all of it (`epoch_images`), so holding out a minival never shortens the run the user
+asked for (a plain loop on the same folder makes as many steps).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class Plan:
     warmup: int  # linear-warmup steps
     eval_at: frozenset  # steps that evaluate the selection split
     save_at: frozenset  # steps that save the training state
+    epoch_images: int = 0  # the images an epoch counts (the training split as given, minival included)
 
     @property
     def points(self) -> tuple[frozenset, frozenset]:
@@ -49,9 +53,15 @@ def total_steps(cfg, n_train: int, num_classes: int, per_epoch: int) -> int:
     return max(1, math.ceil(cfg.epochs * per_epoch))
 
 
-def plan(cfg, *, n_train: int, num_classes: int, world: int, accum: int) -> Plan:
+def epoch_images(source) -> int:
+    """The images an epoch counts: the training split, plus the minival vitcli carved out of it."""
+    return source.size("train") + (source.size("minival") if "minival" in source.splits else 0)
+
+
+def plan(cfg, *, n_train: int, num_classes: int, world: int, accum: int, n_epoch: int | None = None) -> Plan:
     micro = micro_batch(cfg.batch_size, world, accum)
-    per_epoch = max(((n_train // world) // micro) // accum, 1)
+    n_epoch = max(n_epoch or n_train, n_train)
+    per_epoch = max(((n_epoch // world) // micro) // accum, 1)
     total = total_steps(cfg, n_train, num_classes, per_epoch)
     warmup = cfg.warmup if cfg.warmup_epochs is None else int(round(cfg.warmup_epochs * per_epoch))
     if cfg.eval_every:
@@ -59,7 +69,7 @@ def plan(cfg, *, n_train: int, num_classes: int, world: int, accum: int) -> Plan
     else:
         eval_at = {math.ceil(total * k / EVALUATIONS) for k in range(1, EVALUATIONS + 1)}
     save_at = set(range(cfg.save_every, total + 1, cfg.save_every)) | {total} if cfg.save_every else eval_at
-    return Plan(micro, per_epoch, total, warmup, frozenset(eval_at), frozenset(save_at))
+    return Plan(micro, per_epoch, total, warmup, frozenset(eval_at), frozenset(save_at), n_epoch)
 
 
 def augmentation(cfg, n_train: int, num_classes: int) -> tuple[tuple[float, float], float]:

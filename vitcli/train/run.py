@@ -143,7 +143,7 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
         from vitcli.train.probe import probe_head
 
         probe = probe_head(model, data_config, source, cfg, rt)
-    crop_scale, hflip = plan.augmentation(cfg, source.size("train"), source.num_classes)
+    crop_scale, hflip = plan.augmentation(cfg, plan.epoch_images(source), source.num_classes)
     if (crop_scale, hflip) != (cfg.crop_scale, cfg.hflip) and dist.main:
         output.info(f"augmentation for the budget: crops of {100 * crop_scale[0]:.0f}-{100 * crop_scale[1]:.0f} % "
                     f"of the image, flips {hflip:g}")
