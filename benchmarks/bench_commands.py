@@ -167,32 +167,30 @@ print(json.dumps({{"img_s": n / (time.perf_counter() - t), "workers": workers}})
     return last_json(out)["img_s"]
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu() -> tuple[str, set]:
+    """The CPU's model name and its flags, as /proc/cpuinfo says (the platform's name, no flags, elsewhere)."""
+    name, flags = platform.processor() or platform.machine(), set()
     try:
         info = Path("/proc/cpuinfo").read_text().splitlines()
-        for line in info:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-        flags = next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
-        simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-        cpu += f" ({', '.join(simd) or 'no AVX2'})"
     except OSError:
-        pass
+        return name, flags
+    name = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), name)
+    flags = next((set(line.split(":", 1)[1].split()) for line in info if line.startswith("flags")), set())
+    return name, flags
+
+
+def machine() -> str:
+    name, flags = cpu()
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     import importlib.metadata as md
 
     versions = ", ".join(f"{p} {md.version(p)}" for p in ("torch", "timm", "torchvision", "pillow"))
-    return f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}; {versions}"
+    return f"{name} ({', '.join(simd) or 'no AVX2'}), {os.cpu_count()} cores; Python {platform.python_version()}; {versions}"
 
 
 def native_bf16() -> bool:
-    """Whether this CPU has native bf16 (AMX or avx512_bf16), as /proc/cpuinfo says."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in text or "avx512_bf16" in text
+    """Whether this CPU has native bf16 (AMX or avx512_bf16)."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu()[1])
 
 
 def main() -> None:

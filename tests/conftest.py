@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -100,3 +102,18 @@ def assets() -> Path:
     if not (ASSETS / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k" / "model.safetensors").is_file():
         pytest.skip("../shared/assets is not present")
     return ASSETS
+
+
+@contextmanager
+def deadline(seconds: int):
+    """Fail (instead of hanging the suite) when the block runs longer than `seconds`."""
+    def alarm(*_):
+        raise TimeoutError(f"still running after {seconds} s: a hang")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,25 +18,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import make_colour_tree
+from tests.conftest import deadline, make_colour_tree
 from vitcli.cli import app
 
 CODES = {0, 1, 2, 130, 143}
 runner = CliRunner()
-
-
-@contextmanager
-def deadline(seconds: int):
-    def alarm(*_):
-        raise TimeoutError(f"still running after {seconds} s: a hang")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def check(args, *, timeout: int = 60, json_lines: bool = False, env: dict | None = None):

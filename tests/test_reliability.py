@@ -8,9 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,25 +16,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import make_colour_tree, make_tiny_vit, save_hub_layout
+from tests.conftest import deadline, make_colour_tree, make_tiny_vit, save_hub_layout
 from vitcli.cli import app
 
 runner = CliRunner()
-
-
-@contextmanager
-def deadline(seconds: int):
-    """Fail (instead of hanging the suite) when the block runs longer than `seconds`."""
-    def alarm(*_):
-        raise TimeoutError(f"still running after {seconds} s: a hang")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def vit(*args, timeout: int = 60, **env):
