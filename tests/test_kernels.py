@@ -87,3 +87,40 @@ def test_switches(monkeypatch):
     assert kernels.wanted(cpu) and not kernels.wanted(Runtime(torch.device("cpu"), "bf16"))
 
 
+
+
+def test_bf16_training_kernels_are_timm_math_attention_with_the_flash_kernels_gradients(monkeypatch):
+    from vitcli.devices import Runtime
+    from vitcli.inference import attention
+
+    bf16 = Runtime(torch.device("cpu"), "bf16")
+    model, reference = make_tiny_vit(4), make_tiny_vit(4)
+    keys = list(model.state_dict())
+    monkeypatch.setenv("VIT_KERNELS", "1")
+    assert kernels.for_training(model, bf16) == "math-attention" and attention.is_unfused(model)
+    assert all(not b.attn.fused_attn for b in model.blocks) and list(model.state_dict()) == keys
+    assert kernels.for_training(reference, bf16, recorded="eager") == "eager"  # a resumed run keeps its own
+    x = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, ref = model(x), reference(x)
+    out.float().square().sum().backward()
+    ref.float().square().sum().backward()
+    assert torch.allclose(out.float(), ref.float(), rtol=5e-2, atol=5e-2)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=0.1, atol=5e-2 * q.grad.abs().max().item()), name
+    monkeypatch.setenv("VIT_KERNELS", "0")
+    assert kernels.for_training(make_tiny_vit(4), bf16) == "eager"
+    assert kernels.for_training(make_tiny_vit(4), bf16, recorded="math-attention") == "math-attention"
+
+
+def test_the_training_attention_verdict_is_measured_once_and_cached(monkeypatch, tmp_path):
+    from vitcli.inference import attention
+
+    monkeypatch.setenv("VIT_CACHE", str(tmp_path))
+    calls = []
+    real = attention.training_measure
+    monkeypatch.setattr(attention, "training_measure", lambda **kw: calls.append(1) or real(batch=2, reps=2, **kw))
+    first = attention.training_faster_here()
+    assert attention.training_faster_here() == first and len(calls) == 1
+    (verdict,) = json.loads((tmp_path / "kernels.json").read_text()).values()
+    assert verdict["math"] == first and first == (verdict["math_ms"] < 0.9 * verdict["flash_ms"])

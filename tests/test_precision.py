@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import make_tiny_vit, save_hub_layout
+from tests.conftest import make_tiny_vit
 from vitcli import devices
 from vitcli.cli.app import app
 from vitcli.inference import kernels
@@ -78,6 +78,12 @@ def test_bf16_kernels_fuse_bias_and_gelu_and_keep_the_parameters(monkeypatch):
     from vitcli.inference import attention
 
     assert attention.is_swapped(model)
+    # the residual stream is fp32 under autocast: the swapped attention computes the bf16 way all the same
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: pytest.fail("the flash kernel ran in bf16 inference"))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model(x), out)
+    monkeypatch.undo()
     y = torch.randn(2, 65, 64, requires_grad=True)  # with gradients: timm's own forward, exactly
     block = model.blocks[0].attn
     with torch.autocast("cpu", dtype=torch.bfloat16):

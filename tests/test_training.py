@@ -188,6 +188,22 @@ def test_resume_equals_uninterrupted_bit_for_bit(tiny_vit_dir, colour_ds, tmp_pa
         resume_config("finetune", run_b, {"lr": 0.5})
 
 
+def test_bf16_training_runs_timm_math_attention_and_a_resume_keeps_it(tiny_vit_dir, colour_ds, tmp_path,
+                                                                       monkeypatch):
+    from vitcli.train.run import finetune, resume_config
+
+    monkeypatch.setenv("VIT_KERNELS", "1")  # the math attention without measuring (as where it is faster)
+    a = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="a", steps=5, precision="bf16"))
+    stopped = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="b", steps=5, precision="bf16"), stop_after=2)
+    run_a, run_b = Path(a["run_dir"]), Path(stopped["run_dir"])
+    assert checkpoint.load(run_b / "last/state.pt")["kernels"] == "math-attention"
+    monkeypatch.setenv("VIT_KERNELS", "0")  # the recorded kernels win: the resumed run stays the same run
+    b = finetune(resume_config("finetune", run_b, {}), resume=run_b)
+    assert (a["val_top1"], a["best_step"]) == (b["val_top1"], b["best_step"])
+    wa, wb = weights(run_a / "model.safetensors"), weights(run_b / "model.safetensors")
+    assert all(wa[k].equal(wb[k]) for k in wa)
+
+
 def test_corrupt_image_is_skipped_and_counted(tiny_vit_dir, colour_ds, tmp_path, capsys):
     import shutil
 

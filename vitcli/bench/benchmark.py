@@ -259,6 +259,10 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     return result
 
 
+TRAINING_KERNELS = {"onednn": "the linears as oneDNN kernels",
+                    "math-attention": "attention through timm's math path (bf16 GEMMs), not the flash kernel"}
+
+
 def _train_phase(model, baseline, x, rt, iters, warmup, rounds, compile, ceiling_side, log):
     """Training steps for both loops (copies of the model, so inference figures stay untouched)."""
     import torch
@@ -277,7 +281,9 @@ def _train_phase(model, baseline, x, rt, iters, warmup, rounds, compile, ceiling
     if not compile:
         from vitcli.inference import kernels
 
-        kernels.for_runtime(ours_model, rt)  # as vit finetune / train run it
+        name = kernels.for_training(ours_model, rt)  # as vit finetune / train run it
+        if name != "eager":
+            log(f"training, vitcli side: {TRAINING_KERNELS[name]} (vitcli/inference/kernels.py)")
 
     # vitcli: SGD (the fine-tuning recipe) fused where torch has it, foreach clipping, no .item() per step
     kwargs = {"fused": True} if fused_optimizer_ok(rt.device) else {"foreach": True}

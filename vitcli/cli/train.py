@@ -6,7 +6,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitcli.cli.options import P
 from vitcli.cli.recipe_options import make_command
 
 PatchSize = Annotated[Optional[int], typer.Option(

@@ -156,6 +156,26 @@ def for_runtime(model: nn.Module, runtime) -> int:
     return fuse(model)
 
 
+def for_training(model: nn.Module, runtime, recorded: str | None = None) -> str:
+    """The training kernels, in place; their name, for the checkpoint. A fresh run (`recorded` None) gets
+    what is measured faster here: on CPU in fp32 the oneDNN linears ("onednn"), in bf16 timm's math
+    attention instead of the flash kernel ("math-attention", vitcli.inference.attention); else "eager".
+    A resumed run gets the ones it was started with, so that it stays bit for bit the uninterrupted run."""
+    from vitcli.inference import attention
+
+    cpu = runtime.device.type == "cpu"
+    if recorded is None:
+        if for_runtime(model, runtime) or is_fused(model):
+            return "onednn"
+        if cpu and runtime.precision == "bf16" and attention.training_faster_here():
+            attention.for_training(model)
+    elif recorded == "onednn" and available() and cpu and not is_fused(model):
+        fuse(model)
+    elif recorded == "math-attention":
+        attention.for_training(model)
+    return "onednn" if is_fused(model) else "math-attention" if attention.is_unfused(model) else "eager"
+
+
 class FullPrecisionLinear(nn.Module):
     """An nn.Linear run in fp32 inside autocast (the same parameters, under the same names)."""
 

@@ -36,7 +36,6 @@ def measure(loaded, onnx_path, batch: int = 8, reps: int = 3) -> dict:
 def _measure(loaded, onnx_path, batch: int, reps: int) -> dict:
     import copy
 
-    import numpy as np
     import torch
 
     from vitcli.devices import runtime

@@ -72,7 +72,7 @@ def test_run(run_dir: Path, cfg) -> tuple[dict, str] | None:
         return None
     rt = runtime(cfg.device, cfg.precision)
     loaded = load_model(str(run_dir), device=rt.device)
-    kernels.for_runtime(loaded.model, rt)  # the kernels the run's own evaluation used
+    kernels.for_training(loaded.model, rt)  # the kernels the run's own evaluation used (decided alike here)
     dataset = source.subset(split, eval_transform(loaded.data_config))
     result = evaluate(loaded.model, dataset, rt, Dist(), batch_size=eval_batch_size(cfg), workers=cfg.workers,
                       source=source)

@@ -98,12 +98,9 @@ class Trainer:
 
         self.job, self.cfg, self.dist, self.rt, self.model = job, job.cfg, job.dist, job.runtime, job.model
         self.state = job.resume_state or {}
-        # CPU fp32: oneDNN linears where measured faster (same parameters); a resumed run keeps the
-        # kernels it started with, so that it stays bit for bit the uninterrupted run
-        if self.state.get("kernels") is None:
-            kernels.for_runtime(self.model, self.rt)
-        elif self.state["kernels"] == "onednn" and kernels.available() and self.rt.device.type == "cpu":
-            kernels.fuse(self.model)
+        # CPU: oneDNN linears (fp32) or the math attention (bf16) where measured faster (same parameters);
+        # a resumed run keeps the kernels it started with, so that it stays bit for bit the uninterrupted run
+        self.kernels = kernels.for_training(self.model, self.rt, self.state.get("kernels"))
         if job.accum is None:
             job.accum = int(self.state.get("accum") or self.cfg.accum or 1)
         self.accum = job.accum
@@ -335,8 +332,6 @@ class Trainer:
         return checkpoint.all_finite(self.model, self.optimizer)
 
     def save_state(self) -> None:
-        from vitcli.inference import kernels
-
         rng = checkpoint.gather_rng_states(self.dist)
         if not self.finite():  # (every rank holds the same weights: all agree)
             self.display.message(f"step {self.tally.step}: the weights are not finite: the training state is not "
@@ -355,7 +350,7 @@ class Trainer:
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "images_seen": t.images_seen, "train_seconds": t.train_seconds,
             "elapsed": t.elapsed + time.time() - self.started, "unreadable": dict(self.job.source.unreadable),
-            "kernels": "onednn" if kernels.is_fused(self.model) else "eager",
+            "kernels": self.kernels,
         }, self.job.run_dir / runs.STATE)
 
     def save_best(self, module=None, which: str | None = None) -> bool:
