@@ -87,8 +87,6 @@ def test_switches(monkeypatch):
     assert kernels.wanted(cpu) and not kernels.wanted(Runtime(torch.device("cpu"), "bf16"))
 
 
-
-
 def test_bf16_training_kernels_are_timm_math_attention_with_the_flash_kernels_gradients(monkeypatch):
     from vitcli.devices import Runtime
     from vitcli.inference import attention

@@ -153,6 +153,18 @@ def native_bf16_flags() -> list[str]:
     return [f for f in BF16_FLAGS if f in flags]
 
 
+def best_ms(fns: dict, reps: int) -> dict[str, float]:
+    """Each function of `fns` (name -> no-argument callable) timed `reps` times, alternating so that a
+    drifting load hits all alike; the best time of each, in ms. Warm-ups are the caller's."""
+    times = {name: float("inf") for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name] = min(times[name], time.perf_counter() - start)
+    return {name: 1000 * t for name, t in times.items()}
+
+
 def measure_bf16(rows: int = 8 * 197, dim: int = 384, reps: int = 5) -> dict:
     """Time a ViT-S fc1 (batch 8: (1576, 384) @ (384, 1536)) in fp32 and in bf16, alternating; best of
     `reps` each."""
@@ -163,16 +175,11 @@ def measure_bf16(rows: int = 8 * 197, dim: int = 384, reps: int = 5) -> dict:
     x = torch.randn(rows, dim, generator=gen)
     w = torch.randn(4 * dim, dim, generator=gen)
     operands = {"fp32": (x, w), "bf16": (x.bfloat16(), w.bfloat16())}
-    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
     with torch.inference_mode():
         for a, b in operands.values():
             F.linear(a, b)  # warm-up (oneDNN's first call prepares its kernel)
-        for _ in range(reps):
-            for name, (a, b) in operands.items():
-                start = time.perf_counter()
-                F.linear(a, b)
-                times[name].append(time.perf_counter() - start)
-    fp32_ms, bf16_ms = 1000 * min(times["fp32"]), 1000 * min(times["bf16"])
+        best = best_ms({name: (lambda a=a, b=b: F.linear(a, b)) for name, (a, b) in operands.items()}, reps)
+    fp32_ms, bf16_ms = best["fp32"], best["bf16"]
     return {"fp32_ms": round(fp32_ms, 3), "bf16_ms": round(bf16_ms, 3), "speedup": round(fp32_ms / bf16_ms, 2)}
 
 

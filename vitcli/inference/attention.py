@@ -27,10 +27,10 @@ kernel's up to bf16 rounding. `training_faster_here()` decides it from its own o
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
+
+from vitcli.devices import best_ms
 
 _CLASS: list = []  # MathAttention, made on first use (timm is imported only by then)
 
@@ -107,15 +107,10 @@ def measure(batch: int = 8, heads: int = 6, tokens: int = 197, head_dim: int = 6
     def gemms():
         return ((q * scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
 
-    times = {"flash": [], "gemms": []}
     with torch.inference_mode():
         close = torch.allclose(flash().float(), gemms().float(), atol=5e-2)
-        for _ in range(reps):
-            for name, fn in (("flash", flash), ("gemms", gemms)):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    flash_ms, gemms_ms = 1000 * min(times["flash"]), 1000 * min(times["gemms"])
+        best = best_ms({"flash": flash, "gemms": gemms}, reps)
+    flash_ms, gemms_ms = best["flash"], best["gemms"]
     return {"flash_ms": round(flash_ms, 3), "gemms_ms": round(gemms_ms, 3),
             "gemms": bool(close and gemms_ms < 0.9 * flash_ms)}
 
@@ -132,20 +127,23 @@ def faster_here() -> bool:
     return bool(cached_verdict("kernels.json", verdict, lambda v: "gemms" in v, "|bf16-attention").get("gemms"))
 
 
+def _timm_attention(model, fused: bool) -> list:
+    """The timm modules of `model` (attention, each with a `fused_attn` flag) whose flag is `fused`."""
+    return [m for m in model.modules()
+            if getattr(m, "fused_attn", None) is fused and type(m).__module__.startswith("timm.")]
+
+
 def for_training(model) -> int:
     """timm's attention modules of `model` -> timm's own non-fused (math) path, in place; how many. The
     same modules and state_dict: only the `fused_attn` flag each timm attention module carries changes."""
-    n = 0
-    for module in model.modules():
-        if getattr(module, "fused_attn", None) is True and type(module).__module__.startswith("timm."):
-            module.fused_attn = False
-            n += 1
-    return n
+    modules = _timm_attention(model, True)
+    for module in modules:
+        module.fused_attn = False
+    return len(modules)
 
 
 def is_unfused(model) -> bool:
-    return any(getattr(m, "fused_attn", None) is False and type(m).__module__.startswith("timm.")
-               for m in model.modules())
+    return bool(_timm_attention(model, False))
 
 
 def training_measure(batch: int = 8, heads: int = 6, tokens: int = 197, head_dim: int = 64, reps: int = 4) -> dict:
@@ -170,13 +168,8 @@ def training_measure(batch: int = 8, heads: int = 6, tokens: int = 197, head_dim
         return leaves[0].grad.float()
 
     close = torch.allclose(run(flash), run(math), atol=5e-2, rtol=5e-2)
-    times = {"flash": [], "math": []}
-    for _ in range(reps):
-        for name, fn in (("flash", flash), ("math", math)):
-            start = time.perf_counter()
-            run(fn)
-            times[name].append(time.perf_counter() - start)
-    flash_ms, math_ms = 1000 * min(times["flash"]), 1000 * min(times["math"])
+    best = best_ms({"flash": lambda: run(flash), "math": lambda: run(math)}, reps)
+    flash_ms, math_ms = best["flash"], best["math"]
     return {"flash_ms": round(flash_ms, 3), "math_ms": round(math_ms, 3),
             "math": bool(close and math_ms < 0.9 * flash_ms)}
 

@@ -26,11 +26,12 @@ off, VIT_KERNELS=1 skips the measurement.
 
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vitcli.devices import best_ms
+
 
 class FusedLinear(nn.Module):
     """y = act(x @ W.T + b) in one oneDNN call (inference); the same parameters as the nn.Linear it replaces.
@@ -244,20 +245,14 @@ def measure(rows: int = 8 * 197, dim: int = 384, reps: int = 5, dtype: torch.dty
     linear = nn.Linear(dim, 4 * dim)
     x = torch.randn(rows, dim, generator=gen)
     fused = FusedLinear(linear, "gelu", dtype)
-    times = {"eager": [], "fused": []}
     low = dtype != torch.float32
     autocast = torch.autocast("cpu", dtype=dtype) if low else contextlib.nullcontext()
     with torch.inference_mode(), autocast:
         expected = F.gelu(linear(x))
         tol = 5e-2 if low else 1e-4
         same = torch.allclose(fused(x).float(), expected.float(), rtol=tol, atol=tol)
-        for _ in range(reps):
-            for name, fn in (("eager", lambda: F.gelu(linear(x))), ("fused", lambda: fused(x))):
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    return {"eager_ms": round(1000 * min(times["eager"]), 3), "fused_ms": round(1000 * min(times["fused"]), 3),
-            "allclose": bool(same)}
+        best = best_ms({"eager": lambda: F.gelu(linear(x)), "fused": lambda: fused(x)}, reps)
+    return {"eager_ms": round(best["eager"], 3), "fused_ms": round(best["fused"], 3), "allclose": bool(same)}
 
 
 def faster_here(precision: str = "fp32") -> bool:

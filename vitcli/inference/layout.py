@@ -14,7 +14,7 @@ VIT_KERNELS=0 turns it off with the other kernels.
 
 from __future__ import annotations
 
-import time
+from vitcli.devices import best_ms
 
 MIN_CONVS = 2  # a ViT has one (the patch embedding): nothing to gain
 
@@ -52,15 +52,10 @@ def measure(model, runtime, input_size, reps: int = 3) -> dict:
     x = torch.randn(2, *input_size, generator=gen)
     other = copy.deepcopy(model)
     convert(other)
-    times = {"nchw": [], "channels_last": []}
     with torch.inference_mode(), runtime.autocast():
         model(x), other(x)  # warm-up (oneDNN prepares its kernels)
-        for _ in range(reps):
-            for name, m in (("nchw", model), ("channels_last", other)):
-                start = time.perf_counter()
-                m(x)
-                times[name].append(time.perf_counter() - start)
-    nchw, last = 1000 * min(times["nchw"]), 1000 * min(times["channels_last"])
+        best = best_ms({"nchw": lambda: model(x), "channels_last": lambda: other(x)}, reps)
+    nchw, last = best["nchw"], best["channels_last"]
     return {"nchw_ms": round(nchw, 2), "channels_last_ms": round(last, 2), "channels_last": last < 0.95 * nchw}
 
 

@@ -38,7 +38,7 @@ def _measure(loaded, onnx_path, batch: int, reps: int) -> dict:
 
     import torch
 
-    from vitcli.devices import runtime
+    from vitcli.devices import best_ms, runtime
     from vitcli.inference import kernels
     from vitcli.models.onnx import OnnxModel
 
@@ -54,15 +54,10 @@ def _measure(loaded, onnx_path, batch: int, reps: int) -> dict:
         with torch.inference_mode(), rt.autocast():
             model(x)
 
-    best = {"onnx": float("inf"), "torch": float("inf")}
     steps = {"onnx": lambda: session(x_np), "torch": torch_step}
-    for name in steps:  # warm-up: first-call allocations, oneDNN's primitive caches
-        steps[name]()
-    for _ in range(reps):  # alternating, so both see the same load
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            best[name] = min(best[name], time.perf_counter() - start)
+    for step in steps.values():  # warm-up: first-call allocations, oneDNN's primitive caches
+        step()
+    best = {name: ms / 1000 for name, ms in best_ms(steps, reps).items()}  # alternating: the same load
     return {"onnx_img_s": round(batch / best["onnx"], 2), "torch_img_s": round(batch / best["torch"], 2),
             "torch_precision": rt.precision, "torch_start_s": round(_torch_start_s(), 2)}
 
