@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from vitcli.data import datasets as data
-from vitcli.data.loader import Skipped, make_loader
+from vitcli.data.loader import Records, Skipped, make_loader
 from vitcli.errors import DataError
 
 
@@ -54,11 +54,30 @@ def test_single_folder_minival_is_stratified_deterministic_and_disjoint(tmp_path
     assert {other.path(i) for i in range(len(other))} != mini_paths
 
 
-def test_train_and_test_without_val_carves_minival(tmp_path):
+def test_train_and_test_without_val_carves_minival_when_asked_or_large_enough(tmp_path):
     root = make_tree(tmp_path / "ds", {"train": {"x": 10, "y": 10}, "test": {"x": 2, "y": 2}})
-    src = data.open_dataset(str(root))
-    assert src.splits == ["train", "minival", "test"]
-    assert src.size("minival") == 2 and src.size("train") == 18
+    small = data.open_dataset(str(root))  # a default minival of 2 images: too few to select by, not carved
+    assert small.splits == ["train", "test"] and small.size("train") == 20 and small.minival_too_small == 2
+    asked = data.open_dataset(str(root), val_split=0.1)
+    assert asked.splits == ["train", "minival", "test"] and asked.minival_too_small is None
+    assert asked.size("minival") == 2 and asked.size("train") == 18
+    # 1,000 training images: the default 10 % (100 images, MIN_MINIVAL) is carved
+    records = lambda n: Records(np.arange(n) % 2, paths=[f"{i}.png" for i in range(n)])  # noqa: E731
+    large = data.from_parts("big", ["x", "y"], {"train": records(1000), "test": records(10)})
+    assert large.splits == ["train", "minival", "test"] and large.size("minival") == data.MIN_MINIVAL == 100
+    below = data.from_parts("big", ["x", "y"], {"train": records(980), "test": records(10)})
+    assert below.splits == ["train", "test"] and below.minival_too_small == 98
+
+
+def test_runs_that_select_carve_their_minival_whatever_its_size(tmp_path):
+    from vitcli.train.config import resolve, with_minival
+
+    root = make_tree(tmp_path / "ds", {"train": {"x": 10, "y": 10}, "test": {"x": 2, "y": 2}})
+    assert resolve("finetune", {"dataset": str(root), "recipe": "quick"}).val_split is None
+    assert resolve("finetune", {"dataset": str(root), "recipe": "quick", "patience": 2}).val_split == 0.1
+    assert with_minival(resolve("train", {"dataset": "cifar10", "recipe": "quick"})).val_split == 0.02
+    assert with_minival(resolve("train", {"dataset": "hf:uoft-cs/cifar100", "recipe": "quick"})).val_split == 0.02
+    assert data.default_val_split(str(root)) == data.DEFAULT_VAL_SPLIT
 
 
 def test_unreadable_image_is_skipped_named_once_and_counted(tmp_path, capsys):
@@ -125,7 +144,7 @@ def test_pets_on_disk_in_torchvision_layout_is_found_without_download(tmp_path, 
     monkeypatch.setattr(tv_pets, "download_and_extract_archive", no_download)
     monkeypatch.setattr(tv_utils, "download_url", no_download)
     _fake_pets(tmp_path / "data")
-    src = data.open_dataset("pets", data_dir=tmp_path / "data", download=True)
+    src = data.open_dataset("pets", data_dir=tmp_path / "data", download=True, val_split=0.1)
     assert src.classes == ["Abyssinian", "American Bulldog"]
     assert src.splits == ["train", "minival", "test"]
     assert src.size("train") + src.size("minival") == 20 and src.size("test") == 4

@@ -109,7 +109,7 @@ def _table_dataset(tmp_path) -> Path:
 
 def test_columns_from_the_features_and_overrides(tmp_path):
     folder = _table_dataset(tmp_path)
-    source = open_dataset(str(folder))
+    source = open_dataset(str(folder), val_split=0.1)
     assert source.classes == ["animal", "plant"]  # the first ClassLabel
     assert source.splits == ["train", "minival", "test"]  # no validation split: minival carved from train
     assert source.size("train") + source.size("minival") == 20 and source.size("test") == 5  # label -1 left out

@@ -228,7 +228,9 @@ def test_a_sweep_winner_is_tested_as_a_single_run_is(tiny_vit_dir, colours, tmp_
     result = CliRunner().invoke(app, base + ["--sweep", "lr=0.0001,0.003", "--name", "lrs", "--json"])
     assert result.exit_code == 0, result.output
     winner = json.loads(result.stdout)["winner"]
-    single = CliRunner().invoke(app, base + ["--lr", winner["lr"], "--name", "single", "--json"])
+    # a sweep selects on minival, so it carves one whatever its size; a single run on so few images would
+    # not (vitcli.data.datasets.MIN_MINIVAL): asked for, the same minival
+    single = CliRunner().invoke(app, base + ["--lr", winner["lr"], "--val-split", "0.1", "--name", "single", "--json"])
     assert single.exit_code == 0, single.output
     summary = json.loads(single.stdout)
     assert summary["test_top1"] == winner["test_top1"]
@@ -238,6 +240,6 @@ def test_a_sweep_winner_is_tested_as_a_single_run_is(tiny_vit_dir, colours, tmp_
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     own = next(r for r in logged if r.get("split") == "test")
     cfg = resolve("train", {"model": str(tiny_vit_dir), "dataset": str(colours), "steps": 3, "batch_size": 6,
-                            "workers": 0, "device": "cpu", "lr": float(winner["lr"])})
+                            "workers": 0, "device": "cpu", "lr": float(winner["lr"]), "val_split": 0.1})
     tested, split = test_run(run_dir, cfg)
     assert split == "test" and (tested["top1"], tested["loss"], tested["n"]) == (own["top1"], own["loss"], own["n"])

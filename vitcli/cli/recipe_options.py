@@ -20,7 +20,8 @@ from vitcli.cli.options import (P, DataDirOpt, DatasetOpt, DeviceOpt, ImageColum
 
 RValSplit = Annotated[Optional[float], typer.Option(
     "--val-split", help="Fraction of train held out as minival (default: Pets/Flowers 0.1, CIFAR 0.02, "
-                        "folders without val/ 0.1).", show_default=False)]
+                        "folders without val/ 0.1; a default one under 100 images is not carved: all of train/ trains "
+                        "and the last model is kept).", show_default=False)]
 RRecipe = Annotated[Optional[str], typer.Option(
     "--recipe", help="paper (default with a GPU) | quick (laptop CPU, default without a GPU) | deit (DeiT's "
                      "augmentation and regularisation).", show_default=False)]

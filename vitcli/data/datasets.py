@@ -30,6 +30,10 @@ from vitcli.errors import DataError
 NAMED = ("pets", "flowers102", "cifar10", "cifar100")
 MINIVAL_FRACTION = {"pets": 0.10, "flowers102": 0.10, "cifar10": 0.02, "cifar100": 0.02}
 DEFAULT_VAL_SPLIT = 0.10
+# A default minival (`val_split` not given) smaller than this is not carved: on a few dozen images the
+# candidates of a run differ by less than the minival's own noise (a standard error of 5-8 points), so
+# selecting on it costs a tenth of the training images for a coin flip (benchmarks/recipes.txt).
+MIN_MINIVAL = 100
 ALIASES = {"oxford_iiit_pet": "pets", "oxford-iiit-pet": "pets", "pet": "pets", "flowers": "flowers102",
            "oxford_flowers102": "flowers102", "cifar-10": "cifar10", "cifar-100": "cifar100"}
 
@@ -63,6 +67,7 @@ class DatasetSource:
     root: str = ""
     _parts: dict = field(default_factory=dict, repr=False)  # split -> (Records, indices)
     unreadable: dict = field(default_factory=dict)  # path -> reason, filled by note_skipped
+    minival_too_small: int | None = None  # the images a default minival would have held, when not carved
 
     @property
     def num_classes(self) -> int:
@@ -119,11 +124,31 @@ def carve(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, n
     return keep, held_arr
 
 
-def _with_minival(source: DatasetSource, records: Records, fraction: float, seed: int) -> None:
+def _with_minival(source: DatasetSource, records: Records, fraction: float, seed: int, asked: bool) -> None:
+    """Carve the minival; a default one (not `asked` for) under MIN_MINIVAL images is left in train."""
     keep, held = carve(records.labels, fraction, seed)
+    if not asked and 0 < len(held) < MIN_MINIVAL:
+        source.minival_too_small = len(held)
+        keep, held = np.arange(len(records)), held[:0]
     source._parts["train"] = (records, keep)
     if len(held):
         source._parts["minival"] = (records, held)
+
+
+def default_val_split(spec: str) -> float:
+    """The minival fraction `open_dataset(spec)` carves when `val_split` is not given (MIN_MINIVAL aside):
+    a named set's own (also as a Hugging Face dataset's last name part), else DEFAULT_VAL_SPLIT. A run
+    that must select (a sweep, `--patience`) passes it as its `val_split`, so it is carved whatever its size."""
+    from vitcli.data import hf
+
+    name = spec.strip().lower()
+    if hf.is_hf(spec):
+        base = name.removeprefix("hf:").split(":")[0].rstrip("/").rsplit("/", 1)[-1]
+    elif not Path(spec).expanduser().is_dir():
+        base = name
+    else:
+        return DEFAULT_VAL_SPLIT
+    return MINIVAL_FRACTION.get(ALIASES.get(base, base), DEFAULT_VAL_SPLIT)
 
 
 # ---------------------------------------------------------------------------------------- opening
@@ -231,7 +256,7 @@ def _open_named(name: str, root: Path, val_split: float | None, seed: int, downl
     classes = list(trains[0].classes)
     source = DatasetSource(name, classes, ["train", "minival", "test"], str(root))
     fraction = MINIVAL_FRACTION[name] if val_split is None else val_split
-    _with_minival(source, _concat([_records(t) for t in trains]), fraction, seed)
+    _with_minival(source, _concat([_records(t) for t in trains]), fraction, seed, val_split is not None)
     test_records = _records(test)
     source._parts["test"] = (test_records, np.arange(len(test_records)))
     source.splits = [s for s in ("train", "minival", "test") if s in source._parts]
@@ -301,7 +326,7 @@ def from_parts(name: str, classes: list[str], parts: dict, *, root: str = "", va
     train = parts.get("train")
     if train is not None and len(train):
         if "val" not in source._parts or val_split:
-            _with_minival(source, train, fraction if val_split is None else val_split, seed)
+            _with_minival(source, train, fraction if val_split is None else val_split, seed, val_split is not None)
         else:
             source._parts["train"] = (train, np.arange(len(train)))
     source.splits = [s for s in ("train", "minival", "val", "test") if s in source._parts]

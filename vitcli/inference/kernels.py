@@ -26,6 +26,8 @@ off, VIT_KERNELS=1 skips the measurement.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -134,13 +136,26 @@ def available() -> bool:
     return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+@functools.lru_cache(maxsize=None)
+def works_here(precision: str) -> bool:
+    """Does this CPU's oneDNN run the fused linear in `precision`? (bf16 needs avx512_bf16 / AMX, or at
+    least AVX-512: on an AVX2-only CPU oneDNN has no bf16 inner product and refuses.)"""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    try:
+        torch.ops.mkldnn._linear_pointwise(torch.zeros(2, 8, dtype=dtype), torch.zeros(4, 8, dtype=dtype),
+                                           torch.zeros(4, dtype=dtype), "none", [], "none")
+    except (RuntimeError, TypeError):
+        return False
+    return True
+
+
 def enabled_here(precision: str = "fp32") -> bool:
-    """For CPU fp32 (or bf16 inference): oneDNN present, not switched off (VIT_KERNELS), and measured
-    faster here in that precision."""
+    """For CPU fp32 (or bf16 inference): oneDNN present and able to run it here, not switched off
+    (VIT_KERNELS), and measured faster here in that precision (VIT_KERNELS=1: without measuring)."""
     from vitcli import env
 
     setting = env.kernels()
-    if setting == "off" or not available() or precision not in ("fp32", "bf16"):
+    if setting == "off" or not available() or precision not in ("fp32", "bf16") or not works_here(precision):
         return False
     return setting == "on" or faster_here(precision)
 

@@ -222,7 +222,18 @@ def resolve(command: str, flags: dict, config_file: Path | None = None):
     if values.get("lr_base") is not None and isinstance(values.get("batch_size"), int):
         values["lr"] = values["lr_base"] * values["batch_size"] / 512  # DeiT's linear scaling rule
     cfg = cls(**_coerce(cls, _check_keys(cls, values, "recipe")))
-    return validate(cfg)
+    return validate(with_minival(cfg) if cfg.patience is not None else cfg)
+
+
+def with_minival(cfg):
+    """`cfg` with its minival fraction spelled out, so the run carves one whatever the training set's size
+    (by default a minival under 100 images is not carved: vitcli.data.datasets.MIN_MINIVAL): for the
+    runs that must select on it, `--patience` and a sweep's settings."""
+    if cfg.val_split is not None:
+        return cfg
+    from vitcli.data.datasets import default_val_split
+
+    return dataclasses.replace(cfg, val_split=default_val_split(cfg.dataset))
 
 
 # setting: (whole number?, lowest, highest, highest excluded?); None: no bound

@@ -172,6 +172,10 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
         output.info(f"{command} {cfg.model}: {params / 1e6:.2f} M params ({trainable / 1e6:.2f} M trained), "
                     f"{img_size} px, {rt.describe()}{f' x {dist.world} processes' if dist.enabled else ''}")
         output.info(f"data {describe(source)}")
+        if source.minival_too_small:
+            output.info(f"no minival: the default one would hold {source.minival_too_small} images, too few to "
+                        f"choose a model by; training on all of train/ and keeping the last model "
+                        f"(--val-split 0.1 carves one anyway)", style="dim")
         output.info(f"run folder {run_dir}")
         runs.write_run_json(run_dir, command=command, config=cfg.to_dict(), versions=versions,
                             environment=runs.environment(rt, dist.world), status="running",

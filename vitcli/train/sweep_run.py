@@ -91,7 +91,8 @@ def plan(command: str, flags: dict, specs: list[str] | None, *, config_file=None
     for setting in settings:
         changes = {k.replace("-", "_"): convert(command, k, v) for k, v in setting.items()}
         try:
-            resolved.append(configs.resolve(command, {**flags, **changes, "name": None}, config_file))
+            resolved.append(configs.with_minival(configs.resolve(command, {**flags, **changes, "name": None},
+                                                                 config_file)))
         except UsageError as e:
             raise UsageError(f"--sweep {label(setting)}: {e.message}", e.hint) from None
     return SweepPlan(axes, settings, resolved, flags, config_file, sweep_dir)
