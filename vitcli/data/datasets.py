@@ -141,11 +141,10 @@ def default_val_split(spec: str) -> float:
     that must select (a sweep, `--patience`) passes it as its `val_split`, so it is carved whatever its size."""
     from vitcli.data import hf
 
-    name = spec.strip().lower()
     if hf.is_hf(spec):
-        base = name.removeprefix("hf:").split(":")[0].rstrip("/").rsplit("/", 1)[-1]
+        base = hf.base_name(spec)
     elif not Path(spec).expanduser().is_dir():
-        base = name
+        base = spec.strip().lower()
     else:
         return DEFAULT_VAL_SPLIT
     return MINIVAL_FRACTION.get(ALIASES.get(base, base), DEFAULT_VAL_SPLIT)
@@ -166,9 +165,8 @@ def open_dataset(spec: str, *, data_dir: Path | None = None, val_split: float | 
     path = Path(spec).expanduser()
     if hf.is_hf(spec):
         opened = hf.open_parts(spec, image_column=image_column, label_column=label_column, download=download)
-        base = ALIASES.get(opened.base, opened.base)
         return from_parts(opened.name, opened.classes, opened.parts, root=opened.root, val_split=val_split,
-                          fraction=MINIVAL_FRACTION.get(base, DEFAULT_VAL_SPLIT), seed=seed)
+                          fraction=default_val_split(spec), seed=seed)
     if image_column or label_column:
         from vitcli.errors import UsageError
 

@@ -45,10 +45,17 @@ def is_hf(spec: str) -> bool:
     return str(spec).startswith(PREFIX) or is_saved(Path(str(spec)).expanduser())
 
 
+def base_name(spec: str) -> str:
+    """The last part of a Hugging Face dataset's name (the Hub id's, or the saved folder's), lower case:
+    what picks a named set's minival fraction (`hf:uoft-cs/cifar10` -> cifar10)."""
+    spec = str(spec)
+    name = spec[len(PREFIX):].partition(":")[0] if spec.startswith(PREFIX) else Path(spec).expanduser().resolve().name
+    return name.rstrip("/").rsplit("/", 1)[-1].lower()
+
+
 @dataclass
 class Opened:
     name: str  # as shown (the Hub id, or the folder's name)
-    base: str  # the last part of the name, lower case (for the named sets' minival fractions)
     classes: list
     parts: dict  # train / val / test -> Records
     root: str
@@ -128,7 +135,7 @@ def open_parts(spec: str, *, image_column: str | None = None, label_column: str 
         paths = _stored_paths(ds, image_col)
         names = [f"{name}/{split}#{j}" + (f" ({p})" if p else "") for j, p in enumerate(paths)]
         parts[split] = Records(labels, encoded=Encoded(ds, image_col), names=names)
-    return Opened(name, name.rstrip("/").rsplit("/", 1)[-1].lower(), classes, parts, root)
+    return Opened(name, classes, parts, root)
 
 
 def _load(datasets, name: str, config: str | None, download: bool):
