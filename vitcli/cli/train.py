@@ -13,7 +13,8 @@ PatchSize = Annotated[Optional[int], typer.Option(
 PosEmbed = Annotated[Optional[str], typer.Option(
     "--pos-embed", help="learn (1-D, default) | sincos (2-D, fixed) | none.", show_default=False)]
 Pool = Annotated[Optional[str], typer.Option(
-    "--pool", help="token (class token, default) | avg (global average pooling: learned a 2-epoch run on 16 px digits far faster, see Recipes).", show_default=False)]
+    "--pool", help="token (class token, default) | avg (global average pooling: learned a 2-epoch run on "
+                   "16 px digits far faster, see Recipes).", show_default=False)]
 
 train = make_command(
     "train",
