@@ -17,6 +17,7 @@ import typer
 from vitcli.cli.options import (P, DataDirOpt, DatasetOpt, DeviceOpt, ImageColumnOpt, JsonOpt, LabelColumnOpt,
                                 OfflineOpt, PrecisionOpt, RecipeBatchSizeOpt, RecipeImgSizeOpt, RecipeModelOpt,
                                 SweepOpt, WorkersOpt)
+from vitcli.cli.scale_options import SCALE_OPTIONS
 
 RValSplit = Annotated[Optional[float], typer.Option(
     "--val-split", help="Fraction of train held out as minival (default: Pets/Flowers 0.1, CIFAR 0.02, "
@@ -102,6 +103,7 @@ def make_command(command: str, doc: str, *, first: list = (), recipe: list = ())
               _param("label_smoothing", RSmooth), _param("drop_path", RDropPath), _param("model_ema", RModelEma),
               _param("ema_decay", REmaDecay),
               *(_param(n, a) for n, a in recipe),
+              *(_param(n, a) for n, a in SCALE_OPTIONS),
               _param("seed", RSeed), _param("data_dir", DataDirOpt), _param("val_split", RValSplit),
               _param("image_column", ImageColumnOpt), _param("label_column", LabelColumnOpt),
               _param("token_mixer", RMixer), _param("token_mixers", RMixers), _param("workers", WorkersOpt),

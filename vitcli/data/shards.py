@@ -124,7 +124,7 @@ def write_split(source, split: str, out: Path, shard_size: int, advance=lambda n
                 for k, m in enumerate(members):
                     data, ext = _image_bytes(records, int(indices[m]))
                     sink.write({"__key__": f"{split}{i:06d}_{k:06d}", ext: data,
-                                "cls": str(int(records.labels[indices[m]])).encode()})
+                                "cls": str(records.labels[indices[m]]).encode()})
                     advance()
 
         atomic_write(target, write)

@@ -24,8 +24,6 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from vitcli.data.loader import ImageDataset, Records
 from vitcli.errors import DataError, UsageError, VitError
 
