@@ -134,9 +134,14 @@ def _run(command: str, options: dict) -> None:
     where = dict(config_file=options["config"], resume=options["resume"], sweep=options["sweep"],
                  stop_after=options["stop_after"])
     if options["dry_run"]:
+        from vitcli.train import world
         from vitcli.train.config import dumps
 
+        for line in world.describe() if env.dist()[1] > 1 else ():  # under torchrun: every rank its own line
+            output.info(line)
         for setting, cfg in launch.configs(command, flags, **{k: v for k, v in where.items() if k != "stop_after"}):
+            if env.dist()[0] != 0:  # under torchrun, rank 0 prints the config
+                break
             if setting is not None:
                 output.emit_json({"setting": setting, "config": cfg.to_dict()})
             elif options["json_out"]:
@@ -144,7 +149,10 @@ def _run(command: str, options: dict) -> None:
             else:
                 typer.echo(dumps(cfg))
         return
-    result = launch.launch(command, flags, **where)
+    from vitcli.train.world import failures_named
+
+    with failures_named():  # under torchrun: which rank failed, on stderr and in torchrun's summary
+        result = launch.launch(command, flags, **where)
     if env.dist()[0] != 0:  # under torchrun, rank 0 speaks for all
         return
     if isinstance(result, dict):

@@ -40,7 +40,8 @@ def check(cfg) -> None:
         raise UsageError(f"unknown --distill {mode!r}", f"use {', '.join(MODES)}")
     if not teacher:
         raise UsageError(f"--distill {mode} needs --teacher MODEL", "e.g. a fine-tuned run folder of the same classes")
-    if mode == "token" and "distilled" not in str(cfg.model):
+    plain_name = "/" not in str(cfg.model) and ":" not in str(cfg.model)  # a timm name (folders: checked at the start)
+    if mode == "token" and plain_name and "distilled" not in str(cfg.model):
         raise UsageError(f"--distill token needs a distilled architecture, not {cfg.model}",
                          "e.g. --model deit_tiny_distilled_patch16_224 (or use --distill logit)")
     for name, value, ok in (("--distill-temp", cfg.distill_temp, lambda v: v > 0),
