@@ -103,9 +103,10 @@ def test_eval_and_finetune_on_shards_and_exact_resume(tiny_vit_dir, shards, colo
     from vitcli.train.run import finetune, resume_config
 
     def cfg(name):
-        return resolve("finetune", dict(model=str(tiny_vit_dir), dataset=f"wds:{shards}", recipe="quick", steps=7,
+        return resolve("finetune", dict(model=str(tiny_vit_dir), dataset=f"wds:{shards}", recipe="quick", steps=6,
                                         batch_size=8, warmup=1, lr=0.01, project=str(tmp_path / "runs"),
-                                        workers=0, device="cpu", name=name, accum=2, aa="rand-m9-mstd0.5"))
+                                        workers=0, device="cpu", name=name, accum=2, aa="rand-m9-mstd0.5",
+                                        head_init="zero", precision="fp32"))
 
     a = finetune(cfg("a"))
     stopped = finetune(cfg("b"), stop_after=3)
