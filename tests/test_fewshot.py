@@ -117,7 +117,7 @@ def test_cli_few_shot_and_feature_cache(tiny_vit_dir, tmp_path):
 
 def test_feature_cache_lives_in_the_vit_cache(tiny_vit_dir, tmp_path, monkeypatch):
     from vitcli.eval import splits
-    from vitcli.devices import runtime
+    from vitcli.accel.runtime import runtime
     from vitcli.models.resolver import load_model
 
     monkeypatch.setenv("VIT_CACHE", str(tmp_path / "cache"))

@@ -54,7 +54,7 @@ def test_vit_layer_and_grid_come_from_the_model(kind, tmp_path, make_images):
 
     from vitcli.analysis.gradcam import gradcam_figures
     from vitcli.data.transforms import eval_transform
-    from vitcli.devices import runtime
+    from vitcli.accel.runtime import runtime
 
     torch.manual_seed(0)
     size = (32, 32)
@@ -150,7 +150,7 @@ def red_blue_images(tmp_path):
 
 def test_gradcam_points_at_the_evidence_of_the_class_asked_for(red_blue_images, tmp_path):
     from vitcli.analysis.gradcam import gradcam_figures
-    from vitcli.devices import runtime
+    from vitcli.accel.runtime import runtime
 
     loaded = _loaded(RedBlue(), ["red", "blue"])
     maps = {}
@@ -170,7 +170,7 @@ def test_gradcam_points_at_the_evidence_of_the_class_asked_for(red_blue_images, 
                                     "eigengradcam", "gradcam-elementwise"])
 def test_every_method_draws_a_map(method, red_blue_images, tmp_path):
     from vitcli.analysis.gradcam import METHODS, gradcam_figures
-    from vitcli.devices import runtime
+    from vitcli.accel.runtime import runtime
 
     assert method in METHODS
     result = {"files": [], "errors": []}
@@ -186,7 +186,7 @@ def test_every_method_draws_a_map(method, red_blue_images, tmp_path):
 
 
 def test_deletion_and_insertion_rank_the_true_map_above_random_above_the_inverted(red_blue_images, tmp_path):
-    from vitcli.devices import runtime
+    from vitcli.accel.runtime import runtime
 
     true = {i: np.tile((np.arange(32) < c).astype(np.float32), (32, 1)) for i, c in enumerate((24, 20))}
     maps = {"true": true, "inverted": {i: 1 - m for i, m in true.items()}}

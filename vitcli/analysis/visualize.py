@@ -138,7 +138,7 @@ def run(model: str, images=(), *, attention_distance: bool = False, attention_ma
         engine()  # before the model loads: a missing optional package is a one-line error
 
     from vitcli import output as sink
-    from vitcli.devices import runtime
+    from vitcli.accel.runtime import runtime
     from vitcli.models.resolver import load_model
 
     rt = runtime(device, precision)

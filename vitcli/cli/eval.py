@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DataDirOpt, DatasetOpt, DeviceOpt, ImageColumnOpt, JsonOpt,
-                                LabelColumnOpt, ModelOpt, OfflineOpt, OutDirOpt, PrecisionOpt, WorkersOpt)
+from vitcli.cli.options import (DEFAULT_MODEL, BackendOpt, BatchSizeOpt, CompileOpt, DataDirOpt, DatasetOpt, DeviceOpt,
+                                ImageColumnOpt, JsonOpt, LabelColumnOpt, ModelOpt, OfflineOpt, OutDirOpt, PrecisionOpt,
+                                WorkersOpt)
 
 
 def eval_command(
@@ -39,6 +40,8 @@ def eval_command(
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
+    backend: BackendOpt = "torch",
+    compile: CompileOpt = False,
     json_out: JsonOpt = False,
     out_dir: OutDirOpt = None,
     offline: OfflineOpt = False,
@@ -56,65 +59,41 @@ def eval_command(
                          else "give --dataset or --data, not both")
     if labels is not None and data is None:
         raise UsageError("--labels needs --data (the folder the file names are relative to)")
-    columns = {"image_column": image_column, "label_column": label_column}
+    from vitcli import output as sink
+    from vitcli.eval import evaluate, reports
+
+    opts = evaluate.EvalOptions(
+        model=model, dataset=dataset, data=data, labels=labels, split=split, data_dir=data_dir,
+        image_column=image_column, label_column=label_column, real_labels=real_labels, batch_size=batch_size,
+        workers=workers, device=device, precision=precision, backend=backend, compile=compile, few_shot=few_shot,
+        seeds=seeds, l2=l2, use_cache=not no_cache)
+    announce = lambda text: sink.info(text, style="dim")  # noqa: E731
+    progress_factory = lambda description, total: sink.progress(description, total=total, unit="img")  # noqa: E731
     if few_shot is not None:
-        _few_shot(model, dataset, data, labels, split, data_dir, few_shot, seeds, l2, no_cache, batch_size,
-                  workers, device, precision, json_out, out_dir, columns)
+        result = evaluate.few_shot(opts, announce=announce, progress_factory=progress_factory)
+        _warn_failed(result["failed"])
+        for asked, used in (result.get("shots_reduced") or {}).items():
+            sink.warn(f"--few-shot {asked}: the largest class has {used} training images; reported as {used}-shot")
+        if json_out:  # the results first: a failing --out-dir must not cost them
+            sink.emit_json(result)
+        else:
+            _render_few_shot(result)
+        if out_dir is not None:
+            sink.info(f"wrote {reports.write_few_shot(result, out_dir)}", style="dim")
+        if result["num_failed"]:
+            raise typer.Exit(1)
         return
 
-    from vitcli import output as sink
-    from vitcli.devices import runtime
-    from vitcli.eval import evaluate, reports, splits
-    from vitcli.models.resolver import load_model
-
-    target = splits.open_split(dataset=dataset, data=data, labels=labels, split=split, data_dir=data_dir, **columns)
-    rt = runtime(device, precision)
-    loaded = load_model(model, device=rt.device)
-    sink.info(f"{loaded.architecture} on {rt.describe()}: {target.name} ({target.split}), "
-              f"{len(target)} image(s)", style="dim")
-    with sink.progress("eval", total=len(target), unit="img") as advance:
-        result = evaluate.run(loaded, rt, target, batch_size=batch_size, workers=workers,
-                              real_labels=real_labels, progress=advance)
+    result = evaluate.evaluate(opts, announce=announce, progress_factory=progress_factory)
     _warn_failed(result.summary["failed"])
-    if out_dir is not None:
-        written = reports.write_artefacts(result, out_dir)
-        sink.info(f"wrote {', '.join(str(p) for p in written)}", style="dim")
-    if json_out:
+    if json_out:  # the results first: a failing --out-dir must not cost them
         sink.emit_json(result.summary)
     else:
         _render(result)
-    if result.summary["num_failed"]:  # as predict and visualize: the numbers stand, the exit code says
-        raise typer.Exit(1)
-
-
-def _few_shot(model, dataset, data, labels, split, data_dir, shots_text, seeds, l2_text, no_cache, batch_size,
-              workers, device, precision, json_out, out_dir, columns):
-    from vitcli import output as sink
-    from vitcli.devices import runtime
-    from vitcli.eval import fewshot, reports, splits
-    from vitcli.models.resolver import load_model
-
-    shots = fewshot.parse_int_list(shots_text, "--few-shot")
-    l2s = fewshot.parse_l2_list(l2_text)
-    train, test = splits.few_shot_splits(dataset=dataset, data=data, labels=labels, split=split, data_dir=data_dir,
-                                         **columns)
-    rt = runtime(device, precision)
-    loaded = load_model(model, device=rt.device)
-    sink.info(f"{loaded.architecture} on {rt.describe()}: {train.name}, shots from train "
-              f"({len(train)}), evaluated on {test.split} ({len(test)})", style="dim")
-    result = fewshot.run(loaded, rt, train, test, shots=shots, seeds=seeds, l2=l2s, batch_size=batch_size,
-                         workers=workers, use_cache=not no_cache,
-                         progress_factory=lambda d, t: sink.progress(d, total=t, unit="img"))
-    _warn_failed(result["failed"])
-    for asked, used in (result.get("shots_reduced") or {}).items():
-        sink.warn(f"--few-shot {asked}: the largest class has {used} training images; reported as {used}-shot")
     if out_dir is not None:
-        sink.info(f"wrote {reports.write_few_shot(result, out_dir)}", style="dim")
-    if json_out:
-        sink.emit_json(result)
-    else:
-        _render_few_shot(result)
-    if result["num_failed"]:
+        written = reports.write_artefacts(result, out_dir)
+        sink.info(f"wrote {', '.join(str(p) for p in written)}", style="dim")
+    if result.summary["num_failed"]:  # as predict and visualize: the numbers stand, the exit code says
         raise typer.Exit(1)
 
 

@@ -29,8 +29,8 @@ def export(
     """
     from vitcli import env
     from vitcli import output as sink
-    from vitcli.inference.export import DEFAULT_OPSET
-    from vitcli.inference.export import export as run_export
+    from vitcli.export.export import DEFAULT_OPSET
+    from vitcli.export.export import export as run_export
 
     env.set_offline(offline)
     result = run_export(model, format.lower(), output, img_size=img_size, dynamic_batch=dynamic_batch,

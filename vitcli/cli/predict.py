@@ -7,8 +7,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DeviceOpt, JsonOpt, ModelOpt, OfflineOpt,
-                                OutputFileOpt, PrecisionOpt, WorkersOpt)
+from vitcli.cli.options import (DEFAULT_MODEL, BackendOpt, BatchSizeOpt, CompileOpt, DeviceOpt, JsonOpt, ModelOpt,
+                                OfflineOpt, OutputFileOpt, PrecisionOpt, WorkersOpt)
 
 
 def predict(
@@ -20,6 +20,8 @@ def predict(
     batch_size: BatchSizeOpt = 32,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
+    backend: BackendOpt = "torch",
+    compile: CompileOpt = False,
     workers: WorkersOpt = None,
     json_out: JsonOpt = False,
     output: OutputFileOpt = None,
@@ -43,8 +45,10 @@ def predict(
     from vitcli.inference.forward import Throughput
     from vitcli.inference.predict import Prediction, open_predictor
 
-    predictor = open_predictor(model, device, precision, n_images=len(paths))  # onnxruntime when it can: no torch
-    sink.info(f"{predictor.architecture} on {predictor.describe()}, {len(paths)} image(s)", style="dim")
+    predictor = open_predictor(model, device, precision, backend, compile)
+    ran = predictor.info()  # backend, device, precision, accel: named in every result
+    sink.info(f"{predictor.architecture} on {predictor.describe()} ({ran['accel']}), {len(paths)} image(s)",
+              style="dim")
 
     writer = writer and writer.open()
     throughput = Throughput()  # the loader's and the model's img/s, said at the end
@@ -52,12 +56,12 @@ def predict(
     try:
         for item, reason in missing:
             failed += 1
-            _emit(Prediction(sink.display(item), error=reason), json_out, writer, rows)
+            _emit(Prediction(sink.display(item), error=reason), json_out, writer, rows, ran)
         with sink.progress("predict", total=len(paths), unit="img") as advance:
             for pred in predictor.run(paths, top_k=top_k, batch_size=batch_size, workers=workers,
                                       progress=advance, throughput=throughput):
                 failed += pred.error is not None
-                _emit(pred, json_out, writer, rows)
+                _emit(pred, json_out, writer, rows, ran)
     finally:  # whatever stops the run, the results already made are shown and kept
         if writer:
             writer.close()
@@ -74,13 +78,13 @@ def predict(
         raise typer.Exit(1)
 
 
-def _emit(pred, json_out: bool, writer, rows: list) -> None:
+def _emit(pred, json_out: bool, writer, rows: list, ran: dict) -> None:
     from vitcli import output as sink
 
     if writer:
         writer.write(pred)
     if json_out:
-        sink.emit_json(pred.to_json())
+        sink.emit_json({**pred.to_json(), "backend": ran["backend"], "precision": ran["precision"]})
     else:
         rows.append(pred)
         if pred.error:

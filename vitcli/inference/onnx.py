@@ -1,6 +1,6 @@
 """`vit predict` in onnxruntime, with no torch import: `--model FILE.onnx` and the fast-start copies.
 
-The model is a vitcli.models.onnx.OnnxModel (the file alone is enough: its metadata holds the
+The model is a vitcli.export.onnx_model.OnnxModel (the file alone is enough: its metadata holds the
 preprocessing and the label names). `predict` reads images through the same `Records` and eval transform as the torch path
 (vitcli.data.loader, vitcli.data.transforms: the transform's numpy half), decodes them in threads
 (PIL releases the GIL), and runs the batch in onnxruntime: importing torch (1.3 s here) is what a
@@ -14,7 +14,7 @@ import time
 from typing import Iterator
 
 from vitcli.errors import ModelError
-from vitcli.models.onnx import OnnxModel
+from vitcli.export.onnx_model import OnnxModel
 from vitcli.output import display
 
 def predict(paths: list, model: OnnxModel, top_k: int = 5, batch_size: int = 32, workers: int | None = None,

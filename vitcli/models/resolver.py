@@ -59,7 +59,7 @@ def parse_spec(spec: str) -> ModelSource:
     """Classify a spec without loading torch (local folders are recognised by their files)."""
     spec = spec.strip()
     if spec.startswith("hf-hub:"):
-        from vitcli.models.hub import split_revision
+        from vitcli.hub.files import split_revision
 
         repo_id, revision = split_revision(spec[len("hf-hub:"):])
         if not HUB_ID.fullmatch(repo_id) or ".." in repo_id or any(p in (".", "..") for p in repo_id.split("/")):
@@ -68,7 +68,7 @@ def parse_spec(spec: str) -> ModelSource:
         return ModelSource(spec, "hf-hub", repo_id, revision)
     if spec.startswith("local-dir:"):
         spec = spec[len("local-dir:"):]
-    from vitcli.models.onnx import is_onnx
+    from vitcli.export.onnx_model import is_onnx
 
     if is_onnx(spec):
         return ModelSource(spec, "onnx", spec, weights=Path(spec).expanduser())
@@ -123,7 +123,7 @@ def resolve_timm_name(name: str) -> str:
 
 def fetch(source: ModelSource, refresh: bool = False) -> ModelSource:
     """Make sure the files the model needs are local (downloading with progress when needed)."""
-    from vitcli.models import hub
+    from vitcli.hub import files as hub
 
     if source.kind in ("local", "onnx"):
         return source
@@ -176,7 +176,7 @@ def create(source: ModelSource, *, pretrained: bool = True, **overrides):
     ensure_registered()
     config: dict = {}
     if source.kind == "onnx":
-        from vitcli.models.onnx import OnnxModel, as_module
+        from vitcli.export.onnx_model import OnnxModel, as_module
 
         if overrides:
             raise ModelError(f"{display(source.name)} is an exported ONNX model: it cannot be rebuilt with "

@@ -37,7 +37,7 @@ def setup(device_spec: str) -> tuple[Dist, str]:
     """Join the process group when run by torchrun; returns the device spec for this rank."""
     import torch
 
-    from vitcli.devices import canonical
+    from vitcli.accel.runtime import canonical
 
     dist = from_env()
     device_spec = canonical(device_spec)

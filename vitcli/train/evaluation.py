@@ -60,8 +60,8 @@ def held_out_split(source) -> str | None:
 def test_run(run_dir: Path, cfg) -> tuple[dict, str] | None:
     """The held-out evaluation of a finished run folder's model: (result, split), or None without one."""
     from vitcli.data.transforms import eval_transform
-    from vitcli.devices import runtime
-    from vitcli.inference import kernels
+    from vitcli.accel.runtime import runtime
+    from vitcli import accel
     from vitcli.models.resolver import load_model
     from vitcli.train.build import open_run_dataset
     from vitcli.train.distributed import Dist
@@ -72,7 +72,7 @@ def test_run(run_dir: Path, cfg) -> tuple[dict, str] | None:
         return None
     rt = runtime(cfg.device, cfg.precision)
     loaded = load_model(str(run_dir), device=rt.device)
-    kernels.for_training(loaded.model, rt)  # the kernels the run's own evaluation used (decided alike here)
+    accel.prepare(loaded.model, rt, "training")  # the kernels the run's own evaluation used (decided alike here)
     dataset = source.subset(split, eval_transform(loaded.data_config))
     result = evaluate(loaded.model, dataset, rt, Dist(), batch_size=eval_batch_size(cfg), workers=cfg.workers,
                       source=source)

@@ -13,7 +13,7 @@ from vitcli.errors import UsageError
 
 
 def _flags(flags: dict) -> dict:
-    from vitcli.devices import canonical
+    from vitcli.accel.runtime import canonical
 
     flags = dict(flags)
     if flags.get("device") is not None:

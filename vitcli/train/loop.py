@@ -94,13 +94,14 @@ class Trainer:
     def __init__(self, job: Job):
         import torch
 
-        from vitcli.inference import kernels
+        from vitcli import accel
 
         self.job, self.cfg, self.dist, self.rt, self.model = job, job.cfg, job.dist, job.runtime, job.model
         self.state = job.resume_state or {}
         # CPU: oneDNN linears (fp32) or the math attention (bf16) where measured faster (same parameters);
         # a resumed run keeps the kernels it started with, so that it stays bit for bit the uninterrupted run
-        self.kernels = kernels.for_training(self.model, self.rt, self.state.get("kernels"))
+        self.accel = accel.prepare(self.model, self.rt, "training", self.state.get("kernels"))
+        self.kernels = self.accel.training_kernels
         if job.accum is None:
             job.accum = int(self.state.get("accum") or self.cfg.accum or 1)
         self.accum = job.accum

@@ -103,7 +103,7 @@ def _tf32(device):
 
 
 def _run(command: str, cfg: RunConfig | None, resume, run_dir, test: bool, stop_after) -> dict:
-    from vitcli.devices import runtime
+    from vitcli.accel.runtime import runtime
 
     cfg, state = _load_resume(command, cfg, resume)
     if not isinstance(cfg, CONFIGS[command]):

@@ -96,7 +96,7 @@ def versions() -> dict:
 def environment(runtime, world_size: int) -> dict:
     import torch
 
-    env = {"platform": platform.platform(), "device": str(runtime.device), "precision": runtime.precision,
+    env = {"platform": platform.platform(), "backend": "torch", "device": str(runtime.device), "precision": runtime.precision,
            "world_size": world_size, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "argv": sys.argv}
     if runtime.device.type == "cuda":

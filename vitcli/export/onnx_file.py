@@ -1,9 +1,9 @@
 """Writing a model as ONNX and checking the file against the torch model: for `vit export` and for the
-fast-start copies (vitcli.inference.faststart).
+fast-start copies (vitcli.export.faststart).
 
 The dynamo exporter (`torch.onnx.export(dynamo=True)`, opset 18), a dynamic batch axis, and the model's
 preprocessing, label names and origin in the file's metadata (`vitcli`), so the file alone is a model
-(vitcli.models.onnx). The check runs the file in onnxruntime and the torch model on the same random
+(vitcli.export.onnx_model). The check runs the file in onnxruntime and the torch model on the same random
 inputs (two batch sizes when the batch is dynamic), as timm's onnx_export check does.
 """
 
@@ -52,7 +52,7 @@ def check_onnx(model, path: Path, example, dynamic_batch: bool) -> float:
     """Max |logit difference| between the ONNX file (onnxruntime) and `model`, on random inputs."""
     import torch
 
-    from vitcli.models.onnx import OnnxModel
+    from vitcli.export.onnx_model import OnnxModel
 
     session = OnnxModel(path)
     inputs = [example, torch.randn(3, *example.shape[1:], generator=torch.Generator().manual_seed(1))]

@@ -50,7 +50,7 @@ class OnnxModel:
         self.model_args: dict = info.get("model_args") or {}  # what rebuilds the architecture in timm
         self.input_name = self.session.get_inputs()[0].name
         self.config: dict = {}
-        self.race: dict | None = None  # set by vitcli.inference.faststart.lookup for a fast-start copy
+        self.race: dict | None = None  # set by vitcli.export.faststart.lookup for a fast-start copy
 
     @property
     def num_classes(self) -> int:

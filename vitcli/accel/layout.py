@@ -7,14 +7,14 @@ gain; for PoolFormer and other MetaFormers, CNNs and hybrids it is most of the m
 (bf16) as fast in channels_last, under a load average of 6 (benchmarks are the place for cleaner
 figures). So for a model with more than one Conv2d, `apply(model, runtime)` times a forward pass at
 batch 2 both ways once per (CPU, torch, threads, precision, architecture, input size), caches the
-verdict (kernels.json in vitcli's cache) and, where channels_last won, converts the model's 4-D
+verdict (vitcli.accel.cache) and, where channels_last won, converts the model's 4-D
 weights and puts a pre-hook on the model that gives it its input in channels_last too. Inference only;
 VIT_KERNELS=0 turns it off with the other kernels.
 """
 
 from __future__ import annotations
 
-from vitcli.devices import best_ms
+from vitcli.accel.cache import best_ms
 
 MIN_CONVS = 2  # a ViT has one (the patch embedding): nothing to gain
 
@@ -64,7 +64,7 @@ def apply(model, runtime) -> bool:
     import torch
 
     from vitcli import env
-    from vitcli.devices import cached_verdict
+    from vitcli.accel.cache import measured
 
     if runtime.device.type != "cpu" or env.kernels() == "off" or is_channels_last(model):
         return is_channels_last(model)
@@ -75,9 +75,9 @@ def apply(model, runtime) -> bool:
     if len(input_size) != 3:
         return False
     architecture = cfg.get("architecture") or type(model).__name__
-    suffix = f"|channels_last|{runtime.precision}|{architecture}|{'x'.join(map(str, input_size))}"
-    verdict = cached_verdict("kernels.json", lambda: measure(model, runtime, input_size),
-                             lambda v: "channels_last" in v, suffix)
+    detail = f"|{runtime.precision}|{architecture}|{'x'.join(map(str, input_size))}"
+    verdict = measured("channels-last", lambda: measure(model, runtime, input_size),
+                       lambda v: "channels_last" in v, detail)
     if verdict.get("channels_last"):
         convert(model)
         return True

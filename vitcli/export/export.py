@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitcli.errors import ModelError, UsageError
-from vitcli.inference.onnx_export import DEFAULT_OPSET, TOLERANCE, check_onnx, metadata, to_onnx
+from vitcli.export.onnx_file import DEFAULT_OPSET, TOLERANCE, check_onnx, metadata, to_onnx
 from vitcli.output import atomic_write, display
 
 FORMATS = ("onnx", "pt2")
@@ -85,7 +85,7 @@ def export(spec: str, fmt: str = "onnx", output: Path | None = None, *, img_size
         raise ModelError(f"the exported {fmt} model differs from the torch model by {diff:.3g} (more than {tolerance:g})",
                          "nothing was kept; set VIT_DEBUG=1 and report it with the model name")
     if fmt == "onnx" and dynamic_batch and not img_size:  # `vit predict --model SPEC` now starts fast too
-        from vitcli.inference import faststart
+        from vitcli.export import faststart
 
         faststart.save(spec, loaded, onnx_file=output)
     return ExportResult(output, fmt, loaded.architecture, [3, h, w], dynamic_batch, float(diff),

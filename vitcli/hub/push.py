@@ -1,11 +1,11 @@
 """`vit push RUN REPO_ID`: publish a run folder as a timm model repository on the Hugging Face Hub.
 
-    from vitcli.train.push import push
+    from vitcli.hub.push import push
     push("runs/finetune/pets-3", "me/vit-pets")   # -> {"url", "repo_id", "revision", "commit", "files"}
 
 The run folder is already in Hub layout (timm's config.json with label_names, model.safetensors), so
 after the push `vit predict --model hf-hub:REPO_ID` and `timm.create_model("hf-hub:REPO_ID",
-pretrained=True)` load it. vit push writes the model card into the run folder (README.md, vitcli.train.card;
+pretrained=True)` load it. vit push writes the model card into the run folder (README.md, vitcli.hub.card;
 one the user wrote is kept), then uploads with huggingface_hub: `create_repo(exist_ok=True)`,
 `create_branch` for `--revision`, one `upload_folder` of the model, the card, run.json, metrics.jsonl,
 results.csv, curves.png and TensorBoard's event files (the Hub shows them). Not uploaded: the
@@ -19,7 +19,8 @@ from pathlib import Path
 from vitcli import env, output
 from vitcli.errors import UsageError, VitError
 from vitcli.output import atomic_write
-from vitcli.train import card, runs
+from vitcli.train import runs
+from vitcli.hub import card
 
 UPLOADED = ["README.md", "config.json", "model.safetensors", "run.json", "metrics.jsonl", "results.csv", "curves.png",
             "events.out.tfevents.*"]

@@ -19,9 +19,10 @@ real val images with ViT-Ti, bf16 autocast agreed with fp32 on 98 top-1 labels w
 the head in fp32 (0.05 % of the FLOPs), on 99 with none.
 
 Used only where it is measured faster on this machine: `faster_here()` times one ViT-shaped fc1 both
-ways once per (CPU, torch version, thread count) and caches the verdict in vitcli's cache. On CPUs
-without AVX-512 oneDNN's fp32 GEMM may lose to MKL; then nothing is swapped. VIT_KERNELS=0 turns this
-off, VIT_KERNELS=1 skips the measurement.
+ways once per (CPU, torch version, thread count) and records the verdict (vitcli.accel.cache, shown by
+`vit info`). On CPUs without AVX-512 oneDNN's fp32 GEMM may lose to MKL; then nothing is swapped.
+VIT_KERNELS=0 turns this off, VIT_KERNELS=1 skips the measurement. Which kernels a model gets is
+decided in one place, vitcli.accel.prepare.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitcli.devices import best_ms
+from vitcli.accel.cache import best_ms
+from vitcli.accel.torch_private import onednn_linear, onednn_linear_available
 
 
 class FusedLinear(nn.Module):
@@ -68,7 +70,7 @@ class FusedLinear(nn.Module):
             if self.activation == "gelu":
                 y = F.gelu(y)
         else:
-            y = torch.ops.mkldnn._linear_pointwise(x2, weight, bias, self.activation, [], "none")
+            y = onednn_linear(x2, weight, bias, self.activation)
         return y.view(*x.shape[:-1], self.out_features)  # (rows, out) -> (..., out)
 
     def _params(self):
@@ -87,7 +89,7 @@ class _TrainableLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias):  # (rows, in), (out, in), (out,) -> (rows, out)
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return onednn_linear(x, weight, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -96,7 +98,7 @@ class _TrainableLinear(torch.autograd.Function):
         grad_y = grad_y.contiguous()
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # grad_y @ W = linear(grad_y, W.T)
-            grad_x = torch.ops.mkldnn._linear_pointwise(grad_y, weight.t().contiguous(), None, "none", [], "")
+            grad_x = onednn_linear(grad_y, weight.t().contiguous(), None)
         if ctx.needs_input_grad[1]:
             grad_w = grad_y.t().mm(x)  # (out, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -133,7 +135,7 @@ def is_fused(model: nn.Module) -> bool:
 
 
 def available() -> bool:
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    return onednn_linear_available()
 
 
 @functools.lru_cache(maxsize=None)
@@ -142,8 +144,7 @@ def works_here(precision: str) -> bool:
     least AVX-512: on an AVX2-only CPU oneDNN has no bf16 inner product and refuses.)"""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     try:
-        torch.ops.mkldnn._linear_pointwise(torch.zeros(2, 8, dtype=dtype), torch.zeros(4, 8, dtype=dtype),
-                                           torch.zeros(4, dtype=dtype), "none", [], "none")
+        onednn_linear(torch.zeros(2, 8, dtype=dtype), torch.zeros(4, 8, dtype=dtype), torch.zeros(4, dtype=dtype))
     except (RuntimeError, TypeError):
         return False
     return True
@@ -158,38 +159,6 @@ def enabled_here(precision: str = "fp32") -> bool:
     if setting == "off" or not available() or precision not in ("fp32", "bf16") or not works_here(precision):
         return False
     return setting == "on" or faster_here(precision)
-
-
-def wanted(runtime) -> bool:
-    """Fuse for this runtime? CPU, fp32, and `enabled_here()`."""
-    return runtime.device.type == "cpu" and runtime.precision == "fp32" and enabled_here()
-
-
-def for_runtime(model: nn.Module, runtime) -> int:
-    """Fuse `model` in place when `wanted(runtime)` (inference or training); how many were swapped."""
-    if not wanted(runtime) or is_fused(model):
-        return 0
-    return fuse(model)
-
-
-def for_training(model: nn.Module, runtime, recorded: str | None = None) -> str:
-    """The training kernels, in place; their name, for the checkpoint. A fresh run (`recorded` None) gets
-    what is measured faster here: on CPU in fp32 the oneDNN linears ("onednn"), in bf16 timm's math
-    attention instead of the flash kernel ("math-attention", vitcli.inference.attention); else "eager".
-    A resumed run gets the ones it was started with, so that it stays bit for bit the uninterrupted run."""
-    from vitcli.inference import attention
-
-    cpu = runtime.device.type == "cpu"
-    if recorded is None:
-        if for_runtime(model, runtime) or is_fused(model):
-            return "onednn"
-        if cpu and runtime.precision == "bf16" and attention.training_faster_here():
-            attention.for_training(model)
-    elif recorded == "onednn" and available() and cpu and not is_fused(model):
-        fuse(model)
-    elif recorded == "math-attention":
-        attention.for_training(model)
-    return "onednn" if is_fused(model) else "math-attention" if attention.is_unfused(model) else "eager"
 
 
 class FullPrecisionLinear(nn.Module):
@@ -222,31 +191,6 @@ def keep_head_fp32(model: nn.Module) -> bool:
     return False
 
 
-def for_inference(model: nn.Module, runtime) -> int:
-    """`for_runtime`; under reduced-precision autocast the classifier in fp32 and, in bf16 on CPU, the
-    linears as bf16 oneDNN kernels and attention as two bf16 GEMMs (vitcli.inference.attention) where
-    measured faster; convolutional models in channels_last where
-    measured faster (vitcli.inference.layout). In place; how many modules were swapped. For inference
-    only: a training run keeps the kernels it was started with."""
-    from vitcli import env
-    from vitcli.inference import layout
-
-    env.kernels()  # a bad VIT_KERNELS is an error on every path, not only where the kernels apply
-    if runtime.autocast_dtype is None:
-        swapped = for_runtime(model, runtime)
-    else:
-        swapped = int(keep_head_fp32(model))  # first: the classifier is then no nn.Linear to fuse
-        if runtime.device.type == "cpu" and runtime.precision == "bf16" and not is_fused(model) \
-                and enabled_here("bf16"):
-            swapped += fuse(model, torch.bfloat16)
-            from vitcli.inference import attention
-
-            if attention.wanted():  # the bf16 GEMMs instead of flash attention
-                swapped += attention.swap(model)
-    layout.apply(model, runtime)
-    return swapped
-
-
 # ----------------------------------------------------------------------------------------------
 # The one-time measurement
 
@@ -271,9 +215,9 @@ def measure(rows: int = 8 * 197, dim: int = 384, reps: int = 5, dtype: torch.dty
 
 
 def faster_here(precision: str = "fp32") -> bool:
-    """The cached verdict for this CPU, torch and thread count (vitcli.devices.cached_verdict:
-    kernels.json in vitcli's cache), per precision; measured (about 0.1 s) the first time."""
-    from vitcli.devices import cached_verdict
+    """The recorded verdict for this CPU, torch and thread count (vitcli.accel.cache), per precision;
+    measured (about 0.1 s) the first time."""
+    from vitcli.accel.cache import measured
 
     def verdict() -> dict:
         try:
@@ -285,5 +229,4 @@ def faster_here(precision: str = "fp32") -> bool:
         result["fused"] = bool(result.get("allclose") and result["fused_ms"] < 0.97 * result["eager_ms"])
         return result
 
-    suffix = "" if precision == "fp32" else f"|{precision}"  # fp32 keys stay as they were
-    return bool(cached_verdict("kernels.json", verdict, lambda v: "fused" in v, suffix).get("fused"))
+    return bool(measured(f"onednn-linear-{precision}", verdict, lambda v: "fused" in v).get("fused"))

@@ -1,10 +1,13 @@
-"""Fast start for `vit predict`: an ONNX copy of a model, served by onnxruntime without torch or timm.
+"""Fast start for `vit predict --backend onnx`: an ONNX copy of a model, served by onnxruntime without
+torch or timm.
 
-`import torch` costs 1.3 s and `import timm` 2-4 s on a small CPU; a one-image `vit predict` spent most of
-its wall time there. `vit download MODEL` (and `vit export`) also writes an ONNX copy of the model here
-(`save`, checked against the torch model before it is kept: the dynamo exporter takes 10-40 s, so it
-is done then, never in the middle of a user's first predict), and `lookup()` finds it on later runs
-using only the standard library, then onnxruntime (vitcli.inference.onnx).
+`import torch` costs 1.3 s and `import timm` 2-4 s on a small CPU; a one-image `vit predict` spends most
+of its wall time there. `vit download MODEL` (and `vit export`) also writes an ONNX copy of the model
+here (`save`, checked against the torch model before it is kept: the dynamo exporter takes 10-40 s, so
+it is done then, never in the middle of a user's predict) and says so; `lookup()` finds it with the
+standard library, then onnxruntime (vitcli.inference.onnx), when a command is asked to use it
+(`--backend onnx`, VIT_BACKEND=onnx). It is never picked because it happens to exist: a copy made by
+another process must not change the answers of the next command.
 
 Cache layout (under `vitcli.env.vit_cache_dir()`):
     exported/<key>/model.onnx    the model (fp32, dynamic batch), its metadata inside
@@ -156,11 +159,9 @@ def lookup(spec: str):
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("weights_sha256") != ident.weights_sha256:
             return None
-        from vitcli.models.onnx import OnnxModel
+        from vitcli.export.onnx_model import OnnxModel
 
-        copy = OnnxModel(folder / "model.onnx")
-        copy.race = meta.get("race")  # vitcli.inference.race: which serves a long job faster here
-        return copy
+        return OnnxModel(folder / "model.onnx")
     except Exception:  # noqa: BLE001 - the fast path is an optimisation
         return None
 
@@ -195,46 +196,6 @@ def _identity_of_loaded(spec: str, loaded, index: dict) -> Identity | None:
     return Identity(real, weights_sha256(real, index), "timm:" + loaded.architecture, where)
 
 
-def download(spec: str, fast_start: bool = True, log=lambda message: None) -> dict:
-    """`vit download`: the model's files into the Hub cache (asking the Hub again), then its fast-start
-    copy. {"model", "weights", "folder", "fast_start"}."""
-    from vitcli.errors import UsageError
-    from vitcli.models.resolver import fetch, parse_spec
-    from vitcli.output import display
-
-    source = parse_spec(spec)
-    if source.kind == "local":
-        raise UsageError(f"{spec} is a local folder: nothing to download",
-                         "`vit export --model FOLDER` makes an ONNX file of it")
-    source = fetch(source, refresh=True)
-    copy = None
-    if fast_start and env.export_enabled():
-        import torch
-
-        from vitcli.models.resolver import load_model
-
-        from vitcli.errors import VitError
-
-        log("writing the fast-start ONNX copy (10-40 s, once)")
-        try:
-            copy = save(spec, load_model(spec, device=torch.device("cpu")))
-        except VitError as e:  # the download itself succeeded: the copy is an optimisation
-            from vitcli import output
-
-            output.warn(f"no fast-start copy: {e.message}")
-    return {"model": spec, "weights": display(source.weights) if source.weights else None,
-            "folder": display(source.folder) if source.folder else None,
-            "fast_start": display(copy) if copy else None, "race": _race_of(copy)}
-
-
-def _race_of(copy: Path | None) -> dict | None:
-    """What the copy's race recorded (vitcli.inference.race), for `vit download` to say."""
-    try:
-        return json.loads((copy.parent / "meta.json").read_text()).get("race") if copy else None
-    except (OSError, ValueError):
-        return None
-
-
 def save(spec: str, loaded, onnx_file: Path | None = None) -> Path | None:
     """Write the ONNX copy of `loaded` for `spec`'s fast start; the copy's path, or None when it cannot
     be made (preprocessing EvalTransform does not cover, weights that are not a safetensors file, a
@@ -256,7 +217,7 @@ def _save(spec: str, loaded, onnx_file: Path | None) -> Path | None:
     import torch
 
     from vitcli.data.transforms import supports
-    from vitcli.inference import onnx_export as export
+    from vitcli.export import onnx_file as export
 
     if not supports(loaded.data_config):
         return None
@@ -287,11 +248,9 @@ def _save(spec: str, loaded, onnx_file: Path | None) -> Path | None:
     if not diff <= export.TOLERANCE:
         (folder / "model.onnx").unlink(missing_ok=True)
         return None
-    from vitcli.inference import race
-
     meta = {"format": FORMAT, "spec": spec, "architecture": loaded.architecture, "weights": str(ident.weights),
             "weights_sha256": ident.weights_sha256, "model": ident.model, "timm": timm_version,
-            "max_abs_diff": diff, "race": race.measure(loaded, folder / "model.onnx"),
+            "max_abs_diff": diff,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - started, 1)}
     atomic_write(folder / "meta.json", json.dumps(meta))  # last: a folder with meta.json is complete
     return folder / "model.onnx"
