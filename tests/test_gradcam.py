@@ -323,12 +323,19 @@ def test_cli_poolformer_s12_random_init(tmp_path):
 @pytest.mark.assets
 @pytest.mark.slow
 def test_real_vit_tiny_gradcam_is_more_faithful_than_a_random_map(assets, tmp_path):
-    from vitcli.analysis.visualize import run
+    import json
+
+    from typer.testing import CliRunner
+
+    from vitcli.cli.app import app
 
     images = sorted((assets / "images" / "imagenet-val-100" / "images").glob("*.JPEG"))[:20]
-    result = run(str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k"), list(map(str, images)),
-                 gradcam=True, faithfulness=True, faithfulness_steps=10, out_dir=tmp_path / "out", device="cpu",
-                 batch_size=20)
+    invoked = CliRunner().invoke(app, [
+        "visualize", *map(str, images), "--model", str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
+        "--gradcam", "--faithfulness", "--faithfulness-steps", "10", "--out-dir", str(tmp_path / "out"),
+        "--device", "cpu", "--batch-size", "20", "--json"])
+    assert invoked.exit_code == 0, invoked.stderr
+    result = json.loads(invoked.stdout)
     f = result["faithfulness"]
     assert result["faithfulness_setup"]["num_images"] == 20
     assert f["gradcam"]["deletion_auc"] < f["random"]["deletion_auc"]

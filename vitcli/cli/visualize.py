@@ -61,14 +61,14 @@ def visualize(
 
     env.set_offline(offline)
     from vitcli import output as sink
-    from vitcli.analysis.visualize import run
+    from vitcli.analysis.visualize import VisualizeOptions, run
 
-    result = run(model, images or [], attention_distance=attention_distance, attention_map=attention_map,
-                 pos_embed_similarity=pos_embed_similarity, filters=filters, gradcam=gradcam, method=method.lower(),
-                 target=target, faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
-                 num_images=num_images, head_fusion=head_fusion.lower(), discard_ratio=discard_ratio,
-                 num_components=num_components, out_dir=out_dir, batch_size=batch_size, device=device,
-                 precision=precision, random_init=random_init)
+    result = run(VisualizeOptions(
+        model=model, images=tuple(images or ()), attention_distance=attention_distance, attention_map=attention_map,
+        pos_embed_similarity=pos_embed_similarity, filters=filters, gradcam=gradcam, method=method.lower(),
+        target=target, faithfulness=faithfulness, faithfulness_steps=faithfulness_steps, num_images=num_images,
+        head_fusion=head_fusion.lower(), discard_ratio=discard_ratio, num_components=num_components, out_dir=out_dir,
+        batch_size=batch_size, device=device, precision=precision, random_init=random_init))
     if "faithfulness" in result:
         _faithfulness_table(result)  # for people, on stderr; the numbers are in the result
     if json_out:

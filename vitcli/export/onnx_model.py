@@ -29,7 +29,7 @@ class OnnxModel:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise ModelError("serving an ONNX model needs onnxruntime", "pip install 'vitcli[onnx]'") from None
+            raise ModelError("serving an ONNX model needs onnxruntime", "onnxruntime is one of vitcli's dependencies: pip install onnxruntime") from None
         self.path = Path(path).expanduser()
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings of the graph optimiser are not the user's
