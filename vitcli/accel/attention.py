@@ -3,10 +3,9 @@
 timm's `Attention` modules carry a public switch, `fused_attn`: True calls
 `F.scaled_dot_product_attention` (on a CPU, the flash-attention kernel), False computes
 softmax(q k^T * scale) @ v as plain matrix multiplies. Under bf16 autocast the plain path runs its two
-products on oneDNN's bf16 GEMM, while the flash kernel is no faster in bf16 than in fp32 here (ViT
-shapes: 197 tokens, head dim 64) and its backward is slower still: on the avx512_bf16 dev machine the
-flash forward and backward took 22 % of a ViT-S autocast training step at a sixth of the GEMMs'
-GFLOP/s. So on a CPU in bf16, `use_math(model)` turns the switch off on every timm attention module
+products on oneDNN's bf16 GEMM, while the flash kernel is no faster in bf16 than in fp32 on the CPUs
+measured (ViT shapes: 197 tokens, head dim 64) and its backward is slower still (figures:
+docs/info.md). So on a CPU in bf16, `use_math(model)` turns the switch off on every timm attention module
 where a one-time measurement (one ViT-S attention, forward for inference, forward and backward for
 training; recorded in vitcli.accel.cache) says the plain path is faster here. The modules, parameters
 and state_dict are unchanged. VIT_KERNELS=0 turns this off, VIT_KERNELS=1 skips the measurement.

@@ -1,8 +1,7 @@
 """torch.compile for inference jobs, when asked (`--compile`, or VIT_COMPILE=1).
 
 Compiling is a choice the user makes, as with timm's `--torchcompile`: it costs 10-60 s up front
-(on the 2-core dev machine a ViT-S compile took 30-46 s cold and 11 s from inductor's cache, and the
-compiled ViT-S ran 1.7x eager bf16), and the compiled graph rounds differently from the eager model,
+(figures: docs/info.md), and the compiled graph rounds differently from the eager model,
 so turning it on by a timing would let two runs of one command disagree. `wrap(model, runtime, ...)`
 returns a callable for vitcli.inference.forward that compiles on its first batch (inductor, with
 freezing on CPU: the weights become constants, prepacked for oneDNN, with the bias, GELU, LayerNorm

@@ -1,28 +1,22 @@
 """CPU inference kernels: every nn.Linear as one oneDNN matmul, with the bias and timm's Mlp GELU fused.
 
 On a CPU in fp32, PyTorch runs `nn.Linear` as MKL's sgemm after copying the bias into the output
-(aten::addmm: the copy alone was 6 % of a ViT-S forward pass here), then GELU as another pass over the
-(B, N, 4C) hidden activations (7 %). oneDNN's matmul takes the bias and the GELU as post-ops and, on the
-2-core AVX-512 dev machine, also multiplies faster than MKL (ViT shapes: 187-223 GFLOP/s against
-167-198). Measured there, batch 32, fp32, 2 threads: ViT-Ti 53 -> 60 img/s, ViT-S 16.4 -> 19.1,
-ViT-B 4.5 -> 5.1; the logits differ from the eager model's by rounding only (max |diff| 4e-6).
+(aten::addmm), then GELU as another pass over the (B, N, 4C) hidden activations. oneDNN's matmul takes
+the bias and the GELU as post-ops and, on AVX-512 CPUs, also multiplies faster than MKL; the logits
+differ from the eager model's by rounding only. (Measured figures, dated: docs/info.md.)
 
 `fuse(model)` swaps the modules in place (the parameters are the same tensors under the same names, so
-state_dict and hooks on other modules are unchanged). With gradients enabled (vit
-finetune / train on CPU) a FusedLinear runs an autograd Function: oneDNN for the forward matmul and for
-the input gradient, torch's mm for the weight gradient, GELU as its own op (its backward needs the
-pre-activation): ViT-Ti training steps 5-9 % faster here, gradients equal to eager's up to rounding.
+state_dict and hooks on other modules are unchanged). With gradients enabled (training on CPU) a
+FusedLinear runs an autograd Function: oneDNN for the forward matmul and for the input gradient,
+torch's mm for the weight gradient, GELU as its own op (its backward needs the pre-activation).
 
-Under reduced-precision autocast (bf16, fp16), inference keeps the classifier in fp32 instead
-(`for_inference`): bf16 logits have 8 bits of mantissa, so near-equal classes tie or swap. On the 100
-real val images with ViT-Ti, bf16 autocast agreed with fp32 on 98 top-1 labels with 3 exact ties; with
-the head in fp32 (0.05 % of the FLOPs), on 99 with none.
+Under reduced-precision autocast (bf16, fp16), inference keeps the classifier in fp32
+(`keep_head_fp32`): bf16 logits have 8 bits of mantissa, so near-equal classes tie or swap.
 
-Used only where it is measured faster on this machine: `faster_here()` times one ViT-shaped fc1 both
-ways once per (CPU, torch version, thread count) and records the verdict (vitcli.accel.cache, shown by
-`vit info`). On CPUs without AVX-512 oneDNN's fp32 GEMM may lose to MKL; then nothing is swapped.
-VIT_KERNELS=0 turns this off, VIT_KERNELS=1 skips the measurement. Which kernels a model gets is
-decided in one place, vitcli.accel.prepare.
+Used only where measured faster on this machine: `faster_here()` times one ViT-shaped fc1 both ways
+once per (CPU, torch version, thread count) and records the verdict (vitcli.accel.cache, shown by `vit
+info`). VIT_KERNELS=0 turns this off, VIT_KERNELS=1 skips the measurement. Which kernels a model gets
+is decided in one place, vitcli.accel.prepare.
 """
 
 from __future__ import annotations

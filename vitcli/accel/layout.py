@@ -2,14 +2,12 @@
 
 oneDNN's convolutions and pooling work in NHWC; a model kept in PyTorch's default NCHW pays a layout
 reorder around each of them. For a ViT that is one convolution (the patch embedding) and nothing to
-gain; for PoolFormer and other MetaFormers, CNNs and hybrids it is most of the model. Measured on the
-2-core dev machine (AMD EPYC, avx512_bf16), PoolFormer-S12 at batch 16 ran 1.5x (fp32) and 2.1x
-(bf16) as fast in channels_last, under a load average of 6 (benchmarks are the place for cleaner
-figures). So for a model with more than one Conv2d, `apply(model, runtime)` times a forward pass at
-batch 2 both ways once per (CPU, torch, threads, precision, architecture, input size), caches the
-verdict (vitcli.accel.cache) and, where channels_last won, converts the model's 4-D
-weights and puts a pre-hook on the model that gives it its input in channels_last too. Inference only;
-VIT_KERNELS=0 turns it off with the other kernels.
+gain; for PoolFormer and other MetaFormers, CNNs and hybrids it is most of the model (measured gains:
+docs/info.md). So for a model with more than one Conv2d, `apply(model, runtime)` times a forward pass
+at batch 2 both ways once per (CPU, torch, threads, precision, architecture, input size), records the
+verdict (vitcli.accel.cache) and, where channels_last won, converts the model's 4-D weights and puts a
+pre-hook on the model that gives it its input in channels_last too. Inference only; VIT_KERNELS=0
+turns it off with the other kernels.
 """
 
 from __future__ import annotations
