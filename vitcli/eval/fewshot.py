@@ -249,9 +249,8 @@ def extract(store: FeatureStore, loaded, runtime, split, indices, *, batch_size:
 
 # ----------------------------------------------------------------------------- the evaluation
 
-def run(loaded, runtime, train, test, *, shots=(1, 5, 10, 25), seeds: int = 3, l2=(DEFAULT_L2,),
-        batch_size: int = 64, workers: int | None = None, use_cache: bool = True,
-        progress_factory=None) -> dict:
+def run(loaded, runtime, train, test, *, shots, seeds: int, l2, batch_size: int, workers: int | None,
+        use_cache: bool, progress_factory=None) -> dict:
     """Few-shot accuracy (percent) per shot count: mean and std over `seeds` draws, for each L2 strength.
 
     `train` and `test` are `vitcli.eval.splits.Split`s of one dataset (same classes).

@@ -17,7 +17,7 @@ from vitcli.errors import ModelError
 from vitcli.export.onnx_model import OnnxModel
 from vitcli.output import display
 
-def predict(paths: list, model: OnnxModel, top_k: int = 5, batch_size: int = 32, workers: int | None = None,
+def predict(paths: list, model: OnnxModel, *, top_k: int, batch_size: int, workers: int | None,
             progress=lambda n=1: None, throughput=None) -> Iterator:
     """One `Prediction` per path, in order, as vitcli.inference.predict.run gives them."""
     from concurrent.futures import ThreadPoolExecutor
