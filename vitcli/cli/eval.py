@@ -76,13 +76,13 @@ def eval_command(
         result = evaluate.run(loaded, rt, target, batch_size=batch_size, workers=workers,
                               real_labels=real_labels, progress=advance)
     _warn_failed(result.summary["failed"])
-    if out_dir is not None:
-        written = reports.write_artefacts(result, out_dir)
-        sink.info(f"wrote {', '.join(str(p) for p in written)}", style="dim")
-    if json_out:
+    if json_out:  # the metrics first: a folder that cannot be written never loses them
         sink.emit_json(result.summary)
     else:
         _render(result)
+    if out_dir is not None:
+        written = reports.write_artefacts(result, out_dir)
+        sink.info(f"wrote {', '.join(str(p) for p in written)}", style="dim")
     if result.summary["num_failed"]:  # as predict and visualize: the numbers stand, the exit code says
         raise typer.Exit(1)
 
@@ -108,12 +108,12 @@ def _few_shot(model, dataset, data, labels, split, data_dir, shots_text, seeds, 
     _warn_failed(result["failed"])
     for asked, used in (result.get("shots_reduced") or {}).items():
         sink.warn(f"--few-shot {asked}: the largest class has {used} training images; reported as {used}-shot")
-    if out_dir is not None:
-        sink.info(f"wrote {reports.write_few_shot(result, out_dir)}", style="dim")
-    if json_out:
+    if json_out:  # the numbers first, as above
         sink.emit_json(result)
     else:
         _render_few_shot(result)
+    if out_dir is not None:
+        sink.info(f"wrote {reports.write_few_shot(result, out_dir)}", style="dim")
     if result["num_failed"]:
         raise typer.Exit(1)
 
