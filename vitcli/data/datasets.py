@@ -291,8 +291,10 @@ def _real_class_dirs(folder: Path, classes: list[str]) -> dict[str, str]:
     the dataset root, through a link, is an error: its images would count under two labels."""
     root = os.path.realpath(folder)
     real = {cls: os.path.realpath(folder / cls) for cls in classes if (folder / cls).is_dir()}
-    for cls, path in real.items():
-        for other, other_path in [("the dataset root", root)] + [(f"class {o!r}", q) for o, q in real.items() if o != cls]:
+    linked = sorted(real, key=lambda c: not (folder / c).is_symlink())  # the links first: they are the cause
+    for cls in linked:
+        path = real[cls]
+        for other, other_path in [("the dataset root", root)] + [(f"class {o!r}", real[o]) for o in real if o != cls]:
             if path == other_path or _inside(other_path, path) or _inside(path, other_path) and other_path != root:
                 raise DataError(f"class folder {folder / cls} reaches {other} ({other_path}) through a link",
                                 "each class folder must hold only its own images: remove or replace that link")

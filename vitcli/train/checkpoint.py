@@ -61,7 +61,7 @@ def load_training_state(path: Path) -> dict:
 def load_model_state(model, state: dict, name: str) -> None:
     """Load a resumed state's weights into `model`, after checking that every tensor is there with its
     shape: a state saved by a run of another architecture is one line, not a size-mismatch traceback."""
-    from vitcli.errors import UsageError
+    from vitcli.errors import ModelError
 
     own = model.state_dict()
     missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
@@ -69,7 +69,7 @@ def load_model_state(model, state: dict, name: str) -> None:
     if missing or extra or shapes:
         first = (f"{shapes[0]} is {list(state[shapes[0]].shape)} in the state, {list(own[shapes[0]].shape)} in "
                  "the model") if shapes else f"{len(missing)} tensor(s) missing, {len(extra)} unexpected"
-        raise UsageError(f"the training state does not fit the model {name} ({first}): it was saved by a run "
+        raise ModelError(f"the training state does not fit the model {name} ({first}): it was saved by a run "
                          "of another architecture", "resume the run that saved it, or start a new run")
     model.load_state_dict(state)
 
