@@ -281,7 +281,7 @@ _NUMBERS = {
     "cutmix": (False, 0, None, False), "ema_decay": (False, 0, 1, True),
 }
 CHOICES = {"budget": ("fixed", "auto"), "schedule": ("cosine", "linear", "constant"), "head_init": ("zero", "probe"),
-           "pos_embed": ("learn", "sincos", "none"), "pool": ("token", "avg")}
+           "pos_embed": ("learn", "sincos", "none"), "pool": ("token", "avg"), "precision": ("auto", "fp32", "bf16", "fp16")}
 AA_POLICIES = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a")  # timm's auto_augment names
 
 
