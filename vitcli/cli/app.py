@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from typing import Annotated, Optional
 
 import typer
@@ -24,10 +25,11 @@ class VitGroup(TyperGroup):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            raise typer.Exit(130)
+            with _term_as_interrupt():
+                return super().invoke(ctx)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated): what finished was shown (finally)
+            print("terminated" if isinstance(e, Terminated) else "interrupted", file=sys.stderr)
+            raise typer.Exit(143 if isinstance(e, Terminated) else 130)
         except BrokenPipeError:  # `vit predict ... | head`: the reader left; stop quietly, as Unix tools do
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise typer.Exit(141)
@@ -38,6 +40,32 @@ class VitGroup(TyperGroup):
             from vitcli.errors import report
 
             raise typer.Exit(report(exc, debug=env.debug()))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: every `finally` runs (predict prints its finished rows), exit 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextmanager
+def _term_as_interrupt():
+    """SIGTERM raises Terminated while a command runs (training installs its own handler, StopSignals,
+    which saves first). Left alone where someone else already handles SIGTERM, or off the main thread."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 app = typer.Typer(
@@ -83,6 +111,8 @@ def main() -> None:
 
     if env.debug():
         os.environ.setdefault("PYTHONFAULTHANDLER", "1")
+    if not _standard_streams():
+        _fast_exit(1)
     try:
         app(prog_name="vit")
         code = 0
@@ -91,6 +121,34 @@ def main() -> None:
         if not isinstance(e.code, (int, type(None))):
             print(e.code, file=sys.stderr)
     _fast_exit(code)
+
+
+def _standard_streams() -> bool:
+    """Closed standard streams become /dev/null, so that no file opened later takes their number (a
+    message, or a traceback, written into a results file) and no message falls back to stdout; streams
+    that cannot encode a name (an ASCII-only locale) escape it instead of raising. False (after the
+    message) when stdout is closed: the results would have nowhere to go."""
+    closed = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if 2 in closed or sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    if 1 in closed or sys.stdout is None:
+        print("error: stdout is closed: the results would have nowhere to go", file=sys.stderr)
+        print("hint: run it with stdout open (redirect it to a file, or to /dev/null to drop the results)",
+              file=sys.stderr)
+        return False
+    return True
 
 
 def _fast_exit(code: int) -> None:

@@ -40,6 +40,8 @@ def predict(
     if not inputs and list_file is None:
         raise UsageError("no images given", "give image files, folders, globs or URLs, or --list FILE")
     paths, missing = expand_inputs(inputs or [], list_file)
+    if writer:
+        writer.refuse_inputs([*paths, *([list_file] if list_file else [])])
 
     from vitcli import output as sink
     from vitcli.inference.forward import Throughput
@@ -132,6 +134,18 @@ class _FileWriter:
         if path.is_dir():
             raise UsageError(f"--output {sink.display(path)} is a folder", "give a file name, e.g. results.csv")
         return cls(path)
+
+    def refuse_inputs(self, inputs: list) -> None:
+        """--output naming one of the inputs would truncate it before it is read: refused."""
+        import os
+
+        from vitcli import output as sink
+        from vitcli.errors import UsageError
+
+        target = os.path.realpath(self.path)
+        if any(isinstance(p, os.PathLike) and os.path.realpath(p) == target for p in inputs):
+            raise UsageError(f"--output {sink.display(self.path)} is one of the inputs",
+                             "write the results to another file")
 
     def open(self) -> "_FileWriter":
         import csv

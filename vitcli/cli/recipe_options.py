@@ -149,9 +149,10 @@ def _run(command: str, options: dict) -> None:
         output.emit_json(result) if options["json_out"] else render(result)
         return
     output.emit_json(result.to_json()) if options["json_out"] else render_sweep(result)
-    failed = [r for r in result.rows if r.status == "failed"]
+    failed = [r for r in result.rows if r.status in ("failed", "diverged")]
     if failed:
-        output.warn(f"{len(failed)} of {len(result.rows)} settings failed (shown in the table); the winner is "
+        what = " or ".join(s for s in ("failed", "diverged") if any(r.status == s for r in failed))
+        output.warn(f"{len(failed)} of {len(result.rows)} settings {what} (shown in the table); the winner is "
                     "the best of the others")
 
 
@@ -191,7 +192,7 @@ def render_sweep(result) -> None:
     for c, name in zip(COLUMNS, columns(result)):
         table.add_column(name, justify="left" if c in ("setting", "status") else "right")
     for r, row in zip(result.rows, table_rows(result, reasons=False)):
-        style = "bold green" if r is result.winner else ("red" if r.status == "failed" else None)
+        style = "bold green" if r is result.winner else ("red" if r.status in ("failed", "diverged") else None)
         table.add_row(*row, style=style)
     console = sink.out()
     natural = Measurement.get(console, console.options.update_width(1000), table).maximum

@@ -127,6 +127,11 @@ def open_parts(spec: str, *, image_column: str | None = None, label_column: str 
     parts = {}
     for split, ds in splits.items():
         labels = encode(ds[label_col])
+        bad = np.flatnonzero((labels < -1) | (labels >= len(classes)))
+        if len(bad):  # checked when the dataset is opened, not as an index error deep in a loss
+            raise DataError(f"{name} {split}: row {int(bad[0])} has label {int(labels[bad[0]])}, outside the "
+                            f"{len(classes)} classes of its {label_col!r} column ({len(bad)} such rows)",
+                            "fix the dataset's labels (-1 marks a row without one)")
         keep = np.flatnonzero(labels >= 0)
         if len(keep) < len(labels):
             ds, labels = ds.select(keep), labels[keep]
@@ -218,7 +223,7 @@ def _classes(splits: dict, column: str):
 
     feature = next(iter(splits.values())).features[column]
     if isinstance(feature, datasets.ClassLabel):
-        return list(feature.names), lambda values: np.asarray(values, dtype=np.int64)
+        return list(feature.names), lambda values: np.asarray([-1 if v is None else v for v in values], dtype=np.int64)
     values = [np.asarray(ds[column]) for ds in splits.values()]
     if feature.dtype in ("string", "large_string"):
         names = sorted({str(v) for vs in values for v in vs if v is not None and str(v) != ""})

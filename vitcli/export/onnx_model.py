@@ -42,7 +42,7 @@ class OnnxModel:
         if META_KEY not in meta:
             raise ModelError(f"{display(self.path)} has no vitcli metadata (preprocessing and label names)",
                              "export the model with `vit export --format onnx`, which stores them in the file")
-        info = json.loads(meta[META_KEY])
+        info = _check_metadata(meta[META_KEY], self.session, display(self.path))
         self.architecture: str = info["architecture"]
         self.data_config: dict = info["data_config"]
         self.label_names: list[str] = info["label_names"]
@@ -62,6 +62,42 @@ class OnnxModel:
     def __call__(self, batch):
         """(B, 3, H, W) float32 array -> (B, classes) logits array."""
         return self.session.run(None, {self.input_name: batch})[0]
+
+
+def _check_metadata(text: str, session, shown: str) -> dict:
+    """vitcli's metadata, checked against the graph when the file is opened (not in a forward pass): the
+    preprocessing it names, one label per output, the input size the graph takes."""
+    def bad(why: str) -> ModelError:
+        return ModelError(f"{shown}: its vitcli metadata {why}", "export the model again with `vit export`")
+
+    try:
+        info = json.loads(text)
+    except ValueError:
+        raise bad("is not valid JSON") from None
+    config = info.get("data_config") if isinstance(info, dict) else None
+    if not isinstance(info, dict) or not isinstance(info.get("architecture"), str):
+        raise bad("names no architecture")
+    size = config.get("input_size") if isinstance(config, dict) else None
+    if not (isinstance(size, (list, tuple)) and len(size) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise bad(f"has no valid data_config (input_size {size!r})")
+    for key in ("mean", "std"):
+        values = config.get(key)
+        if not (isinstance(values, (list, tuple)) and len(values) == size[0]
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+                and (key != "std" or all(v > 0 for v in values))):
+            raise bad(f"has no valid data_config ({key} {values!r})")
+    labels = info.get("label_names")
+    if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
+        raise bad("has no list of label names")
+    outputs = session.get_outputs()[0].shape
+    if outputs and isinstance(outputs[-1], int) and outputs[-1] != len(labels):
+        raise bad(f"names {len(labels)} labels but the graph gives {outputs[-1]} outputs")
+    inputs = session.get_inputs()[0].shape
+    fixed = [v for v in inputs[1:] if isinstance(v, int)] if inputs else []
+    if len(inputs or []) == 4 and len(fixed) == 3 and list(fixed) != list(size):
+        raise bad(f"says input {list(size)} but the graph takes {fixed}")
+    return info
 
 
 def as_module(model: OnnxModel):

@@ -67,6 +67,15 @@ def teardown(dist: Dist) -> None:
             td.destroy_process_group()
 
 
+def all_true(value: bool, dist: Dist) -> bool:
+    """Whether `value` holds on every rank."""
+    import torch
+
+    flag = torch.tensor([float(not value)], dtype=torch.float64)
+    all_sum(flag, dist)
+    return flag.item() == 0
+
+
 def all_sum(tensor, dist: Dist):
     """Sum a tensor over ranks, in place (a no-op for one process). nccl reduces CUDA tensors only, so
     a CPU tensor (the loop's flags and evaluation totals) travels through this rank's GPU."""

@@ -131,6 +131,7 @@ class Trainer:
         self.eval_bs = eval_batch_size(self.cfg, self.dist.world, self.accum)
         self.stopped_early: int | None = None
         self.started = time.time()
+        self.probe = None  # a few training images: a model is kept only if its outputs on them are finite
 
     # ----------------------------------------------------------------------------------- set-up
     def restore(self) -> tuple[int, int]:
@@ -138,7 +139,7 @@ class Trainer:
         state = self.state
         if not state:
             return 0, 0
-        self.model.load_state_dict(state["model"])
+        checkpoint.load_model_state(self.model, state["model"], self.cfg.model)
         self.optimizer.load_state_dict(state["optimizer"])
         if int(state.get("total", -1)) == self.total:  # a resume with a new --steps keeps the new schedule
             self.scheduler.load_state_dict(state["scheduler"])
@@ -222,6 +223,7 @@ class Trainer:
         for a in range(self.accum):
             images, labels = self.batches.next()
             images = images.to(rt.device, non_blocking=True)
+            self.probe = images[:4].clone() if self.probe is None else self.probe  # save_best's check
             labels = labels.to(rt.device, non_blocking=True)
             sync = self.train_model.no_sync() if self.dist.enabled and a < self.accum - 1 else nullcontext()
             images, targets = self.regularisation.mix(images, labels, t.step, a)  # mixup / cutmix, when on
@@ -357,11 +359,13 @@ class Trainer:
     def save_best(self, module=None, which: str | None = None) -> bool:
         """Save `module` (default: the EMA when kept, else the model) as the run's model, saying which
         weights it holds."""
-        if not self.finite():
-            self.display.message(f"step {self.tally.step}: the weights are not finite: not kept as the model")
-            return False
         if module is None:
             which, module = list(self.candidates().items())[-1]
+        if not distributed.all_true(self.finite() and checkpoint.outputs_finite(module, self.probe, self.rt),
+                                    self.dist):  # every rank agrees (each checked its own images)
+            self.display.message(f"step {self.tally.step}: the weights or their outputs are not finite: not kept "
+                                 "as the model")
+            return False
         if self.dist.main:
             block = {**self.job.model_block, "weights": which} if self.ema is not None else self.job.model_block
             runs.save_model(self.job.run_dir, module, self.job.label_names, block)
@@ -370,10 +374,11 @@ class Trainer:
     def finish(self) -> dict:
         """The summary; the selected model (no held-out split: the final one) evaluated on test."""
         t, job = self.tally, self.job
-        if (self.selection is None or t.best_top1 is None) and not self.save_best() \
+        if t.bad_steps or (self.selection is None or t.best_top1 is None) and not self.save_best() \
                 and not (job.run_dir / "model.safetensors").exists():
-            raise Diverged("the weights are not finite at the end of the run, and no earlier model was kept",
-                           "lower --lr, check the data, or use --precision fp32")
+            kept = f"; the best model before it is kept in {job.run_dir}" if t.best_top1 is not None else ""
+            raise Diverged(f"the run diverged: {f'its last {t.bad_steps} step(s) were' if t.bad_steps else 'the model'}"
+                           f" not finite{kept}", "lower --lr, check the data, or use --precision fp32")
         distributed.barrier(self.dist)
         summary = {"run_dir": str(job.run_dir), "steps": self.total,
                    "seconds": round(t.elapsed + time.time() - self.started, 1), "selection_split": self.selection,

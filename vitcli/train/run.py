@@ -158,6 +158,7 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
         if dist.main:
             from vitcli.train import checkpoint
 
+            runs.claim(run_dir)  # two resumes of one run at once: the second is refused
             checkpoint.clean_stale(run_dir)
     else:
         if dist.main:
@@ -192,6 +193,13 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
 
 
 def _execute(job: loop.Job) -> dict:
+    try:
+        return _record(job)
+    finally:  # the run folder is free for a --resume (the process ending frees it too)
+        runs.release(job.run_dir)
+
+
+def _record(job: loop.Job) -> dict:
     try:
         summary = _fit_with_memory_retry(job)
     except BaseException as e:  # whatever ends the run, run.json says so (never "running" for ever)
