@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DataDirOpt, DatasetOpt, DeviceOpt, ImageColumnOpt, JsonOpt,
-                                LabelColumnOpt, ModelOpt, OfflineOpt, OutDirOpt, PrecisionOpt, WorkersOpt)
+                                LabelColumnOpt, ModelOpt, OfflineOpt, OutDirOpt, PrecisionOpt, ThresholdOpt,
+                                WorkersOpt)
 
 
 def eval_command(
@@ -35,6 +36,7 @@ def eval_command(
         = "1024",
     no_cache: Annotated[bool, typer.Option(
         "--no-cache", help="Few-shot: do not read or write the feature cache.")] = False,
+    threshold: ThresholdOpt = None,
     batch_size: BatchSizeOpt = 64,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
@@ -45,6 +47,7 @@ def eval_command(
 ) -> None:
     """Evaluate a model: top-1/5, loss, calibration, confusions; or few-shot linear probes.
 
+    A multi-label model (or data): mAP, per-class AP, micro/macro precision, recall and F1 at the thresholds.
     --few-shot fits closed-form ridge regressions on frozen pre-logit features, as the paper does.
     """
     from vitcli import env
@@ -72,6 +75,11 @@ def eval_command(
     loaded = load_model(model, device=rt.device)
     sink.info(f"{loaded.architecture} on {rt.describe()}: {target.name} ({target.split}), "
               f"{len(target)} image(s)", style="dim")
+    from vitcli.inference.multilabel import is_multi_label
+
+    if is_multi_label(loaded.config) or target.targets.ndim > 1:
+        _multi_label(loaded, rt, target, batch_size, workers, threshold, json_out, out_dir)
+        return
     with sink.progress("eval", total=len(target), unit="img") as advance:
         result = evaluate.run(loaded, rt, target, batch_size=batch_size, workers=workers,
                               real_labels=real_labels, progress=advance)
@@ -115,6 +123,47 @@ def _few_shot(model, dataset, data, labels, split, data_dir, shots_text, seeds, 
     else:
         _render_few_shot(result)
     if result["num_failed"]:
+        raise typer.Exit(1)
+
+
+def _multi_label(loaded, rt, target, batch_size, workers, threshold, json_out, out_dir) -> None:
+    from rich.table import Table
+
+    from vitcli import output as sink
+    from vitcli.eval import multilabel_eval
+
+    with sink.progress("eval", total=len(target), unit="img") as advance:
+        result = multilabel_eval.run(loaded, rt, target, batch_size=batch_size, workers=workers, threshold=threshold,
+                                     progress=advance)
+    s = result.summary
+    _warn_failed(s["failed"])
+    if out_dir is not None:
+        written = multilabel_eval.write_artefacts(result, out_dir)
+        sink.info(f"wrote {', '.join(str(p) for p in written)}", style="dim")
+    if json_out:
+        sink.emit_json({**s, "per_class": result.per_class})
+    else:
+        table = Table(box=None, pad_edge=False, show_header=False)
+        table.add_column("metric", style="bold")
+        table.add_column("value", justify="right")
+        rows = [("images", f"{s['num_images']}" + (f" ({s['num_failed']} unreadable)" if s["num_failed"] else "")),
+                ("mAP", f"{s['mAP']:.2f} %"), ("loss (BCE)", f"{s['loss']:.4f}"),
+                (f"thresholds ({s['thresholds']})", ""), ("micro precision", f"{s['micro_precision']:.2f} %"),
+                ("micro recall", f"{s['micro_recall']:.2f} %"), ("micro F1", f"{s['micro_f1']:.2f} %"),
+                ("macro precision", f"{s['macro_precision']:.2f} %"), ("macro recall", f"{s['macro_recall']:.2f} %"),
+                ("macro F1", f"{s['macro_f1']:.2f} %"), ("exact label set", f"{s['exact_match']:.2f} %"),
+                ("throughput", f"{s['images_per_second']} img/s")]
+        for name, value in rows:
+            table.add_row(name, value)
+        sink.out().print(table)
+        classes = Table(box=None, pad_edge=False, title="per class", title_justify="left")
+        for col in ("class", "support", "AP", "threshold", "precision", "recall", "F1"):
+            classes.add_column(col, justify="left" if col == "class" else "right")
+        for r in result.per_class:
+            classes.add_row(_short(str(r["name"])), str(r["support"]), "-" if r["ap"] is None else f"{r['ap']:.1f}",
+                            f"{r['threshold']:.3g}", f"{r['precision']:.1f}", f"{r['recall']:.1f}", f"{r['f1']:.1f}")
+        sink.out().print(classes)
+    if s["num_failed"]:
         raise typer.Exit(1)
 
 

@@ -137,7 +137,7 @@ class ImageDataset:
             image = self.records.image(j, self.draft_size)
         except ImageError as e:
             return Skipped(position, e.path, e.reason)
-        label = int(self.records.labels[j])
+        label = self.records.labels[j] if self.records.labels.ndim > 1 else int(self.records.labels[j])  # multi-hot
         if self.transform is None:
             return Sample(position, image, label)
         if self.augment_seed is None:
@@ -166,7 +166,7 @@ def collate(items) -> Batch:
     if not ok:
         return Batch([], None, None, skipped)
     images = torch.stack([it.image if isinstance(it.image, torch.Tensor) else torch.as_tensor(it.image) for it in ok])
-    labels = torch.tensor([it.label for it in ok], dtype=torch.int64)
+    labels = torch.as_tensor(np.array([it.label for it in ok]), dtype=torch.int64)  # (B,) or multi-hot (B, K)
     return Batch([it.position for it in ok], images, labels, skipped)
 
 

@@ -27,6 +27,10 @@ def evaluate(model, dataset, runtime, dist, *, batch_size: int, workers: int | N
     from vitcli.inference.forward import forward
 
     shard = dataset.select(range(dist.rank, len(dataset), dist.world))
+    if dataset.records.labels.ndim > 1:  # multi-label: mAP selects
+        from vitcli.train import multilabel
+
+        return multilabel.evaluate(model, shard, runtime, dist, batch_size=batch_size, workers=workers, source=source)
     totals = torch.zeros(3, dtype=torch.float64)  # correct, loss sum, count
     was_training = model.training
     model.eval()
