@@ -139,7 +139,7 @@ def test_one_vs_rest_probe_and_multi_hot_mixup():
     cfg = resolve("finetune", {"dataset": "x", "steps": 1, "mixup": 0.8, "cutmix": 1.0, "multi_label": True})
     reg = Regularisation(cfg, 3, seed=0)
     labels = torch.tensor([[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1]])
-    images, targets = reg.mix(torch.rand(4, 3, 8, 8), labels, step=0)
+    _, targets = reg.mix(torch.rand(4, 3, 8, 8), labels, step=0)
     assert targets.shape == (4, 3) and torch.allclose(targets + targets.flip(0), (labels + labels.flip(0)).float())
     loss = reg.criterion(torch.zeros(4, 3), targets)
     assert loss.item() == pytest.approx(3 * np.log(2))  # BCE summed over classes, mean over images
@@ -206,9 +206,46 @@ def test_multi_label_flag_is_checked_against_the_data(tiny_vit_dir, ml_folder, t
     from vitcli.train.config import resolve
     from vitcli.train.run import finetune
 
-    base = dict(model=str(tiny_vit_dir), dataset=str(ml_folder), steps=1, batch_size=8, workers=0, device="cpu",
-                project=str(tmp_path / "runs"))
+    base = {"model": str(tiny_vit_dir), "dataset": str(ml_folder), "steps": 1, "batch_size": 8, "workers": 0,
+            "device": "cpu", "project": str(tmp_path / "runs")}
     with pytest.raises(UsageError, match="multi-label data"):
         finetune(resolve("finetune", {**base, "multi_label": False}))
     with pytest.raises(UsageError, match="unknown --loss"):
         resolve("finetune", {**base, "loss": "focal"})
+
+
+@pytest.fixture(scope="module")
+def ml_model_dir(tmp_path_factory) -> Path:
+    """A tiny 3-class model folder marked multi-label, with chosen thresholds (as a run writes them)."""
+    from tests.conftest import make_tiny_vit, save_hub_layout
+
+    folder = save_hub_layout(make_tiny_vit(3, seed=3), tmp_path_factory.mktemp("mlmodel"), ["blue", "green", "red"])
+    config = json.loads((folder / "config.json").read_text())
+    config.update({"multi_label": True, "thresholds": [0.0, 0.5, 1.0]})
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_onnx_export_and_gradcam_of_a_multi_label_model(ml_model_dir, ml_folder, tmp_path):
+    pytest.importorskip("pytorch_grad_cam")
+    runner = CliRunner()
+    images = [str(ml_folder / "images" / f"test_{i}.png") for i in range(3)]
+    torch_side = runner.invoke(app, ["predict", "--model", str(ml_model_dir), "--json", "--precision", "fp32", *images])
+    assert torch_side.exit_code == 0, torch_side.output
+    sets = [[p["label"] for p in json.loads(line)["predictions"]] for line in torch_side.stdout.splitlines()]
+    assert all("blue" in s and "red" not in s for s in sets)  # thresholds 0 and 1: always, never
+    onnx = tmp_path / "ml.onnx"
+    result = runner.invoke(app, ["export", "--model", str(ml_model_dir), "-o", str(onnx), "--json"])
+    assert result.exit_code == 0, result.output
+    onnx_side = runner.invoke(app, ["predict", "--model", str(onnx), "--json", *images])
+    assert onnx_side.exit_code == 0, onnx_side.output
+    assert [[p["label"] for p in json.loads(line)["predictions"]] for line in onnx_side.stdout.splitlines()] == sets
+
+    out = tmp_path / "cams"
+    result = runner.invoke(app, ["visualize", "--gradcam", "--model", str(ml_model_dir), "--out-dir", str(out),
+                                 "--json", images[0]])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)["gradcam"]["images"]
+    assert sorted(im["target_label"] for im in shown) == sorted(sets[0])  # one map per label given
+    assert len(list((out / "gradcam").glob("*.png"))) == len(sets[0])
+    assert all(0 <= im["target_prob"] <= 1 for im in shown)

@@ -102,7 +102,7 @@ def open_csv_parts(folder: Path) -> Parts:
 def carve(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(keep, held_out) index arrays: a seeded random `fraction` held out (at least one image kept)."""
     n = len(labels)
-    held_n = min(int(round(n * fraction)), n - 1) if fraction > 0 else 0
+    held_n = min(round(n * fraction), n - 1) if fraction > 0 else 0
     held = np.sort(np.random.default_rng(seed).permutation(n)[:held_n]).astype(np.int64)
     return np.setdiff1d(np.arange(n), held), held
 

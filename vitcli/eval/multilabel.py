@@ -78,7 +78,7 @@ def threshold_scores(scores, targets, thresholds) -> dict:
     macro = [float(np.mean(v[present])) if present.any() else 0.0 for v in (precision, recall, f1)]
     predicted = np.asarray(scores) >= np.asarray(thresholds)[None, :]
     exact = float(np.mean((predicted == np.asarray(targets).astype(bool)).all(1))) if len(predicted) else 0.0
-    pct = lambda v: round(100.0 * float(v), 4)  # noqa: E731
+    pct = lambda v: round(100.0 * float(v), 4)
     return {"micro_precision": pct(micro[0]), "micro_recall": pct(micro[1]), "micro_f1": pct(micro[2]),
             "macro_precision": pct(macro[0]), "macro_recall": pct(macro[1]), "macro_f1": pct(macro[2]),
             "exact_match": pct(exact), "per_class": {"precision": precision, "recall": recall, "f1": f1, **c}}

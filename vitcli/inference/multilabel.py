@@ -39,7 +39,7 @@ class MultiLabelHead:
     thresholds: list  # per class
 
     @classmethod
-    def of(cls, config: dict | None, num_classes: int, override: float | None = None) -> "MultiLabelHead | None":
+    def of(cls, config: dict | None, num_classes: int, override: float | None = None) -> MultiLabelHead | None:
         """The head of a multi-label model (None for a single-label one)."""
         if not is_multi_label(config):
             return None

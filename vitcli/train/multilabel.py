@@ -146,7 +146,7 @@ def evaluate(model, shard, runtime, dist, *, batch_size: int, workers: int | Non
     if not len(logits):
         return {"top1": 0.0, "mAP": 0.0, "loss": 0.0, "n": 0}
     m = round(100.0 * mean_ap(per_class_ap(logits, targets)), 4)
-    return {"top1": m, "mAP": m, "loss": round(bce(logits, targets), 6), "n": int(len(logits))}
+    return {"top1": m, "mAP": m, "loss": round(bce(logits, targets), 6), "n": len(logits)}
 
 
 def _gather(logits: list, targets: list, shard, dist):
