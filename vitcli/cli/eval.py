@@ -106,6 +106,11 @@ def _few_shot(model, dataset, data, labels, split, data_dir, shots_text, seeds, 
     l2s = fewshot.parse_l2_list(l2_text)
     train, test = splits.few_shot_splits(dataset=dataset, data=data, labels=labels, split=split, data_dir=data_dir,
                                          **columns)
+    if train.targets.ndim > 1:
+        from vitcli.errors import UsageError
+
+        raise UsageError("--few-shot evaluates single-label classification; this dataset is multi-label",
+                         "fine-tune it with `vit finetune --multi-label` and evaluate the run folder")
     rt = runtime(device, precision)
     loaded = load_model(model, device=rt.device)
     sink.info(f"{loaded.architecture} on {rt.describe()}: {train.name}, shots from train "

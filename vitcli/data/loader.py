@@ -54,7 +54,8 @@ class Records:
 
     def __init__(self, labels: Sequence[int], paths: Sequence | None = None, array=None, encoded=None,
                  names: Sequence[str] | None = None):
-        self.labels = np.asarray(labels, dtype=np.int64)
+        labels = np.asarray(labels)
+        self.labels = labels.astype(np.uint8 if labels.ndim > 1 else np.int64)  # (N,) or multi-hot (N, K)
         # paths: file paths (as str), http(s) URLs, or a StdinImage (vitcli.data.inputs)
         self.paths = [p if isinstance(p, str) else str(p) for p in paths] if paths is not None else None
         self.array = array  # (N, H, W, 3) uint8
