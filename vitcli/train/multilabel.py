@@ -5,7 +5,6 @@
     criterion(cfg)           the loss: binary cross-entropy of the logits (summed over classes, mean over
                              images, so its gradient has cross-entropy's scale), or timm's asymmetric loss
     fit_ovr / choose_l2      LP-FT's probe as one-vs-rest logistic regressions (vitcli.train.probe)
-    evaluate                 the held-out evaluation: mAP (what selects the model) and the loss
     finish(job, summary)     per-class thresholds chosen on the selection split, into config.json
 
 The head is the model's ordinary linear head read through a sigmoid; mixup / cutmix mix the multi-hot
@@ -123,61 +122,6 @@ def choose_l2(z, y, num_classes: int, grid=(1e-4, 1e-3, 1e-2, 1e-1), folds: int 
     return min(scores, key=lambda v: scores[v][0]), scores
 
 
-# ------------------------------------------------------------------------------------------ evaluation
-def evaluate(model, shard, runtime, dist, *, batch_size: int, workers: int | None = None, source=None) -> dict:
-    """{"top1": mAP % (what the loop selects on), "mAP": %, "loss": BCE, "n": images} on this rank's shard,
-    gathered from every rank."""
-    from vitcli.eval.multilabel import bce, mean_ap, per_class_ap
-    from vitcli.inference.forward import forward
-
-    logits, targets = [], []
-    was_training = model.training
-    model.eval()
-    try:
-        for batch, out in forward(model, shard, runtime, batch_size=batch_size, workers=workers):
-            if batch.skipped and source is not None:
-                source.note_skipped(batch.skipped)
-            if out is not None:
-                logits.append(out.float().cpu().numpy())
-                targets.append(batch.labels.numpy())
-    finally:
-        model.train(was_training)
-    logits, targets = _gather(logits, targets, shard, dist)
-    if not len(logits):
-        return {"top1": 0.0, "mAP": 0.0, "loss": 0.0, "n": 0}
-    m = round(100.0 * mean_ap(per_class_ap(logits, targets)), 4)
-    return {"top1": m, "mAP": m, "loss": round(bce(logits, targets), 6), "n": len(logits)}
-
-
-def _gather(logits: list, targets: list, shard, dist):
-    k = shard.records.labels.shape[1]
-    logits = np.concatenate(logits) if logits else np.zeros((0, k))
-    targets = np.concatenate(targets) if targets else np.zeros((0, k))
-    if not dist.enabled:
-        return logits, targets
-    import torch.distributed as td
-
-    parts = [None] * dist.world
-    td.all_gather_object(parts, (logits, targets))
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def scores_on(model, dataset, runtime, *, batch_size: int, workers: int | None = None):
-    """(sigmoid scores (N, K), multi-hot targets) of the readable images of `dataset`."""
-    from vitcli.eval.multilabel import sigmoid
-    from vitcli.inference.forward import forward
-    from vitcli.train.distributed import Dist
-
-    logits, targets = [], []
-    model.eval()
-    for batch, out in forward(model, dataset, runtime, batch_size=batch_size, workers=workers):
-        if out is not None:
-            logits.append(out.float().cpu().numpy())
-            targets.append(batch.labels.numpy())
-    logits, targets = _gather(logits, targets, dataset, Dist())
-    return sigmoid(logits), targets
-
-
 # ------------------------------------------------------------------------------------------ the end
 def finish(job, summary: dict) -> dict:
     """The kept model's per-class thresholds (max F1 on the selection split, else 0.5) written into its
@@ -186,7 +130,7 @@ def finish(job, summary: dict) -> dict:
 
     from vitcli.eval.multilabel import DEFAULT_THRESHOLD, choose_thresholds
     from vitcli.output import atomic_write, dumps
-    from vitcli.train.evaluation import eval_batch_size
+    from vitcli.train.evaluation import eval_batch_size, multilabel_scores
 
     for key in ("val_top1", "test_top1"):
         if key in summary:
@@ -196,7 +140,7 @@ def finish(job, summary: dict) -> dict:
     thresholds = [DEFAULT_THRESHOLD] * job.source.num_classes
     if selection in job.eval_sets and path.is_file():
         job.model.load_state_dict(load_file(str(Path(job.run_dir) / "model.safetensors")))
-        scores, targets = scores_on(job.model, job.eval_sets[selection], job.runtime,
+        scores, targets = multilabel_scores(job.model, job.eval_sets[selection], job.runtime,
                                     batch_size=eval_batch_size(job.cfg, 1, job.accum), workers=job.workers)
         if len(scores):
             thresholds = choose_thresholds(scores, targets)
