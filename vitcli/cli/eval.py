@@ -9,6 +9,7 @@ import typer
 
 from vitcli.cli.options import (DEFAULT_MODEL, BackendOpt, BatchSizeOpt, CompileOpt, DataDirOpt, DatasetOpt, DeviceOpt,
                                 ImageColumnOpt, JsonOpt, LabelColumnOpt, ModelOpt, OfflineOpt, OutDirOpt, PrecisionOpt,
+                                ThresholdOpt,
                                 WorkersOpt)
 
 
@@ -36,6 +37,7 @@ def eval_command(
         = "1024",
     no_cache: Annotated[bool, typer.Option(
         "--no-cache", help="Few-shot: do not read or write the feature cache.")] = False,
+    threshold: ThresholdOpt = None,
     batch_size: BatchSizeOpt = 64,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
@@ -48,6 +50,7 @@ def eval_command(
 ) -> None:
     """Evaluate a model: top-1/5, loss, calibration, confusions; or few-shot linear probes.
 
+    A multi-label model (or data): mAP, per-class AP, micro/macro precision, recall and F1 at the thresholds.
     --few-shot fits closed-form ridge regressions on frozen pre-logit features, as the paper does.
     """
     from vitcli import env
@@ -66,7 +69,7 @@ def eval_command(
         model=model, dataset=dataset, data=data, labels=labels, split=split, data_dir=data_dir,
         image_column=image_column, label_column=label_column, real_labels=real_labels, batch_size=batch_size,
         workers=workers, device=device, precision=precision, backend=backend, compile=compile, few_shot=few_shot,
-        seeds=seeds, l2=l2, use_cache=not no_cache)
+        seeds=seeds, l2=l2, use_cache=not no_cache, threshold=threshold)
     announce = lambda text: sink.info(text, style="dim")  # noqa: E731
     progress_factory = lambda description, total: sink.progress(description, total=total, unit="img")  # noqa: E731
     if few_shot is not None:
@@ -85,6 +88,9 @@ def eval_command(
         return
 
     result = evaluate.evaluate(opts, announce=announce, progress_factory=progress_factory)
+    if result.multi_label:
+        _multi_label(result, json_out, out_dir)
+        return
     _warn_failed(result.summary["failed"])
     if json_out:  # the results first: a failing --out-dir must not cost them
         sink.emit_json(result.summary)
@@ -94,6 +100,44 @@ def eval_command(
         written = reports.write_artefacts(result, out_dir)
         sink.info(f"wrote {', '.join(str(p) for p in written)}", style="dim")
     if result.summary["num_failed"]:  # as predict and visualize: the numbers stand, the exit code says
+        raise typer.Exit(1)
+
+
+def _multi_label(result, json_out, out_dir) -> None:
+    from rich.table import Table
+
+    from vitcli import output as sink
+    from vitcli.eval import multilabel_eval
+
+    s = result.summary
+    _warn_failed(s["failed"])
+    if json_out:
+        sink.emit_json({**s, "per_class": result.per_class})
+    else:
+        table = Table(box=None, pad_edge=False, show_header=False)
+        table.add_column("metric", style="bold")
+        table.add_column("value", justify="right")
+        rows = [("images", f"{s['num_images']}" + (f" ({s['num_failed']} unreadable)" if s["num_failed"] else "")),
+                ("mAP", f"{s['mAP']:.2f} %"), ("loss (BCE)", f"{s['loss']:.4f}"),
+                (f"thresholds ({s['thresholds']})", ""), ("micro precision", f"{s['micro_precision']:.2f} %"),
+                ("micro recall", f"{s['micro_recall']:.2f} %"), ("micro F1", f"{s['micro_f1']:.2f} %"),
+                ("macro precision", f"{s['macro_precision']:.2f} %"), ("macro recall", f"{s['macro_recall']:.2f} %"),
+                ("macro F1", f"{s['macro_f1']:.2f} %"), ("exact label set", f"{s['exact_match']:.2f} %"),
+                ("throughput", f"{s['images_per_second']} img/s")]
+        for name, value in rows:
+            table.add_row(name, value)
+        sink.out().print(table)
+        classes = Table(box=None, pad_edge=False, title="per class", title_justify="left")
+        for col in ("class", "support", "AP", "threshold", "precision", "recall", "F1"):
+            classes.add_column(col, justify="left" if col == "class" else "right")
+        for r in result.per_class:
+            classes.add_row(_short(str(r["name"])), str(r["support"]), "-" if r["ap"] is None else f"{r['ap']:.1f}",
+                            f"{r['threshold']:.3g}", f"{r['precision']:.1f}", f"{r['recall']:.1f}", f"{r['f1']:.1f}")
+        sink.out().print(classes)
+    if out_dir is not None:  # after the results: a folder that cannot be written never loses them
+        written = multilabel_eval.write_artefacts(result, out_dir)
+        sink.info(f"wrote {', '.join(str(p) for p in written)}", style="dim")
+    if s["num_failed"]:
         raise typer.Exit(1)
 
 

@@ -80,3 +80,7 @@ SweepOpt = Annotated[Optional[List[str]], typer.Option(
     "--sweep", help="KEY=v1,v2,...: one run per value (repeat for a grid) in a sweep folder; the best on minival "
                     "wins and is tested. KEY is an option of the command, e.g. lr, steps, token-mixer.",
     show_default=False)]
+ThresholdOpt = Annotated[Optional[float], typer.Option(
+    "--threshold", min=0.0, max=1.0, show_default=False,
+    help="Multi-label models: a label is given at or above this probability (default: the per-class thresholds "
+         "the run chose on its held-out split, else 0.5).")]

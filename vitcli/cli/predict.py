@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from vitcli.cli.options import (DEFAULT_MODEL, BackendOpt, BatchSizeOpt, CompileOpt, DeviceOpt, JsonOpt, ModelOpt,
-                                OfflineOpt, OutputFileOpt, PrecisionOpt, WorkersOpt)
+                                OfflineOpt, OutputFileOpt, PrecisionOpt, ThresholdOpt, WorkersOpt)
 
 
 def predict(
@@ -16,7 +16,8 @@ def predict(
         help="Image files, folders (searched recursively), globs, http(s) URLs, or - for an image on stdin.",
         show_default=False)] = None,
     model: ModelOpt = DEFAULT_MODEL,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image.")] = 5,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image (single-label models).")] = 5,
+    threshold: ThresholdOpt = None,
     batch_size: BatchSizeOpt = 32,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
@@ -30,7 +31,10 @@ def predict(
         show_default=False)] = None,
     offline: OfflineOpt = False,
 ) -> None:
-    """Predict the top-k labels of images with a pre-trained or fine-tuned model."""
+    """Predict the top-k labels of images with a pre-trained or fine-tuned model.
+
+    A multi-label model gives every label at or above its threshold, best first.
+    """
     from vitcli import env
     from vitcli.data.inputs import expand_inputs
     from vitcli.errors import UsageError
@@ -61,7 +65,7 @@ def predict(
             _emit(Prediction(sink.display(item), error=reason), json_out, writer, rows, ran)
         with sink.progress("predict", total=len(paths), unit="img") as advance:
             for pred in predictor.run(paths, top_k=top_k, batch_size=batch_size, workers=workers,
-                                      progress=advance, throughput=throughput):
+                                      progress=advance, throughput=throughput, threshold=threshold):
                 failed += pred.error is not None
                 _emit(pred, json_out, writer, rows, ran)
     finally:  # whatever stops the run, the results already made are shown and kept
@@ -107,6 +111,8 @@ def _render_table(rows) -> None:
     for pred in rows:
         if pred.error:
             continue
+        if not pred.predictions:  # a multi-label model: no label at or above its threshold
+            table.add_row(pred.path, "", "(none)", "", "", end_section=True)
         for rank, p in enumerate(pred.predictions, 1):
             table.add_row(pred.path if rank == 1 else "", str(rank), p["label"], str(p["index"]),
                           f"{p['score']:.4f}", end_section=rank == len(pred.predictions))
@@ -171,8 +177,8 @@ class _FileWriter:
 
         if self.csv is None:
             self._guarded(self.fh.write, dumps(pred.to_json()) + "\n")
-        elif pred.error:
-            self._guarded(self.csv.writerow, [pred.path, "", "", "", "", pred.error])
+        elif pred.error or not pred.predictions:  # an error, or no label at or above the thresholds
+            self._guarded(self.csv.writerow, [pred.path, "", "", "", "", pred.error or ""])
         else:
             self._guarded(self.csv.writerows, [[pred.path, rank, p["label"], p["index"], f"{p['score']:.6f}", ""]
                                                for rank, p in enumerate(pred.predictions, 1)])

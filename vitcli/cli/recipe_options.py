@@ -56,6 +56,11 @@ RModelEma = Annotated[Optional[bool], typer.Option(
     "--model-ema/--no-model-ema", help="Keep an EMA of the weights (evaluated beside them; the better is kept).",
     rich_help_panel=P, show_default=False)]
 REmaDecay = _recipe(float, "--ema-decay", "The EMA's decay (default 0.9998; warmed up from 0).")
+RMultiLabel = Annotated[Optional[bool], typer.Option(
+    "--multi-label/--no-multi-label", help="Sets of labels per image: a sigmoid head, BCE, per-class thresholds "
+                                           "(default: from the data: a CSV folder or a Sequence(ClassLabel) column).",
+    rich_help_panel=P, show_default=False)]
+RLoss = _recipe(str, "--loss", "Multi-label loss: bce (default) | asl (timm's asymmetric loss).")
 RStopAfter = Annotated[Optional[int], typer.Option(
     "--stop-after", min=1, show_default=False,
     help="Save and stop after step N, as if interrupted (--resume continues).")]
@@ -100,7 +105,7 @@ def make_command(command: str, doc: str, *, first: list = (), recipe: list = ())
               _param("clip_grad", RClip), _param("layer_decay", RLayerDecay), _param("patience", RPatience),
               _param("aa", RAa), _param("mixup", RMixup), _param("cutmix", RCutmix), _param("reprob", RReprob),
               _param("label_smoothing", RSmooth), _param("drop_path", RDropPath), _param("model_ema", RModelEma),
-              _param("ema_decay", REmaDecay),
+              _param("ema_decay", REmaDecay), _param("multi_label", RMultiLabel), _param("loss", RLoss),
               *(_param(n, a) for n, a in recipe),
               _param("seed", RSeed), _param("data_dir", DataDirOpt), _param("val_split", RValSplit),
               _param("image_column", ImageColumnOpt), _param("label_column", LabelColumnOpt),
@@ -165,13 +170,15 @@ def render(summary: dict) -> None:
     table.add_column(style="bold")
     table.add_column()
     labels = {"val_top1": f"{summary.get('selection_split') or 'val'} top-1 (best)", "test_top1": "test top-1",
+              "val_mAP": f"{summary.get('selection_split') or 'val'} mAP (best)", "test_mAP": "test mAP",
               "img_s": "train img/s", "run_dir": "run folder", "best_step": "best at step"}
     for key in ("run_dir", "model", "dataset", "steps", "stopped_early_at", "stopped_at", "epochs", "best_step",
-                "weights", "val_top1", "test_top1", "params", "img_s", "seconds", "skipped_images"):
+                "weights", "val_top1", "test_top1", "val_mAP", "test_mAP", "params", "img_s", "seconds",
+                "skipped_images"):
         if summary.get(key) is None:
             continue
         value = summary[key]
-        if key in ("val_top1", "test_top1"):
+        if key in ("val_top1", "test_top1", "val_mAP", "test_mAP"):
             value = f"{value:.2f} %"
         elif key == "params":
             value = f"{value / 1e6:.2f} M"

@@ -75,6 +75,11 @@ class DatasetSource:
         return len(self.classes)
 
     @property
+    def multi_label(self) -> bool:
+        """Images with sets of labels (multi-hot rows: vitcli.data.multilabel)."""
+        return any(records.labels.ndim > 1 for records, _ in self._parts.values())
+
+    @property
     def selection_split(self) -> str | None:
         """The split that selects the model: minival, else val (else None)."""
         return next((s for s in ("minival", "val") if s in self.splits), None)
@@ -110,6 +115,10 @@ class DatasetSource:
 # ---------------------------------------------------------------------------------------- splits
 def carve(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(keep, held_out) index arrays: a stratified, seeded `fraction` of each class held out."""
+    if labels.ndim > 1:  # multi-hot label sets
+        from vitcli.data import multilabel
+
+        return multilabel.carve(labels, fraction, seed)
     rng = np.random.default_rng(seed)
     held = []
     for c in np.unique(labels):
@@ -158,7 +167,7 @@ def open_dataset(spec: str, *, data_dir: Path | None = None, val_split: float | 
     """Open a named dataset, an ImageFolder tree or a Hugging Face dataset. Named datasets are downloaded
     (by torchvision) into `data_dir` only when their files are not already there and `download` is set;
     `image_column` / `label_column` choose the columns of a Hugging Face dataset."""
-    from vitcli.data import hf
+    from vitcli.data import hf, multilabel
 
     if val_split is not None and not 0.0 <= val_split < 1.0:
         raise DataError(f"--val-split {val_split} is out of range", "give a fraction such as 0.1")
@@ -176,6 +185,9 @@ def open_dataset(spec: str, *, data_dir: Path | None = None, val_split: float | 
     if name in NAMED and not path.is_dir():
         root = Path(data_dir).expanduser() if data_dir else default_data_dir()
         return _open_named(name, root, val_split, seed, download)
+    if path.is_dir() and multilabel.is_csv_folder(path):
+        opened = multilabel.open_csv_parts(path)
+        return from_parts(opened.name, opened.classes, opened.parts, root=opened.root, val_split=val_split, seed=seed)
     if path.is_dir():
         return _open_folder(path, val_split, seed)
     raise DataError(f"dataset {spec!r} is neither a known name nor a folder",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vitcli.errors import DataError
+from vitcli.errors import DataError, UsageError
 from vitcli.eval.splits import Split, class_mapping
 
 
@@ -45,6 +45,7 @@ class EvalOptions:
     seeds: int
     l2: str
     use_cache: bool
+    threshold: float | None  # multi-label: every label at or above it counts (default: the run's thresholds)
 
     def split_args(self) -> dict:
         return {"dataset": self.dataset, "data": self.data, "labels": self.labels, "split": self.split,
@@ -63,6 +64,16 @@ def evaluate(opts: EvalOptions, *, announce, progress_factory) -> EvalResult:
     opened = open_model(opts.model, **opts.model_args())
     announce(f"{opened.loaded.architecture} on {opened.describe()} ({opened.info()['accel']}): {target.name} "
              f"({target.split}), {len(target)} image(s)")
+    from vitcli.inference.multilabel import is_multi_label
+
+    if is_multi_label(opened.loaded.config) or target.targets.ndim > 1:
+        from vitcli.eval import multilabel_eval
+
+        with progress_factory("eval", len(target)) as advance:
+            result = multilabel_eval.run(opened.loaded, opened.runtime, target, batch_size=opts.batch_size,
+                                         workers=opts.workers, threshold=opts.threshold, progress=advance)
+        result.summary.update(opened.info())
+        return result
     with progress_factory("eval", len(target)) as advance:
         return run(opened, target, batch_size=opts.batch_size, workers=opts.workers, real_labels=opts.real_labels,
                    compile=opts.compile, progress=advance)
@@ -78,6 +89,7 @@ class EvalResult:
     per_class: list[dict] = field(default_factory=list)
     most_confused: list[dict] = field(default_factory=list)
     predictions: list[dict] = field(default_factory=list)  # per readable image: path, true, top-1, score
+    multi_label = False  # vitcli.eval.multilabel_eval.MultiLabelResult says True
 
 
 _IMAGENET_VAL = re.compile(r"ILSVRC2012_val_(\d{8})")
@@ -116,6 +128,9 @@ def few_shot(opts: EvalOptions, *, announce, progress_factory) -> dict:
     shots = fewshot.parse_int_list(opts.few_shot, "--few-shot")
     l2s = fewshot.parse_l2_list(opts.l2)
     train, test = splits.few_shot_splits(**opts.split_args())
+    if train.targets.ndim > 1:
+        raise UsageError("--few-shot evaluates single-label classification; this dataset is multi-label",
+                         "fine-tune it with `vit finetune --multi-label` and evaluate the run folder")
     opened = open_model(opts.model, **opts.model_args())
     announce(f"{opened.loaded.architecture} on {opened.describe()}: {train.name}, shots from train ({len(train)}), "
              f"evaluated on {test.split} ({len(test)})")

@@ -25,7 +25,8 @@ def metadata(loaded, data_config: dict) -> dict:
     return {"architecture": loaded.architecture, "data_config": json.loads(json.dumps(data_config, default=list)),
             "label_names": list(loaded.label_names), "source": loaded.source.spec if loaded.source else None,
             "model_args": json.loads(json.dumps((loaded.config or {}).get("model_args") or {}, default=list)),
-            "vitcli": __version__}
+            "vitcli": __version__,  # a multi-label head: its flag and chosen thresholds (vitcli.inference.multilabel)
+            **{k: (loaded.config or {})[k] for k in ("multi_label", "thresholds") if k in (loaded.config or {})}}
 
 
 def to_onnx(model, example, path: Path, meta: dict, *, dynamic_batch: bool = True, opset: int = DEFAULT_OPSET) -> Path:

@@ -49,8 +49,7 @@ class OnnxModel:
         self.source: str = info.get("source", str(self.path))
         self.model_args: dict = info.get("model_args") or {}  # what rebuilds the architecture in timm
         self.input_name = self.session.get_inputs()[0].name
-        self.config: dict = {}
-        self.race: dict | None = None  # set by vitcli.export.faststart.lookup for a fast-start copy
+        self.config: dict = {k: info[k] for k in ("multi_label", "thresholds") if k in info}  # a multi-label head
 
     @property
     def num_classes(self) -> int:

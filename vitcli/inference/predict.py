@@ -87,9 +87,11 @@ def open_predictor(spec: str, device: str, precision: str, backend: str, compile
 
 
 def run(paths: list[Path], loaded, runtime, *, top_k: int, batch_size: int, workers: int | None,
-        compile: bool = False, progress=lambda n=1: None, throughput=None) -> Iterator[Prediction]:
+        threshold: float | None, compile: bool = False, progress=lambda n=1: None,
+        throughput=None) -> Iterator[Prediction]:
     """Yield one Prediction per path, in the order of `paths` (`throughput`: a
-    vitcli.inference.forward.Throughput to add the loader's and the model's time to)."""
+    vitcli.inference.forward.Throughput to add the loader's and the model's time to). A multi-label
+    model gives every label at or above its threshold instead of the top-k (vitcli.inference.multilabel)."""
     import torch
 
     from vitcli import output
@@ -97,7 +99,9 @@ def run(paths: list[Path], loaded, runtime, *, top_k: int, batch_size: int, work
     from vitcli.data.transforms import eval_transform
     from vitcli.accel import compiled
     from vitcli.inference.forward import forward
+    from vitcli.inference.multilabel import MultiLabelHead
 
+    head = MultiLabelHead.of(loaded.config, loaded.num_classes, threshold)
     model = loaded.model
     top_k = max(1, min(top_k, loaded.num_classes))
     fast = compiled.wrap(model, runtime, compile=compile, batch_size=batch_size,
@@ -111,10 +115,10 @@ def run(paths: list[Path], loaded, runtime, *, top_k: int, batch_size: int, work
             out = out.float()
             finite = torch.isfinite(out).all(dim=-1).tolist()
             scores, classes = out.softmax(dim=-1).topk(top_k, dim=-1)
-            for i, ok, srow, crow in zip(batch.positions, finite, scores.tolist(), classes.tolist()):
-                results[i] = Prediction(shown[i], [
-                    {"label": names[c], "index": c, "score": round(s, 6)} for s, c in zip(srow, crow)]) if ok else \
-                    Prediction(shown[i], error=NON_FINITE)
+            for i, ok, srow, crow, row in zip(batch.positions, finite, scores.tolist(), classes.tolist(), out.cpu()):
+                labels = head.labels(row.numpy(), names) if head else \
+                    [{"label": names[c], "index": c, "score": round(s, 6)} for s, c in zip(srow, crow)]
+                results[i] = Prediction(shown[i], labels) if ok else Prediction(shown[i], error=NON_FINITE)
         for i in sorted(results):
             yield results[i]
         progress(len(results))

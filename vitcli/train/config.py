@@ -27,6 +27,8 @@ class RunConfig:
     val_split: float | None = None
     image_column: str | None = None  # Hugging Face datasets: None finds it from the features
     label_column: str | None = None
+    multi_label: bool | None = None  # sets of labels: sigmoid head and BCE (vitcli.train.multilabel); None: from the data
+    loss: str | None = None  # multi-label: bce (None) | asl (timm's asymmetric loss)
     recipe: str = "quick"
     # duration: steps, or epochs (converted to steps once the dataset size is known), or "auto": the
     # recipe's table of steps by training-set size and class count (vitcli.train.recipes.auto_steps)
@@ -281,7 +283,8 @@ _NUMBERS = {
     "cutmix": (False, 0, None, False), "ema_decay": (False, 0, 1, True),
 }
 CHOICES = {"budget": ("fixed", "auto"), "schedule": ("cosine", "linear", "constant"), "head_init": ("zero", "probe"),
-           "pos_embed": ("learn", "sincos", "none"), "pool": ("token", "avg"), "precision": ("auto", "fp32", "bf16", "fp16")}
+           "pos_embed": ("learn", "sincos", "none"), "pool": ("token", "avg"), "loss": ("bce", "asl"),
+           "precision": ("auto", "fp32", "bf16", "fp16")}
 AA_POLICIES = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a")  # timm's auto_augment names
 
 

@@ -1,4 +1,5 @@
-"""The one evaluation of a training run: top-1 and loss of a model on a held-out split.
+"""The one evaluation of a training run: top-1 and loss of a model on a held-out split (a multi-label
+split: mAP, under the "top1" key the loop selects on, and "mAP", with the summed BCE as the loss).
 
 The loop evaluates minival (to select the best model) and, at the end, test with it; a sweep tests its
 winner with the same function, the same batch size and the same preprocessing, so a sweep winner's test
@@ -27,6 +28,13 @@ def evaluate(model, dataset, runtime, dist, *, batch_size: int, workers: int | N
     from vitcli.inference.forward import forward
 
     shard = dataset.select(range(dist.rank, len(dataset), dist.world))
+    if dataset.records.labels.ndim > 1:  # multi-label (vitcli.train.multilabel): mAP selects
+        from vitcli.eval.multilabel import bce, mean_ap, per_class_ap
+
+        logits, targets = multilabel_logits(model, shard, runtime, dist, batch_size=batch_size, workers=workers,
+                                            source=source)
+        m = round(100.0 * mean_ap(per_class_ap(logits, targets)), 4) if len(logits) else 0.0
+        return {"top1": m, "mAP": m, "loss": round(bce(logits, targets), 6), "n": len(logits)}
     totals = torch.zeros(3, dtype=torch.float64)  # correct, loss sum, count
     was_training = model.training
     model.eval()
@@ -46,6 +54,45 @@ def evaluate(model, dataset, runtime, dist, *, batch_size: int, workers: int | N
     n = int(totals[2])
     return {"top1": round(100.0 * totals[0].item() / max(n, 1), 4), "loss": round(totals[1].item() / max(n, 1), 6),
             "n": n}
+
+
+def multilabel_logits(model, shard, runtime, dist, *, batch_size: int, workers: int | None = None, source=None):
+    """(logits (N, K), multi-hot targets (N, K)) of a multi-label split's readable images, every rank's shard
+    gathered (mAP needs every image's scores, not sums)."""
+    import numpy as np
+
+    from vitcli.inference.forward import forward
+
+    logits, targets = [], []
+    was_training = model.training
+    model.eval()
+    try:
+        for batch, out in forward(model, shard, runtime, batch_size=batch_size, workers=workers):
+            if batch.skipped and source is not None:
+                source.note_skipped(batch.skipped)
+            if out is not None:
+                logits.append(out.float().cpu().numpy())
+                targets.append(batch.labels.numpy())
+    finally:
+        model.train(was_training)
+    k = shard.records.labels.shape[1]
+    logits, targets = (np.concatenate(a) if a else np.zeros((0, k)) for a in (logits, targets))
+    if dist.enabled:
+        import torch.distributed as td
+
+        parts = [None] * dist.world
+        td.all_gather_object(parts, (logits, targets))
+        logits, targets = (np.concatenate([p[i] for p in parts]) for i in (0, 1))
+    return logits, targets
+
+
+def multilabel_scores(model, dataset, runtime, *, batch_size: int, workers: int | None = None):
+    """(sigmoid scores, multi-hot targets) of a multi-label split on this process (the thresholds' choice)."""
+    from vitcli.eval.multilabel import sigmoid
+    from vitcli.train.distributed import Dist
+
+    logits, targets = multilabel_logits(model, dataset, runtime, Dist(), batch_size=batch_size, workers=workers)
+    return sigmoid(logits), targets
 
 
 def held_out_split(source) -> str | None:

@@ -314,7 +314,8 @@ class Trainer:
             t.stale += 1
         self.display.update(t.step, val=t.best_top1)
         best = f"best {t.best_top1:.2f} % at step {t.best_step}" if t.best_top1 is not None else "no model kept yet"
-        self.display.message(f"step {t.step}/{self.total}: {self.selection} top-1 {result['top1']:.2f} % ({best})")
+        metric = "mAP" if "mAP" in result else "top-1"  # a multi-label run selects on mAP (vitcli.train.multilabel)
+        self.display.message(f"step {t.step}/{self.total}: {self.selection} {metric} {result['top1']:.2f} % ({best})")
 
     def candidates(self) -> dict:
         """The weights a selection may keep: the trained ones, and their EMA when kept."""

@@ -116,6 +116,11 @@ def probe_head(model, data_config: dict, source, cfg, runtime) -> dict | None:
         return None
     mean, std = x.mean(0, keepdim=True), x.std(0, keepdim=True, unbiased=False) + 1e-6
     z = (x - mean) / std
+    if np.ndim(y) > 1:  # multi-label: one-vs-rest logistic regressions (vitcli.train.multilabel)
+        from vitcli.train import multilabel
+
+        return _set_head(head, z, mean, std, *_fitted(multilabel.choose_l2, multilabel.fit_ovr, z, y, k),
+                         len(y), "mAP")
     chosen, scores = choose_l2(z, y, k)
     w, b = fit_logistic(z, y, k, chosen)
     w_raw = w / std.T  # (D, K): logits = x w_raw + b_raw on the raw features the head sees
@@ -130,4 +135,25 @@ def probe_head(model, data_config: dict, source, cfg, runtime) -> dict | None:
         info["cv_top1"], info["cv_loss"] = round(scores[chosen][1], 2), round(scores[chosen][0], 4)
     shown = f", cross-validated top-1 {scores[chosen][1]:.2f} %" if scores else ""
     output.info(f"head: linear probe of the frozen features (LP-FT), {len(y)} images, L2 {chosen:g}{shown}")
+    return info
+
+
+def _fitted(choose, fit, z, y, k):
+    chosen, scores = choose(z, y, k)
+    return chosen, scores, *fit(z, y, k, chosen)
+
+
+def _set_head(head, z, mean, std, chosen, scores, w, b, n: int, metric: str) -> dict:
+    """The probe (fitted on standardised features) folded into the head, which sees the raw features."""
+    import torch
+
+    with torch.no_grad():
+        head.weight.copy_((w / std.T).T.to(head.weight))
+        if head.bias is not None:
+            head.bias.copy_((b - (mean / std) @ w).reshape(-1).to(head.bias))
+    info = {"l2": chosen, "train_images": int(n)}
+    if scores:
+        info[f"cv_{metric}"], info["cv_loss"] = round(scores[chosen][1], 2), round(scores[chosen][0], 4)
+    shown = f", cross-validated {metric} {scores[chosen][1]:.2f} %" if scores else ""
+    output.info(f"head: linear probe of the frozen features (LP-FT), {n} images, L2 {chosen:g}{shown}")
     return info

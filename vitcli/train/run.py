@@ -16,7 +16,7 @@ from pathlib import Path
 from vitcli import output
 from vitcli.data.datasets import describe
 from vitcli.errors import UsageError, VitError
-from vitcli.train import build, distributed, loop, plan, reporting, runs
+from vitcli.train import build, distributed, loop, multilabel, plan, reporting, runs
 from vitcli.train.config import CONFIGS, FinetuneConfig, RunConfig, TrainConfig, from_dict
 
 # settings a resumed run may change; everything else is the run's recipe
@@ -131,6 +131,7 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
     distributed.barrier(dist)
     if not dist.main:  # after rank 0 has downloaded what was missing
         source = build.open_run_dataset(cfg, download=False)
+    cfg, source = multilabel.resolve(cfg, source)  # --multi-label, from the data when not given
 
     random_seed(cfg.seed)
     make = build.build_finetune_model if command == "finetune" else build.build_scratch_model
@@ -202,6 +203,8 @@ def _execute(job: loop.Job) -> dict:
 def _record(job: loop.Job) -> dict:
     try:
         summary = _fit_with_memory_retry(job)
+        if job.cfg.multi_label and job.dist.main and "stopped_at" not in summary:
+            summary = multilabel.finish(job, summary)  # per-class thresholds into config.json
     except BaseException as e:  # whatever ends the run, run.json says so (never "running" for ever)
         if job.dist.main:
             status = type(e).__name__.lower() if isinstance(e, VitError) else \

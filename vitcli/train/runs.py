@@ -204,7 +204,8 @@ def save_model(folder: Path, model, label_names: list[str], vitcli_block: dict) 
     staging = folder / f".model{TMP_MARK}{os.getpid()}"
     staging.mkdir(parents=True, exist_ok=True)
     try:
-        save_for_hf(model, str(staging), model_config={"label_names": list(label_names), "vitcli": vitcli_block},
+        multi = {"multi_label": True} if (vitcli_block.get("config") or {}).get("multi_label") else {}
+        save_for_hf(model, str(staging), model_config={"label_names": list(label_names), **multi, "vitcli": vitcli_block},
                     safe_serialization=True)
         umask = os.umask(0)
         os.umask(umask)
