@@ -12,6 +12,7 @@
 #   4. vit benchmark --model vit_base_patch16_224 --train --precision bf16 --compile (img/s, MFU against
 #      the bf16 peak measured in the run and against the data sheet, memory), then the same eager
 #   5. JPEG decoding: PIL (the loader's) against torchvision.io.decode_jpeg on the GPU, img/s
+#   6. vit train ViT-L/16 --fsdp --grad-checkpointing --accum 2, bf16, one rank under torchrun (a smoke test)
 #
 #   bash benchmarks/gpu_check.sh                          # on the GPU machine, from the repo root
 #   bash benchmarks/gpu_check.sh --device cpu --tiny      # the same steps, tiny, on a CPU (a dry run;
@@ -161,6 +162,14 @@ except Exception as e:  # no torchvision, or no nvjpeg in this build
 print(json.dumps(out))
 EOF
 
+# 6. ViT-L/16 from scratch with FSDP2 (one rank under torchrun), activation checkpointing, bf16: the sharded
+#    path's smoke test (a run folder gathered from the shards, peak memory in the summary's img/s line)
+if [ "$TINY" = 1 ]; then FSDP_ARGS=(--model vit_tiny_patch16_224 --img-size 64 --steps 2 --batch-size 8)
+else FSDP_ARGS=(--model vit_large_patch16_224 --steps 10 --batch-size 32); fi
+step fsdp_vitl 150 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 -m vitcli train "${FSDP_ARGS[@]}" \
+  --dataset "$WORK/dataset" --fsdp --grad-checkpointing --accum 2 --precision bf16 --device "$DEVICE" --json \
+  --project "$WORK/runs" --name fsdp
+
 # the report
 "$PY" - "$WORK" "$OUT" "$DEVICE" "$ARCH" "$STEPS" "$(( $(date +%s) - START ))" <<'EOF'
 import json, platform, sys, time
@@ -243,6 +252,11 @@ for name in ("benchmark_compile", "benchmark_eager"):
     else:
         res = "no result"
     lines.append(f"| {name.replace('_', ' ')} | {res} | {st} |")
+
+z = last_json("fsdp_vitl") or {}
+ok, st = status("fsdp_vitl")
+lines.append(f"| vit train --fsdp --grad-checkpointing (torchrun, 1 rank) | {z.get('model')}, {z.get('steps')} steps "
+             f"bf16: {z.get('img_s')} img/s, run folder {z.get('run_dir')} | {st} |")
 
 d = last_json("decode") or {}
 ok, st = status("decode")

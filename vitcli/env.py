@@ -16,7 +16,8 @@ accepts; nothing falls back silently.
     VIT_BACKEND=torch|onnx   what serves predict/eval: the torch model, or its fast-start ONNX copy (--backend)
     VIT_RECIPE=NAME          the training recipe when --recipe is not given
     HF_HUB_OFFLINE (TRANSFORMERS_OFFLINE), HF_ENDPOINT, HF_HUB_CACHE, HF_DATASETS_CACHE, HF_HOME, XDG_CACHE_HOME
-    RANK, WORLD_SIZE, LOCAL_RANK (set by torchrun)
+    RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK, GROUP_WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
+    TORCHELASTIC_RUN_ID, TORCHELASTIC_RESTART_COUNT, TORCHELASTIC_ERROR_FILE (set by torchrun)
 """
 
 from __future__ import annotations
@@ -175,3 +176,17 @@ def datasets_cache_dir() -> str:
 def dist() -> tuple[int, int, int]:
     """(rank, world size, local rank) as torchrun sets them; (0, 1, 0) for a plain process."""
     return (_int("RANK", 0, minimum=0), _int("WORLD_SIZE", 1), _int("LOCAL_RANK", 0, minimum=0))
+
+
+def torchrun() -> dict:
+    """The rest of what torchrun tells a process about the world: its node (GROUP_RANK of
+    GROUP_WORLD_SIZE), the processes per node (LOCAL_WORLD_SIZE), the rendezvous (MASTER_ADDR:MASTER_PORT)
+    and the job (TORCHELASTIC_RUN_ID, restarts); None for what is not set."""
+    rank, world, local = dist()
+    local_world = _int("LOCAL_WORLD_SIZE", 1)
+    return {"rank": rank, "world": world, "local_rank": local, "local_world": local_world,
+            "node": _int("GROUP_RANK", 0, minimum=0),
+            "nodes": _int("GROUP_WORLD_SIZE", max(1, world // max(local_world, 1))),
+            "master": f"{_get('MASTER_ADDR')}:{_get('MASTER_PORT')}" if _get("MASTER_ADDR") else None,
+            "run_id": _get("TORCHELASTIC_RUN_ID"), "restart": _int("TORCHELASTIC_RESTART_COUNT", 0, minimum=0),
+            "error_file": _get("TORCHELASTIC_ERROR_FILE")}

@@ -17,6 +17,7 @@ import typer
 from vitcli.cli.options import (P, DataDirOpt, DatasetOpt, DeviceOpt, ImageColumnOpt, JsonOpt, LabelColumnOpt,
                                 OfflineOpt, PrecisionOpt, RecipeBatchSizeOpt, RecipeImgSizeOpt, RecipeModelOpt,
                                 SweepOpt, WorkersOpt)
+from vitcli.cli.scale_options import SCALE_OPTIONS
 
 RValSplit = Annotated[Optional[float], typer.Option(
     "--val-split", help="Fraction of train held out as minival (default: Pets/Flowers 0.1, CIFAR 0.02, "
@@ -107,6 +108,7 @@ def make_command(command: str, doc: str, *, first: list = (), recipe: list = ())
               _param("label_smoothing", RSmooth), _param("drop_path", RDropPath), _param("model_ema", RModelEma),
               _param("ema_decay", REmaDecay), _param("multi_label", RMultiLabel), _param("loss", RLoss),
               *(_param(n, a) for n, a in recipe),
+              *(_param(n, a) for n, a in SCALE_OPTIONS),
               _param("seed", RSeed), _param("data_dir", DataDirOpt), _param("val_split", RValSplit),
               _param("image_column", ImageColumnOpt), _param("label_column", LabelColumnOpt),
               _param("token_mixer", RMixer), _param("token_mixers", RMixers), _param("workers", WorkersOpt),
@@ -137,9 +139,14 @@ def _run(command: str, options: dict) -> None:
     where = dict(config_file=options["config"], resume=options["resume"], sweep=options["sweep"],
                  stop_after=options["stop_after"])
     if options["dry_run"]:
+        from vitcli.train import world
         from vitcli.train.config import dumps
 
+        for line in world.describe() if env.dist()[1] > 1 else ():  # under torchrun: every rank its own line
+            output.info(line)
         for setting, cfg in launch.configs(command, flags, **{k: v for k, v in where.items() if k != "stop_after"}):
+            if env.dist()[0] != 0:  # under torchrun, rank 0 prints the config
+                break
             if setting is not None:
                 output.emit_json({"setting": setting, "config": cfg.to_dict()})
             elif options["json_out"]:
@@ -147,7 +154,10 @@ def _run(command: str, options: dict) -> None:
             else:
                 typer.echo(dumps(cfg))
         return
-    result = launch.launch(command, flags, **where)
+    from vitcli.train.world import failures_named
+
+    with failures_named():  # under torchrun: which rank failed, on stderr and in torchrun's summary
+        result = launch.launch(command, flags, **where)
     if env.dist()[0] != 0:  # under torchrun, rank 0 speaks for all
         return
     if isinstance(result, dict):

@@ -167,8 +167,10 @@ def open_dataset(spec: str, *, data_dir: Path | None = None, val_split: float | 
     """Open a named dataset, an ImageFolder tree or a Hugging Face dataset. Named datasets are downloaded
     (by torchvision) into `data_dir` only when their files are not already there and `download` is set;
     `image_column` / `label_column` choose the columns of a Hugging Face dataset."""
-    from vitcli.data import hf, multilabel
+    from vitcli.data import hf, multilabel, wds
 
+    if wds.is_wds(spec):  # WebDataset shards: the splits vit shard wrote (nothing carved from a stream)
+        return wds.open_shards(spec)
     if val_split is not None and not 0.0 <= val_split < 1.0:
         raise DataError(f"--val-split {val_split} is out of range", "give a fraction such as 0.1")
     name = ALIASES.get(spec.strip().lower(), spec.strip().lower())

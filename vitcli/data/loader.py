@@ -143,19 +143,25 @@ class ImageDataset:
             return Sample(position, image, label)
         if self.augment_seed is None:
             return Sample(position, self.transform(image), label)
-        import torch
+        return Sample(position, seeded_transform(self.transform, image, self.augment_seed, self.epoch, j), label)
 
-        seed = (self.augment_seed * 1_000_003 + self.epoch * 1_000_033 + j) % (2 ** 63)
-        state, np_state = random.getstate(), np.random.get_state()  # RandAugment draws from numpy too
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % (2 ** 32))
-            try:
-                return Sample(position, self.transform(image), label)
-            finally:
-                random.setstate(state)
-                np.random.set_state(np_state)
+
+def seeded_transform(transform: Callable, image, augment_seed: int, epoch: int, j: int):
+    """`transform(image)` with Python's, numpy's and torch's generators seeded from (augment_seed, epoch, j)
+    for the call, and restored after: item j's augmentation in epoch `epoch`, wherever it is computed."""
+    import torch
+
+    seed = (augment_seed * 1_000_003 + epoch * 1_000_033 + j) % (2 ** 63)
+    state, np_state = random.getstate(), np.random.get_state()  # RandAugment draws from numpy too
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % (2 ** 32))
+        try:
+            return transform(image)
+        finally:
+            random.setstate(state)
+            np.random.set_state(np_state)
 
 
 def collate(items) -> Batch:

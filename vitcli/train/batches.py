@@ -57,6 +57,10 @@ class TrainBatches:
         from vitcli.data.loader import make_loader
 
         self.dataset.set_epoch(self.epoch)
+        if hasattr(self.dataset, "loader"):  # streamed shards (vitcli.data.stream): the stream splits itself
+            self.it = iter(self.dataset.loader(epoch=self.epoch, start=self.pos, micro=self.micro, dist=self.dist,
+                                               workers=self.workers, device=self.runtime.device, seed=self.seed))
+            return
         sampler = EpochSampler(len(self.dataset), self.seed, self.epoch, self.dist, self.pos)
         self.it = iter(make_loader(self.dataset, batch_size=self.micro, sampler=sampler, drop_last=True,
                                    workers=self.workers, seed=self.seed * 7919 + self.epoch,
@@ -87,7 +91,8 @@ class TrainBatches:
 
     def _unreadable(self):
         """Batch after batch without an image: say how many images could be read, and why not."""
-        mine = {self.dataset.path(i) for i in range(len(self.dataset))}
+        mine = {self.dataset.path(i) for i in range(len(self.dataset))} if hasattr(self.dataset, "path") else \
+            set(self.source.unreadable)  # a stream names its samples as it reads them
         reasons = Counter(_kind(r) for path, r in self.source.unreadable.items() if path in mine)
         read = len(self.dataset) - sum(reasons.values())
         why = ", ".join(f"{n} {kind}" for kind, n in reasons.most_common())

@@ -79,6 +79,13 @@ class RunConfig:
     project: str = "runs"
     name: str | None = None
     report_to: str = "none"  # none | tensorboard | wandb | tensorboard,wandb (vitcli.train.reporting)
+    # past one device (vitcli.train.fsdp) and distillation (vitcli.train.distill)
+    grad_checkpointing: bool = False  # timm's set_grad_checkpointing: recompute activations in backward
+    fsdp: bool = False  # FSDP2 fully_shard per block + root; full state gathered to rank 0 on save
+    teacher: str | None = None  # any model spec the resolver accepts
+    distill: str | None = None  # logit (soft KL, temperature) | token (DeiT's hard distillation token)
+    distill_temp: float = 1.0  # the soft KL's temperature (DeiT's default tau)
+    distill_alpha: float = 0.5  # weight of the distillation loss; 1 - alpha on the label loss (DeiT's)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -355,8 +362,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         if cfg.img_size and cfg.patch_size and cfg.img_size % cfg.patch_size:
             raise UsageError(f"--img-size {cfg.img_size} is not a multiple of --patch-size {cfg.patch_size}",
                              "a ViT cuts the image into whole patches: e.g. --img-size 32 --patch-size 4")
+    from vitcli.train import distill, fsdp
     from vitcli.train.reporting import backends
 
+    fsdp.check(cfg)
+    distill.check(cfg)
     backends(cfg.report_to)  # a known --report-to (its package is checked when the run starts)
     return cfg
 

@@ -60,11 +60,11 @@ def setup(device_spec: str) -> tuple[Dist, str]:
 
 
 def teardown(dist: Dist) -> None:
-    if dist.enabled:
-        import torch.distributed as td
+    """Leave the process group (torchrun's, or the one-rank group an --fsdp run makes for itself)."""
+    import torch.distributed as td
 
-        if td.is_initialized():
-            td.destroy_process_group()
+    if td.is_available() and td.is_initialized():
+        td.destroy_process_group()
 
 
 def all_true(value: bool, dist: Dist) -> bool:

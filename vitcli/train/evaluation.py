@@ -26,6 +26,7 @@ def evaluate(model, dataset, runtime, dist, *, batch_size: int, workers: int | N
     import torch
 
     from vitcli.inference.forward import forward
+    from vitcli.train.fsdp import unsharded
 
     shard = dataset.select(range(dist.rank, len(dataset), dist.world))
     if dataset.records.labels.ndim > 1:  # multi-label (vitcli.train.multilabel): mAP selects
@@ -39,15 +40,16 @@ def evaluate(model, dataset, runtime, dist, *, batch_size: int, workers: int | N
     was_training = model.training
     model.eval()
     try:
-        for batch, logits in forward(model, shard, runtime, batch_size=batch_size, workers=workers):
-            if batch.skipped and source is not None:
-                source.note_skipped(batch.skipped)
-            if logits is None:
-                continue
-            logits, labels = logits.float(), batch.labels.to(logits.device)
-            totals[0] += (logits.argmax(-1) == labels).sum().item()
-            totals[1] += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-            totals[2] += len(labels)
+        with unsharded(model):  # FSDP: the ranks' numbers of batches differ, so no collective per batch
+            for batch, logits in forward(model, shard, runtime, batch_size=batch_size, workers=workers):
+                if batch.skipped and source is not None:
+                    source.note_skipped(batch.skipped)
+                if logits is None:
+                    continue
+                logits, labels = logits.float(), batch.labels.to(logits.device)
+                totals[0] += (logits.argmax(-1) == labels).sum().item()
+                totals[1] += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+                totals[2] += len(labels)
     finally:
         model.train(was_training)
     distributed.all_sum(totals, dist)

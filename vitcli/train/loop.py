@@ -22,12 +22,11 @@ from __future__ import annotations
 import math
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitcli.train import checkpoint, distributed, reporting, runs
+from vitcli.train import checkpoint, distill, distributed, fsdp, reporting, runs
 from vitcli.train.batches import TrainBatches
 from vitcli.train.display import Display
 from vitcli.train.evaluation import eval_batch_size, evaluate
@@ -100,7 +99,8 @@ class Trainer:
         self.state = job.resume_state or {}
         # CPU: oneDNN linears (fp32) or the math attention (bf16) where measured faster (same parameters);
         # a resumed run keeps the kernels it started with, so that it stays bit for bit the uninterrupted run
-        self.accel = accel.prepare(self.model, self.rt, "training", self.state.get("kernels"))
+        self.accel = accel.prepare(self.model, self.rt, "training", self.state.get("kernels")
+                                   or ("eager" if getattr(self.cfg, "fsdp", False) else None))
         self.kernels = self.accel.training_kernels
         if job.accum is None:
             job.accum = int(self.state.get("accum") or self.cfg.accum or 1)
@@ -111,19 +111,15 @@ class Trainer:
         self.micro, self.total, self.eval_at, self.save_at = self.plan.micro, self.plan.total, *self.plan.points
         self.selection = job.source.selection_split if job.source.selection_split in job.eval_sets else None
 
+        self.train_model = fsdp.prepare(self.model, self.cfg, self.rt, self.dist)  # DDP, FSDP2 (before the optimizer)
         self.optimizer = create_optimizer(self.model, self.cfg)
         self.scheduler = create_scheduler(self.optimizer, self.cfg, self.total, self.plan.warmup)
         self.scaler = torch.amp.GradScaler(self.rt.device.type) if self.rt.precision == "fp16" else None
         self.regularisation = Regularisation(self.cfg, job.source.num_classes, self.cfg.seed, self.dist.rank)
         self.criterion = self.regularisation.criterion
+        self.distiller = distill.make(self.cfg, self.model, self.criterion, self.rt, job.label_names, self.dist)
         self.ema = make_ema(self.model, self.cfg)  # after the kernels: the EMA evaluates with them too
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.train_model = self.model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.train_model = DistributedDataParallel(
-                self.model, device_ids=[self.rt.device.index] if self.rt.device.type == "cuda" else None)
         self.tally = Tally()
         epoch, pos = self.restore()
         self.batches = TrainBatches(job.train_set, job.source, micro=self.micro, seed=self.cfg.seed, dist=self.dist,
@@ -139,8 +135,7 @@ class Trainer:
         state = self.state
         if not state:
             return 0, 0
-        checkpoint.load_model_state(self.model, state["model"], self.cfg.model)
-        self.optimizer.load_state_dict(state["optimizer"])
+        fsdp.load_states(self.model, self.optimizer, state, self.cfg.model)
         if int(state.get("total", -1)) == self.total:  # a resume with a new --steps keeps the new schedule
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
@@ -225,19 +220,21 @@ class Trainer:
             images = images.to(rt.device, non_blocking=True)
             self.probe = images[:4].clone() if self.probe is None else self.probe  # save_best's check
             labels = labels.to(rt.device, non_blocking=True)
-            sync = self.train_model.no_sync() if self.dist.enabled and a < self.accum - 1 else nullcontext()
+            sync = fsdp.accumulating(self.train_model, self.dist, a < self.accum - 1)
             images, targets = self.regularisation.mix(images, labels, t.step, a)  # mixup / cutmix, when on
             with sync:
                 with rt.autocast():
                     logits = self.train_model(images)
-                loss = self.criterion(logits.float(), targets)
+                loss = self.criterion(logits.float(), targets) if self.distiller is None else \
+                    self.distiller.loss(images, logits, targets)  # --teacher: the label loss mixed with the teacher's
                 scaled = loss / self.accum
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_sum += loss.detach().to(loss_sum.dtype) * len(labels)
             n_images += len(labels)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad or float("inf"), foreach=True)
+        grad_norm = fsdp.plain(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad or float("inf"),
+                                                              foreach=True))
         loss_value, grad_norm = torch.stack([loss_sum, grad_norm.to(loss_sum.dtype)]).tolist()
         stop_after = self.job.stop_after is not None and t.step + 1 >= self.job.stop_after
         flags = torch.tensor([loss_value, n_images, float(stop.signum or 0), float(stop_after)], dtype=torch.float64)
@@ -333,10 +330,11 @@ class Trainer:
     # ----------------------------------------------------------------------------------- saving
     def finite(self) -> bool:
         """Every parameter, buffer and optimizer state is finite: the only state worth saving."""
-        return checkpoint.all_finite(self.model, self.optimizer)
+        return fsdp.finite(self.model, self.optimizer, self.dist)
 
     def save_state(self) -> None:
         rng = checkpoint.gather_rng_states(self.dist)
+        model_state, optimizer_state = fsdp.states(self.model, self.optimizer)  # every rank (FSDP gathers)
         if not self.finite():  # (every rank holds the same weights: all agree)
             self.display.message(f"step {self.tally.step}: the weights are not finite: the training state is not "
                                  "saved (the last good one is kept)")
@@ -347,7 +345,7 @@ class Trainer:
         checkpoint.save({
             "format": 1, "command": self.cfg.command, "config": self.cfg.to_dict(), "step": t.step,
             "epoch": self.batches.epoch, "pos": self.batches.pos, "accum": self.accum, "micro": self.micro,
-            "total": self.total, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "total": self.total, "model": model_state, "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
             "rng": rng, "best": {"top1": t.best_top1, "step": t.best_step, "loss": t.best_loss,
                                  "weights": t.best_weights, "stale": t.stale}, "bad_steps": t.bad_steps,
@@ -367,9 +365,10 @@ class Trainer:
             self.display.message(f"step {self.tally.step}: the weights or their outputs are not finite: not kept "
                                  "as the model")
             return False
-        if self.dist.main:
-            block = {**self.job.model_block, "weights": which} if self.ema is not None else self.job.model_block
-            runs.save_model(self.job.run_dir, module, self.job.label_names, block)
+        with fsdp.full_state(module):  # every rank: a sharded model is gathered onto rank 0
+            if self.dist.main:
+                block = {**self.job.model_block, "weights": which} if self.ema is not None else self.job.model_block
+                runs.save_model(self.job.run_dir, module, self.job.label_names, block)
         return True
 
     def finish(self) -> dict:
@@ -393,7 +392,7 @@ class Trainer:
         if "test" in job.eval_sets:
             from safetensors.torch import load_file
 
-            self.model.load_state_dict(load_file(str(job.run_dir / "model.safetensors")))
+            fsdp.load_model(self.model, load_file(str(job.run_dir / "model.safetensors")))
             test = self.evaluate_split("test")
             summary["test_top1"] = test["top1"]
             self.metrics.log({"step": self.total, **test})

@@ -22,7 +22,8 @@ def create_optimizer(model, cfg):
         kwargs["momentum"] = cfg.momentum
     if name.startswith(("adam", "nadam", "radam", "lamb")):
         kwargs["betas"] = tuple(cfg.betas)
-    if name in FUSED and fused_optimizer_ok(next(model.parameters()).device):
+    sharded = getattr(cfg, "fsdp", False)  # FSDP2's DTensor parameters have no fused step on every device
+    if name in FUSED and fused_optimizer_ok(next(model.parameters()).device) and not sharded:
         kwargs["fused"] = True  # torch's one-kernel SGD / Adam(W) step (timm passes it through)
     if cfg.layer_decay is not None and cfg.layer_decay < 1:
         kwargs["layer_decay"] = cfg.layer_decay  # timm's param_groups_layer_decay: an lr_scale per group
