@@ -83,6 +83,7 @@ def main() -> None:
 
     if env.debug():
         os.environ.setdefault("PYTHONFAULTHANDLER", "1")
+    sys.argv[1:] = bare_resume(sys.argv[1:])
     try:
         app(prog_name="vit")
         code = 0
@@ -91,6 +92,17 @@ def main() -> None:
         if not isinstance(e.code, (int, type(None))):
             print(e.code, file=sys.stderr)
     _fast_exit(code)
+
+
+def bare_resume(args: list[str]) -> list[str]:
+    """`vit finetune --resume` with no folder (at the end, or before another option) means `--resume last`:
+    click options cannot have an optional value."""
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--resume" and (i + 1 == len(args) or args[i + 1].startswith("-")) and "--" not in args[:i]:
+            out.append("last")
+    return out
 
 
 def _fast_exit(code: int) -> None:

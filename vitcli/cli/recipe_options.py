@@ -78,8 +78,9 @@ RProject = Annotated[Optional[Path], typer.Option("--project", help="Parent of t
 RReportTo = Annotated[Optional[str], typer.Option(
     "--report-to", help="tensorboard | wandb | tensorboard,wandb | none (default): also send the scalars there "
                         "(extras vitcli[tensorboard], vitcli[wandb]).", show_default=False)]
-RResume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this run folder.",
-                                                 show_default=False)]
+RResume = Annotated[Optional[Path], typer.Option(
+    "--resume", help="Continue the run in this run folder; with no folder (or `last`), the latest unfinished run of "
+                     "this command in --project.", show_default=False)]
 RDryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")]
 
 _NOT_FLAGS = ("config", "resume", "sweep", "dry_run", "json_out", "offline", "stop_after")
@@ -132,15 +133,17 @@ def _run(command: str, options: dict) -> None:
     where = dict(config_file=options["config"], resume=options["resume"], sweep=options["sweep"],
                  stop_after=options["stop_after"])
     if options["dry_run"]:
+        from vitcli.train import budget
         from vitcli.train.config import dumps
 
         for setting, cfg in launch.configs(command, flags, **{k: v for k, v in where.items() if k != "stop_after"}):
             if setting is not None:
                 output.emit_json({"setting": setting, "config": cfg.to_dict()})
             elif options["json_out"]:
-                output.emit_json(cfg.to_dict())
+                output.emit_json({**cfg.to_dict(), "plan": budget.plan_of(cfg)})
             else:
                 typer.echo(dumps(cfg))
+                output.info(budget.describe(budget.plan_of(cfg)))
         return
     result = launch.launch(command, flags, **where)
     if env.dist()[0] != 0:  # under torchrun, rank 0 speaks for all
