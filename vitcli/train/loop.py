@@ -166,7 +166,8 @@ class Trainer:
         with reporting.Reporter(self.job.run_dir, self.cfg, resume_step=self.tally.step if self.state else None,
                                 enabled=self.dist.main) as self.metrics:
             if self.job.extra_summary.get("probe") and not self.state:  # the LP-FT head's fit (curves.png)
-                self.metrics.log({"step": 0, "event": "probe", **self.job.extra_summary["probe"]})
+                fit = {k: v for k, v in self.job.extra_summary["probe"].items() if not k.endswith("img_s")}
+                self.metrics.log({"step": 0, "event": "probe", **fit})
             return self.run_steps()
 
     def run_steps(self) -> dict:
