@@ -89,6 +89,9 @@ def _features(loaded, runtime, split, cfg):
     store = fewshot.FeatureStore.open(path)
     indices = list(range(len(split.targets)))
     todo, started = len(store.missing(indices)), time.perf_counter()
+    if todo:  # the longest start-up work of an LP-FT run: said even where no progress bar is drawn (logs)
+        output.info(f"probe: features of {todo} training images (one forward pass, cached for later runs)",
+                    style="dim")
     with output.progress("probe: features of the training images", total=todo, unit="img") as advance:
         fewshot.extract(store, loaded, runtime, split, indices, batch_size=eval_batch_size(cfg), workers=cfg.workers,
                         progress=advance)
