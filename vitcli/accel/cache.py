@@ -95,12 +95,18 @@ def record(name: str, detail: str, verdict: dict) -> None:
         pass
 
 
+def lookup(name: str, detail: str = "") -> dict | None:
+    """The recorded verdict of measurement `name` (+ `detail`) on this machine, or None."""
+    entry = entries().get(f"{name}|{machine_key()}{detail}")
+    verdict = entry.get("verdict") if isinstance(entry, dict) else None
+    return verdict if isinstance(verdict, dict) else None
+
+
 def measured(name: str, measure: Callable[[], dict], valid: Callable[[dict], bool], detail: str = "") -> dict:
     """The verdict of measurement `name` (+ `detail`) on this machine: read from the cache, or measured
     once by `measure()` and recorded."""
-    entry = entries().get(f"{name}|{machine_key()}{detail}")
-    verdict = entry.get("verdict") if isinstance(entry, dict) else None
-    if not isinstance(verdict, dict) or not valid(verdict):
+    verdict = lookup(name, detail)
+    if verdict is None or not valid(verdict):
         verdict = measure()
         record(name, detail, verdict)
     return verdict

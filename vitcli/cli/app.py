@@ -114,6 +114,7 @@ def main() -> None:
         os.environ.setdefault("PYTHONFAULTHANDLER", "1")
     if not _standard_streams():
         _fast_exit(1)
+    sys.argv[1:] = bare_resume(sys.argv[1:])
     try:
         app(prog_name="vit")
         code = 0
@@ -150,6 +151,17 @@ def _standard_streams() -> bool:
               file=sys.stderr)
         return False
     return True
+
+
+def bare_resume(args: list[str]) -> list[str]:
+    """`vit finetune --resume` with no folder (at the end, or before another option) means `--resume last`:
+    click options cannot have an optional value."""
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--resume" and (i + 1 == len(args) or args[i + 1].startswith("-")) and "--" not in args[:i]:
+            out.append("last")
+    return out
 
 
 def _fast_exit(code: int) -> None:

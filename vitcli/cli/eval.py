@@ -57,9 +57,22 @@ def eval_command(
     from vitcli.errors import UsageError
 
     env.set_offline(offline)
+    if dataset is None and data is None:  # a run folder: the data it was trained on (its test split by default)
+        from vitcli.eval.splits import run_dataset
+
+        trained_on = run_dataset(model)
+        if trained_on is not None:
+            from vitcli import output as sink
+
+            dataset, data_dir = trained_on["dataset"], data_dir or trained_on["data_dir"]
+            image_column = image_column or trained_on["image_column"]
+            label_column = label_column or trained_on["label_column"]
+            sink.info(f"dataset {dataset}: the one the run was trained on (run.json)", style="dim")
     if (dataset is None) == (data is None):
         raise UsageError("give either --dataset NAME|PATH or --data DIR" if dataset is None
-                         else "give --dataset or --data, not both")
+                         else "give --dataset or --data, not both",
+                         "a training run folder as --model needs neither: it evaluates the run's own dataset"
+                         if dataset is None else None)
     if labels is not None and data is None:
         raise UsageError("--labels needs --data (the folder the file names are relative to)")
     from vitcli import output as sink

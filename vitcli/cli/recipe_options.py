@@ -84,8 +84,9 @@ RProject = Annotated[Optional[Path], typer.Option("--project", help="Parent of t
 RReportTo = Annotated[Optional[str], typer.Option(
     "--report-to", help="tensorboard | wandb | tensorboard,wandb | none (default): also send the scalars there "
                         "(extras vitcli[tensorboard], vitcli[wandb]).", show_default=False)]
-RResume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this run folder.",
-                                                 show_default=False)]
+RResume = Annotated[Optional[Path], typer.Option(
+    "--resume", help="Continue the run in this run folder; with no folder (or `last`), the latest unfinished run of "
+                     "this command in --project.", show_default=False)]
 RDryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")]
 
 _NOT_FLAGS = ("config", "resume", "sweep", "dry_run", "json_out", "offline", "stop_after")
@@ -139,7 +140,7 @@ def _run(command: str, options: dict) -> None:
     where = dict(config_file=options["config"], resume=options["resume"], sweep=options["sweep"],
                  stop_after=options["stop_after"])
     if options["dry_run"]:
-        from vitcli.train import world
+        from vitcli.train import budget, world
         from vitcli.train.config import dumps
 
         for line in world.describe() if env.dist()[1] > 1 else ():  # under torchrun: every rank its own line
@@ -150,9 +151,10 @@ def _run(command: str, options: dict) -> None:
             if setting is not None:
                 output.emit_json({"setting": setting, "config": cfg.to_dict()})
             elif options["json_out"]:
-                output.emit_json(cfg.to_dict())
+                output.emit_json({**cfg.to_dict(), "plan": budget.plan_of(cfg)})
             else:
                 typer.echo(dumps(cfg))
+                output.info(budget.describe(budget.plan_of(cfg)))
         return
     from vitcli.train.world import failures_named
 

@@ -188,18 +188,7 @@ def run(opened, split: Split, *, batch_size: int, workers: int | None, real_labe
                                      "from fp32's where two classes nearly tie; --precision fp32 gives exact "
                                      "fp32 numbers")
     names = loaded.label_names
-    stats = metrics.per_class_stats(acc.confusion)
-    per_class = []
-    for c in range(loaded.num_classes):
-        if stats["support"][c] == 0 and stats["predicted"][c] == 0:
-            continue
-        off = acc.confusion[c].copy()
-        off[c] = 0
-        per_class.append({"index": c, "name": names[c], "support": int(stats["support"][c]),
-                          "correct": int(stats["correct"][c]), "predicted": int(stats["predicted"][c]),
-                          "accuracy": _pct(stats["recall"][c]), "precision": _pct(stats["precision"][c]),
-                          "f1": _pct(stats["f1"][c]),
-                          "most_confused_with": names[int(off.argmax())] if off.max() > 0 else ""})
+    per_class = metrics.per_class_rows(acc.confusion, names)
     confused = [{"true": names[t], "predicted": names[p], "true_index": t, "predicted_index": p, "count": n}
                 for t, p, n in metrics.most_confused(acc.confusion, 20)]
     predictions = [{"path": split.describe(pos), "true_index": int(targets[pos]), "top1_index": int(top[0]),

@@ -140,6 +140,23 @@ def default_split(source, few_shot: bool = False) -> str:
     return "train"
 
 
+def run_dataset(model: str | None) -> dict | None:
+    """What a training run folder given as --model was trained on, from its run.json: {"dataset", "data_dir",
+    "image_column", "label_column"}; None when `model` is not a run folder or records no dataset."""
+    import json
+
+    if not model:
+        return None
+    try:
+        record = json.loads((Path(model).expanduser() / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    cfg = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(cfg, dict) or not cfg.get("dataset"):
+        return None
+    return {k: cfg.get(k) for k in ("dataset", "data_dir", "image_column", "label_column")}
+
+
 def open_split(*, dataset: str | None = None, data: Path | None = None, labels: Path | None = None,
                split: str | None = None, data_dir: Path | None = None, download: bool = True,
                image_column: str | None = None, label_column: str | None = None) -> Split:

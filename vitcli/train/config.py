@@ -207,7 +207,7 @@ def _check_expansion(root) -> None:
 
 def _check_keys(cls, values: dict, origin: str) -> dict:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(values) - names - {"command"})
+    unknown = sorted(set(values) - names - {"command", "plan"})  # plan: what `--dry-run --json` adds
     if unknown:
         import difflib
 

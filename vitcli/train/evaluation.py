@@ -20,9 +20,11 @@ def eval_batch_size(cfg, world: int = 1, accum: int | None = None) -> int:
     return max(1, min(256, 2 * micro))
 
 
-def evaluate(model, dataset, runtime, dist, *, batch_size: int, workers: int | None = None, source=None) -> dict:
+def evaluate(model, dataset, runtime, dist, *, batch_size: int, workers: int | None = None, source=None,
+             confusion: bool = False) -> dict:
     """{"top1": %, "loss": mean cross-entropy, "n": images} of `model` on `dataset` (an ImageDataset with
-    the eval transform). Unreadable images are left out and handed to `source.note_skipped`."""
+    the eval transform). Unreadable images are left out and handed to `source.note_skipped`. confusion:
+    also "confusion", the (C, C) matrix of counts (rows = true class; every rank's summed)."""
     import torch
 
     from vitcli.inference.forward import forward
@@ -37,6 +39,7 @@ def evaluate(model, dataset, runtime, dist, *, batch_size: int, workers: int | N
         m = round(100.0 * mean_ap(per_class_ap(logits, targets)), 4) if len(logits) else 0.0
         return {"top1": m, "mAP": m, "loss": round(bce(logits, targets), 6), "n": len(logits)}
     totals = torch.zeros(3, dtype=torch.float64)  # correct, loss sum, count
+    matrix = None
     was_training = model.training
     model.eval()
     try:
@@ -50,12 +53,22 @@ def evaluate(model, dataset, runtime, dist, *, batch_size: int, workers: int | N
                 totals[0] += (logits.argmax(-1) == labels).sum().item()
                 totals[1] += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
                 totals[2] += len(labels)
+                if confusion:
+                    k = logits.shape[-1]
+                    cells = torch.bincount((labels * k + logits.argmax(-1)).cpu(), minlength=k * k).reshape(k, k)
+                    matrix = cells.double() if matrix is None else matrix + cells
     finally:
         model.train(was_training)
     distributed.all_sum(totals, dist)
     n = int(totals[2])
-    return {"top1": round(100.0 * totals[0].item() / max(n, 1), 4), "loss": round(totals[1].item() / max(n, 1), 6),
-            "n": n}
+    result = {"top1": round(100.0 * totals[0].item() / max(n, 1), 4),
+              "loss": round(totals[1].item() / max(n, 1), 6), "n": n}
+    if confusion:
+        k = int(getattr(model, "num_classes", 0) or 0) or (matrix.shape[0] if matrix is not None else 0)
+        matrix = torch.zeros(k, k, dtype=torch.float64) if matrix is None else matrix
+        distributed.all_sum(matrix, dist)  # (a rank whose shard was unreadable adds zeros of the same shape)
+        result["confusion"] = matrix.long().numpy()
+    return result
 
 
 def multilabel_logits(model, shard, runtime, dist, *, batch_size: int, workers: int | None = None, source=None):

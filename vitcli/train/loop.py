@@ -162,6 +162,9 @@ class Trainer:
         TensorBoard / W&B: vitcli.train.reporting), closed whatever happens."""
         with reporting.Reporter(self.job.run_dir, self.cfg, resume_step=self.tally.step if self.state else None,
                                 enabled=self.dist.main) as self.metrics:
+            if self.job.extra_summary.get("probe") and not self.state:  # the LP-FT head's fit (curves.png)
+                fit = {k: v for k, v in self.job.extra_summary["probe"].items() if not k.endswith("img_s")}
+                self.metrics.log({"step": 0, "event": "probe", **fit})
             return self.run_steps()
 
     def run_steps(self) -> dict:
@@ -285,13 +288,14 @@ class Trainer:
             epoch = t.images_seen / max(self.plan.epoch_images, 1)  # passes over train/ as given
             self.metrics.log({"step": t.step, "epoch": round(epoch, 4), "loss": round(result.mean_loss, 6), "lr": lr,
                               "grad_norm": round(result.grad_norm, 6), "img_s": round(img_s, 2),
-                              "skipped_images": self.job.source.skipped_count})
+                              "skipped_images": self.job.source.skipped_count,
+                              "seconds": round(t.elapsed + time.time() - self.started, 2)})
         self.display.update(t.step, loss=result.mean_loss, lr=lr, img_s=img_s,
                             eta=(total - t.step) * t.train_seconds / t.step, val=t.best_top1)
 
-    def evaluate_split(self, split: str, model=None) -> dict:
+    def evaluate_split(self, split: str, model=None, **options) -> dict:
         result = evaluate(self.model if model is None else model, self.job.eval_sets[split], self.rt, self.dist,
-                          batch_size=self.eval_bs, workers=self.job.workers, source=self.job.source)
+                          batch_size=self.eval_bs, workers=self.job.workers, source=self.job.source, **options)
         return {"split": split, **result}
 
     def evaluate_and_select(self) -> None:
@@ -393,9 +397,14 @@ class Trainer:
             from safetensors.torch import load_file
 
             fsdp.load_model(self.model, load_file(str(job.run_dir / "model.safetensors")))
-            test = self.evaluate_split("test")
+            test = self.evaluate_split("test", confusion=True)
+            confusion = test.pop("confusion")
             summary["test_top1"] = test["top1"]
             self.metrics.log({"step": self.total, **test})
+            if self.dist.main:  # per_class.csv, confusion_matrix.csv, confusion.png (as `vit eval --out-dir`)
+                from vitcli.eval.reports import write_confusion
+
+                write_confusion(confusion, job.label_names, job.run_dir, title=f"{job.run_dir.name}: test")
         summary.update(job.extra_summary)
         return summary
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from vitcli import output
 from vitcli.data.datasets import describe
 from vitcli.errors import UsageError, VitError
-from vitcli.train import build, distributed, loop, multilabel, plan, reporting, runs
+from vitcli.train import budget, build, distributed, loop, multilabel, plan, reporting, runs
 from vitcli.train.config import CONFIGS, FinetuneConfig, RunConfig, TrainConfig, from_dict
 
 # settings a resumed run may change; everything else is the run's recipe
@@ -144,6 +144,7 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
         from vitcli.train.probe import probe_head
 
         probe = probe_head(model, data_config, source, cfg, rt)
+        cfg = budget.after_probe(cfg, probe, source)  # the auto budget cut by what the probe left to gain
     crop_scale, hflip = plan.augmentation(cfg, plan.epoch_images(source), source.num_classes)
     if (crop_scale, hflip) != (cfg.crop_scale, cfg.hflip) and dist.main:
         output.info(f"augmentation for the budget: crops of {100 * crop_scale[0]:.0f}-{100 * crop_scale[1]:.0f} % "
@@ -215,6 +216,7 @@ def _record(job: loop.Job) -> dict:
     if job.dist.main:
         runs.write_run_json(job.run_dir, status="stopped" if "stopped_at" in summary else "finished",
                             summary=summary)
+        budget.record(job.cfg, summary)  # this machine's img/s: the estimate of a later --dry-run
     return summary
 
 

@@ -249,3 +249,25 @@ class Metrics:
         if self.fh is not None:
             self.fh.close()
             self.fh = None
+
+
+LATEST = ("last", "latest")  # `--resume` without a folder (the command line's bare --resume means `last`)
+
+
+def latest_unfinished(project: str | Path, command: str) -> Path:
+    """The run folder under `<project>/<command>/` whose training state was saved last, among the runs that
+    did not finish (stopped, interrupted, failed, or killed while running): what a bare `--resume` continues."""
+    parent = Path(project).expanduser() / command
+    found = []
+    for state in parent.glob(f"*/{STATE.as_posix()}"):
+        folder = state.parent.parent
+        if read_run_json(folder).get("status") == "finished":
+            continue
+        try:
+            found.append((state.stat().st_mtime, folder))
+        except OSError:
+            continue
+    if not found:
+        raise UsageError(f"--resume: no unfinished {command} run with a saved training state in {parent}",
+                         "give the run folder: --resume runs/" + command + "/NAME, or --project where the runs are")
+    return max(found)[1]
