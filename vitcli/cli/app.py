@@ -66,11 +66,11 @@ def _root(
 
 
 def _register() -> None:
-    from vitcli.cli import benchmark, download, eval, export, finetune, models, predict, push, train, visualize
+    from vitcli.cli import benchmark, download, eval, export, finetune, models, predict, push, serve, train, visualize
 
     app.command("predict")(predict.predict)
     app.command("download")(download.download)
-    for module in (train, finetune, eval, push, visualize, models, benchmark, export):
+    for module in (train, finetune, eval, push, visualize, models, benchmark, export, serve):
         module.register(app)
 
 

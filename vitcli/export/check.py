@@ -15,6 +15,7 @@ from pathlib import Path
 MIN_AGREEMENT = {"int8": 0.95}  # by precision; anything else: DEFAULT_MIN_AGREEMENT
 DEFAULT_MIN_AGREEMENT = 0.99
 RANDOM_INPUTS = 32
+CALIB_LIMIT = 64  # calibration images used, spread evenly over the folder's sorted list (every class of a tree)
 
 
 @dataclass
@@ -40,7 +41,8 @@ def min_agreement(precision: str, given: float | None) -> float:
 
 def read_images(where: Path | str, data_config: dict, limit: int | None = None):
     """(N, 3, H, W) float32 array of the images in a folder (or one file), through the one eval
-    transform; unreadable files are left out. An error when none can be read."""
+    transform; unreadable files are left out; at most `limit`, spread evenly over the sorted list. An
+    error when none can be read."""
     import numpy as np
 
     from vitcli.data.images import load_image
@@ -52,7 +54,10 @@ def read_images(where: Path | str, data_config: dict, limit: int | None = None):
     transform = eval_transform(data_config)
     draft = getattr(transform, "draft_size", None)
     arrays = []
-    for path in sorted(paths, key=str)[:limit]:
+    paths = sorted(paths, key=str)
+    if limit and len(paths) > limit:
+        paths = [paths[round(i * (len(paths) - 1) / (limit - 1))] for i in range(limit)]
+    for path in paths:
         try:
             arrays.append(np.asarray(transform(load_image(path, draft)), dtype=np.float32))
         except ImageError:

@@ -112,7 +112,7 @@ def export(spec: str, fmt: str = "onnx", output: Path | None = None, *, img_size
     example = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
     meta = {**metadata(loaded, data_config), "precision": precision,
             "config": {k: v for k, v in (loaded.config or {}).items() if k == "multi_label"}}
-    calib_images = checks.read_images(calib, data_config) if calib is not None else None
+    calib_images = checks.read_images(calib, data_config, limit=checks.CALIB_LIMIT) if calib is not None else None
     check_images = checks.read_images(check, data_config) if check is not None else calib_images
     on = "images" if check_images is not None else "random inputs"
     if check_images is None:
@@ -137,8 +137,11 @@ def export(spec: str, fmt: str = "onnx", output: Path | None = None, *, img_size
 
             log("quantizing to int8 (" + ("static, calibrated on " + f"{len(calib_images)} images" if calib_images
                                           is not None else "dynamic: no --calib images") + ")")
-            quantization = quantize_int8(fp32, staged, meta, calib=calib_images, check=check_images,
-                                         target=threshold, log=log).to_json()
+            # which linears stay float is chosen on the calibration images when there are some, so that the
+            # final check on --check images is a held-out measurement
+            tune = calib_images if calib_images is not None else check_images
+            quantization = quantize_int8(fp32, staged, meta, calib=calib_images, check=tune, target=threshold,
+                                         log=log).to_json()
         elif (fmt, precision) == ("onnx", "fp16"):
             from vitcli.export.quantize import to_fp16
 
