@@ -1,6 +1,8 @@
 """The page `vit serve` shows at `/`: drop (or pick) an image, see the top-k labels and, for a ViT, the
 attention rollout drawn over the part of the image the model sees (the eval transform's center crop).
 One self-contained HTML file: no script or style from elsewhere (the server may run without a network).
+`/?image=URL` predicts that image when the page opens (a link to share; a data: URL works too, which is
+how the page is tested in headless Chromium).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ pick.onchange = () => pick.files[0] && send(pick.files[0]);
 drop.ondragover = e => { e.preventDefault(); drop.classList.add("over"); };
 drop.ondragleave = () => drop.classList.remove("over");
 drop.ondrop = e => { e.preventDefault(); drop.classList.remove("over"); e.dataTransfer.files[0] && send(e.dataTransfer.files[0]); };
+const asked = new URLSearchParams(location.search).get("image");
+if (asked) fetch(asked).then(r => r.blob()).then(b => send(new File([b], asked.startsWith("data:") ? "image" :
+  asked.split("/").pop(), { type: b.type }))).catch(e => document.getElementById("labels").textContent = String(e));
 function esc(s) { const d = document.createElement("div"); d.textContent = s; return d.innerHTML; }
 async function send(file) {
   const labels = document.getElementById("labels");
