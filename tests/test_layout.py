@@ -8,7 +8,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vitcli"
 TOP_LEVEL = {"__init__.py", "__main__.py", "errors.py", "output.py", "env.py"}
-FOLDERS = {"cli", "accel", "models", "data", "inference", "export", "hub", "train", "eval", "analysis", "bench"}
+FOLDERS = {"cli", "accel", "models", "data", "inference", "export", "hub", "train", "eval", "analysis", "bench",
+           "serve"}
 # what each folder may import from the others (the arrows of docs/ARCHITECTURE.md; the top-level
 # modules errors, output and env may be imported from anywhere). An entry "folder.module" allows that
 # one module only: models opens exported files and reaches the Hub through leaf modules
@@ -19,14 +20,15 @@ MAY_IMPORT = {
     "train": {"accel", "models", "data", "inference", "eval"},
     "eval": {"accel", "models", "data", "inference", "export"},
     "analysis": {"accel", "models", "data", "inference"},
-    "bench": {"accel", "models", "data", "inference", "export"},
+    "bench": {"accel", "models", "data", "inference", "export", "eval"},
+    "serve": {"accel", "models", "data", "inference", "export", "analysis"},
     "inference": {"accel", "models", "data", "export"},
     "export": {"accel", "models", "data"},
-    "models": {"export.onnx_model", "hub.files"},
+    "models": {"export.onnx_model", "export.pt2_model", "export.openvino_model", "hub.files"},
     "accel": set(),
     "data": set(),
 }
-LEAVES = {"vitcli.export.onnx_model", "vitcli.hub.files"}
+LEAVES = {"vitcli.export.onnx_model", "vitcli.export.pt2_model", "vitcli.export.openvino_model", "vitcli.hub.files"}
 
 
 def _modules() -> dict[str, Path]:

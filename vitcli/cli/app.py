@@ -94,12 +94,12 @@ def _root(
 
 
 def _register() -> None:
-    from vitcli.cli import (benchmark, download, eval, export, finetune, info, models, predict, push, shard, train,
-                            visualize)
+    from vitcli.cli import (benchmark, download, eval, export, finetune, info, models, predict, push, serve, shard,
+                            train, visualize)
 
     app.command("predict")(predict.predict)
     app.command("download")(download.download)
-    for module in (train, finetune, eval, push, visualize, models, benchmark, export, shard, info):
+    for module in (train, finetune, eval, push, visualize, models, benchmark, export, serve, shard, info):
         module.register(app)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -24,17 +25,42 @@ def benchmark(
     warmup_iters: Annotated[int, typer.Option("--warmup-iters", min=0,
                                               help="Untimed batches first, per side and phase.")] = 2,
     random_init: RandomInitOpt = False,
+    formats: Annotated[Optional[str], typer.Option(
+        "--formats", help="Compare deployable forms instead, e.g. torch,onnx,onnx-int8,openvino (also onnx-fp16, "
+                          "pt2): top-1, agreement with torch fp32, latency at batch 1, img/s at --batch-size, size.",
+        show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", help="With --formats: images to measure top-1 and agreement on (a folder; with --labels FILE).",
+        show_default=False)] = None,
+    labels: Annotated[Optional[Path], typer.Option(
+        "--labels", help="With --formats --data: 'FILENAME CLASS_INDEX' lines.", show_default=False)] = None,
+    calib: Annotated[Optional[Path], typer.Option(
+        "--calib", help="With --formats: images to calibrate onnx-int8 on (static); else dynamic int8.",
+        show_default=False)] = None,
     json_out: JsonOpt = False,
     offline: OfflineOpt = False,
 ) -> None:
     """Measure img/s, latency, memory and GFLOP/s, next to a plain timm loop, in one process.
 
     GFLOP/s is also given as a share of this machine's matrix-multiply ceiling, measured in the run.
+    With --formats: the model as torch, ONNX, int8 ONNX, OpenVINO... side by side, in one run.
     """
     from vitcli import env
     from vitcli import output as sink
 
     env.set_offline(offline)
+    if formats is not None:
+        from vitcli.bench import formats as deploy
+
+        result = deploy.run(model, deploy.parse_formats(formats), data=data, labels=labels, calib=calib,
+                            batch_size=batch_size, iters=iters, warmup_iters=warmup_iters,
+                            log=lambda msg: sink.info(msg, style="dim"))
+        sink.emit_json(result.to_json()) if json_out else _render_formats(result)
+        return
+    if data is not None or labels is not None or calib is not None:
+        from vitcli.errors import UsageError
+
+        raise UsageError("--data, --labels and --calib go with --formats")
     from vitcli.bench.benchmark import run
 
     result = run(model, batch_size=batch_size, img_size=img_size, train=train, device=device,
@@ -86,6 +112,25 @@ def _render(r) -> None:
                          + f" of {r.measured_peak_tflops:.0f} TFLOP/s (an 8192^3 {r.precision} matmul measured here)")
     for note in r.notes:
         sink.warn(note)
+
+
+def _render_formats(r) -> None:
+    from rich.table import Table
+
+    from vitcli import output as sink
+
+    sink.out().print(f"{r.architecture}: {r.images} {r.on}, {r.threads} threads, batch 1 and {r.batch_size}")
+    table = Table(box=None, pad_edge=False)
+    for name in ("format", "runs in", "top-1", "agree", "ms@1", f"img/s@{r.batch_size}", "MB"):
+        table.add_column(name, justify="left" if name in ("format", "runs in") else "right", no_wrap=True)
+    for row in r.rows:
+        table.add_row(row.format, f"{row.backend} {row.precision}",
+                      f"{100 * row.top1:.1f}%" if row.top1 is not None else "-", f"{100 * row.agreement:.1f}%",
+                      f"{row.latency_ms:.1f}", f"{row.img_s:.1f}", f"{row.size_mb:.1f}" if row.size_mb else "-")
+    sink.out().print(table)
+    for row in r.rows:
+        if row.notes:
+            sink.out().print(f"{row.format}: {row.notes}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

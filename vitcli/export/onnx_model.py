@@ -49,14 +49,17 @@ class OnnxModel:
         self.source: str = info.get("source", str(self.path))
         self.model_args: dict = info.get("model_args") or {}  # what rebuilds the architecture in timm
         self.input_name = self.session.get_inputs()[0].name
-        self.config: dict = {k: info[k] for k in ("multi_label", "thresholds") if k in info}  # a multi-label head
+        # e.g. multi_label and its thresholds, from the model folder's config.json
+        self.config: dict = {**{k: info[k] for k in ("multi_label", "thresholds") if k in info}, **(info.get("config") or {})}
+        self.precision: str = info.get("precision") or "fp32"  # int8 / fp16 files say so (vit export)
+        self.backend = "onnxruntime"
 
     @property
     def num_classes(self) -> int:
         return len(self.label_names)
 
     def describe(self) -> str:
-        return "onnxruntime cpu fp32"
+        return f"onnxruntime cpu {self.precision}"
 
     def __call__(self, batch):
         """(B, 3, H, W) float32 array -> (B, classes) logits array."""
@@ -99,14 +102,15 @@ def _check_metadata(text: str, session, shown: str) -> dict:
     return info
 
 
-def as_module(model: OnnxModel):
-    """`model` as a torch nn.Module: tensors in, logits out (computed by onnxruntime on the CPU)."""
+def as_module(model):
+    """`model` (an OnnxModel, or any file model with the same shape: vitcli.export.openvino_model) as a
+    torch nn.Module: tensors in, logits out (computed by its runtime on the CPU)."""
     import torch
 
     class OnnxModule(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.onnx = model
+            self.onnx = model  # the file model (named for the ONNX case, which came first)
             self.num_classes = model.num_classes
             self.pretrained_cfg = {"architecture": model.architecture, **model.data_config}
 

@@ -38,22 +38,37 @@ class TorchPredictor:
 
 
 class OnnxPredictor:
-    """An ONNX model in onnxruntime (no torch): `run(paths, ...)` yields Predictions."""
+    """A file model run on numpy batches without torch (an ONNX file in onnxruntime, an OpenVINO IR):
+    `run(paths, ...)` yields Predictions."""
 
     def __init__(self, model):
         self.model, self.architecture, self.label_names = model, model.architecture, model.label_names
-        self.backend, self.precision = "onnxruntime", "fp32"
+        self.backend, self.precision = model.backend, model.precision
 
     def describe(self) -> str:
         return self.model.describe()
 
     def info(self) -> dict:
-        return {"backend": self.backend, "device": "cpu", "precision": self.precision, "accel": "onnxruntime"}
+        return {"backend": self.backend, "device": "cpu", "precision": self.precision, "accel": self.backend}
 
     def run(self, paths, **kwargs) -> Iterator[Prediction]:
         from vitcli.inference.onnx import predict
 
         return predict(paths, self.model, **kwargs)
+
+
+class FilePredictor(TorchPredictor):
+    """A pt2 file (torch.export) through the torch path, on the CPU in fp32, with no speed choices."""
+
+    def __init__(self, loaded, runtime):
+        super().__init__(loaded, runtime, None)
+        self.backend = "torch.export"
+
+    def describe(self) -> str:
+        return f"{self.backend} cpu {self.precision}"
+
+    def info(self) -> dict:
+        return {"backend": self.backend, "device": "cpu", "precision": self.precision, "accel": self.backend}
 
 
 def open_predictor(spec: str, device: str, precision: str, backend: str, compile: bool = False):
@@ -63,13 +78,28 @@ def open_predictor(spec: str, device: str, precision: str, backend: str, compile
     and the machine decide, with vitcli.accel's speed choices."""
     from vitcli.errors import UsageError
     from vitcli.export import onnx_model
+    from vitcli.models.resolver import FILE_KINDS, file_kind
 
-    if onnx_model.is_onnx(spec) or backend == "onnx":
+    kind = file_kind(spec)
+    if kind is not None or backend == "onnx":
+        runs = FILE_KINDS[kind or "onnx"]
         if device not in ("auto", "cpu") or precision not in ("auto", "fp32") or compile:
-            raise UsageError("an ONNX model runs in onnxruntime on the CPU in fp32",
+            raise UsageError(f"a{'n ONNX' if runs == 'onnxruntime' else ' ' + kind} model runs in {runs} on the CPU, "
+                             "in the precision the file holds",
                              "drop --device/--precision/--compile, or predict with --backend torch")
-        if onnx_model.is_onnx(spec):
+        if kind == "onnx":
             return OnnxPredictor(onnx_model.OnnxModel(spec))
+        if kind == "openvino":
+            from vitcli.export.openvino_model import OpenVinoModel
+
+            return OnnxPredictor(OpenVinoModel(spec))
+        if kind == "pt2":
+            import torch
+
+            from vitcli.accel.runtime import Runtime
+            from vitcli.models.resolver import load_model
+
+            return FilePredictor(load_model(spec), Runtime(torch.device("cpu"), "fp32"))
         from vitcli.export import faststart
 
         copy = faststart.lookup(spec)
