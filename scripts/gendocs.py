@@ -75,8 +75,8 @@ def commands() -> list[str]:
 def reference() -> dict[Path, str]:
     names = commands()
     parts = ["# Command reference", "",
-             "Generated from the app by `python scripts/gendocs.py` (a test fails when it is stale): the "
-             "`--help` of every command, as a 100-column terminal shows it.", "",
+             ("Generated from the app by `python scripts/gendocs.py` (a test fails when it is stale): the "
+              "`--help` of every command, as a 100-column terminal shows it."), "",
              "\n".join(f"- [`vit {n}`](#vit-{n.replace(' ', '-')})" for n in names), "",
              "## `vit`", "", "```text", help_text(""), "```"]
     for name in names:

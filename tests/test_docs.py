@@ -24,7 +24,7 @@ def test_readme_is_a_short_front_door():
 
 def test_readme_starts_with_the_two_commands_ci_runs():
     """.ci/run takes the README's first two ```bash blocks: install + the main job, then the tests."""
-    blocks = re.findall(r"```bash\n(.*?)```", README, re.S)
+    blocks = re.findall(r"```bash\n(.*?)```", README, re.DOTALL)
     assert len(blocks) >= 2
     install, tests = blocks[0], blocks[1]
     assert "pip install -e '.[dev]'" in install and "vit predict" in install
@@ -44,7 +44,7 @@ def test_readme_links_and_picture_exist():
 def test_mkdocs_build_strict(tmp_path):
     """Every page in the nav exists and every link, image and anchor in it resolves."""
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            check=False, cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "site" / "reference" / "index.html").is_file()

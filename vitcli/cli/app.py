@@ -29,7 +29,7 @@ class VitGroup(TyperGroup):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except Exception as exc:  # noqa: BLE001 - typer vendors click: its exceptions are known by name
+        except Exception as exc:  # typer vendors click: its exceptions are known by name
             names = {cls.__name__ for cls in type(exc).__mro__}
             if "NoArgsIsHelpError" in names:  # `vit` alone: the help is already printed
                 code = 2
@@ -89,8 +89,8 @@ def _term_as_interrupt():
 
 def _click_error(exc) -> int:
     """One `error:` line (and a `hint:` naming the usage and --help) for a click exception: its exit code."""
-    from vitcli.errors import report
     from vitcli.errors import UsageError as VitUsageError
+    from vitcli.errors import report
 
     message = exc.format_message().strip()
     message = message[:1].lower() + message[1:] if message[:2] != message[:2].upper() else message

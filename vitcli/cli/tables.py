@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 GAP = 2  # spaces between columns
 
@@ -56,7 +56,7 @@ def relative_paths(paths: Sequence[str]) -> tuple[str, list[str]]:
     if root in ("", "."):
         return "", list(paths)
     prefix = root.rstrip(os.sep) + os.sep
-    return prefix, [p[len(prefix):] if p.startswith(prefix) else p for p in paths]
+    return prefix, [p.removeprefix(prefix) for p in paths]
 
 
 def print_table(columns: Sequence[Column], rows: Sequence[Sequence], *, title: str | None = None,
