@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from vitcli.cli.options import DEFAULT_MODEL, ImgSizeOpt, JsonOpt, ModelOpt, OfflineOpt, OutputFileOpt
+from vitcli.cli.options import DEFAULT_MODEL, ImgSizeOpt, JsonOpt, ModelOpt, OfflineOpt
+
+ExportFileOpt = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", help="The file to write, ending in .onnx or .pt2 (default: the model's name with that suffix, "
+                           "in the current folder).", show_default=False)]
 
 
 def export(
@@ -14,7 +19,7 @@ def export(
     format: Annotated[str, typer.Option(
         "--format", "-f", help="onnx (onnxruntime; preprocessing and label names in its metadata) | pt2 "
                                "(torch.export).")] = "onnx",
-    output: OutputFileOpt = None,
+    output: ExportFileOpt = None,
     img_size: ImgSizeOpt = None,
     dynamic_batch: Annotated[bool, typer.Option(
         "--dynamic-batch/--static-batch", help="A batch axis of any size (default), or batch 2 only.")] = True,

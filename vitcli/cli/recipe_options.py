@@ -77,7 +77,7 @@ RProject = Annotated[Optional[Path], typer.Option("--project", help="Parent of t
                                                   show_default=False)]
 RReportTo = Annotated[Optional[str], typer.Option(
     "--report-to", help="tensorboard | wandb | tensorboard,wandb | none (default): also send the scalars there "
-                        "(extras vitcli[tensorboard], vitcli[wandb]).", show_default=False)]
+                        "(extras vitcli\\[tensorboard], vitcli\\[wandb]).", show_default=False)]
 RResume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this run folder.",
                                                  show_default=False)]
 RDryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")]

@@ -28,7 +28,7 @@ def visualize(
         "--filters", help="Principal components of the patch-embedding filters (paper Fig. 7 left).")] = False,
     gradcam: Annotated[bool, typer.Option(
         "--gradcam", help="Class-specific saliency overlay per image (pytorch-grad-cam: ViT/DeiT, PoolFormer/MetaFormer, "
-                          "CNNs); needs vitcli[gradcam].")] = False,
+                          "CNNs); needs vitcli\\[gradcam].")] = False,
     method: Annotated[str, typer.Option("--method", help=f"Grad-CAM variant: {_METHODS}.")] = "gradcam",
     target: Annotated[Optional[str], typer.Option(
         "--target", help="The class to explain: a label name of the model or an index (default: the predicted "
