@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vitcli.train import card
+from vitcli.hub import card
 
 
 def _run_folder(tmp_path: Path, model: str, summary: dict) -> Path:
