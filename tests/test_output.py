@@ -89,8 +89,8 @@ def test_results_on_stdout_messages_on_stderr(long_label_model, make_images):
                                       str(image.parent / "missing.png")])
     assert result.exit_code == 1
     assert result.stdout.splitlines()[1].split("\t")[0] == str(image)  # the result
-    assert "on cpu" in result.stderr and "error:" in result.stderr and "warning:" in result.stderr
-    assert "error" not in result.stdout and "on cpu" not in result.stdout
+    assert " cpu " in result.stderr and "error:" in result.stderr and "warning:" in result.stderr
+    assert "error" not in result.stdout and " cpu " not in result.stdout
 
 
 def test_a_result_table_goes_to_stdout(capsys, monkeypatch):
