@@ -183,8 +183,8 @@ def render_sweep(result) -> None:
 
     tables.print_table([tables.Column(name, right=c not in ("setting", "status"))
                         for c, name in zip(COLUMNS, columns(result))], table_rows(result, reasons=False),
-                       styles=["bold green" if r is result.winner else ("red" if r.status in ("failed", "diverged") else None)
-                               for r in result.rows])
+                       styles=["bold green" if r is result.winner
+                               else ("red" if r.status in ("failed", "diverged") else None) for r in result.rows])
     for r in result.rows:
         if r.status == "failed":
             sink.error(f"{label(r.setting)}: {r.error}", label="failed:")
