@@ -23,6 +23,25 @@ class VitGroup(TyperGroup):
     def list_commands(self, ctx):  # keep registration order in --help
         return list(self.commands)
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Click's usage errors in vitcli's one error style (`error:` + `hint:`, exit 2), not typer's box."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except Exception as exc:  # typer vendors click: its exceptions are known by name
+            names = {cls.__name__ for cls in type(exc).__mro__}
+            if "NoArgsIsHelpError" in names:  # `vit` alone: the help is already printed
+                code = 2
+            elif "ClickException" in names:
+                code = _click_error(exc)
+            elif "Abort" in names:
+                print("error: aborted", file=sys.stderr)
+                code = 1
+            else:
+                raise
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx):
         try:
             with _term_as_interrupt():
@@ -66,6 +85,23 @@ def _term_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _click_error(exc) -> int:
+    """One `error:` line (and a `hint:` naming the usage and --help) for a click exception: its exit code."""
+    from vitcli.errors import UsageError as VitUsageError
+    from vitcli.errors import report
+
+    message = exc.format_message().strip()
+    message = message[:1].lower() + message[1:] if message[:2] != message[:2].upper() else message
+    ctx = getattr(exc, "ctx", None)
+    hint = None
+    if ctx is not None:
+        usage = ctx.get_usage().strip().removeprefix("Usage: ").strip()
+        hint = f"usage: {usage} (see `{ctx.command_path} --help`)"
+    error = VitUsageError(" ".join(message.split()).rstrip("."), hint)
+    error.exit_code = exc.exit_code
+    return report(error)
 
 
 app = typer.Typer(

@@ -73,9 +73,8 @@ def benchmark(
 
 
 def _render(r) -> None:
-    from rich.table import Table
-
     from vitcli import output as sink
+    from vitcli.cli import tables
 
     sink.out().print(
         f"{r.architecture} ({r.params_m:.1f} M params) on {r.device} {r.precision}, {r.threads} threads, "
@@ -86,19 +85,18 @@ def _render(r) -> None:
     if r.train is not None:
         phases.append(("training", r.train, r.timm_train, r.train_speedup, r.timm_fp32_train))
     for phase, ours, timm, ratio, timm_fp32 in phases:
-        table = Table(box=None, pad_edge=False, title=phase, title_justify="left", title_style="bold")
-        for name in ("loop", "img/s", "GFLOP/s", "% ceiling", "p50 ms", "p90 ms", "p99 ms", "peak MB"):
-            table.add_column(name, justify="left" if name == "loop" else "right", no_wrap=True)
+        columns = [tables.Column(name, right=name != "loop", wrap="none")
+                   for name in ("loop", "img/s", "GFLOP/s", "% ceiling", "p50 ms", "p90 ms", "p99 ms", "peak MB")]
         rows = [("vitcli", ours), ("timm eager", timm)] + ([("timm eager fp32", timm_fp32)] if timm_fp32 else [])
-        for loop, f in rows:
-            table.add_row(loop, f"{f.img_s:.1f}", f"{f.gflop_s:.1f}",
-                          f"{f.ceiling_pct:.0f} %" if f.ceiling_pct is not None else "-",
-                          f"{f.latency_ms['p50']:.1f}", f"{f.latency_ms['p90']:.1f}", f"{f.latency_ms['p99']:.1f}",
-                          f"{f.peak_mem_mb:.0f}" if f.peak_mem_mb is not None else "-")
-        table.add_row("ratio", f"{ratio:.2f}x", style="bold")
+        cells = [(loop, f"{f.img_s:.1f}", f"{f.gflop_s:.1f}",
+                  f"{f.ceiling_pct:.0f} %" if f.ceiling_pct is not None else "-",
+                  f"{f.latency_ms['p50']:.1f}", f"{f.latency_ms['p90']:.1f}", f"{f.latency_ms['p99']:.1f}",
+                  f"{f.peak_mem_mb:.0f}" if f.peak_mem_mb is not None else "-") for loop, f in rows]
+        cells.append(("ratio", f"{ratio:.2f}x"))
         if timm_fp32:
-            table.add_row("vs fp32", f"{ours.img_s / timm_fp32.img_s:.2f}x", style="bold")
-        sink.out().print(table)
+            cells.append(("vs fp32", f"{ours.img_s / timm_fp32.img_s:.2f}x"))
+        tables.print_table(columns, cells, title=phase,
+                           styles=[None] * len(rows) + ["bold"] * (len(cells) - len(rows)))
     if r.compile_s is not None:
         sink.out().print(f"compile: {r.compile_s:.1f} s (first call, not in the figures)")
     if r.peak_tflops:

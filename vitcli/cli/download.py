@@ -10,7 +10,7 @@ from vitcli.cli.options import JsonOpt
 
 
 def download(
-    model: Annotated[str, typer.Argument(help="timm name with a pretrained tag, or hf-hub:org/name[@rev].")],
+    model: Annotated[str, typer.Argument(help="timm name with a pretrained tag, or hf-hub:org/name\\[@rev].")],
     fast_start: Annotated[bool, typer.Option(
         "--fast-start/--no-fast-start", help="Also write the ONNX copy that `--backend onnx` serves without torch "
                                              "(10-40 s, once; VIT_EXPORT=0 turns it off everywhere).")] = True,

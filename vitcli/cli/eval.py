@@ -164,14 +164,10 @@ def _warn_failed(failed: list[dict]) -> None:
 
 
 def _render(result) -> None:
-    from rich.table import Table
-
     from vitcli import output as sink
+    from vitcli.cli import tables
 
     s = result.summary
-    table = Table(box=None, pad_edge=False, show_header=False)
-    table.add_column("metric", style="bold")
-    table.add_column("value", justify="right")
     rows = [("images", f"{s['num_images']}" + (f" ({s['num_failed']} unreadable)" if s["num_failed"] else "")),
             ("top-1", f"{s['top1']:.2f} %"), ("top-5", f"{s['top5']:.2f} %")]
     if "real_top1" in s:
@@ -179,36 +175,27 @@ def _render(result) -> None:
     rows += [("loss", f"{s['loss']:.4f}"), ("ECE (15 bins)", f"{s['ece']:.2f} %"),
              ("macro precision", f"{s['macro_precision']:.2f} %"), ("macro recall", f"{s['macro_recall']:.2f} %"),
              ("macro F1", f"{s['macro_f1']:.2f} %"), ("throughput", f"{s['images_per_second']} img/s")]
-    for name, value in rows:
-        table.add_row(name, value)
-    sink.out().print(table)
+    tables.print_table([tables.Column("metric"), tables.Column("value", right=True, wrap="none")], rows,
+                       header=False)
     if s.get("precision_note"):
         sink.info(s['precision_note'], style="dim")
     if result.most_confused:
-        confused = Table(box=None, pad_edge=False, title="most confused (true -> predicted)", title_justify="left")
-        confused.add_column("true")
-        confused.add_column("predicted")
-        confused.add_column("images", justify="right")
-        for row in result.most_confused[:5]:
-            confused.add_row(_short(row["true"]), _short(row["predicted"]), str(row["count"]))
-        sink.out().print(confused)
+        tables.print_table([tables.Column("true"), tables.Column("predicted"), tables.Column("images", right=True)],
+                           [(_short(row["true"]), _short(row["predicted"]), str(row["count"]))
+                            for row in result.most_confused[:5]],
+                           title="most confused (true -> predicted)")
 
 
 def _render_few_shot(result: dict) -> None:
-    from rich.table import Table
-
     from vitcli import output as sink
+    from vitcli.cli import tables
 
     sweep = result.get("l2_sweep") or {_key(result["l2"]): result["few_shot"]}
-    table = Table(box=None, pad_edge=False,
-                  title=f"few-shot top-1 on {result['dataset']} {result['test_split']} "
-                        f"({result['num_test']} images), mean ± std over seeds", title_justify="left")
-    table.add_column("shots", justify="right")
-    for l2 in sweep:
-        table.add_column(f"l2={l2}", justify="right")
-    for shots in result["few_shot"]:
-        table.add_row(shots, *(f"{sweep[l2][shots]['mean']:.2f} ± {sweep[l2][shots]['std']:.2f}" for l2 in sweep))
-    sink.out().print(table)
+    columns = [tables.Column("shots", right=True)] + [tables.Column(f"l2={l2}", right=True) for l2 in sweep]
+    rows = [(shots, *(f"{sweep[l2][shots]['mean']:.2f} ± {sweep[l2][shots]['std']:.2f}" for l2 in sweep))
+            for shots in result["few_shot"]]
+    tables.print_table(columns, rows, title=f"few-shot top-1 on {result['dataset']} {result['test_split']} "
+                                            f"({result['num_test']} images), mean ± std over seeds")
     seeds = next(iter(result["few_shot"].values()))["seeds"]
     sink.info(f"{seeds} seed(s), {result['feature_dim']}-d features, {result['forward_passes']} new forward pass(es), "
               f"{result['seconds']} s", style="dim")

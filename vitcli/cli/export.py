@@ -7,7 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from vitcli.cli.options import DEFAULT_MODEL, ImgSizeOpt, JsonOpt, ModelOpt, OfflineOpt, OutputFileOpt
+from vitcli.cli.options import DEFAULT_MODEL, ImgSizeOpt, JsonOpt, ModelOpt, OfflineOpt
+
+ExportFileOpt = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", help="The file to write, ending in .onnx or .pt2 (default: the model's name with that suffix, "
+                           "in the current folder).", show_default=False)]
 
 
 def export(
@@ -32,7 +36,7 @@ def export(
         show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Keep an export below --min-agreement (with a warning).")
                      ] = False,
-    output: OutputFileOpt = None,
+    output: ExportFileOpt = None,
     img_size: ImgSizeOpt = None,
     dynamic_batch: Annotated[bool, typer.Option(
         "--dynamic-batch/--static-batch", help="A batch axis of any size (default), or batch 2 only.")] = True,

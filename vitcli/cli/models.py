@@ -62,18 +62,15 @@ def models(
 
 
 def _render(entries, show_tags: bool) -> None:
-    from rich.table import Table
-
     from vitcli import output as sink
+    from vitcli.cli import tables
 
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column("model", overflow="fold")
-    table.add_column("params (M)", justify="right")
-    table.add_column("GMACs", justify="right")
-    table.add_column("GFLOPs", justify="right")
-    table.add_column("input", justify="right")
+    columns = [tables.Column("model", wrap="none"), tables.Column("params (M)", right=True),
+               tables.Column("GMACs", right=True), tables.Column("GFLOPs", right=True),
+               tables.Column("input", right=True)]
     if show_tags:
-        table.add_column("pretrained tags", overflow="fold")
+        columns.append(tables.Column("pretrained tags"))
+    rows = []
     for e in entries:
         size = f"{e.input_size[1]}x{e.input_size[2]}" if e.input_size else "?"
         row = [e.model,
@@ -83,8 +80,8 @@ def _render(entries, show_tags: bool) -> None:
                size]
         if show_tags:
             row.append(", ".join(e.tags) if e.tags else "-")
-        table.add_row(*row)
-    sink.out().print(table)
+        rows.append(row)
+    tables.print_table(columns, rows)
     failed = [e for e in entries if e.error]
     if failed:
         sink.warn(f"{len(failed)} architecture(s) could not be counted without weights (shown as ?): "

@@ -22,7 +22,7 @@ import typer
 DEFAULT_MODEL = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
 P = "Recipe"  # help panel of the training settings a recipe fills
 
-_MODEL = ("timm name (with or without a pretrained tag), paper code (S/16), hf-hub:org/name[@rev], a local folder "
+_MODEL = ("timm name (with or without a pretrained tag), paper code (S/16), hf-hub:org/name\\[@rev], a local folder "
           "in Hub layout (config.json + model.safetensors) or a vit run folder.")
 _BATCH = ("Images per batch. Training: the images of one optimizer step, over all processes and --accum "
           "micro-batches.")

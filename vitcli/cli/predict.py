@@ -84,40 +84,52 @@ def predict(
         raise typer.Exit(1)
 
 
+PLAIN_HEADER = ("image", "rank", "label", "index", "score")
+
+
 def _emit(pred, json_out: bool, writer, rows: list, ran: dict) -> None:
     from vitcli import output as sink
+    from vitcli.cli import tables
 
     if writer:
         writer.write(pred)
     if json_out:
         sink.emit_json({**pred.to_json(), "backend": ran["backend"], "precision": ran["precision"]})
-    else:
-        rows.append(pred)
-        if pred.error:
-            sink.error(f"{pred.path}: {pred.error}")
+        return
+    if pred.error:
+        sink.error(f"{pred.path}: {pred.error}")
+        return
+    if tables.plain():  # a pipe: each result as it comes, one tab-separated line per label, paths whole
+        if not rows:
+            tables.plain_line(PLAIN_HEADER)
+        if not pred.predictions:  # a multi-label model: no label at or above its threshold
+            tables.plain_line([pred.path, "", "(none)", "", ""])
+        for rank, p in enumerate(pred.predictions, 1):
+            tables.plain_line([pred.path, rank, p["label"], p["index"], f"{p['score']:.4f}"])
+    rows.append(pred)  # the predictions shown (a table on a terminal, at the end)
 
 
 def _render_table(rows) -> None:
-    from rich.table import Table
-
+    """On a terminal: one table fitted to its width, paths relative to the folder that holds them all."""
     from vitcli import output as sink
+    from vitcli.cli import tables
 
-    table = Table(show_lines=False, box=None, pad_edge=False)
-    table.add_column("image", overflow="fold")
-    table.add_column("#", justify="right")
-    table.add_column("label")
-    table.add_column("index", justify="right")
-    table.add_column("score", justify="right")
-    for pred in rows:
-        if pred.error:
-            continue
+    if not rows or tables.plain():
+        return
+    root, shown = tables.relative_paths([pred.path for pred in rows])
+    ranks = max(len(pred.predictions or ()) for pred in rows) > 1  # no rank column for -k 1
+    columns = [tables.Column("image", wrap="path")] + ([tables.Column("#", right=True)] if ranks else []) + [
+        tables.Column("label"), tables.Column("index", right=True), tables.Column("score", right=True)]
+    cells = []
+    for pred, path in zip(rows, shown):
         if not pred.predictions:  # a multi-label model: no label at or above its threshold
-            table.add_row(pred.path, "", "(none)", "", "", end_section=True)
+            cells.append([path] + ([""] if ranks else []) + ["(none)", "", ""])
         for rank, p in enumerate(pred.predictions, 1):
-            table.add_row(pred.path if rank == 1 else "", str(rank), p["label"], str(p["index"]),
-                          f"{p['score']:.4f}", end_section=rank == len(pred.predictions))
-    if table.rows:
-        sink.out().print(table)
+            cells.append([path if rank == 1 else ""] + ([str(rank)] if ranks else [])
+                         + [p["label"], str(p["index"]), f"{p['score']:.4f}"])
+    if root:
+        sink.info(f"images in {root}", style="dim")
+    tables.print_table(columns, cells)
 
 
 class _FileWriter:

@@ -83,7 +83,7 @@ RProject = Annotated[Optional[Path], typer.Option("--project", help="Parent of t
                                                   show_default=False)]
 RReportTo = Annotated[Optional[str], typer.Option(
     "--report-to", help="tensorboard | wandb | tensorboard,wandb | none (default): also send the scalars there "
-                        "(extras vitcli[tensorboard], vitcli[wandb]).", show_default=False)]
+                        "(extras vitcli\\[tensorboard], vitcli\\[wandb]).", show_default=False)]
 RResume = Annotated[Optional[Path], typer.Option(
     "--resume", help="Continue the run in this run folder; with no folder (or `last`), the latest unfinished run of "
                      "this command in --project.", show_default=False)]
@@ -174,13 +174,9 @@ def _run(command: str, options: dict) -> None:
 
 
 def render(summary: dict) -> None:
-    from rich.table import Table
+    from vitcli.cli import tables
 
-    from vitcli import output
-
-    table = Table(box=None, show_header=False, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
+    rows = []
     labels = {"val_top1": f"{summary.get('selection_split') or 'val'} top-1 (best)", "test_top1": "test top-1",
               "val_mAP": f"{summary.get('selection_split') or 'val'} mAP (best)", "test_mAP": "test mAP",
               "img_s": "train img/s", "run_dir": "run folder", "best_step": "best at step"}
@@ -194,30 +190,20 @@ def render(summary: dict) -> None:
             value = f"{value:.2f} %"
         elif key == "params":
             value = f"{value / 1e6:.2f} M"
-        table.add_row(labels.get(key, key.replace("_", " ")), str(value))
-    output.out().print(table)
+        rows.append((labels.get(key, key.replace("_", " ")), str(value)))
+    tables.print_table([tables.Column("key", wrap="none"), tables.Column("value", wrap="path")], rows, header=False)
 
 
 def render_sweep(result) -> None:
-    """The comparison table on stdout (rich), the winner and the saved files on stderr."""
-    from rich.console import Console
-    from rich.measure import Measurement
-    from rich.table import Table
-
+    """The comparison table on stdout (vitcli.cli.tables), the winner and the saved files on stderr."""
     from vitcli import output as sink
+    from vitcli.cli import tables
     from vitcli.train.sweep import COLUMNS, columns, label, table_rows
 
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for c, name in zip(COLUMNS, columns(result)):
-        table.add_column(name, justify="left" if c in ("setting", "status") else "right")
-    for r, row in zip(result.rows, table_rows(result, reasons=False)):
-        style = "bold green" if r is result.winner else ("red" if r.status in ("failed", "diverged") else None)
-        table.add_row(*row, style=style)
-    console = sink.out()
-    natural = Measurement.get(console, console.options.update_width(1000), table).maximum
-    if console.width < natural <= 200:  # one line per setting, never folded (logs, narrow pipes)
-        console = Console(file=console.file, width=natural, soft_wrap=True, color_system=console.color_system)
-    console.print(table)
+    tables.print_table([tables.Column(name, right=c not in ("setting", "status"))
+                        for c, name in zip(COLUMNS, columns(result))], table_rows(result, reasons=False),
+                       styles=["bold green" if r is result.winner
+                               else ("red" if r.status in ("failed", "diverged") else None) for r in result.rows])
     for r in result.rows:
         if r.status == "failed":
             sink.error(f"{label(r.setting)}: {r.error}", label="failed:")

@@ -23,27 +23,43 @@ RECIPE_KEYS = ("model", "dataset", "recipe", "steps", "epochs", "batch_size", "o
 
 
 def base_model(spec: str | None) -> str | None:
-    """The Hub repository a fine-tuned run started from, when it is one."""
+    """The Hub repository a fine-tuned run started from, when it is one: an hf-hub: id, a timm name or
+    paper code with Hub weights, or a folder of the Hugging Face cache (models--org--name/snapshots/...)."""
     if not spec:
         return None
     if spec.startswith("hf-hub:"):
         return spec[len("hf-hub:"):].split("@", 1)[0]
     if Path(spec).expanduser().exists():
-        return None
+        cached = [p for p in Path(spec).expanduser().resolve().parts if p.startswith("models--")]
+        return "/".join(cached[-1].split("--")[1:]) if cached else None
     try:
         from timm.models import get_pretrained_cfg
 
-        cfg = get_pretrained_cfg(spec)
+        from vitcli.models.resolver import PAPER_CODES
+
+        cfg = get_pretrained_cfg(PAPER_CODES.get(spec, spec))
     except Exception:  # noqa: BLE001 - an unknown or tagless name: no base model in the metadata
         return None
     return getattr(cfg, "hf_hub_id", None) or None
 
 
+def public(value) -> str:
+    """A value as a published card shows it: a local path becomes its last part (no home folders or machine
+    layout on the Hub); names, Hub ids (hf-hub:org/name, hf:NAME) and numbers stay as they are."""
+    text = str(value)
+    if "=" in text and text.startswith("--"):  # --dataset=/data/x
+        flag, _, rest = text.partition("=")
+        return f"{flag}={public(rest)}"
+    local = text.startswith(("/", "./", "../", "~")) or ("/" in text and ":" not in text
+                                                          and Path(text).expanduser().exists())
+    return (Path(text.rstrip("/")).name or text) if local else text
+
+
 def command_line(argv: list | None) -> str | None:
-    """`vit finetune ...` from the sys.argv recorded in run.json (whatever started the process)."""
+    """`vit finetune ...` from the sys.argv recorded in run.json (whatever started the process), paths shortened."""
     if not argv:
         return None
-    return shlex.join(["vit", *map(str, argv[1:])])
+    return shlex.join(["vit", *map(public, argv[1:])])
 
 
 def _percent(value) -> str:
@@ -84,21 +100,24 @@ def model_card(folder: Path, repo_id: str) -> str:
                          datasets=[hub_dataset] if hub_dataset else None, metrics=["accuracy"])
     arch = model_config.get("architecture", "a timm model")
     labels = model_config.get("label_names") or []
-    how = f"fine-tuned from `{cfg.get('model')}`" if command == "finetune" else "trained from scratch"
+    how = f"fine-tuned from `{public(cfg.get('model'))}`" if command == "finetune" else "trained from scratch"
     lines = ["---", data.to_yaml(), "---", MARK, "", f"# {repo_id.rsplit('/', 1)[-1]}", "",
              f"`{arch}` ({summary.get('params', 0) / 1e6:.2f} M parameters, {summary.get('img_size', '?')} px) "
-             f"{how} on `{dataset or '?'}` ({len(labels)} classes) with vitcli's `vit {command or 'finetune'}` (on "
+             f"{how} on `{public(dataset or '?')}` ({len(labels)} classes) with vitcli's `vit {command or 'finetune'}` (on "
              "top of [timm](https://github.com/huggingface/pytorch-image-models)).", ""]
     split = summary.get("selection_split") or "val"
-    lines += ["## Results", "", "| split | top-1 |", "|---|---|",
-              f"| {split} (selects the model; best at step {summary.get('best_step', '-')}) | "
-              f"{_percent(summary.get('val_top1'))} |"]
+    best = summary.get("best_step")
+    chosen = f"selects the model; best at step {best}" if best is not None else "the last model is kept"
+    lines += ["## Results", "", "| split | top-1 |", "|---|---|"]
+    if summary.get("val_top1") is not None:
+        lines.append(f"| {split} ({chosen}) | {_percent(summary['val_top1'])} |")
     if summary.get("test_top1") is not None:
         lines.append(f"| test (the selected model, once) | {_percent(summary['test_top1'])} |")
     if run.get("status") and run["status"] != "finished":
         lines += ["", f"The run did not finish (status: {run['status']}); this is its best model so far."]
     lines += ["", "## Recipe", "", "| setting | value |", "|---|---|"]
-    lines += [f"| {k} | `{json.dumps(cfg[k])}` |" for k in RECIPE_KEYS if cfg.get(k) is not None]
+    lines += [f"| {k} | `{json.dumps(public(cfg[k]) if k in ('model', 'dataset') else cfg[k])}` |"
+              for k in RECIPE_KEYS if cfg.get(k) is not None]
     table = _results_table(folder)
     if table:
         lines += ["", "## Training", "", *table]

@@ -49,15 +49,26 @@ def _explained(fn):
         except Exception as e:
             if env.offline() and caused_by(e, "OfflineModeIsEnabled", "LocalEntryNotFoundError",
                                            "IncompleteSnapshotError"):
-                raise HubError("offline mode is on and this model is not in the cache",
-                               "run `vit download MODEL` once while online (or unset HF_HUB_OFFLINE / drop "
-                               "--offline)") from e
+                import inspect
+
+                call = inspect.signature(fn).bind(*args, **kwargs).arguments
+                raise _offline_error(call["repo_id"], call.get("revision"), call.get("refresh", False)) from e
             if caused_by(e, "ConnectError", "ConnectTimeout"):
                 raise HubError(f"cannot connect to the Hugging Face Hub at {env.endpoint()}",
                                "check your network or HF_ENDPOINT; with the model cached, add --offline") from e
             raise
 
     return wrapper
+
+
+def _offline_error(repo_id: str, revision: str | None, refresh: bool) -> HubError:
+    """Offline and not cached: name the model; `vit download` itself (refresh) is told it needs the network."""
+    model = f"hf-hub:{repo_id}" + (f"@{revision}" if revision else "")
+    if refresh:
+        return HubError(f"offline mode is on and {model} is not in the cache: downloading it needs the network",
+                        "unset HF_HUB_OFFLINE (or set it to 0) and run it again while online")
+    return HubError(f"offline mode is on and {model} is not in the cache",
+                    f"run `vit download {model}` once while online (or unset HF_HUB_OFFLINE / drop --offline)")
 
 
 @_explained
