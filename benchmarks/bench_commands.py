@@ -40,13 +40,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 MODEL_NAME = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
-TASKS = ("help", "predict-1", "predict-500", "finetune")
+TASKS = ("help", "predict-1", "predict-1-onnx", "predict-500", "finetune")
 
 
-def sh(cmd: list[str], env: dict, stdout=subprocess.DEVNULL, check: bool = True, timeout: float = 900):
+def sh(cmd: list[str], env: dict, stdout=subprocess.DEVNULL, check: bool = True, timeout: float = 900, cwd=REPO):
     """Run a command; (seconds, stdout text or None, stderr text)."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=REPO, stdout=stdout, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.run(cmd, env=env, cwd=cwd, stdout=stdout, stderr=subprocess.PIPE, text=True,
                           timeout=timeout)
     seconds = time.perf_counter() - start
     if check and proc.returncode != 0:
@@ -105,22 +105,28 @@ def start_hub(assets: Path, env: dict) -> subprocess.Popen | None:
     return None
 
 
+BEFORE: Path | None = None  # --before DIR: another checkout's vitcli, timed as a third side in the same run
+
+
 def alternate(name: str, a: list[str], b: list[str], env: dict, repeats: int, parse=None) -> dict:
-    """ABBA... timing of two commands; `parse(side, stdout, stderr) -> dict` collects figures a command
-    prints."""
-    times = {"vit": [], "timm": []}
-    extra = {"vit": [], "timm": []}
+    """ABBA... timing of two commands (three with --before: the same vit command run in that checkout);
+    `parse(side, stdout, stderr) -> dict` collects figures a command prints."""
+    sides = [("vit", a, REPO), ("timm", b, REPO)]
+    if BEFORE is not None and a[:3] == [sys.executable, "-m", "vitcli"]:
+        old = [x for i, x in enumerate(a) if x != "--backend" and (i == 0 or a[i - 1] != "--backend")]
+        sides.append(("before", old, BEFORE))  # before --backend existed, the copy was picked by itself
+    times = {side: [] for side, _, _ in sides}
+    extra = {side: [] for side, _, _ in sides}
     for i in range(repeats):
-        order = [("vit", a), ("timm", b)] if i % 2 == 0 else [("timm", b), ("vit", a)]
-        for side, cmd in order:
-            seconds, out, err = sh(cmd, env, stdout=subprocess.PIPE if parse else subprocess.DEVNULL)
+        order = sides if i % 2 == 0 else sides[::-1]
+        for side, cmd, cwd in order:
+            seconds, out, err = sh(cmd, env, stdout=subprocess.PIPE if parse else subprocess.DEVNULL, cwd=cwd)
             times[side].append(seconds)
             if parse:
                 extra[side].append(parse(side, out, err))
-        print(f"  {name} {i + 1}/{repeats}: vit {times['vit'][-1]:.2f} s, timm {times['timm'][-1]:.2f} s",
+        print(f"  {name} {i + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
               file=sys.stderr, flush=True)
-    result = {"name": name, "vit": times["vit"], "timm": times["timm"],
-              "vit_median": statistics.median(times["vit"]), "timm_median": statistics.median(times["timm"])}
+    result = {"name": name, **times, **{f"{k}_median": statistics.median(v) for k, v in times.items()}}
     if parse:
         result["extra"] = extra
     return result
@@ -201,9 +207,14 @@ def main() -> None:
     parser.add_argument("--ft-steps", type=int, default=8)
     parser.add_argument("--only", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"), help="report file ('-': stdout only)")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="another checkout (e.g. a git worktree of the previous commit): its `python -m vitcli` "
+                             "is timed as a third side of every vit command, in the same run")
     parser.add_argument("--precision", default=None,
                         help="pass --precision to vit predict / finetune (fp32: vitcli as on a CPU without native bf16)")
     args = parser.parse_args()
+    global BEFORE
+    BEFORE = args.before.resolve() if args.before else None
 
     assets = args.assets.resolve()
     if not (assets / "models" / MODEL_NAME / "model.safetensors").is_file():
@@ -256,6 +267,10 @@ def main() -> None:
             results.append(alternate("predict-1", vit + ["predict", "--model", model_vit, str(one)] + prec,
                                      [py, str(HERE / "timm_predict.py"), "--model", model_timm, str(one)], env,
                                      args.repeats))
+        if "predict-1-onnx" in args.only:  # the fast start, asked for (the default is the torch model)
+            results.append(alternate("predict-1-onnx", vit + ["predict", "--model", model_vit, str(one), "--backend", "onnx"],
+                                     [py, str(HERE / "timm_predict.py"), "--model", model_timm, str(one)], env,
+                                     args.repeats))
         if "predict-500" in args.only:
             results.append(alternate(
                 "predict-500", vit + ["predict", "--model", model_vit, str(folder500), "--json", "-b", "32"] + prec,
@@ -290,16 +305,23 @@ def main() -> None:
             + (f"`--precision {args.precision}` given" if args.precision else "what `--precision auto` chose here")
             + ").",
             "",
-            "| task | vit median (s) | timm median (s) | vit / timm time | speed-up | target | runs per side |",
-            "| --- | ---: | ---: | ---: | ---: | --- | ---: |",
+            "| task | vit median (s) | timm median (s) | vit / timm time | speed-up | target | runs per side |"
+            + (" before median (s) | before / timm time |" if BEFORE else ""),
+            "| --- | ---: | ---: | ---: | ---: | --- | ---: |" + (" ---: | ---: |" if BEFORE else ""),
         ]
+        if BEFORE:
+            lines.insert(-2, f"before = `python -m vitcli` run in {BEFORE}, alternating with the two others. The "
+                             "before side's predict-1 with --backend onnx is its default predict (it picked the "
+                             "fast-start copy by itself).")
         folder_target = 2.5 if native_bf16() else 1.25  # a CPU with native bf16: issue 15's 2.5x
         targets = {"help": ("vit median <= 0.3 s", lambda r: r["vit_median"] <= 0.3),
-                   "predict-1": ("vit / timm time <= 0.2", lambda r: r["vit_median"] / r["timm_median"] <= 0.2),
+                   "predict-1": ("(the torch model, default)", None),
+                   "predict-1-onnx": ("vit / timm time <= 0.2", lambda r: r["vit_median"] / r["timm_median"] <= 0.2),
                    "predict-500": (f"speed-up >= {folder_target}x",
                                    lambda r: r["timm_median"] / r["vit_median"] >= folder_target),
                    "finetune": ("training img/s >= 1.0x (below)", None)}
         labels = {"help": "`--help`", "predict-1": "predict, 1 image (cold process)",
+                  "predict-1-onnx": "predict, 1 image, `--backend onnx` (cold process)",
                   "predict-500": f"predict, {n_jpegs} JPEGs, batch 32",
                   "finetune": f"finetune, {args.ft_steps} steps of 32 + 1 eval (wall)"}
         for r in results:
@@ -307,7 +329,9 @@ def main() -> None:
             verdict = "" if check is None else (" (met)" if check(r) else " (NOT met)")
             lines.append(f"| {labels[r['name']]} | {r['vit_median']:.2f} | {r['timm_median']:.2f} | "
                          f"{r['vit_median'] / r['timm_median']:.2f} | {r['timm_median'] / r['vit_median']:.2f}x | "
-                         f"{target}{verdict} | {len(r['vit'])} |")
+                         f"{target}{verdict} | {len(r['vit'])} |"
+                         + (f" {r['before_median']:.2f} | {r['before_median'] / r['timm_median']:.2f} |"
+                            if "before_median" in r else (" | |" if BEFORE else "")))
         p500 = next((r for r in results if r["name"] == "predict-500"), None)
         if p500 is not None and all(e for e in p500["extra"]["vit"]):
             model = [e["model_img_s"] for e in p500["extra"]["vit"]]
@@ -339,8 +363,8 @@ def main() -> None:
             ]
         lines += ["", "Every run (seconds):", ""]
         for r in results:
-            lines.append(f"- {r['name']}: vit {', '.join(f'{x:.2f}' for x in r['vit'])}; "
-                         f"timm {', '.join(f'{x:.2f}' for x in r['timm'])}")
+            lines.append(f"- {r['name']}: " + "; ".join(f"{side} {', '.join(f'{x:.2f}' for x in r[side])}"
+                                                        for side in ("vit", "timm", "before") if side in r))
     finally:
         if hub is not None:
             hub.terminate()

@@ -1,4 +1,4 @@
-"""Side by side: training steps with and without vitcli's oneDNN training linears (vitcli.inference.kernels).
+"""Side by side: training steps with and without vitcli's oneDNN training linears (vitcli.accel.kernels).
 
 The same model twice (deep copies, same weights), fused SGD on both, alternating in rounds so that a
 noisy machine slows both alike; the median step time of each. vitcli keeps the training half of the
@@ -18,7 +18,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from vitcli.inference import kernels
+from vitcli.accel import kernels
 
 
 def cpu_name() -> str:

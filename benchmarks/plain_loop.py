@@ -86,6 +86,8 @@ def main():
     test_set = ImageFolder(f"{args.data}/test", transform=create_transform(**cfg))
     loader = torch.utils.data.DataLoader(train_set, batch_size=batch, shuffle=True, drop_last=True)
     steps = args.steps or math.ceil(args.epochs * len(loader))
+    if args.mode == "finetune":  # as vitcli's probe-cut budget: a tenth of a short run (10 from 100 steps)
+        warmup = min(warmup, max(1, steps // 10))
     if args.mode == "finetune":
         optimizer = create_optimizer_v2(model, "momentum", lr=0.01, momentum=0.9, weight_decay=0.0)
         scheduler = CosineLRScheduler(optimizer, t_initial=steps - warmup, warmup_t=warmup, warmup_prefix=True,

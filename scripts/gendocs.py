@@ -1,8 +1,9 @@
-"""Regenerate what is derived from the app: completions/ and README.md (from docs/sections/).
+"""Regenerate what is derived from the app: completions/ and the command reference, docs/reference.md.
 
-README.md is docs/sections/*.md in name order, with each `<!-- help: CMD -->` line replaced by the
-output of `vit CMD --help`. `--check` regenerates in memory and fails if a file on disk differs
-(tests/test_cli.py runs it, so stale completions or README help excerpts fail the suite).
+docs/reference.md holds `vit --help` and `vit CMD --help` for every command (nested groups included),
+rendered at a fixed width with no colour, so it changes only when a command or a help text does.
+`--check` regenerates in memory and fails if a file on disk differs (tests/test_cli.py runs it, so a
+stale reference or stale completions fail the suite).
 
     python scripts/gendocs.py          # write
     python scripts/gendocs.py --check  # exit 1 when anything is stale
@@ -11,7 +12,6 @@ output of `vit CMD --help`. `--check` regenerates in memory and fails if a file 
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -20,7 +20,7 @@ os.environ["NO_COLOR"] = "1"
 os.environ.pop("FORCE_COLOR", None)
 
 ROOT = Path(__file__).resolve().parents[1]
-HELP_MARK = re.compile(r"^<!-- help: ?(.*?) ?-->$", re.M)
+REFERENCE = ROOT / "docs" / "reference.md"
 SHELLS = {"bash": "vit.bash", "zsh": "_vit", "fish": "vit.fish"}
 
 
@@ -49,22 +49,45 @@ def help_text(command: str) -> str:
     return "\n".join(lines)
 
 
-def readme() -> dict[Path, str]:
-    parts = [p.read_text().strip("\n") for p in sorted((ROOT / "docs" / "sections").glob("*.md"))]
-    text = "\n\n".join(parts) + "\n"
+def commands() -> list[str]:
+    """Every command path in registration order, groups before their subcommands: ["predict", ...]."""
+    import click
+    import typer
 
-    def expand(match: re.Match) -> str:
-        cmd = match.group(1).strip()
-        title = f"vit {cmd} --help" if cmd else "vit --help"
-        return f"<details><summary><code>{title}</code></summary>\n\n```text\n{help_text(cmd)}\n```\n</details>"
+    from vitcli.cli import app
 
-    return {ROOT / "README.md": HELP_MARK.sub(expand, text)}
+    found = []
+
+    def walk(group: click.Group, prefix: list[str]) -> None:
+        ctx = click.Context(group)
+        for name in group.list_commands(ctx):
+            cmd = group.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            found.append(" ".join(prefix + [name]))
+            if isinstance(cmd, click.Group):
+                walk(cmd, prefix + [name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def reference() -> dict[Path, str]:
+    names = commands()
+    parts = ["# Command reference", "",
+             ("Generated from the app by `python scripts/gendocs.py` (a test fails when it is stale): the "
+              "`--help` of every command, as a 100-column terminal shows it."), "",
+             "\n".join(f"- [`vit {n}`](#vit-{n.replace(' ', '-')})" for n in names), "",
+             "## `vit`", "", "```text", help_text(""), "```"]
+    for name in names:
+        parts += ["", f"## `vit {name}`", "", "```text", help_text(name), "```"]
+    return {REFERENCE: "\n".join(parts) + "\n"}
 
 
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     stale = []
-    for path, content in {**completions(), **readme()}.items():
+    for path, content in {**completions(), **reference()}.items():
         current = path.read_text() if path.exists() else None
         if current != content:
             stale.append(path.relative_to(ROOT))

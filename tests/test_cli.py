@@ -81,7 +81,7 @@ def test_debug_shows_traceback_for_user_errors(monkeypatch):
 
 
 def test_generated_files_are_up_to_date():
-    """completions/ and README.md come from the app: regenerate with `python scripts/gendocs.py`."""
+    """completions/ and docs/reference.md come from the app: regenerate with `python scripts/gendocs.py`."""
     result = _run("scripts/gendocs.py", "--check")
     assert result.returncode == 0, result.stderr
 

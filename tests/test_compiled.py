@@ -1,4 +1,4 @@
-"""torch.compile where it pays (vitcli.inference.compiled), the loader/model throughput report, and the
+"""torch.compile where it pays (vitcli.accel.compiled), the loader/model throughput report, and the
 benchmark's fp32 baselines. The one real compile is of a sub-1M-parameter ViT at 32 px."""
 
 from __future__ import annotations
@@ -11,53 +11,37 @@ from typer.testing import CliRunner
 
 from tests.conftest import make_tiny_vit
 from vitcli.cli.app import app
-from vitcli.devices import Runtime
-from vitcli.inference import compiled
+from vitcli.accel.runtime import Runtime
+from vitcli.accel import compiled
 
 runner = CliRunner()
 CPU = Runtime(torch.device("cpu"), "fp32")
 
 
-def test_compiling_pays_only_when_the_images_left_save_more_than_it_costs():
-    # 60 s and 1.3x before anything was measured here: the saving is 23 % of the eager time left
-    assert not compiled.pays(1000, eager_img_s=10.0, record=None)  # 100 s eager -> saves 23 s < 60 s
-    assert compiled.pays(3000, eager_img_s=10.0, record=None)  # 300 s -> saves 69 s
-    measured = {"compile_s": 10.0, "speedup": 2.0}
-    assert compiled.pays(300, eager_img_s=10.0, record=measured)  # 30 s -> saves 15 s > 10 s
-    assert not compiled.pays(10**6, eager_img_s=10.0, record={"compile_s": 1.0, "speedup": 0.9})  # slower
-
-
-def test_short_jobs_and_vit_compile_0_stay_eager(monkeypatch):
+def test_nothing_compiles_unless_asked(monkeypatch):
     model = make_tiny_vit(10)
-    calls = []
-    monkeypatch.setattr(torch, "compile", lambda *a, **k: calls.append(1) or pytest.fail("must not compile"))
-    one = compiled.auto(model, CPU, n_images=1, batch_size=32, architecture="tiny")
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("must not compile"))
+    monkeypatch.delenv("VIT_COMPILE", raising=False)
+    assert compiled.wrap(model, CPU, compile=False, batch_size=4) is model  # the same answers every run
     monkeypatch.setenv("VIT_COMPILE", "0")
-    off = compiled.auto(model, CPU, n_images=10**6, batch_size=2, architecture="tiny")
-    with torch.inference_mode():
-        for _ in range(4):
-            assert one(torch.randn(1, 3, 32, 32)).shape == (1, 10)
-            assert off(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-    assert not calls and one.compiled is None and off.compiled is None
+    assert compiled.wrap(model, CPU, compile=False, batch_size=4) is model
 
 
-def test_a_long_job_is_measured_then_compiled_when_the_record_says_it_pays(monkeypatch):
+def test_compile_pads_short_batches_to_one_graph(monkeypatch):
     model = make_tiny_vit(10)
     fake = []
 
     def fake_compile(module, **kwargs):
         fake.append(kwargs)
-        return lambda x: module(x) + 0  # stands in for the compiled graph
+        return lambda x: (fake.append(tuple(x.shape)), module(x) + 0)[1]  # stands in for the compiled graph
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    monkeypatch.setattr(compiled, "pays", lambda left, rate, record: left > 0 and rate > 0)
-    fn = compiled.auto(model, CPU, n_images=40, batch_size=4, architecture="tiny")
+    fn = compiled.wrap(model, CPU, compile=True, batch_size=4)
     with torch.inference_mode():
-        outs = [fn(torch.randn(4, 3, 32, 32)) for _ in range(compiled.PROBE_BATCHES)]
-        assert fn.compiled is not None and fake == [{"dynamic": False}]
+        assert fn(torch.randn(4, 3, 32, 32)).shape == (4, 10) and fn.active
         x = torch.randn(3, 3, 32, 32)  # a short last batch: padded to one graph's shape, cut back
         assert torch.allclose(fn(x), model(x), atol=1e-6)
-    assert all(o.shape == (4, 10) for o in outs)
+    assert fake[0] == {"dynamic": False} and all(s == (4, 3, 32, 32) for s in fake[1:])
 
 
 @pytest.mark.slow
@@ -65,7 +49,7 @@ def test_vit_compile_1_compiles_a_tiny_vit_with_freezing_and_caches_it(monkeypat
     monkeypatch.setenv("VIT_COMPILE", "1")
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     model = make_tiny_vit(10)
-    fn = compiled.auto(model, CPU, n_images=8, batch_size=4, architecture="tiny")
+    fn = compiled.wrap(model, CPU, compile=False, batch_size=4)
     x = torch.randn(3, 3, 32, 32)
     with torch.inference_mode():
         out = fn(x)
@@ -111,7 +95,7 @@ def test_matmul_peak_is_measured():
 def test_channels_last_where_measured_faster_for_convolutional_models(monkeypatch):
     from torch import nn
 
-    from vitcli.inference import layout
+    from vitcli.accel import layout
 
     vit = make_tiny_vit(10)
     assert not layout.apply(vit, CPU)  # one convolution: never measured, never converted

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from vitcli.cli import app
-from vitcli.devices import canonical
+from vitcli.accel.runtime import canonical
 from vitcli.errors import UsageError
 from vitcli.train.config import resolve
 

@@ -173,15 +173,14 @@ def test_real_labels(tiny_vit_dir, tmp_path):
 
 
 def test_core_run_without_cli(tiny_vit_dir, tmp_path):
-    from vitcli.devices import runtime
     from vitcli.eval import evaluate, splits
-    from vitcli.models.resolver import load_model
+    from vitcli.inference.opened import open_model
 
     paths = _images(tmp_path / "val", 4)
     split = splits.open_labelled_folder(tmp_path / "val", _labels_file(tmp_path / "l.txt", [p.name for p in paths],
                                                                         [0, 0, 1, 1]))
-    loaded = load_model(str(tiny_vit_dir))
-    result = evaluate.run(loaded, runtime("cpu"), split, batch_size=3, workers=0)
+    opened = open_model(str(tiny_vit_dir), device="cpu", precision="auto")
+    result = evaluate.run(opened, split, batch_size=3, workers=0)
     assert result.summary["num_images"] == 4
     assert result.confusion.shape == (10, 10) and result.confusion[:2].sum() == 4
 

@@ -118,12 +118,12 @@ def test_download_makes_the_fast_start_copy_served_without_torch(model_dir, make
         result = runner.invoke(app, ["download", "hf-hub:org/tiny", "--json"], env=env)
         assert result.exit_code == 0, result.stderr
         report = json.loads(result.stdout)
-        assert report["fast_start"].endswith("model.onnx") and report["race"]["onnx_img_s"] > 0  # raced when made
-        fast = in_subprocess(["predict", "--model", "hf-hub:org/tiny", "--json", image], env)
-        plain = in_subprocess(["predict", "--model", "hf-hub:org/tiny", "--json", "--precision", "fp32", image],
-                              {**env, "VIT_EXPORT": "0"})
+        assert report["fast_start"].endswith("model.onnx")
+        fast = in_subprocess(["predict", "--model", "hf-hub:org/tiny", "--json", "--backend", "onnx", image], env)
+        plain = in_subprocess(["predict", "--model", "hf-hub:org/tiny", "--json", "--precision", "fp32", image], env)
     assert fast["exit"] == 0 and not fast["torch"] and "onnxruntime" in fast["err"], fast["err"]
-    assert plain["exit"] == 0 and plain["torch"]
+    assert plain["exit"] == 0 and plain["torch"]  # the copy exists, but only --backend onnx uses it
+    assert json.loads(fast["out"])["backend"] == "onnxruntime" and json.loads(plain["out"])["backend"] == "torch"
     a, b = json.loads(fast["out"])["predictions"], json.loads(plain["out"])["predictions"]
     assert [p["index"] for p in a] == [p["index"] for p in b]
     assert max(abs(x["score"] - y["score"]) for x, y in zip(a, b)) < 1e-5
@@ -132,7 +132,7 @@ def test_download_makes_the_fast_start_copy_served_without_torch(model_dir, make
 def test_a_changed_model_never_gets_a_stale_copy(model_dir, tmp_path, monkeypatch):
     import shutil
 
-    from vitcli.inference import faststart
+    from vitcli.export import faststart
     from vitcli.models.resolver import load_model
 
     folder = tmp_path / "m"
@@ -145,28 +145,42 @@ def test_a_changed_model_never_gets_a_stale_copy(model_dir, tmp_path, monkeypatc
     assert faststart.save(str(folder), load_model(str(folder))) is None and faststart.lookup(str(folder)) is None
 
 
-def test_a_long_predict_goes_to_the_path_the_recorded_race_says_is_faster(model_dir, tmp_path, monkeypatch):
+def test_the_copy_serves_only_when_asked_for(model_dir, tmp_path, monkeypatch):
+    """A fast-start copy made by another process never changes what the next command runs."""
     import shutil
 
-    from vitcli.inference import faststart, race
+    from vitcli.errors import UsageError
+    from vitcli.export import faststart
     from vitcli.inference.predict import OnnxPredictor, TorchPredictor, open_predictor
     from vitcli.models.resolver import load_model
 
-    verdict = {"onnx_img_s": 10.0, "torch_img_s": 20.0, "torch_start_s": 3.0}
-    assert not race.torch_pays(verdict, 1) and race.torch_pays(verdict, 100)  # 100 x (0.1 - 0.05) s > 3 s
-    assert not race.torch_pays({**verdict, "torch_img_s": 5.0}, 10_000) and not race.torch_pays(None, 10_000)
     monkeypatch.setenv("VIT_CACHE", str(tmp_path / "vit"))
     folder = tmp_path / "m"
     shutil.copytree(model_dir, folder)
-    onnx_path = faststart.save(str(folder), load_model(str(folder)))
-    recorded = json.loads((onnx_path.parent / "meta.json").read_text())["race"]  # measured when made
-    assert recorded["onnx_img_s"] > 0 and recorded["torch_img_s"] > 0 and recorded["torch_start_s"] > 0
-    assert recorded["torch_precision"] in ("fp32", "bf16")
-    meta = json.loads((onnx_path.parent / "meta.json").read_text())
-    (onnx_path.parent / "meta.json").write_text(json.dumps({**meta, "race": verdict}))
-    assert isinstance(open_predictor(str(folder), n_images=1), OnnxPredictor)  # a short job: no torch start
-    assert isinstance(open_predictor(str(folder), n_images=1000), TorchPredictor)
-    assert isinstance(open_predictor(str(folder), precision="fp32", n_images=1000), OnnxPredictor)  # exact fp32
+    with pytest.raises(UsageError, match="no fast-start ONNX copy"):
+        open_predictor(str(folder), "auto", "auto", "onnx")
+    assert faststart.save(str(folder), load_model(str(folder))) is not None
+    assert isinstance(open_predictor(str(folder), "auto", "auto", "torch"), TorchPredictor)
+    assert isinstance(open_predictor(str(folder), "auto", "auto", "onnx"), OnnxPredictor)
+    with pytest.raises(UsageError, match="onnxruntime on the CPU in fp32"):
+        open_predictor(str(folder), "cpu", "bf16", "onnx")
+
+
+def test_eval_of_an_onnx_file_reports_onnxruntime_fp32(model_dir, make_images, tmp_path):
+    onnx_file = tmp_path / "m.onnx"
+    result = runner.invoke(app, ["export", "--model", str(model_dir), "-o", str(onnx_file)])
+    assert result.exit_code == 0, result.stderr
+    paths = make_images(3, folder=tmp_path / "val")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"{p.name} {i}\n" for i, p in enumerate(paths)))
+    args = ["eval", "--data", str(tmp_path / "val"), "--labels", str(labels), "--json"]
+    onnx = runner.invoke(app, [*args, "--model", str(onnx_file)])
+    torch_fp32 = runner.invoke(app, [*args, "--model", str(model_dir), "--precision", "fp32"])
+    assert onnx.exit_code == 0 and torch_fp32.exit_code == 0, onnx.stderr + torch_fp32.stderr
+    a, b = json.loads(onnx.stdout), json.loads(torch_fp32.stdout)
+    assert (a["backend"], a["device"], a["precision"]) == ("onnxruntime", "cpu", "fp32")
+    assert "precision_note" not in a and "onnxruntime cpu fp32" in onnx.stderr
+    assert b["backend"] == "torch" and abs(a["loss"] - b["loss"]) < 1e-4
 
 
 # ------------------------------------------------------------------------------------- inputs

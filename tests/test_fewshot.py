@@ -117,7 +117,7 @@ def test_cli_few_shot_and_feature_cache(tiny_vit_dir, tmp_path):
 
 def test_feature_cache_lives_in_the_vit_cache(tiny_vit_dir, tmp_path, monkeypatch):
     from vitcli.eval import splits
-    from vitcli.devices import runtime
+    from vitcli.accel.runtime import runtime
     from vitcli.models.resolver import load_model
 
     monkeypatch.setenv("VIT_CACHE", str(tmp_path / "cache"))
@@ -125,12 +125,14 @@ def test_feature_cache_lives_in_the_vit_cache(tiny_vit_dir, tmp_path, monkeypatc
     source = splits.open_source(str(tree))
     train, test = splits.dataset_split(source, "train"), splits.dataset_split(source, "test")
     loaded = load_model(str(tiny_vit_dir))
-    result = fewshot.run(loaded, runtime("cpu"), train, test, shots=[2], seeds=1, workers=0)
+    result = fewshot.run(loaded, runtime("cpu"), train, test, shots=[2], seeds=1, l2=[fewshot.DEFAULT_L2],
+                         batch_size=64, workers=0, use_cache=True)
     files = list((tmp_path / "cache" / "features").glob("*.pt"))
     assert len(files) == 2 and result["forward_passes"] == 6 + 6
     # a different preprocessing is a different cache entry
     loaded.data_config = {**loaded.data_config, "crop_pct": 1.0}
-    again = fewshot.run(loaded, runtime("cpu"), train, test, shots=[2], seeds=1, workers=0)
+    again = fewshot.run(loaded, runtime("cpu"), train, test, shots=[2], seeds=1, l2=[fewshot.DEFAULT_L2],
+                         batch_size=64, workers=0, use_cache=True)
     assert again["forward_passes"] == 12 and len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 4
 
 

@@ -58,8 +58,20 @@ def test_first_download_then_cache_then_offline(hub, image):
 
 
 def test_offline_with_empty_cache(hub, image):
-    line = _one_error_line(_predict(image, f"hf-hub:{REPO}", "--offline"))
+    result = _predict(image, f"hf-hub:{REPO}@v2", "--offline")
+    line = _one_error_line(result)
     assert "offline" in line and "not in the cache" in line
+    assert f"hf-hub:{REPO}@v2" in line  # the error names the model
+    assert f"hint: run `vit download hf-hub:{REPO}@v2` once while online" in result.stderr
+    assert hub.log == []
+
+
+def test_offline_download_says_it_needs_the_network(hub, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = runner.invoke(app, ["download", f"hf-hub:{REPO}", "--no-fast-start"])
+    line = _one_error_line(result)
+    assert f"hf-hub:{REPO}" in line and "needs the network" in line
+    assert "vit download" not in result.stderr  # never "run vit download" to a vit download
     assert hub.log == []
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tests.conftest import make_tiny_vit
-from vitcli.inference import kernels
+from vitcli.accel import kernels
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="this torch build has no oneDNN")
 
@@ -71,33 +71,41 @@ def test_the_verdict_is_measured_once_and_cached(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "measure", lambda **kw: calls.append(1) or real(reps=2, **kw))
     first = kernels.faster_here()
     assert kernels.faster_here() == first and len(calls) == 1
-    (verdict,) = json.loads((tmp_path / "kernels.json").read_text()).values()
+    (entry,) = json.loads((tmp_path / "measurements.json").read_text()).values()
+    verdict = entry["verdict"]
+    assert entry["name"] == "onednn-linear-fp32" and entry["measured"]  # what, and when: vit info shows it
     assert verdict["fused"] == first and verdict["allclose"] is True
     assert first == (verdict["fused_ms"] < 0.97 * verdict["eager_ms"])
 
 
 def test_switches(monkeypatch):
-    from vitcli.devices import Runtime
+    from vitcli import accel
+    from vitcli.accel.runtime import Runtime
 
     cpu = Runtime(torch.device("cpu"), "fp32")
     monkeypatch.setenv("VIT_KERNELS", "0")
-    assert not kernels.wanted(cpu)
+    assert accel.prepare(make_tiny_vit(4), cpu).linears == "eager"
     monkeypatch.setenv("VIT_KERNELS", "1")
     monkeypatch.setattr(kernels, "faster_here", lambda *a: pytest.fail("VIT_KERNELS=1 must not measure"))
-    assert kernels.wanted(cpu) and not kernels.wanted(Runtime(torch.device("cpu"), "bf16"))
+    assert accel.prepare(make_tiny_vit(4), cpu).linears == "onednn fp32"
 
 
 def test_bf16_training_kernels_are_timm_math_attention_with_the_flash_kernels_gradients(monkeypatch):
-    from vitcli.devices import Runtime
-    from vitcli.inference import attention
+    from vitcli import accel
+    from vitcli.accel import attention
+    from vitcli.accel.runtime import Runtime
 
     bf16 = Runtime(torch.device("cpu"), "bf16")
     model, reference = make_tiny_vit(4), make_tiny_vit(4)
     keys = list(model.state_dict())
     monkeypatch.setenv("VIT_KERNELS", "1")
-    assert kernels.for_training(model, bf16) == "math-attention" and attention.is_unfused(model)
+
+    def for_training(m, rt, recorded=None):
+        return accel.prepare(m, rt, "training", recorded).training_kernels
+
+    assert for_training(model, bf16) == "math-attention" and attention.is_math(model)
     assert all(not b.attn.fused_attn for b in model.blocks) and list(model.state_dict()) == keys
-    assert kernels.for_training(reference, bf16, recorded="eager") == "eager"  # a resumed run keeps its own
+    assert for_training(reference, bf16, recorded="eager") == "eager"  # a resumed run keeps its own
     x = torch.randn(2, 3, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, ref = model(x), reference(x)
@@ -107,18 +115,19 @@ def test_bf16_training_kernels_are_timm_math_attention_with_the_flash_kernels_gr
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=0.1, atol=5e-2 * q.grad.abs().max().item()), name
     monkeypatch.setenv("VIT_KERNELS", "0")
-    assert kernels.for_training(make_tiny_vit(4), bf16) == "eager"
-    assert kernels.for_training(make_tiny_vit(4), bf16, recorded="math-attention") == "math-attention"
+    assert for_training(make_tiny_vit(4), bf16) == "eager"
+    assert for_training(make_tiny_vit(4), bf16, recorded="math-attention") == "math-attention"
 
 
 def test_the_training_attention_verdict_is_measured_once_and_cached(monkeypatch, tmp_path):
-    from vitcli.inference import attention
+    from vitcli.accel import attention
 
     monkeypatch.setenv("VIT_CACHE", str(tmp_path))
     calls = []
-    real = attention.training_measure
-    monkeypatch.setattr(attention, "training_measure", lambda **kw: calls.append(1) or real(batch=2, reps=2, **kw))
-    first = attention.training_faster_here()
-    assert attention.training_faster_here() == first and len(calls) == 1
-    (verdict,) = json.loads((tmp_path / "kernels.json").read_text()).values()
+    real = attention.measure
+    monkeypatch.setattr(attention, "measure", lambda training: calls.append(1) or real(training, batch=2, reps=2))
+    first = attention.math_faster_here(training=True)
+    assert attention.math_faster_here(training=True) == first and len(calls) == 1
+    (entry,) = json.loads((tmp_path / "measurements.json").read_text()).values()
+    verdict = entry["verdict"]
     assert verdict["math"] == first and first == (verdict["math_ms"] < 0.9 * verdict["flash_ms"])

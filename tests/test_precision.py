@@ -11,34 +11,36 @@ import torch
 from typer.testing import CliRunner
 
 from tests.conftest import make_tiny_vit
-from vitcli import devices
+from vitcli import accel
+from vitcli.accel import kernels, precision
+from vitcli.accel.runtime import Runtime, resolve_precision, runtime
 from vitcli.cli.app import app
-from vitcli.inference import kernels
 
 runner = CliRunner()
 
 
 def test_auto_is_fp32_without_native_bf16_and_measures_nothing(monkeypatch):
-    monkeypatch.setattr(devices, "native_bf16_flags", lambda: [])
-    monkeypatch.setattr(devices, "measure_bf16", lambda: pytest.fail("no timing without native bf16"))
-    assert devices.resolve_precision("auto", torch.device("cpu")) == "fp32"
-    assert devices.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for: given
+    monkeypatch.setattr(precision, "native_bf16_flags", lambda: [])
+    monkeypatch.setattr(precision, "measure_bf16", lambda: pytest.fail("no timing without native bf16"))
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for: given
 
 
 @pytest.mark.parametrize("speedup, expected", [(4.4, "bf16"), (1.2, "fp32")])
-def test_auto_follows_the_cached_measurement(monkeypatch, tmp_path, speedup, expected):
+def test_auto_follows_the_recorded_measurement(monkeypatch, tmp_path, speedup, expected):
     monkeypatch.setenv("VIT_CACHE", str(tmp_path))
-    monkeypatch.setattr(devices, "native_bf16_flags", lambda: ["avx512_bf16"])
+    monkeypatch.setattr(precision, "native_bf16_flags", lambda: ["avx512_bf16"])
     calls = []
-    monkeypatch.setattr(devices, "measure_bf16", lambda: calls.append(1) or {"fp32_ms": 1.0, "speedup": speedup})
-    assert devices.resolve_precision("auto", torch.device("cpu")) == expected
-    assert devices.runtime("cpu", "auto").precision == expected and len(calls) == 1  # measured once
-    (verdict,) = json.loads((tmp_path / "precision.json").read_text()).values()
-    assert verdict["bf16"] == (expected == "bf16") and verdict["flags"] == ["avx512_bf16"]
+    monkeypatch.setattr(precision, "measure_bf16", lambda: calls.append(1) or {"fp32_ms": 1.0, "speedup": speedup})
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert runtime("cpu", "auto").precision == expected and len(calls) == 1  # measured once
+    (entry,) = json.loads((tmp_path / "measurements.json").read_text()).values()
+    assert entry["name"] == "cpu-bf16" and entry["measured"]
+    assert entry["verdict"]["bf16"] == (expected == "bf16") and entry["verdict"]["flags"] == ["avx512_bf16"]
 
 
 def test_the_measurement_times_both_precisions():
-    result = devices.measure_bf16(rows=64, dim=32, reps=2)
+    result = precision.measure_bf16(rows=64, dim=32, reps=2)
     assert result["fp32_ms"] > 0 and result["bf16_ms"] > 0 and result["speedup"] > 0
 
 
@@ -49,8 +51,8 @@ def test_the_classifier_stays_fp32_under_autocast(monkeypatch):
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert model(x).dtype == torch.bfloat16
-        rt = devices.Runtime(torch.device("cpu"), "bf16")
-        assert kernels.for_inference(model, rt) == 1 and kernels.for_inference(model, rt) == 0  # once
+        rt = Runtime(torch.device("cpu"), "bf16")
+        assert accel.prepare(model, rt).head_fp32 and accel.prepare(model, rt).head_fp32  # once, then kept
         features = model.forward_head(model.forward_features(x), pre_logits=True)
         logits = model(x)
     assert isinstance(model.head, kernels.FullPrecisionLinear) and list(model.state_dict()) == keys
@@ -66,29 +68,21 @@ def test_bf16_kernels_fuse_bias_and_gelu_and_keep_the_parameters(monkeypatch):
     model = make_tiny_vit(10)
     keys = list(model.state_dict())
     x = torch.randn(3, 3, 32, 32)
-    rt = devices.Runtime(torch.device("cpu"), "bf16")
+    rt = Runtime(torch.device("cpu"), "bf16")
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         expected = model(x).float()
-        # the head; qkv, proj, fc1 and fc2 of each block; each block's attention as two bf16 GEMMs
-        assert kernels.for_inference(model, rt) == 1 + 4 * 2 + 2
+        done = accel.prepare(model, rt)  # the fp32 head; qkv, proj, fc1, fc2 as bf16 kernels; math attention
+        assert (done.linears, done.attention, done.head_fp32) == ("onednn bf16", "math", True)
         out = model(x)
     fc1 = model.blocks[0].mlp.fc1
     assert isinstance(fc1, kernels.FusedLinear) and fc1.activation == "gelu" and fc1.weight_lp.dtype == torch.bfloat16
     assert list(model.state_dict()) == keys and out.dtype == torch.float32
     assert torch.allclose(out, expected, atol=0.05)  # bf16 rounding apart
-    from vitcli.inference import attention
-
-    assert attention.is_swapped(model)
-    # the residual stream is fp32 under autocast: the swapped attention computes the bf16 way all the same
+    # timm's own switch: the attention modules compute without the flash kernel
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
                         lambda *a, **k: pytest.fail("the flash kernel ran in bf16 inference"))
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(model(x), out)
-    monkeypatch.undo()
-    y = torch.randn(2, 65, 64, requires_grad=True)  # with gradients: timm's own forward, exactly
-    block = model.blocks[0].attn
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(block(y), super(type(block), block).forward(y))
 
 
 def test_eval_records_the_precision_and_how_to_get_fp32(tiny_vit_dir, make_images, tmp_path):
@@ -100,14 +94,15 @@ def test_eval_records_the_precision_and_how_to_get_fp32(tiny_vit_dir, make_image
                                      "--labels", str(labels), "--json", "--precision", precision])
         assert result.exit_code == 0, result.stderr
         summary = json.loads(result.stdout)
-        assert summary["precision"] == precision and f"cpu {precision}" in result.stderr
+        assert summary["precision"] == precision and f"torch cpu {precision}" in result.stderr
+        assert summary["backend"] == "torch"
         assert ("--precision fp32" in summary.get("precision_note", "")) == (precision == "bf16")
 
 
 @pytest.mark.slow
 def test_auto_keeps_the_answers_on_the_real_val_images(assets, monkeypatch):
     """The guard: where auto picks bf16, top-1 agrees with fp32 on at least 99 of the 100 val images."""
-    if devices.runtime("cpu", "auto").precision == "fp32":
+    if runtime("cpu", "auto").precision == "fp32":
         pytest.skip("auto is fp32 on this CPU (no native bf16, or bf16 not measured faster)")
     monkeypatch.setenv("VIT_EXPORT", "0")
     model = str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k")

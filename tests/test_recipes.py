@@ -239,7 +239,7 @@ def test_probe_head_is_the_fitted_logistic_regression(tiny_vit_dir, colour_ds):
     import torch
 
     from vitcli.data.datasets import open_dataset
-    from vitcli.devices import runtime
+    from vitcli.accel.runtime import runtime
     from vitcli.models.resolver import data_config_for
     from vitcli.train.build import build_finetune_model
     from vitcli.train.config import FinetuneConfig
@@ -275,7 +275,7 @@ def test_the_probe_leaves_the_trained_model_as_it_was_built(tiny_vit_dir, colour
     import torch
 
     from vitcli.data.datasets import open_dataset
-    from vitcli.devices import Runtime
+    from vitcli.accel.runtime import Runtime
     from vitcli.models.resolver import data_config_for
     from vitcli.train.build import build_finetune_model
     from vitcli.train.config import FinetuneConfig

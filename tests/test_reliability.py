@@ -217,7 +217,7 @@ def test_a_full_cache_never_fails_a_command(tiny_vit_dir, make_images, monkeypat
     import shutil
     from collections import namedtuple
 
-    from vitcli.inference import faststart
+    from vitcli.export import faststart
     from vitcli.models.resolver import load_model
 
     usage = namedtuple("usage", "total used free")
@@ -361,7 +361,7 @@ def test_a_crashed_run_is_not_left_running(tiny_vit_dir, tmp_path, monkeypatch):
 
 
 def test_stale_partial_downloads_are_removed(tmp_path, monkeypatch):
-    from vitcli.models import hub
+    from vitcli.hub import files as hub
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     blobs = tmp_path / "hub" / "models--org--name" / "blobs"

@@ -183,7 +183,7 @@ def test_resume_equals_uninterrupted_bit_for_bit(tiny_vit_dir, colour_ds, tmp_pa
     wa, wb = weights(run_a / "model.safetensors"), weights(run_b / "model.safetensors")
     assert all(wa[k].equal(wb[k]) for k in wa)
     assert metrics(run_a) == metrics(run_b)
-    assert results(run_a) == results(run_b) and len(results(run_a)) == 4  # results.csv: the same records (0: LP-FT head)
+    assert results(run_a) == results(run_b) and len(results(run_a)) == 5  # results.csv: the same rows (0: LP-FT head; 1, 3, 6, 7)
     with pytest.raises(UsageError, match="cannot change lr"):
         resume_config("finetune", run_b, {"lr": 0.5})
 

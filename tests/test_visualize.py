@@ -271,12 +271,19 @@ def test_cli_poolformer_attention_is_a_one_line_error(make_images, tmp_path, mon
 
 @pytest.mark.assets
 def test_real_vit_tiny_matches_the_paper(assets, tmp_path):
-    from vitcli.analysis.visualize import run
+    import json
+
+    from typer.testing import CliRunner
+
+    from vitcli.cli.app import app
 
     images = assets / "images" / "imagenet-val-100" / "images"
-    result = run(str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k"), [str(images)],
-                 attention_distance=True, pos_embed_similarity=True, num_images=50, out_dir=tmp_path / "out",
-                 device="cpu", batch_size=25)
+    invoked = CliRunner().invoke(app, [
+        "visualize", str(images), "--model", str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
+        "--attention-distance", "--pos-embed-similarity", "--num-images", "50", "--out-dir", str(tmp_path / "out"),
+        "--device", "cpu", "--batch-size", "25", "--json"])
+    assert invoked.exit_code == 0, invoked.stderr
+    result = json.loads(invoked.stdout)
     d = np.array(result["attention_distance"]["distance"])  # (12 layers, 3 heads)
     assert d.shape == (12, 3)
     assert d[0].max() >= 2 * d[0].min()  # the first layer has local and global heads

@@ -68,11 +68,11 @@ def test_vit_models_pattern_table_json_and_cache(monkeypatch):
     runner = CliRunner()
     result = runner.invoke(app, ["models", "poolformer*_s12"])
     assert result.exit_code == 0, result.output
-    lines = result.stdout.splitlines()
-    assert lines[0].split()[:2] == ["model", "params"]
-    row = next(line for line in lines if line.startswith("poolformer_s12 "))
-    assert row.split()[1:5] == ["11.92", "1.82", "3.65", "224x224"] and "sail_in1k" in row
-    assert any(line.startswith("poolformerv2_s12 ") for line in lines)
+    lines = result.stdout.splitlines()  # piped: tab-separated
+    assert lines[0].split("\t")[:2] == ["model", "params (M)"]
+    row = next(line for line in lines if line.startswith("poolformer_s12\t"))
+    assert row.split("\t")[1:6] == ["11.92", "1.82", "3.65", "224x224", "sail_in1k"]
+    assert any(line.startswith("poolformerv2_s12\t") for line in lines)
 
     def no_recount(name, **kw):  # the second listing comes from the cache
         raise AssertionError(f"recounted {name}")

@@ -10,9 +10,10 @@ accepts; nothing falls back silently.
     VIT_PROGRESS=0|1         progress bars off / on (default: on when stderr is a terminal)
     VIT_CACHE=DIR            vitcli's cache (default ~/.cache/vitcli): fast-start copies, features, zoo
     VIT_MAX_IMAGE_PIXELS=N   the decompression-bomb limit for one image (default: PIL's, 89 478 485)
-    VIT_EXPORT=0             no fast-start copy for `vit predict`
+    VIT_EXPORT=0             `vit download` / `vit export` make no fast-start copy
     VIT_KERNELS=0|1|auto     the CPU oneDNN linears: off, on without measuring, or where measured faster
-    VIT_COMPILE=0|1|auto     torch.compile for inference: off, always (long jobs or short), or where it pays
+    VIT_COMPILE=0|1          torch.compile for every inference job, as --compile (default 0)
+    VIT_BACKEND=torch|onnx   what serves predict/eval: the torch model, or its fast-start ONNX copy (--backend)
     VIT_RECIPE=NAME          the training recipe when --recipe is not given
     HF_HUB_OFFLINE (TRANSFORMERS_OFFLINE), HF_ENDPOINT, HF_HUB_CACHE, HF_DATASETS_CACHE, HF_HOME, XDG_CACHE_HOME
     RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK, GROUP_WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
@@ -88,12 +89,17 @@ def kernels() -> str:
     return "on" if _flag("VIT_KERNELS", False) else "off"
 
 
-def compile_mode() -> str:
-    """VIT_COMPILE: 'auto' (long jobs, where the measured gain pays for the compile), 'on' or 'off'."""
-    value = _get("VIT_COMPILE")
-    if value is None or value.lower() == "auto":
-        return "auto"
-    return "on" if _flag("VIT_COMPILE", False) else "off"
+def compile_requested() -> bool:
+    """VIT_COMPILE=1: every inference job compiled, as `--compile` asks (default off)."""
+    return _flag("VIT_COMPILE", False)
+
+
+def backend() -> str:
+    """VIT_BACKEND: 'torch' (default) or 'onnx' (the fast-start ONNX copy, as `--backend onnx` asks)."""
+    value = (_get("VIT_BACKEND") or "torch").lower()
+    if value not in ("torch", "onnx"):
+        raise UsageError(f"VIT_BACKEND={value!r} is not a backend", "use torch or onnx")
+    return value
 
 
 def use_compile_cache(inductor_default: str | None = None) -> str:

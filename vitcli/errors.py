@@ -171,7 +171,38 @@ def describe(exc: BaseException) -> Failure | None:
         return Failure(f"permission denied: {exc.filename or _first_line(exc)}", None, 1)
     if isinstance(exc, IsADirectoryError):
         return Failure(f"{exc.filename} is a folder, not a file", None, 1)
-    return None
+    return _os_failure(exc)
+
+
+# errno -> (what happened, what to do): every OSError a user can meet is one line, whatever raised it
+_ERRNO = {
+    errno.EROFS: ("the file system is read-only", "write somewhere else (another -o, --out-dir or --project)"),
+    errno.EACCES: ("permission denied", "check the folder's permissions, or write somewhere else"),
+    errno.EPERM: ("operation not permitted", "check the folder's permissions, or write somewhere else"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
+    errno.EISDIR: ("is a folder, not a file", "give a file name"),
+    errno.EEXIST: ("already exists", "remove it or pick another name"),
+    errno.ENAMETOOLONG: ("the file name is too long", "use a shorter name"),
+    errno.ELOOP: ("too many levels of symbolic links", "check the links in the path"),
+    errno.EMFILE: ("too many open files", "raise the limit (ulimit -n) or lower --workers"),
+    errno.ENFILE: ("too many open files on the system", "close other programs and run again"),
+    errno.EIO: ("an input/output error (the disk or the network file system)", "check the device and run again"),
+    errno.EXDEV: ("cannot move a file across file systems", "keep the output on one file system"),
+    errno.EBADF: ("a file descriptor is closed", "run it with stdin, stdout and stderr open"),
+    errno.ENXIO: ("no such device", "check the path"),
+    errno.ENODEV: ("no such device", "check the path"),
+    errno.ETXTBSY: ("the file is busy", "run again when the other program is done with it"),
+}
+
+
+def _os_failure(exc: BaseException) -> Failure | None:
+    """Any OSError with an errno (first in the cause chain): one line naming the file."""
+    e = next((e for e in _chain(exc) if isinstance(e, OSError) and isinstance(e.errno, int)), None)
+    if e is None:
+        return None
+    what, hint = _ERRNO.get(e.errno, (e.strerror or errno.errorcode.get(e.errno, f"OS error {e.errno}"), None))
+    where = f": {e.filename}" if e.filename else ""
+    return Failure(f"{what}{where}", hint, 1)
 
 
 def report(exc: BaseException, debug: bool = False, stream=None) -> int:

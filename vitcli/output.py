@@ -91,8 +91,13 @@ def dumps(obj, **kwargs) -> str:
 
 
 def emit_json(obj) -> None:
-    """One JSON object on one line of stdout."""
-    sys.stdout.write(dumps(obj) + "\n")
+    """One JSON object on one line of stdout (escaped to ASCII where stdout cannot encode the text)."""
+    text = dumps(obj)
+    try:
+        text.encode(sys.stdout.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        text = dumps(obj, ensure_ascii=True)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

@@ -14,7 +14,7 @@ What the engine lacks, and what is here, is the model side:
   size), never a hard-coded 14 x 14 with 1 prefix token (pytorch-grad-cam issues #76, #474, #511).
   Feature maps pass through; channels-last ones (Swin, NHWC stages) are moved to channels-first.
 - **the target** (`resolve_target`): a class index or a label name of the model; none = the predicted
-  class.
+  class (a multi-label model: a map for each label it gives, `<image>.<index>.png` after the top one).
 
 Grad-CAM needs gradients, so its pass runs outside inference mode and in fp32 (the engine copies
 activations to NumPy, which has no bfloat16); images still come through the one image path
@@ -179,7 +179,10 @@ def gradcam_figures(loaded, rt, paths, stems, out: Path, *, method: str, target:
     cams = engine()
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    from vitcli.inference.multilabel import MultiLabelHead
+
     model, names = loaded.model, loaded.label_names
+    head = MultiLabelHead.of(loaded.config, loaded.num_classes)  # multi-label: a map per label it gives
     layer = cam_layer(model)
     mean = torch.tensor(loaded.data_config["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(loaded.data_config["std"]).view(1, 3, 1, 1)
@@ -197,12 +200,16 @@ def gradcam_figures(loaded, rt, paths, stems, out: Path, *, method: str, target:
             result["errors"] += [{"path": s.path, "error": s.reason} for s in batch.skipped]
             if batch.images is not None:
                 x = batch.images.to(rt.device).float()
-                cam = getattr(cams, METHODS[method])(model, [layer.module],
-                                                     reshape_transform=layer.reshape(model, tuple(x.shape[-2:])))
+                def make(x=x):
+                    return getattr(cams, METHODS[method])(model, [layer.module],
+                                                          reshape_transform=layer.reshape(model, tuple(x.shape[-2:])))
+
+                cam = make()
                 try:
                     with torch.enable_grad():
                         maps = cam(x, None if target is None else [ClassifierOutputTarget(target)] * len(x))
-                    probs = cam.outputs.detach().float().softmax(-1).cpu()
+                    logits = cam.outputs.detach().float().cpu()
+                    probs = logits.sigmoid() if head else logits.softmax(-1)
                     grid = tuple(cam.activations_and_grads.activations[0].shape[-2:])
                 finally:
                     cam.activations_and_grads.release()
@@ -215,17 +222,36 @@ def gradcam_figures(loaded, rt, paths, stems, out: Path, *, method: str, target:
                     tgt = pred if target is None else target
                     m = maps[j].astype(np.float32)
                     found.maps[i], found.targets[i] = m, tgt
-                    png, npy = out / "gradcam" / f"{stems[i]}.png", out / "gradcam" / f"{stems[i]}.npy"
-                    atomic_write(npy, lambda tmp: np.save(tmp, m))
-                    figures.map_overlay(view[j], m, png, name=f"{title}: {names[tgt].split(',')[0]}", short=title,
-                                        bar_label="Relative importance", title=(
-                                            f"{display(Path(paths[i]).name)}: {arch}, {title} at {layer.name} for class {tgt} "
-                                            f"({float(probs[j, tgt]):.3g})"))
-                    result["files"] += [display(png), display(npy)]
-                    record["images"].append({
-                        "image": display(paths[i]), "png": display(png), "npy": display(npy), "target": tgt,
-                        "target_label": names[tgt], "target_prob": round(float(probs[j, tgt]), 4),
-                        "predicted": pred, "predicted_label": names[pred],
-                        "predicted_prob": round(float(probs[j, pred]), 4)})
+                    extra = [d["index"] for d in head.labels(logits[j].numpy(), names)][1:] \
+                        if head and target is None else []  # the labels after the top one: their own maps
+                    first = [(tgt, m, "")]
+                    for tgt, m, suffix in first + [(c, _single(make, x[j:j + 1], c, model), f".{c}") for c in extra]:
+                        png, npy = (out / "gradcam" / f"{stems[i]}{suffix}{ext}" for ext in (".png", ".npy"))
+                        atomic_write(npy, lambda tmp: np.save(tmp, m))
+                        figures.map_overlay(view[j], m, png, name=f"{title}: {names[tgt].split(',')[0]}", short=title,
+                                            bar_label="Relative importance", title=(
+                                                f"{display(Path(paths[i]).name)}: {arch}, {title} at {layer.name} for class {tgt} "
+                                                f"({float(probs[j, tgt]):.3g})"))
+                        result["files"] += [display(png), display(npy)]
+                        record["images"].append({
+                            "image": display(paths[i]), "png": display(png), "npy": display(npy), "target": tgt,
+                            "target_label": names[tgt], "target_prob": round(float(probs[j, tgt]), 4),
+                            "predicted": pred, "predicted_label": names[pred],
+                            "predicted_prob": round(float(probs[j, pred]), 4)})
             advance(len(batch.positions) + len(batch.skipped))
     return found
+
+
+def _single(make, x, category: int, model):
+    """The map of one image for one class (a multi-label image's further labels), by a new CAM of `make`."""
+    import numpy as np
+    import torch
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam = make(x)
+    try:
+        with torch.enable_grad():
+            return cam(x, [ClassifierOutputTarget(category)])[0].astype(np.float32)
+    finally:
+        cam.activations_and_grads.release()
+        model.zero_grad(set_to_none=True)

@@ -20,6 +20,7 @@ numbers.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from vitcli.errors import UsageError, VitError
@@ -99,14 +100,38 @@ def _check(loaded, attention: bool, pos_embed: bool, filters: bool, gradcam: boo
         patch_embedding_weights(loaded.model)
 
 
-def run(model: str, images=(), *, attention_distance: bool = False, attention_map: bool = False,
-        pos_embed_similarity: bool = False, filters: bool = False, gradcam: bool = False, method: str = "gradcam",
-        target: str | None = None, faithfulness: bool = False, faithfulness_steps: int = 20,
-        num_images: int = 128, head_fusion: str = "mean", discard_ratio: float = 0.0, num_components: int = 28,
-        out_dir: Path | None = None, batch_size: int = 8, device: str = "auto", precision: str = "auto",
-        random_init: bool = False) -> dict:
+@dataclass(frozen=True)
+class VisualizeOptions:
+    """What `vit visualize` was asked, in one value: the CLI fills it (its defaults live there only)."""
+
+    model: str
+    images: tuple[str, ...]
+    attention_distance: bool
+    attention_map: bool
+    pos_embed_similarity: bool
+    filters: bool
+    gradcam: bool
+    method: str
+    target: str | None
+    faithfulness: bool
+    faithfulness_steps: int
+    num_images: int
+    head_fusion: str
+    discard_ratio: float
+    num_components: int
+    out_dir: Path | None
+    batch_size: int
+    device: str
+    precision: str
+    random_init: bool
+
+
+def run(opts: VisualizeOptions) -> dict:
     """Make the asked-for figures for `model` from `images` (files, folders, globs; the first
     `num_images` of them); returns what was written and the numbers."""
+    (model, images, attention_distance, attention_map, pos_embed_similarity, filters, gradcam, method, target,
+     faithfulness, faithfulness_steps, num_images, head_fusion, discard_ratio, num_components, out_dir, batch_size,
+     device, precision, random_init) = (getattr(opts, f.name) for f in fields(opts))
     from vitcli.analysis.maths import HEAD_FUSIONS
     from vitcli.data.inputs import expand_inputs
 
@@ -138,7 +163,7 @@ def run(model: str, images=(), *, attention_distance: bool = False, attention_ma
         engine()  # before the model loads: a missing optional package is a one-line error
 
     from vitcli import output as sink
-    from vitcli.devices import runtime
+    from vitcli.accel.runtime import runtime
     from vitcli.models.resolver import load_model
 
     rt = runtime(device, precision)

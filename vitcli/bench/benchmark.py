@@ -127,8 +127,9 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     """Benchmark `spec` (any vit model spec) against a plain timm eager loop in this process."""
     import torch
 
-    from vitcli.devices import cpu_bf16_verdict, runtime
-    from vitcli.inference.compiled import freezing
+    from vitcli.accel.precision import cpu_bf16_verdict
+    from vitcli.accel.runtime import runtime
+    from vitcli.accel.torch_private import inductor_freezing as freezing
     from vitcli.errors import UsageError
     from vitcli.models.meta import count_flops
     from vitcli.models.resolver import load_model
@@ -136,7 +137,7 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     if iters < 1 or warmup_iters < 0 or batch_size < 1:
         raise UsageError("--iters and --batch-size must be at least 1, --warmup-iters at least 0")
     warmup = warmup_iters
-    from vitcli.models import onnx
+    from vitcli.export import onnx_model as onnx
 
     # an ONNX file runs in onnxruntime in fp32: `auto` means fp32 there
     rt = runtime(device, "fp32" if precision == "auto" and onnx.is_onnx(spec) else precision)
@@ -177,23 +178,14 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     ceiling_side = Side("gemm", probe.step, rt.device, batch_size, memory=False)
 
     baseline = copy.deepcopy(model)  # the plain timm loop: the same module and weights, nothing else
-    if not compile:  # vit predict / eval's CPU kernels (inductor makes its own fusions when compiling)
-        from vitcli.inference import kernels
+    accel_done = None
+    if not compile and served is model:  # vit predict / eval's speed choices (inductor makes its own fusions)
+        from vitcli import accel
 
-        if served is model and kernels.for_inference(model, rt):
-            from vitcli.inference import attention, layout
-
-            done = [f"{sum(isinstance(m, kernels.FusedLinear) for m in model.modules())} linears as "
-                    f"oneDNN linear (+ GELU) kernels in {rt.precision}"]
-            if rt.autocast_dtype is not None:
-                done.insert(0, "the classifier in fp32")
-            if attention.is_swapped(model):
-                done.append("attention as two bf16 GEMMs")
-            if layout.is_channels_last(model):
-                done.append("channels_last")
-            log(f"vitcli side: {', '.join(done)} (vitcli/inference/kernels.py)")
+        accel_done = accel.prepare(model, rt, "inference")
+        log(f"vitcli side: {accel_done.describe()} (vitcli.accel.prepare)")
     if compile:
-        from vitcli.inference.compiled import use_cache
+        from vitcli.accel.compiled import use_cache
 
         use_cache()  # inductor's artefacts in vitcli's cache: a second run compiles from them
     ours = torch.compile(served) if compile else served
@@ -268,7 +260,7 @@ def _train_phase(model, baseline, x, rt, iters, warmup, rounds, compile, ceiling
     import torch
     import torch.nn.functional as F
 
-    from vitcli.devices import fused_optimizer_ok
+    from vitcli.accel.runtime import fused_optimizer_ok
     from vitcli.models.meta import count_flops
 
     num_classes = getattr(model, "num_classes", 0) or 1000
@@ -279,11 +271,11 @@ def _train_phase(model, baseline, x, rt, iters, warmup, rounds, compile, ceiling
     timm_model = baseline.train()
     train_flops = count_flops(timm_model, x[:1], train=True)  # timm's layers: FlopCounterMode knows their ops
     if not compile:
-        from vitcli.inference import kernels
+        from vitcli import accel
 
-        name = kernels.for_training(ours_model, rt)  # as vit finetune / train run it
+        name = accel.prepare(ours_model, rt, "training").training_kernels  # as vit finetune / train run it
         if name != "eager":
-            log(f"training, vitcli side: {TRAINING_KERNELS[name]} (vitcli/inference/kernels.py)")
+            log(f"training, vitcli side: {TRAINING_KERNELS[name]} (vitcli.accel.prepare)")
 
     # vitcli: SGD (the fine-tuning recipe) fused where torch has it, foreach clipping, no .item() per step
     kwargs = {"fused": True} if fused_optimizer_ok(rt.device) else {"foreach": True}

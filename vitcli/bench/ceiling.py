@@ -50,7 +50,7 @@ class GemmProbe:
     = GEMM FLOPs / GEMM time (a FLOP-weighted mean over the shapes).
 
     On CPU in fp32 each shape runs on the faster of the two GEMM libraries torch ships, MKL (F.linear)
-    and oneDNN (what vitcli/kernels.py uses), chosen by timing both: the ceiling is what this machine's
+    and oneDNN (what vitcli.accel.kernels uses), chosen by timing both: the ceiling is what this machine's
     libraries can do, not what one of them does, so a share of it is never flattered by the choice."""
 
     def __init__(self, shapes: dict, device, dtype):
@@ -71,10 +71,10 @@ class GemmProbe:
 
         candidates = [F.linear]
         if device.type == "cpu" and x.dtype == torch.float32:
-            from vitcli.inference import kernels
+            from vitcli.accel.torch_private import onednn_linear, onednn_linear_available
 
-            if kernels.available():
-                candidates.append(lambda a, b: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))
+            if onednn_linear_available():
+                candidates.append(lambda a, b: onednn_linear(a, b, None))
         if len(candidates) == 1:
             return candidates[0]
         best, best_s = candidates[0], float("inf")

@@ -9,6 +9,9 @@ import typer
 from vitcli.cli.options import JsonOpt
 
 
+PROGRESS_EVERY_S = 5.0
+
+
 def models(
     pattern: Annotated[Optional[str], typer.Argument(
         help="Filter over all of timm's architectures: a bare word matches anywhere in the name "
@@ -25,17 +28,29 @@ def models(
 
     Counted on the meta device, once per timm version (cached); GFLOPs = 2 x GMACs at batch 1.
     """
+    import time
+
     from vitcli import output as sink
-    from vitcli.models import zoo
     from vitcli.errors import UsageError
+    from vitcli.models import zoo
+
+    count = {"total": 0, "done": 0, "said": time.monotonic()}
 
     def on_total(n: int) -> None:
+        count["total"] = n
         if n > 20:
             sink.info(f"counting {n} architectures once (cached afterwards)...", style="dim")
 
     with sink.progress("count", total=None, unit="models") as advance:
+        def step(n: int = 1) -> None:  # without a progress bar (not a terminal): a line every 5 s
+            advance(n)
+            count["done"] += n
+            if not sink.show_progress() and time.monotonic() - count["said"] > PROGRESS_EVERY_S:
+                count["said"] = time.monotonic()
+                sink.info(f"counted {count['done']} of {count['total']} architectures", style="dim")
+
         entries = zoo.models(pattern, all_models=all_models, pretrained_only=pretrained,
-                             progress=advance, on_total=on_total)
+                             progress=step, on_total=on_total)
     if not entries:
         raise UsageError(f"no architecture matches {pattern!r}" if pattern else "no architectures",
                          "try a shorter pattern, e.g. `vit models vit`, or `vit models --all`")
@@ -47,18 +62,15 @@ def models(
 
 
 def _render(entries, show_tags: bool) -> None:
-    from rich.table import Table
-
     from vitcli import output as sink
+    from vitcli.cli import tables
 
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column("model", overflow="fold")
-    table.add_column("params (M)", justify="right")
-    table.add_column("GMACs", justify="right")
-    table.add_column("GFLOPs", justify="right")
-    table.add_column("input", justify="right")
+    columns = [tables.Column("model", wrap="none"), tables.Column("params (M)", right=True),
+               tables.Column("GMACs", right=True), tables.Column("GFLOPs", right=True),
+               tables.Column("input", right=True)]
     if show_tags:
-        table.add_column("pretrained tags", overflow="fold")
+        columns.append(tables.Column("pretrained tags"))
+    rows = []
     for e in entries:
         size = f"{e.input_size[1]}x{e.input_size[2]}" if e.input_size else "?"
         row = [e.model,
@@ -68,8 +80,8 @@ def _render(entries, show_tags: bool) -> None:
                size]
         if show_tags:
             row.append(", ".join(e.tags) if e.tags else "-")
-        table.add_row(*row)
-    sink.out().print(table)
+        rows.append(row)
+    tables.print_table(columns, rows)
     failed = [e for e in entries if e.error]
     if failed:
         sink.warn(f"{len(failed)} architecture(s) could not be counted without weights (shown as ?): "

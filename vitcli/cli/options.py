@@ -22,7 +22,7 @@ import typer
 DEFAULT_MODEL = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
 P = "Recipe"  # help panel of the training settings a recipe fills
 
-_MODEL = ("timm name (with or without a pretrained tag), paper code (S/16), hf-hub:org/name[@rev], a local folder "
+_MODEL = ("timm name (with or without a pretrained tag), paper code (S/16), hf-hub:org/name\\[@rev], a local folder "
           "in Hub layout (config.json + model.safetensors) or a vit run folder.")
 _BATCH = ("Images per batch. Training: the images of one optimizer step, over all processes and --accum "
           "micro-batches.")
@@ -50,7 +50,15 @@ DeviceOpt = Annotated[str, typer.Option(
     "--device", help="auto | cpu | cuda | cuda:N | N (= cuda:N) | mps. auto picks cuda, then mps, then cpu.")]
 PrecisionOpt = Annotated[str, typer.Option(
     "--precision", help="auto | fp32 | bf16 | fp16. auto: bf16 autocast on CUDA, and on a CPU with native bf16 "
-                        "(AMX, avx512_bf16) where measured faster (once, cached); else fp32. fp32: exact fp32 numbers.")]
+                        "(AMX, avx512_bf16) where measured faster (once, recorded: vit info); else fp32. fp32: exact "
+                        "fp32 numbers.")]
+BackendOpt = Annotated[str, typer.Option(
+    "--backend", envvar="VIT_BACKEND", help="torch | onnx. onnx: the model's fast-start ONNX copy (made by vit download "
+                                          "or vit export) in onnxruntime, CPU fp32, no torch import: the fastest start "
+                                          "for a few images. An .onnx --model always runs in onnxruntime.")]
+CompileOpt = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the model first (10-60 s, cached by inductor): pays for long jobs. Off by "
+                      "default, as compiled numbers round differently (VIT_COMPILE=1 sets it).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 OfflineOpt = Annotated[bool, typer.Option(
     "--offline", help="Never touch the network: use the Hugging Face cache only (same as HF_HUB_OFFLINE=1).")]
@@ -72,3 +80,7 @@ SweepOpt = Annotated[Optional[List[str]], typer.Option(
     "--sweep", help="KEY=v1,v2,...: one run per value (repeat for a grid) in a sweep folder; the best on minival "
                     "wins and is tested. KEY is an option of the command, e.g. lr, steps, token-mixer.",
     show_default=False)]
+ThresholdOpt = Annotated[Optional[float], typer.Option(
+    "--threshold", min=0.0, max=1.0, show_default=False,
+    help="Multi-label models: a label is given at or above this probability (default: the per-class thresholds "
+         "the run chose on its held-out split, else 0.5).")]

@@ -7,8 +7,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DeviceOpt, JsonOpt, ModelOpt, OfflineOpt,
-                                OutputFileOpt, PrecisionOpt, WorkersOpt)
+from vitcli.cli.options import (DEFAULT_MODEL, BackendOpt, BatchSizeOpt, CompileOpt, DeviceOpt, JsonOpt, ModelOpt,
+                                OfflineOpt, OutputFileOpt, PrecisionOpt, ThresholdOpt, WorkersOpt)
 
 
 def predict(
@@ -16,10 +16,13 @@ def predict(
         help="Image files, folders (searched recursively), globs, http(s) URLs, or - for an image on stdin.",
         show_default=False)] = None,
     model: ModelOpt = DEFAULT_MODEL,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image.")] = 5,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image (single-label models).")] = 5,
+    threshold: ThresholdOpt = None,
     batch_size: BatchSizeOpt = 32,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "auto",
+    backend: BackendOpt = "torch",
+    compile: CompileOpt = False,
     workers: WorkersOpt = None,
     json_out: JsonOpt = False,
     output: OutputFileOpt = None,
@@ -28,7 +31,10 @@ def predict(
         show_default=False)] = None,
     offline: OfflineOpt = False,
 ) -> None:
-    """Predict the top-k labels of images with a pre-trained or fine-tuned model."""
+    """Predict the top-k labels of images with a pre-trained or fine-tuned model.
+
+    A multi-label model gives every label at or above its threshold, best first.
+    """
     from vitcli import env
     from vitcli.data.inputs import expand_inputs
     from vitcli.errors import UsageError
@@ -38,13 +44,17 @@ def predict(
     if not inputs and list_file is None:
         raise UsageError("no images given", "give image files, folders, globs or URLs, or --list FILE")
     paths, missing = expand_inputs(inputs or [], list_file)
+    if writer:
+        writer.refuse_inputs([*paths, *([list_file] if list_file else [])])
 
     from vitcli import output as sink
     from vitcli.inference.forward import Throughput
     from vitcli.inference.predict import Prediction, open_predictor
 
-    predictor = open_predictor(model, device, precision, n_images=len(paths))  # onnxruntime when it can: no torch
-    sink.info(f"{predictor.architecture} on {predictor.describe()}, {len(paths)} image(s)", style="dim")
+    predictor = open_predictor(model, device, precision, backend, compile)
+    ran = predictor.info()  # backend, device, precision, accel: named in every result
+    sink.info(f"{predictor.architecture} on {predictor.describe()} ({ran['accel']}), {len(paths)} image(s)",
+              style="dim")
 
     writer = writer and writer.open()
     throughput = Throughput()  # the loader's and the model's img/s, said at the end
@@ -52,12 +62,12 @@ def predict(
     try:
         for item, reason in missing:
             failed += 1
-            _emit(Prediction(sink.display(item), error=reason), json_out, writer, rows)
+            _emit(Prediction(sink.display(item), error=reason), json_out, writer, rows, ran)
         with sink.progress("predict", total=len(paths), unit="img") as advance:
             for pred in predictor.run(paths, top_k=top_k, batch_size=batch_size, workers=workers,
-                                      progress=advance, throughput=throughput):
+                                      progress=advance, throughput=throughput, threshold=threshold):
                 failed += pred.error is not None
-                _emit(pred, json_out, writer, rows)
+                _emit(pred, json_out, writer, rows, ran)
     finally:  # whatever stops the run, the results already made are shown and kept
         if writer:
             writer.close()
@@ -74,38 +84,52 @@ def predict(
         raise typer.Exit(1)
 
 
-def _emit(pred, json_out: bool, writer, rows: list) -> None:
+PLAIN_HEADER = ("image", "rank", "label", "index", "score")
+
+
+def _emit(pred, json_out: bool, writer, rows: list, ran: dict) -> None:
     from vitcli import output as sink
+    from vitcli.cli import tables
 
     if writer:
         writer.write(pred)
     if json_out:
-        sink.emit_json(pred.to_json())
-    else:
-        rows.append(pred)
-        if pred.error:
-            sink.error(f"{pred.path}: {pred.error}")
+        sink.emit_json({**pred.to_json(), "backend": ran["backend"], "precision": ran["precision"]})
+        return
+    if pred.error:
+        sink.error(f"{pred.path}: {pred.error}")
+        return
+    if tables.plain():  # a pipe: each result as it comes, one tab-separated line per label, paths whole
+        if not rows:
+            tables.plain_line(PLAIN_HEADER)
+        if not pred.predictions:  # a multi-label model: no label at or above its threshold
+            tables.plain_line([pred.path, "", "(none)", "", ""])
+        for rank, p in enumerate(pred.predictions, 1):
+            tables.plain_line([pred.path, rank, p["label"], p["index"], f"{p['score']:.4f}"])
+    rows.append(pred)  # the predictions shown (a table on a terminal, at the end)
 
 
 def _render_table(rows) -> None:
-    from rich.table import Table
-
+    """On a terminal: one table fitted to its width, paths relative to the folder that holds them all."""
     from vitcli import output as sink
+    from vitcli.cli import tables
 
-    table = Table(show_lines=False, box=None, pad_edge=False)
-    table.add_column("image", overflow="fold")
-    table.add_column("#", justify="right")
-    table.add_column("label")
-    table.add_column("index", justify="right")
-    table.add_column("score", justify="right")
-    for pred in rows:
-        if pred.error:
-            continue
+    if not rows or tables.plain():
+        return
+    root, shown = tables.relative_paths([pred.path for pred in rows])
+    ranks = max(len(pred.predictions or ()) for pred in rows) > 1  # no rank column for -k 1
+    columns = [tables.Column("image", wrap="path")] + ([tables.Column("#", right=True)] if ranks else []) + [
+        tables.Column("label"), tables.Column("index", right=True), tables.Column("score", right=True)]
+    cells = []
+    for pred, path in zip(rows, shown):
+        if not pred.predictions:  # a multi-label model: no label at or above its threshold
+            cells.append([path] + ([""] if ranks else []) + ["(none)", "", ""])
         for rank, p in enumerate(pred.predictions, 1):
-            table.add_row(pred.path if rank == 1 else "", str(rank), p["label"], str(p["index"]),
-                          f"{p['score']:.4f}", end_section=rank == len(pred.predictions))
-    if table.rows:
-        sink.out().print(table)
+            cells.append([path if rank == 1 else ""] + ([str(rank)] if ranks else [])
+                         + [p["label"], str(p["index"]), f"{p['score']:.4f}"])
+    if root:
+        sink.info(f"images in {root}", style="dim")
+    tables.print_table(columns, cells)
 
 
 class _FileWriter:
@@ -128,6 +152,18 @@ class _FileWriter:
         if path.is_dir():
             raise UsageError(f"--output {sink.display(path)} is a folder", "give a file name, e.g. results.csv")
         return cls(path)
+
+    def refuse_inputs(self, inputs: list) -> None:
+        """--output naming one of the inputs would truncate it before it is read: refused."""
+        import os
+
+        from vitcli import output as sink
+        from vitcli.errors import UsageError
+
+        target = os.path.realpath(self.path)
+        if any(isinstance(p, os.PathLike) and os.path.realpath(p) == target for p in inputs):
+            raise UsageError(f"--output {sink.display(self.path)} is one of the inputs",
+                             "write the results to another file")
 
     def open(self) -> "_FileWriter":
         import csv
@@ -153,8 +189,8 @@ class _FileWriter:
 
         if self.csv is None:
             self._guarded(self.fh.write, dumps(pred.to_json()) + "\n")
-        elif pred.error:
-            self._guarded(self.csv.writerow, [pred.path, "", "", "", "", pred.error])
+        elif pred.error or not pred.predictions:  # an error, or no label at or above the thresholds
+            self._guarded(self.csv.writerow, [pred.path, "", "", "", "", pred.error or ""])
         else:
             self._guarded(self.csv.writerows, [[pred.path, rank, p["label"], p["index"], f"{p['score']:.6f}", ""]
                                                for rank, p in enumerate(pred.predictions, 1)])

@@ -1,4 +1,4 @@
-"""`vit push RUN REPO_ID`: publish a run folder on the Hugging Face Hub (core: vitcli.train.push)."""
+"""`vit push RUN REPO_ID`: publish a run folder on the Hugging Face Hub (core: vitcli.hub.push)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def push(
     HF_ENDPOINT picks the Hub.
     """
     from vitcli import output
-    from vitcli.train.push import push as push_run
+    from vitcli.hub.push import push as push_run
 
     result = push_run(run, repo_id, private=private, revision=revision, message=message)
     if json_out:

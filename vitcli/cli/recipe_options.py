@@ -57,6 +57,11 @@ RModelEma = Annotated[Optional[bool], typer.Option(
     "--model-ema/--no-model-ema", help="Keep an EMA of the weights (evaluated beside them; the better is kept).",
     rich_help_panel=P, show_default=False)]
 REmaDecay = _recipe(float, "--ema-decay", "The EMA's decay (default 0.9998; warmed up from 0).")
+RMultiLabel = Annotated[Optional[bool], typer.Option(
+    "--multi-label/--no-multi-label", help="Sets of labels per image: a sigmoid head, BCE, per-class thresholds "
+                                           "(default: from the data: a CSV folder or a Sequence(ClassLabel) column).",
+    rich_help_panel=P, show_default=False)]
+RLoss = _recipe(str, "--loss", "Multi-label loss: bce (default) | asl (timm's asymmetric loss).")
 RStopAfter = Annotated[Optional[int], typer.Option(
     "--stop-after", min=1, show_default=False,
     help="Save and stop after step N, as if interrupted (--resume continues).")]
@@ -78,9 +83,10 @@ RProject = Annotated[Optional[Path], typer.Option("--project", help="Parent of t
                                                   show_default=False)]
 RReportTo = Annotated[Optional[str], typer.Option(
     "--report-to", help="tensorboard | wandb | tensorboard,wandb | none (default): also send the scalars there "
-                        "(extras vitcli[tensorboard], vitcli[wandb]).", show_default=False)]
-RResume = Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this run folder.",
-                                                 show_default=False)]
+                        "(extras vitcli\\[tensorboard], vitcli\\[wandb]).", show_default=False)]
+RResume = Annotated[Optional[Path], typer.Option(
+    "--resume", help="Continue the run in this run folder; with no folder (or `last`), the latest unfinished run of "
+                     "this command in --project.", show_default=False)]
 RDryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")]
 
 _NOT_FLAGS = ("config", "resume", "sweep", "dry_run", "json_out", "offline", "stop_after")
@@ -101,7 +107,7 @@ def make_command(command: str, doc: str, *, first: list = (), recipe: list = ())
               _param("clip_grad", RClip), _param("layer_decay", RLayerDecay), _param("patience", RPatience),
               _param("aa", RAa), _param("mixup", RMixup), _param("cutmix", RCutmix), _param("reprob", RReprob),
               _param("label_smoothing", RSmooth), _param("drop_path", RDropPath), _param("model_ema", RModelEma),
-              _param("ema_decay", REmaDecay),
+              _param("ema_decay", REmaDecay), _param("multi_label", RMultiLabel), _param("loss", RLoss),
               *(_param(n, a) for n, a in recipe),
               *(_param(n, a) for n, a in SCALE_OPTIONS),
               _param("seed", RSeed), _param("data_dir", DataDirOpt), _param("val_split", RValSplit),
@@ -134,7 +140,7 @@ def _run(command: str, options: dict) -> None:
     where = dict(config_file=options["config"], resume=options["resume"], sweep=options["sweep"],
                  stop_after=options["stop_after"])
     if options["dry_run"]:
-        from vitcli.train import world
+        from vitcli.train import budget, world
         from vitcli.train.config import dumps
 
         for line in world.describe() if env.dist()[1] > 1 else ():  # under torchrun: every rank its own line
@@ -145,9 +151,10 @@ def _run(command: str, options: dict) -> None:
             if setting is not None:
                 output.emit_json({"setting": setting, "config": cfg.to_dict()})
             elif options["json_out"]:
-                output.emit_json(cfg.to_dict())
+                output.emit_json({**cfg.to_dict(), "plan": budget.plan_of(cfg)})
             else:
                 typer.echo(dumps(cfg))
+                output.info(budget.describe(budget.plan_of(cfg)))
         return
     from vitcli.train.world import failures_named
 
@@ -159,55 +166,44 @@ def _run(command: str, options: dict) -> None:
         output.emit_json(result) if options["json_out"] else render(result)
         return
     output.emit_json(result.to_json()) if options["json_out"] else render_sweep(result)
-    failed = [r for r in result.rows if r.status == "failed"]
+    failed = [r for r in result.rows if r.status in ("failed", "diverged")]
     if failed:
-        output.warn(f"{len(failed)} of {len(result.rows)} settings failed (shown in the table); the winner is "
+        what = " or ".join(s for s in ("failed", "diverged") if any(r.status == s for r in failed))
+        output.warn(f"{len(failed)} of {len(result.rows)} settings {what} (shown in the table); the winner is "
                     "the best of the others")
 
 
 def render(summary: dict) -> None:
-    from rich.table import Table
+    from vitcli.cli import tables
 
-    from vitcli import output
-
-    table = Table(box=None, show_header=False, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
+    rows = []
     labels = {"val_top1": f"{summary.get('selection_split') or 'val'} top-1 (best)", "test_top1": "test top-1",
+              "val_mAP": f"{summary.get('selection_split') or 'val'} mAP (best)", "test_mAP": "test mAP",
               "img_s": "train img/s", "run_dir": "run folder", "best_step": "best at step"}
     for key in ("run_dir", "model", "dataset", "steps", "stopped_early_at", "stopped_at", "epochs", "best_step",
-                "weights", "val_top1", "test_top1", "params", "img_s", "seconds", "skipped_images"):
+                "weights", "val_top1", "test_top1", "val_mAP", "test_mAP", "params", "img_s", "seconds",
+                "skipped_images"):
         if summary.get(key) is None:
             continue
         value = summary[key]
-        if key in ("val_top1", "test_top1"):
+        if key in ("val_top1", "test_top1", "val_mAP", "test_mAP"):
             value = f"{value:.2f} %"
         elif key == "params":
             value = f"{value / 1e6:.2f} M"
-        table.add_row(labels.get(key, key.replace("_", " ")), str(value))
-    output.out().print(table)
+        rows.append((labels.get(key, key.replace("_", " ")), str(value)))
+    tables.print_table([tables.Column("key", wrap="none"), tables.Column("value", wrap="path")], rows, header=False)
 
 
 def render_sweep(result) -> None:
-    """The comparison table on stdout (rich), the winner and the saved files on stderr."""
-    from rich.console import Console
-    from rich.measure import Measurement
-    from rich.table import Table
-
+    """The comparison table on stdout (vitcli.cli.tables), the winner and the saved files on stderr."""
     from vitcli import output as sink
+    from vitcli.cli import tables
     from vitcli.train.sweep import COLUMNS, columns, label, table_rows
 
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for c, name in zip(COLUMNS, columns(result)):
-        table.add_column(name, justify="left" if c in ("setting", "status") else "right")
-    for r, row in zip(result.rows, table_rows(result, reasons=False)):
-        style = "bold green" if r is result.winner else ("red" if r.status == "failed" else None)
-        table.add_row(*row, style=style)
-    console = sink.out()
-    natural = Measurement.get(console, console.options.update_width(1000), table).maximum
-    if console.width < natural <= 200:  # one line per setting, never folded (logs, narrow pipes)
-        console = Console(file=console.file, width=natural, soft_wrap=True, color_system=console.color_system)
-    console.print(table)
+    tables.print_table([tables.Column(name, right=c not in ("setting", "status"))
+                        for c, name in zip(COLUMNS, columns(result))], table_rows(result, reasons=False),
+                       styles=["bold green" if r is result.winner
+                               else ("red" if r.status in ("failed", "diverged") else None) for r in result.rows])
     for r in result.rows:
         if r.status == "failed":
             sink.error(f"{label(r.setting)}: {r.error}", label="failed:")

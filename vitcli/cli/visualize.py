@@ -28,7 +28,7 @@ def visualize(
         "--filters", help="Principal components of the patch-embedding filters (paper Fig. 7 left).")] = False,
     gradcam: Annotated[bool, typer.Option(
         "--gradcam", help="Class-specific saliency overlay per image (pytorch-grad-cam: ViT/DeiT, PoolFormer/MetaFormer, "
-                          "CNNs); needs vitcli[gradcam].")] = False,
+                          "CNNs); needs vitcli\\[gradcam].")] = False,
     method: Annotated[str, typer.Option("--method", help=f"Grad-CAM variant: {_METHODS}.")] = "gradcam",
     target: Annotated[Optional[str], typer.Option(
         "--target", help="The class to explain: a label name of the model or an index (default: the predicted "
@@ -61,16 +61,14 @@ def visualize(
 
     env.set_offline(offline)
     from vitcli import output as sink
-    from vitcli.analysis.visualize import run
+    from vitcli.analysis.visualize import VisualizeOptions, run
 
-    result = run(model, images or [], attention_distance=attention_distance, attention_map=attention_map,
-                 pos_embed_similarity=pos_embed_similarity, filters=filters, gradcam=gradcam, method=method.lower(),
-                 target=target, faithfulness=faithfulness, faithfulness_steps=faithfulness_steps,
-                 num_images=num_images, head_fusion=head_fusion.lower(), discard_ratio=discard_ratio,
-                 num_components=num_components, out_dir=out_dir, batch_size=batch_size, device=device,
-                 precision=precision, random_init=random_init)
-    if "faithfulness" in result:
-        _faithfulness_table(result)  # for people, on stderr; the numbers are in the result
+    result = run(VisualizeOptions(
+        model=model, images=tuple(images or ()), attention_distance=attention_distance, attention_map=attention_map,
+        pos_embed_similarity=pos_embed_similarity, filters=filters, gradcam=gradcam, method=method.lower(),
+        target=target, faithfulness=faithfulness, faithfulness_steps=faithfulness_steps, num_images=num_images,
+        head_fusion=head_fusion.lower(), discard_ratio=discard_ratio, num_components=num_components, out_dir=out_dir,
+        batch_size=batch_size, device=device, precision=precision, random_init=random_init))
     if json_out:
         sink.emit_json(result)
     else:
@@ -83,23 +81,20 @@ def visualize(
 
 
 def _render(result: dict) -> None:
-    from rich.table import Table
-
     from vitcli import output as sink
+    from vitcli.cli import tables
 
     console = sink.out()
+    if "faithfulness" in result:
+        _faithfulness_table(result)
     dist = result.get("attention_distance")
     if dist:
-        table = Table(title=f"Mean attention distance (pixels), {dist['num_images']} images", box=None,
-                      pad_edge=False)
-        table.add_column("layer", justify="right")
         heads = len(dist["distance"][0])
-        for h in range(heads):
-            table.add_column(f"h{h + 1}", justify="right")
-        table.add_column("mean", justify="right", style="bold")
-        for i, row in enumerate(dist["distance"], 1):
-            table.add_row(str(i), *[f"{v:.1f}" for v in row], f"{sum(row) / len(row):.1f}")
-        console.print(table)
+        columns = ([tables.Column("layer", right=True)] + [tables.Column(f"h{h + 1}", right=True) for h in range(heads)]
+                   + [tables.Column("mean", right=True)])
+        tables.print_table(columns, [(str(i), *[f"{v:.1f}" for v in row], f"{sum(row) / len(row):.1f}")
+                                     for i, row in enumerate(dist["distance"], 1)],
+                           title=f"Mean attention distance (pixels), {dist['num_images']} images")
         s = dist["summary"]
         console.print(f"first layer: heads from {s['first_layer_min']:.1f} to {s['first_layer_max']:.1f} px "
                       f"({s['first_layer_ratio']:.1f}x); last {s['layers_compared']} layers look "
@@ -128,19 +123,14 @@ def _render(result: dict) -> None:
 
 
 def _faithfulness_table(result: dict) -> None:
-    from rich.table import Table
-
-    from vitcli import output as sink
+    from vitcli.cli import tables
 
     setup = result["faithfulness_setup"]
-    table = Table(title=f"Faithfulness: {setup['num_images']} images, {setup['steps']} steps", box=None,
-                  pad_edge=False, title_justify="left")
-    table.add_column("map")
-    table.add_column("deletion AUC (lower: faithful)", justify="right")
-    table.add_column("insertion AUC (higher: faithful)", justify="right")
-    for name, s in result["faithfulness"].items():
-        table.add_row(name, f"{s['deletion_auc']:.4f}", f"{s['insertion_auc']:.4f}")
-    sink.err().print(table)
+    columns = [tables.Column("map"), tables.Column("deletion AUC (lower: faithful)", right=True),
+               tables.Column("insertion AUC (higher: faithful)", right=True)]
+    tables.print_table(columns, [(name, f"{s['deletion_auc']:.4f}", f"{s['insertion_auc']:.4f}")
+                                 for name, s in result["faithfulness"].items()],
+                       title=f"Faithfulness: {setup['num_images']} images, {setup['steps']} steps")
 
 
 def register(app: typer.Typer) -> None:

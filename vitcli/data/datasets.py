@@ -18,6 +18,7 @@ each file once in a warning and counts it in `DatasetSource.unreadable`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -74,6 +75,11 @@ class DatasetSource:
         return len(self.classes)
 
     @property
+    def multi_label(self) -> bool:
+        """Images with sets of labels (multi-hot rows: vitcli.data.multilabel)."""
+        return any(records.labels.ndim > 1 for records, _ in self._parts.values())
+
+    @property
     def selection_split(self) -> str | None:
         """The split that selects the model: minival, else val (else None)."""
         return next((s for s in ("minival", "val") if s in self.splits), None)
@@ -109,6 +115,10 @@ class DatasetSource:
 # ---------------------------------------------------------------------------------------- splits
 def carve(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(keep, held_out) index arrays: a stratified, seeded `fraction` of each class held out."""
+    if labels.ndim > 1:  # multi-hot label sets
+        from vitcli.data import multilabel
+
+        return multilabel.carve(labels, fraction, seed)
     rng = np.random.default_rng(seed)
     held = []
     for c in np.unique(labels):
@@ -157,7 +167,7 @@ def open_dataset(spec: str, *, data_dir: Path | None = None, val_split: float | 
     """Open a named dataset, an ImageFolder tree or a Hugging Face dataset. Named datasets are downloaded
     (by torchvision) into `data_dir` only when their files are not already there and `download` is set;
     `image_column` / `label_column` choose the columns of a Hugging Face dataset."""
-    from vitcli.data import hf, wds
+    from vitcli.data import hf, multilabel, wds
 
     if wds.is_wds(spec):  # WebDataset shards: the splits vit shard wrote (nothing carved from a stream)
         return wds.open_shards(spec)
@@ -177,6 +187,9 @@ def open_dataset(spec: str, *, data_dir: Path | None = None, val_split: float | 
     if name in NAMED and not path.is_dir():
         root = Path(data_dir).expanduser() if data_dir else default_data_dir()
         return _open_named(name, root, val_split, seed, download)
+    if path.is_dir() and multilabel.is_csv_folder(path):
+        opened = multilabel.open_csv_parts(path)
+        return from_parts(opened.name, opened.classes, opened.parts, root=opened.root, val_split=val_split, seed=seed)
     if path.is_dir():
         return _open_folder(path, val_split, seed)
     raise DataError(f"dataset {spec!r} is neither a known name nor a folder",
@@ -271,14 +284,52 @@ def _scan(folder: Path, classes: list[str]) -> Records:
     from vitcli.data.inputs import is_image_file, walk
 
     paths, labels = [], []
+    real_dirs = _real_class_dirs(folder, classes)
+    seen: set[str] = set()
     for label, cls in enumerate(classes):
         cdir = folder / cls
         if not cdir.is_dir():
             continue
         for p in sorted(x for x in walk(cdir) if is_image_file(x) and x.is_file()):
-            paths.append(p)
-            labels.append(label)
+            real = os.path.realpath(p)
+            _check_reach(folder, cls, p, real, real_dirs)
+            if real not in seen:  # each real file once (two links to one image in a class)
+                seen.add(real)
+                paths.append(p)
+                labels.append(label)
     return Records(labels, paths=paths)
+
+
+def _real_class_dirs(folder: Path, classes: list[str]) -> dict[str, str]:
+    """Each class folder's real path; a class folder that is (or holds, or lies in) another class, or
+    the dataset root, through a link, is an error: its images would count under two labels."""
+    root = os.path.realpath(folder)
+    real = {cls: os.path.realpath(folder / cls) for cls in classes if (folder / cls).is_dir()}
+    linked = sorted(real, key=lambda c: not (folder / c).is_symlink())  # the links first: they are the cause
+    for cls in linked:
+        path = real[cls]
+        for other, other_path in [("the dataset root", root)] + [(f"class {o!r}", real[o]) for o in real if o != cls]:
+            if path == other_path or _inside(other_path, path) or _inside(path, other_path) and other_path != root:
+                raise DataError(f"class folder {folder / cls} reaches {other} ({other_path}) through a link",
+                                "each class folder must hold only its own images: remove or replace that link")
+    return real
+
+
+def _check_reach(folder: Path, cls: str, path: Path, real: str, real_dirs: dict[str, str]) -> None:
+    """An image reached from class `cls` must not lie in another class folder or at the dataset root."""
+    own = real_dirs.get(cls)
+    if own is not None and _inside(real, own):
+        return
+    root = os.path.realpath(folder)
+    other = next((o for o, q in real_dirs.items() if o != cls and _inside(real, q)), None)
+    if other is not None or os.path.dirname(real) == root:
+        where = f"class {other!r}" if other is not None else "the dataset root"
+        raise DataError(f"{path} (class {cls!r}) is {real}, in {where}, through a link",
+                        "each class folder must hold only its own images: remove or replace that link")
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 SPLIT_DIRS = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}

@@ -6,7 +6,8 @@
     --dataset ./beans-saved            a folder written by Dataset(Dict).save_to_disk, recognised as such
 
 The image column is the first `Image` feature, the label column the first `ClassLabel` (its names become
-the class names; else an integer or string column named label/labels/class/target);
+the class names; else a `Sequence(ClassLabel)`: multi-label, vitcli.data.multilabel; else an integer or
+string column named label/labels/class/target);
 `--image-column` / `--label-column` choose others. Splits: train -> train, validation (valid, val,
 dev) -> val, test -> test; a single `Dataset` is the training set. vitcli.data.datasets.from_parts then
 makes the `DatasetSource` as for an ImageFolder tree (val selects, else minival is carved from train).
@@ -127,7 +128,13 @@ def open_parts(spec: str, *, image_column: str | None = None, label_column: str 
     parts = {}
     for split, ds in splits.items():
         labels = encode(ds[label_col])
-        keep = np.flatnonzero(labels >= 0)
+        if labels.ndim == 1:
+            bad = np.flatnonzero((labels < -1) | (labels >= len(classes)))
+            if len(bad):  # checked when the dataset is opened, not as an index error deep in a loss
+                raise DataError(f"{name} {split}: row {int(bad[0])} has label {int(labels[bad[0]])}, outside the "
+                                f"{len(classes)} classes of its {label_col!r} column ({len(bad)} such rows)",
+                                "fix the dataset's labels (-1 marks a row without one)")
+        keep = np.flatnonzero(labels >= 0) if labels.ndim == 1 else np.arange(len(labels))
         if len(keep) < len(labels):
             ds, labels = ds.select(keep), labels[keep]
         if len(ds) == 0:
@@ -192,9 +199,12 @@ def _image_column(features, chosen: str | None, name: str) -> str:
 def _label_column(features, chosen: str | None, name: str) -> str:
     import datasets
 
+    from vitcli.data import multilabel
+
     def usable(f) -> bool:
         kinds = ("int", "uint", "string", "large_string")
-        return isinstance(f, datasets.ClassLabel) or (isinstance(f, datasets.Value) and f.dtype.startswith(kinds))
+        return isinstance(f, datasets.ClassLabel) or (isinstance(f, datasets.Value) and f.dtype.startswith(kinds)) \
+            or multilabel.is_sequence_of_classes(f)
 
     if chosen is not None:
         if chosen not in features:
@@ -205,6 +215,7 @@ def _label_column(features, chosen: str | None, name: str) -> str:
                             "give a ClassLabel, integer or string column")
         return chosen
     found = next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)), None) or \
+        next((c for c, f in features.items() if multilabel.is_sequence_of_classes(f)), None) or \
         next((c for c in LABEL_NAMES if c in features and usable(features[c])), None)
     if found is None:
         raise DataError(f"dataset {name} has no label column (its columns: {', '.join(features)})",
@@ -216,9 +227,13 @@ def _classes(splits: dict, column: str):
     """The class names and a function from a column's values to class indices (-1: no label)."""
     import datasets
 
+    from vitcli.data import multilabel
+
     feature = next(iter(splits.values())).features[column]
+    if multilabel.is_sequence_of_classes(feature):  # multi-label: multi-hot rows
+        return multilabel.sequence_classes(feature)
     if isinstance(feature, datasets.ClassLabel):
-        return list(feature.names), lambda values: np.asarray(values, dtype=np.int64)
+        return list(feature.names), lambda values: np.asarray([-1 if v is None else v for v in values], dtype=np.int64)
     values = [np.asarray(ds[column]) for ds in splits.values()]
     if feature.dtype in ("string", "large_string"):
         names = sorted({str(v) for vs in values for v in vs if v is not None and str(v) != ""})

@@ -101,6 +101,7 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.
     path = Path(path)
     shown = display(path)
     try:
+        _check_regular(path)
         with open(path, "rb") as fh:
             head = fh.read(32)
     except IsADirectoryError:
@@ -110,6 +111,21 @@ def load_image(path: str | os.PathLike, draft_size: int | None = None) -> Image.
     except OSError as e:
         raise ImageError(shown, f"cannot read ({e.strerror or e})") from None
     return _decode(path, shown, head, path.suffix, draft_size)
+
+
+def _check_regular(path: Path) -> None:
+    """Only regular files are read: a FIFO, a socket or a device (`/dev/zero`, `/dev/stdin`) would block
+    or never end. Checked on the opened file (non-blocking, so a FIFO without a writer cannot hang)."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise ImageError(display(path), f"{kind}, not a regular file", "give an image file (for a stream, use -)")
 
 
 def decode_image(data: bytes, name: str, draft_size: int | None = None) -> Image.Image:

@@ -54,7 +54,8 @@ class Records:
 
     def __init__(self, labels: Sequence[int], paths: Sequence | None = None, array=None, encoded=None,
                  names: Sequence[str] | None = None):
-        self.labels = np.asarray(labels, dtype=np.int64)
+        labels = np.asarray(labels)
+        self.labels = labels.astype(np.uint8 if labels.ndim > 1 else np.int64)  # (N,) or multi-hot (N, K)
         # paths: file paths (as str), http(s) URLs, or a StdinImage (vitcli.data.inputs)
         self.paths = [p if isinstance(p, str) else str(p) for p in paths] if paths is not None else None
         self.array = array  # (N, H, W, 3) uint8
@@ -137,7 +138,7 @@ class ImageDataset:
             image = self.records.image(j, self.draft_size)
         except ImageError as e:
             return Skipped(position, e.path, e.reason)
-        label = int(self.records.labels[j])
+        label = self.records.labels[j] if self.records.labels.ndim > 1 else int(self.records.labels[j])  # multi-hot
         if self.transform is None:
             return Sample(position, image, label)
         if self.augment_seed is None:
@@ -172,7 +173,7 @@ def collate(items) -> Batch:
     if not ok:
         return Batch([], None, None, skipped)
     images = torch.stack([it.image if isinstance(it.image, torch.Tensor) else torch.as_tensor(it.image) for it in ok])
-    labels = torch.tensor([it.label for it in ok], dtype=torch.int64)
+    labels = torch.as_tensor(np.array([it.label for it in ok]), dtype=torch.int64)  # (B,) or multi-hot (B, K)
     return Batch([it.position for it in ok], images, labels, skipped)
 
 

@@ -15,6 +15,8 @@ from vitcli import __version__
 from vitcli.errors import ImageError
 
 TIMEOUT_S = 20.0  # per connection and per read
+DEADLINE_S = 60.0  # for the whole download: a server that drips a byte at a time cannot hold a run
+CHUNK = 1 << 16
 MAX_BYTES = 64 << 20  # 64 MiB: larger than any photo, smaller than a mistake
 MAX_REDIRECTS = 3
 
@@ -32,8 +34,26 @@ class _FewRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def fetch(url: str, timeout: float = TIMEOUT_S, max_bytes: int = MAX_BYTES) -> bytes:
-    """The body of `url`, or ImageError(url, reason)."""
+def _read(response, url: str, max_bytes: int, limit: float) -> bytes:
+    """The body, chunk by chunk, within `limit` seconds and max_bytes + 1."""
+    import time
+
+    deadline = time.monotonic() + limit
+    chunks, size = [], 0
+    while size <= max_bytes:
+        if time.monotonic() > deadline:
+            raise ImageError(url, f"cannot fetch (the download took over {limit:g} s; {size:,} bytes came)")
+        chunk = response.read1(min(CHUNK, max_bytes + 1 - size)) if hasattr(response, "read1") else \
+            response.read(min(CHUNK, max_bytes + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def fetch(url: str, timeout: float = TIMEOUT_S, max_bytes: int = MAX_BYTES, deadline_s: float | None = None) -> bytes:
+    """The body of `url` within DEADLINE_S in all (after the connection), or ImageError(url, reason)."""
     opener = urllib.request.build_opener(_FewRedirects)
     request = urllib.request.Request(url, headers={"User-Agent": f"vitcli/{__version__}"})
     try:
@@ -41,7 +61,7 @@ def fetch(url: str, timeout: float = TIMEOUT_S, max_bytes: int = MAX_BYTES) -> b
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > max_bytes:
                 raise ImageError(url, f"{int(declared):,} bytes is over the limit of {max_bytes:,}")
-            data = response.read(max_bytes + 1)
+            data = _read(response, url, max_bytes, DEADLINE_S if deadline_s is None else deadline_s)
     except ImageError:
         raise
     except urllib.error.HTTPError as e:

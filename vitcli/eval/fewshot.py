@@ -223,14 +223,14 @@ def extract(store: FeatureStore, loaded, runtime, split, indices, *, batch_size:
             progress=lambda n=1: None) -> int:
     """Run the images of `indices` that the store lacks through the model; returns how many ran."""
     from vitcli.data.transforms import eval_transform
-    from vitcli.inference import kernels
+    from vitcli import accel
     from vitcli.inference.forward import forward
 
     todo = store.missing(indices)
     if not todo:
         return 0
     model = loaded.model
-    kernels.for_inference(model, runtime)  # CPU oneDNN linears where measured faster (in place)
+    accel.prepare(model, runtime, "inference")  # in place, idempotent: what open_model already applied
 
     def pre_logits(x):
         return model.forward_head(model.forward_features(x), pre_logits=True)
@@ -249,9 +249,8 @@ def extract(store: FeatureStore, loaded, runtime, split, indices, *, batch_size:
 
 # ----------------------------------------------------------------------------- the evaluation
 
-def run(loaded, runtime, train, test, *, shots=(1, 5, 10, 25), seeds: int = 3, l2=(DEFAULT_L2,),
-        batch_size: int = 64, workers: int | None = None, use_cache: bool = True,
-        progress_factory=None) -> dict:
+def run(loaded, runtime, train, test, *, shots, seeds: int, l2, batch_size: int, workers: int | None,
+        use_cache: bool, progress_factory=None) -> dict:
     """Few-shot accuracy (percent) per shot count: mean and std over `seeds` draws, for each L2 strength.
 
     `train` and `test` are `vitcli.eval.splits.Split`s of one dataset (same classes).
@@ -334,7 +333,7 @@ def run(loaded, runtime, train, test, *, shots=(1, 5, 10, 25), seeds: int = 3, l
         "l2": l2[0] if len(l2) == 1 else l2, "few_shot": results[l2[0]],
         "forward_passes": computed, "num_failed": len(failed), "failed": failed,
         "seconds": round(time.perf_counter() - started, 2),
-        "device": runtime.describe(), "precision": runtime.precision,
+        "backend": "torch", "device": str(runtime.device), "precision": runtime.precision,
     }
     if len(l2) > 1:
         summary["l2_sweep"] = {_l2_key(value): results[value] for value in l2}

@@ -99,6 +99,28 @@ def per_class_stats(cm: np.ndarray) -> dict[str, np.ndarray]:
             "precision": precision, "recall": recall, "f1": f1}
 
 
+def per_class_rows(cm: np.ndarray, names: list[str]) -> list[dict]:
+    """A row per class present in the targets or the predictions: index, name, support, correct, predicted,
+    accuracy, precision, f1 (percent; accuracy None without support) and the class it is most taken for."""
+    cm = np.asarray(cm)
+    stats = per_class_stats(cm)
+
+    def pct(x) -> float | None:
+        return None if x is None or np.isnan(x) else round(100.0 * float(x), 4)
+
+    rows = []
+    for c in range(cm.shape[0]):
+        if stats["support"][c] == 0 and stats["predicted"][c] == 0:
+            continue
+        off = cm[c].copy()
+        off[c] = 0
+        rows.append({"index": c, "name": names[c], "support": int(stats["support"][c]),
+                     "correct": int(stats["correct"][c]), "predicted": int(stats["predicted"][c]),
+                     "accuracy": pct(stats["recall"][c]), "precision": pct(stats["precision"][c]),
+                     "f1": pct(stats["f1"][c]), "most_confused_with": names[int(off.argmax())] if off.max() > 0 else ""})
+    return rows
+
+
 def macro_scores(cm: np.ndarray) -> dict[str, float]:
     """Macro precision/recall/F1 (fractions) over the classes with support > 0."""
     stats = per_class_stats(cm)

@@ -1,6 +1,7 @@
 """The files of `vit eval --out-dir`: metrics.json, per_class.csv, confusion_matrix.csv, predictions.csv
 and the confusion-matrix figure (matplotlib's Figure API: no pyplot, no global backend); with
---few-shot, fewshot.json.
+--few-shot, fewshot.json. A training run with a test split writes the per-class and confusion files of
+its kept model too (`write_confusion`).
 
 Up to `FULL_LIMIT` classes the whole matrix is drawn. Beyond that a 1000x1000 picture is unreadable,
 so the figure shows the submatrix of the classes in the most confused pairs, beside a bar chart of
@@ -91,13 +92,10 @@ def write_artefacts(result, out_dir: Path) -> list[Path]:
     """metrics.json, per_class.csv, confusion_matrix.csv, predictions.csv and confusion.png in `out_dir`."""
     out_dir = Path(out_dir)
     summary = {**result.summary, "most_confused": result.most_confused, "per_class": result.per_class}
-    cols = ["index", "name", "support", "correct", "predicted", "accuracy", "precision", "f1", "most_confused_with"]
     files = {
         "metrics.json": dumps(summary, indent=2) + "\n",
-        "per_class.csv": _csv([cols] + [["" if row[c] is None else row[c] for c in cols] for row in result.per_class]),
-        # rows = true class, columns = predicted class
-        "confusion_matrix.csv": _csv([["true \\ predicted"] + list(result.class_names)]
-                                     + [[name] + row.tolist() for name, row in zip(result.class_names, result.confusion)]),
+        "per_class.csv": _per_class_csv(result.per_class),
+        "confusion_matrix.csv": _confusion_csv(result.confusion, result.class_names),
         # one row per readable image, as timm's inference script writes them
         "predictions.csv": _csv([["path", "true_index", "top1_index", "top1_score"]]
                                 + [[p["path"], p["true_index"], p["top1_index"], f"{p['top1_score']:.6f}"]
@@ -107,6 +105,29 @@ def write_artefacts(result, out_dir: Path) -> list[Path]:
     title = f"{result.summary['architecture']} on {result.summary['dataset']} ({result.summary['split']})"
     written.append(confusion_png(result.confusion, result.class_names, out_dir / "confusion.png", title=title))
     return written
+
+
+def write_confusion(cm, class_names: list[str], out_dir: Path, title: str = "") -> list[Path]:
+    """per_class.csv, confusion_matrix.csv and confusion.png of a confusion matrix (rows = true class), as
+    `write_artefacts` writes them: the end of a training run with a test split (vitcli.train.final)."""
+    from vitcli.eval.metrics import per_class_rows
+
+    out_dir = Path(out_dir)
+    cm = np.asarray(cm)
+    return [atomic_write(out_dir / "per_class.csv", _per_class_csv(per_class_rows(cm, class_names))),
+            atomic_write(out_dir / "confusion_matrix.csv", _confusion_csv(cm, class_names)),
+            confusion_png(cm, class_names, out_dir / "confusion.png", title=title)]
+
+
+def _per_class_csv(per_class: list[dict]) -> str:
+    cols = ["index", "name", "support", "correct", "predicted", "accuracy", "precision", "f1", "most_confused_with"]
+    return _csv([cols] + [["" if row[c] is None else row[c] for c in cols] for row in per_class])
+
+
+def _confusion_csv(cm, class_names: list[str]) -> str:
+    # rows = true class, columns = predicted class
+    return _csv([["true \\ predicted"] + list(class_names)] + [[name] + list(map(int, row))
+                                                               for name, row in zip(class_names, np.asarray(cm))])
 
 
 def _csv(rows) -> str:

@@ -57,6 +57,7 @@ def read_labels_file(path: Path) -> list[tuple[str, int]]:
         raise DataError(f"labels file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})",
                         "one 'FILENAME CLASS_INDEX' line per image, saved as UTF-8") from None
     entries = []
+    where: dict[str, tuple[int, int]] = {}  # file -> (line, class) of its first mention
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
@@ -65,7 +66,15 @@ def read_labels_file(path: Path) -> list[tuple[str, int]]:
         if len(parts) != 2 or not parts[1].isascii() or not parts[1].isdigit() or int(parts[1]) >= 2 ** 31:
             raise DataError(f"{path}:{number}: expected 'FILENAME CLASS_INDEX', got {line[:80]!r}",
                             "one image per line: its file name, a space, its class index (0-based)")
-        entries.append((parts[0], int(parts[1])))
+        name, label = os.path.normpath(parts[0]), int(parts[1])
+        if name in where:  # one image listed twice: the same class is read once, two classes are an error
+            first, first_label = where[name]
+            if first_label != label:
+                raise DataError(f"{path}:{number}: {parts[0]} is class {label} here and class {first_label} at "
+                                f"line {first}", "list each image once, with its one class")
+            continue
+        where[name] = (number, label)
+        entries.append((parts[0], label))
     if not entries:
         raise DataError(f"labels file {path} lists no images", "one 'FILENAME CLASS_INDEX' line per image")
     return entries
@@ -129,6 +138,23 @@ def default_split(source, few_shot: bool = False) -> str:
         raise DataError(f"dataset {source.name} has only a training split",
                         "few-shot evaluation needs a train/ and a val/ or test/ folder")
     return "train"
+
+
+def run_dataset(model: str | None) -> dict | None:
+    """What a training run folder given as --model was trained on, from its run.json: {"dataset", "data_dir",
+    "image_column", "label_column"}; None when `model` is not a run folder or records no dataset."""
+    import json
+
+    if not model:
+        return None
+    try:
+        record = json.loads((Path(model).expanduser() / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    cfg = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(cfg, dict) or not cfg.get("dataset"):
+        return None
+    return {k: cfg.get(k) for k in ("dataset", "data_dir", "image_column", "label_column")}
 
 
 def open_split(*, dataset: str | None = None, data: Path | None = None, labels: Path | None = None,

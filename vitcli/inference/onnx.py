@@ -1,6 +1,6 @@
 """`vit predict` in onnxruntime, with no torch import: `--model FILE.onnx` and the fast-start copies.
 
-The model is a vitcli.models.onnx.OnnxModel (the file alone is enough: its metadata holds the
+The model is a vitcli.export.onnx_model.OnnxModel (the file alone is enough: its metadata holds the
 preprocessing and the label names). `predict` reads images through the same `Records` and eval transform as the torch path
 (vitcli.data.loader, vitcli.data.transforms: the transform's numpy half), decodes them in threads
 (PIL releases the GIL), and runs the batch in onnxruntime: importing torch (1.3 s here) is what a
@@ -14,11 +14,11 @@ import time
 from typing import Iterator
 
 from vitcli.errors import ModelError
-from vitcli.models.onnx import OnnxModel
+from vitcli.export.onnx_model import OnnxModel
 from vitcli.output import display
 
-def predict(paths: list, model: OnnxModel, top_k: int = 5, batch_size: int = 32, workers: int | None = None,
-            progress=lambda n=1: None, throughput=None) -> Iterator:
+def predict(paths: list, model: OnnxModel, *, top_k: int, batch_size: int, workers: int | None,
+            threshold: float | None, progress=lambda n=1: None, throughput=None) -> Iterator:
     """One `Prediction` per path, in order, as vitcli.inference.predict.run gives them."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -28,6 +28,7 @@ def predict(paths: list, model: OnnxModel, top_k: int = 5, batch_size: int = 32,
     from vitcli.data.transforms import EvalTransform, supports
     from vitcli.errors import ImageError
     from vitcli.inference.forward import Throughput
+    from vitcli.inference.multilabel import MultiLabelHead
     from vitcli.inference.prediction import NON_FINITE, Prediction
 
     if not supports(model.data_config):
@@ -36,6 +37,7 @@ def predict(paths: list, model: OnnxModel, top_k: int = 5, batch_size: int = 32,
     transform = EvalTransform(model.data_config)
     records = Records.of_paths(paths)
     top_k = max(1, min(top_k, model.num_classes))
+    head = MultiLabelHead.of(model.config, model.num_classes, threshold)
 
     def read(j):
         try:
@@ -71,6 +73,7 @@ def predict(paths: list, model: OnnxModel, top_k: int = 5, batch_size: int = 32,
                     yield Prediction(name, error=NON_FINITE)
                 else:
                     k = row[i]
-                    yield Prediction(name, [{"label": model.label_names[int(c)], "index": int(c),
-                                             "score": round(float(s), 6)} for s, c in zip(scores[k], classes[k])])
+                    yield Prediction(name, head.labels(logits[k], model.label_names) if head else
+                                     [{"label": model.label_names[int(c)], "index": int(c),
+                                       "score": round(float(s), 6)} for s, c in zip(scores[k], classes[k])])
             progress(len(batch))

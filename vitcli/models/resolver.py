@@ -4,7 +4,8 @@ A model spec is one of:
   - a timm name, with or without a pretrained tag: `vit_base_patch16_224.augreg2_in21k_ft_in1k`;
   - `hf-hub:org/name[@revision]`: a timm repository on the Hugging Face Hub;
   - a local folder in Hub layout (`config.json` + `model.safetensors`, as timm writes them);
-  - a vit run folder (the same layout at its top level, or in `best/` or `model/`).
+  - a vit run folder (the same layout at its top level, or in `best/` or `model/`);
+  - a file `vit export` wrote: `.onnx` (onnxruntime), `.pt2` (torch.export), `.xml` (OpenVINO).
 It returns the model with its preprocessing (from the model's own pretrained config, never
 hard-coded) and its label names.
 """
@@ -34,11 +35,24 @@ class ModelSource:
     """Where a spec points, before anything heavy is loaded."""
 
     spec: str
-    kind: str  # timm | hf-hub | local | onnx
+    kind: str  # timm | hf-hub | local | onnx | pt2 | openvino (FILE_KINDS: a file vit export wrote)
     name: str  # timm name, hub repo id or folder
     revision: str | None = None
     folder: Path | None = None  # folder holding config.json (+ weights) for hf-hub and local
     weights: Path | None = None
+
+
+FILE_KINDS = {"onnx": "onnxruntime", "pt2": "torch.export", "openvino": "openvino"}  # kind -> what runs it
+
+
+def file_kind(spec: str) -> str | None:
+    """"onnx" / "pt2" / "openvino" for an exported model file (by its suffix; it must exist), else None."""
+    from vitcli.export.onnx_model import is_onnx
+    from vitcli.export.openvino_model import is_openvino
+    from vitcli.export.pt2_model import is_pt2
+
+    spec = str(spec).strip()
+    return "onnx" if is_onnx(spec) else "pt2" if is_pt2(spec) else "openvino" if is_openvino(spec) else None
 
 
 @dataclass
@@ -59,7 +73,7 @@ def parse_spec(spec: str) -> ModelSource:
     """Classify a spec without loading torch (local folders are recognised by their files)."""
     spec = spec.strip()
     if spec.startswith("hf-hub:"):
-        from vitcli.models.hub import split_revision
+        from vitcli.hub.files import split_revision
 
         repo_id, revision = split_revision(spec[len("hf-hub:"):])
         if not HUB_ID.fullmatch(repo_id) or ".." in repo_id or any(p in (".", "..") for p in repo_id.split("/")):
@@ -68,10 +82,9 @@ def parse_spec(spec: str) -> ModelSource:
         return ModelSource(spec, "hf-hub", repo_id, revision)
     if spec.startswith("local-dir:"):
         spec = spec[len("local-dir:"):]
-    from vitcli.models.onnx import is_onnx
-
-    if is_onnx(spec):
-        return ModelSource(spec, "onnx", spec, weights=Path(spec).expanduser())
+    kind = file_kind(spec)
+    if kind is not None:
+        return ModelSource(spec, kind, spec, weights=Path(spec).expanduser())
     path = Path(spec).expanduser()
     if path.is_dir():
         folder = model_folder(path)
@@ -123,9 +136,9 @@ def resolve_timm_name(name: str) -> str:
 
 def fetch(source: ModelSource, refresh: bool = False) -> ModelSource:
     """Make sure the files the model needs are local (downloading with progress when needed)."""
-    from vitcli.models import hub
+    from vitcli.hub import files as hub
 
-    if source.kind in ("local", "onnx"):
+    if source.kind == "local" or source.kind in FILE_KINDS:
         return source
     if source.kind == "hf-hub":
         config = Path(hub.download_file(source.name, "config.json", source.revision, refresh=refresh))
@@ -161,9 +174,34 @@ def _load_config(folder: Path) -> dict:
         cfg = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot read {folder / 'config.json'}: {e}") from None
-    if "architecture" not in cfg:
+    if not isinstance(cfg, dict) or "architecture" not in cfg:
         raise ModelError(f"{folder / 'config.json'} is not a timm model config (no 'architecture')")
+    _check_sizes(cfg, folder / "config.json")
     return cfg
+
+
+def _check_sizes(cfg: dict, path: Path) -> None:
+    """Sizes a model is built from are positive whole numbers: checked when config.json is read, not deep in
+    timm's constructor or a forward pass."""
+    def positive(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+    pretrained = cfg.get("pretrained_cfg") if isinstance(cfg.get("pretrained_cfg"), dict) else {}
+    args = cfg.get("model_args") if isinstance(cfg.get("model_args"), dict) else {}
+    checks = [("pretrained_cfg.input_size", pretrained.get("input_size"), 3),
+              ("model_args.img_size", args.get("img_size"), None), ("model_args.patch_size", args.get("patch_size"), None)]
+    for name, value, length in checks:
+        if value is None:
+            continue
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not values or not all(positive(v) for v in values) or length is not None and len(values) != length:
+            raise ModelError(f"{path}: {name} {value!r} is not a size (positive whole numbers)",
+                             "fix config.json, or save the model again")
+    for name in ("num_classes",):
+        for where in (cfg, args):
+            value = where.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ModelError(f"{path}: {name} {value!r} is not a class count", "fix config.json")
 
 
 def create(source: ModelSource, *, pretrained: bool = True, **overrides):
@@ -175,14 +213,8 @@ def create(source: ModelSource, *, pretrained: bool = True, **overrides):
 
     ensure_registered()
     config: dict = {}
-    if source.kind == "onnx":
-        from vitcli.models.onnx import OnnxModel, as_module
-
-        if overrides:
-            raise ModelError(f"{display(source.name)} is an exported ONNX model: it cannot be rebuilt with "
-                             f"{', '.join(overrides)}", "use the model it was exported from")
-        onnx_model = OnnxModel(source.weights)
-        return as_module(onnx_model), onnx_model.architecture, {"label_names": onnx_model.label_names}
+    if source.kind in FILE_KINDS:
+        return _open_file(source, overrides)
     if source.kind in ("hf-hub", "local"):
         config = _load_config(source.folder)
         arch = config["architecture"]
@@ -218,6 +250,27 @@ def create(source: ModelSource, *, pretrained: bool = True, **overrides):
         else:
             model = timm.create_model(arch, pretrained=pretrained, **overrides)
     return model, arch, config
+
+
+def _open_file(source: ModelSource, overrides: dict):
+    """An exported file as (torch module, architecture, config): its own metadata, no timm model code."""
+    if overrides:
+        raise ModelError(f"{display(source.name)} is an exported {source.kind} model: it cannot be rebuilt with "
+                         f"{', '.join(overrides)}", "use the model it was exported from")
+    if source.kind == "pt2":
+        from vitcli.export.pt2_model import load
+
+        module, meta = load(source.weights)
+        return module, meta["architecture"], {**(meta.get("config") or {}), "label_names": meta["label_names"]}
+    from vitcli.export.onnx_model import OnnxModel, as_module
+
+    if source.kind == "onnx":
+        model = OnnxModel(source.weights)
+    else:
+        from vitcli.export.openvino_model import OpenVinoModel
+
+        model = OpenVinoModel(source.weights)
+    return as_module(model), model.architecture, {**model.config, "label_names": model.label_names}
 
 
 def _route_token_mixers(arch: str, args: dict) -> tuple[str, dict]:

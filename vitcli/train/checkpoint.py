@@ -20,7 +20,10 @@ from vitcli.output import TMP_MARK, atomic_write
 def save(obj, path: Path) -> None:
     import torch
 
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # closed whatever happens: a full disk gets its blocks back when the
+            torch.save(obj, fh)      # temporary file is removed
+    atomic_write(path, write)
 
 
 def load(path: Path) -> dict:
@@ -53,6 +56,22 @@ def load_training_state(path: Path) -> dict:
         raise UsageError(f"{display(path)} is not a vit training state",
                          "give --resume a run folder (or its last/state.pt)")
     return state
+
+
+def load_model_state(model, state: dict, name: str) -> None:
+    """Load a resumed state's weights into `model`, after checking that every tensor is there with its
+    shape: a state saved by a run of another architecture is one line, not a size-mismatch traceback."""
+    from vitcli.errors import ModelError
+
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(getattr(state[k], "shape", ()))]
+    if missing or extra or shapes:
+        first = (f"{shapes[0]} is {list(state[shapes[0]].shape)} in the state, {list(own[shapes[0]].shape)} in "
+                 "the model") if shapes else f"{len(missing)} tensor(s) missing, {len(extra)} unexpected"
+        raise ModelError(f"the training state does not fit the model {name} ({first}): it was saved by a run "
+                         "of another architecture", "resume the run that saved it, or start a new run")
+    model.load_state_dict(state)
 
 
 def clean_stale(folder: Path) -> list[Path]:
@@ -114,6 +133,22 @@ def gather_rng_states(dist) -> list:
     out = [None] * dist.world
     td.all_gather_object(out, state)
     return out
+
+
+def outputs_finite(module, images, runtime) -> bool:
+    """The module's outputs on `images` (a few training images) are finite: finite weights can still be
+    too large to give a number (a run at --lr 1e9), and such a model is never saved as the run's."""
+    import torch
+
+    if images is None:
+        return True
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), runtime.autocast():
+            return bool(module(images).float().isfinite().all())
+    finally:
+        module.train(was_training)
 
 
 def all_finite(model, optimizer) -> bool:

@@ -27,6 +27,8 @@ class RunConfig:
     val_split: float | None = None
     image_column: str | None = None  # Hugging Face datasets: None finds it from the features
     label_column: str | None = None
+    multi_label: bool | None = None  # sets of labels: sigmoid head and BCE (vitcli.train.multilabel); None: from the data
+    loss: str | None = None  # multi-label: bce (None) | asl (timm's asymmetric loss)
     recipe: str = "quick"
     # duration: steps, or epochs (converted to steps once the dataset size is known), or "auto": the
     # recipe's table of steps by training-set size and class count (vitcli.train.recipes.auto_steps)
@@ -139,6 +141,8 @@ def read_config_file(path: Path) -> dict:
             values = _load_yaml(text)
         else:
             values = json.loads(text)
+    except RecursionError:
+        raise UsageError(f"config file {path} is not valid {kind}: nested too deeply") from None
     except ValueError as e:
         raise UsageError(f"config file {path} is not valid {kind}: {e}") from None
     if not isinstance(values, dict):
@@ -164,6 +168,7 @@ def _load_yaml(text: str):
     exponent = re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+$")  # 1e-3, 1.5e3
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+0123456789."))
     try:
+        _check_expansion(yaml.compose(text, Loader=Loader))  # before any alias is expanded
         values = yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:  # not a ValueError
         mark = getattr(e, "problem_mark", None)
@@ -172,9 +177,37 @@ def _load_yaml(text: str):
     return {} if values is None else values
 
 
+MAX_YAML_NODES = 10_000  # a config holds a few dozen values; aliases may not expand it past this
+
+
+def _check_expansion(root) -> None:
+    """Refuse a YAML document whose aliases expand past MAX_YAML_NODES values (an alias bomb: nine levels
+    of nine aliases are 387 million values), or refer to themselves, counted on the composed nodes
+    (each counted once) before anything is expanded."""
+    sizes: dict[int, int] = {}
+
+    def size(node, active: frozenset) -> int:
+        if id(node) in active:
+            raise ValueError("a YAML alias refers to itself")
+        if id(node) not in sizes:
+            children = node.value if isinstance(node.value, list) else []
+            inner = active | {id(node)}
+            total = 1
+            for child in children:
+                for part in (child if isinstance(child, tuple) else (child,)):
+                    total += size(part, inner)
+                    if total > MAX_YAML_NODES:
+                        raise ValueError(f"its aliases expand to more than {MAX_YAML_NODES:,} values")
+            sizes[id(node)] = total
+        return sizes[id(node)]
+
+    if root is not None:
+        size(root, frozenset())
+
+
 def _check_keys(cls, values: dict, origin: str) -> dict:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(values) - names - {"command"})
+    unknown = sorted(set(values) - names - {"command", "plan"})  # plan: what `--dry-run --json` adds
     if unknown:
         import difflib
 
@@ -248,7 +281,7 @@ _NUMBERS = {
     "steps": (True, 1, None, False), "epochs": (False, 0, None, False), "warmup": (True, 0, None, False),
     "lr": (False, 0, None, False), "momentum": (False, 0, 1, False), "weight_decay": (False, 0, None, False),
     "clip_grad": (False, 0, None, False), "label_smoothing": (False, 0, 1, True), "batch_size": (True, 1, None, False),
-    "accum": (True, 1, None, False), "img_size": (True, 8, None, False), "seed": (True, 0, None, False),
+    "accum": (True, 1, None, False), "img_size": (True, 8, None, False), "seed": (True, 0, 2 ** 32 - 1, False),
     "workers": (True, 0, None, False), "eval_every": (True, 1, None, False), "save_every": (True, 1, None, False),
     "log_every": (True, 1, None, False), "max_bad_steps": (True, 1, None, False), "val_split": (False, 0, 1, True),
     "patch_size": (True, 1, None, False), "drop_path": (False, 0, 1, True), "patience": (True, 1, None, False),
@@ -257,7 +290,8 @@ _NUMBERS = {
     "cutmix": (False, 0, None, False), "ema_decay": (False, 0, 1, True),
 }
 CHOICES = {"budget": ("fixed", "auto"), "schedule": ("cosine", "linear", "constant"), "head_init": ("zero", "probe"),
-           "pos_embed": ("learn", "sincos", "none"), "pool": ("token", "avg")}
+           "pos_embed": ("learn", "sincos", "none"), "pool": ("token", "avg"), "loss": ("bce", "asl"),
+           "precision": ("auto", "fp32", "bf16", "fp16")}
 AA_POLICIES = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a")  # timm's auto_augment names
 
 
@@ -306,6 +340,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check_numbers(cfg)
     if not cfg.dataset:
         raise UsageError("no dataset given", "pass --dataset pets|flowers102|cifar10|cifar100|FOLDER")
+    if cfg.name is not None:
+        from vitcli.train.runs import check_name
+
+        check_name(cfg.name)  # from a flag or a config file alike: one folder under <project>/<command>/
     for name, allowed in CHOICES.items():
         value = getattr(cfg, name, None)
         if value is not None and value not in allowed:

@@ -1,8 +1,9 @@
 """The figures of training runs, drawn with matplotlib's Figure API (no pyplot, no global backend) and
 written with `atomic_write`:
 
-- a run's curves.png: training and held-out loss (left), held-out top-1 (right) against step, from its
-  metrics.jsonl records (vitcli.train.reporting); the selected model's test top-1 as a star;
+- a run's curves.png: training and held-out loss (left), held-out top-1 (middle) and the learning rate
+  (right) against step, from its metrics.jsonl records (vitcli.train.reporting); the selected model's
+  test top-1 as a star, the LP-FT probe's cross-validated top-1 as a dashed line;
 - a sweep's results.png: every setting's held-out top-1 against step (left) and its best one as a bar
   (right), the winner in bold, as the sweep table ranks them.
 """
@@ -38,27 +39,49 @@ def _steps(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def run_curves(train: list[dict], held: list[dict], test: list[dict], path: Path, title: str = "") -> Path:
-    """curves.png of one run, from its training, selection-split and test records."""
+def run_curves(train: list[dict], held: list[dict], test: list[dict], path: Path, title: str = "",
+               probe: dict | None = None) -> Path:
+    """curves.png of one run, from its training, selection-split and test records (and the LP-FT probe's
+    record): loss, top-1 and learning rate against step. Without a held-out split the top-1 panel still
+    says what the run reached: the test top-1 of the kept model, beside the probe's cross-validated top-1
+    (the held-out estimate fine-tuning set out to beat)."""
     split = held[0]["split"] if held else "val"
-    fig = _figure(10, 3.8)
-    loss_ax, top1_ax = fig.subplots(1, 2)
+    fig = _figure(13.5, 3.8)
+    loss_ax, top1_ax, lr_ax = fig.subplots(1, 3)
     if train:
         loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", color="tab:blue")
+        lr_ax.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:purple")
     if held:
         loss_ax.plot([r["step"] for r in held], [r["loss"] for r in held], "o-", label=split, color="tab:orange")
         top1_ax.plot([r["step"] for r in held], [r["top1"] for r in held], "o-", label=split, color="tab:orange")
+    if probe is not None and probe.get("cv_top1") is not None:
+        top1_ax.axhline(probe["cv_top1"], linestyle="--", color="tab:gray",
+                        label=f"linear probe, cross-validated {probe['cv_top1']:.2f} %")
     for r in test[-1:]:
         top1_ax.plot([r["step"]], [r["top1"]], "*", markersize=12, label=f"test {r['top1']:.2f} %",
                      color="tab:green")
-    _percent(top1_ax)
+    if not held:
+        top1_ax.text(0.02, 0.02, "no held-out split during the run: the last model is kept",
+                     transform=top1_ax.transAxes, fontsize=7, color="tab:gray")
+    if test or held:
+        low, high = top1_ax.get_ylim()
+        if high - low < 2:  # a probe at 99.7 % and a test at 99.6 %: two points apart, not stuck to the frame
+            top = min((low + high) / 2 + 1, 100.5)
+            top1_ax.set_ylim(top - 2, top)
+        _percent(top1_ax)
     loss_ax.set(xlabel="step", ylabel="cross-entropy", title="loss")
     top1_ax.set(xlabel="step", ylabel="top-1 (%)", title="top-1")
-    for ax in (loss_ax, top1_ax):
+    lr_ax.set(xlabel="step", ylabel="learning rate (peak group)", title="learning rate")
+    steps = [r["step"] for r in (train + held + test)]
+    for ax in (loss_ax, top1_ax, lr_ax):
         _steps(ax)
         ax.grid(alpha=0.3)
-        if ax.has_data():
+        if steps:
+            ax.set_xlim(min(0, min(steps)), max(steps) + 0.5)
+        if ax is not lr_ax and ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    if train and min(r["loss"] for r in train) > 0:
+        loss_ax.set_yscale("log")  # a probed head starts near 0: a linear axis shows a flat line
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)

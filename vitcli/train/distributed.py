@@ -37,7 +37,7 @@ def setup(device_spec: str) -> tuple[Dist, str]:
     """Join the process group when run by torchrun; returns the device spec for this rank."""
     import torch
 
-    from vitcli.devices import canonical
+    from vitcli.accel.runtime import canonical
 
     dist = from_env()
     device_spec = canonical(device_spec)
@@ -65,6 +65,15 @@ def teardown(dist: Dist) -> None:
 
     if td.is_available() and td.is_initialized():
         td.destroy_process_group()
+
+
+def all_true(value: bool, dist: Dist) -> bool:
+    """Whether `value` holds on every rank."""
+    import torch
+
+    flag = torch.tensor([float(not value)], dtype=torch.float64)
+    all_sum(flag, dist)
+    return flag.item() == 0
 
 
 def all_sum(tensor, dist: Dist):

@@ -131,10 +131,13 @@ def states(model, optimizer) -> tuple[dict, dict]:
             get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True)))
 
 
-def load_states(model, optimizer, state: dict) -> None:
-    """Load a saved (full) training state into the model and optimizer, sharding it when sharded."""
+def load_states(model, optimizer, state: dict, name: str) -> None:
+    """Load a saved (full) training state into the model and optimizer, sharding it when sharded; a state of
+    another architecture (`name` is the run's model) is one line (vitcli.train.checkpoint.load_model_state)."""
     if not is_sharded(model):
-        model.load_state_dict(state["model"])
+        from vitcli.train.checkpoint import load_model_state
+
+        load_model_state(model, state["model"], name)
         optimizer.load_state_dict(state["optimizer"])
         return
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict

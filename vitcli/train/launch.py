@@ -11,9 +11,11 @@ from pathlib import Path
 from vitcli import env
 from vitcli.errors import UsageError
 
+LATEST = ("last", "latest")  # --resume last: vitcli.train.runs.latest_unfinished
+
 
 def _flags(flags: dict) -> dict:
-    from vitcli.devices import canonical
+    from vitcli.accel.runtime import canonical
 
     flags = dict(flags)
     if flags.get("device") is not None:
@@ -29,6 +31,18 @@ def _flags(flags: dict) -> dict:
     return flags
 
 
+def _resume_folder(command: str, flags: dict, resume):
+    """`--resume last` (or a bare --resume): the latest unfinished run of this command in --project."""
+    if resume is None or str(resume) not in LATEST or Path(resume).exists():
+        return resume
+    from vitcli import output
+    from vitcli.train.runs import latest_unfinished
+
+    folder = latest_unfinished(flags.get("project") or "runs", command)
+    output.info(f"resuming the latest unfinished {command} run: {folder}")
+    return folder
+
+
 def _is_sweep(sweep, resume) -> bool:
     from vitcli.train.sweep_run import is_sweep_dir
 
@@ -39,6 +53,7 @@ def configs(command: str, flags: dict, *, config_file: Path | None = None, resum
             sweep: list[str] | None = None) -> list[tuple[dict | None, object]]:
     """(setting, resolved config) of every run the flags describe; setting is None for a single run."""
     flags = _flags(flags)
+    resume = _resume_folder(command, flags, resume)
     if _is_sweep(sweep, resume):
         from vitcli.train import sweep_run
 
@@ -63,6 +78,7 @@ def launch(command: str, flags: dict, *, config_file: Path | None = None, resume
     """Run what the flags describe: the summary dict of one run, or a vitcli.train.sweep.SweepResult.
     stop_after: a single run saves and stops after this step, as if interrupted."""
     flags = _flags(flags)
+    resume = _resume_folder(command, flags, resume)
     if _is_sweep(sweep, resume):
         if stop_after is not None:
             raise UsageError("--stop-after applies to a single run, not to a sweep",

@@ -93,14 +93,15 @@ class Trainer:
     def __init__(self, job: Job):
         import torch
 
-        from vitcli.inference import kernels
+        from vitcli import accel
 
         self.job, self.cfg, self.dist, self.rt, self.model = job, job.cfg, job.dist, job.runtime, job.model
         self.state = job.resume_state or {}
         # CPU: oneDNN linears (fp32) or the math attention (bf16) where measured faster (same parameters);
         # a resumed run keeps the kernels it started with, so that it stays bit for bit the uninterrupted run
-        self.kernels = kernels.for_training(self.model, self.rt, self.state.get("kernels")
-                                            or ("eager" if getattr(self.cfg, "fsdp", False) else None))
+        self.accel = accel.prepare(self.model, self.rt, "training", self.state.get("kernels")
+                                   or ("eager" if getattr(self.cfg, "fsdp", False) else None))
+        self.kernels = self.accel.training_kernels
         if job.accum is None:
             job.accum = int(self.state.get("accum") or self.cfg.accum or 1)
         self.accum = job.accum
@@ -126,6 +127,7 @@ class Trainer:
         self.eval_bs = eval_batch_size(self.cfg, self.dist.world, self.accum)
         self.stopped_early: int | None = None
         self.started = time.time()
+        self.probe = None  # a few training images: a model is kept only if its outputs on them are finite
 
     # ----------------------------------------------------------------------------------- set-up
     def restore(self) -> tuple[int, int]:
@@ -133,7 +135,7 @@ class Trainer:
         state = self.state
         if not state:
             return 0, 0
-        fsdp.load_states(self.model, self.optimizer, state)
+        fsdp.load_states(self.model, self.optimizer, state, self.cfg.model)
         if int(state.get("total", -1)) == self.total:  # a resume with a new --steps keeps the new schedule
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
@@ -160,6 +162,9 @@ class Trainer:
         TensorBoard / W&B: vitcli.train.reporting), closed whatever happens."""
         with reporting.Reporter(self.job.run_dir, self.cfg, resume_step=self.tally.step if self.state else None,
                                 enabled=self.dist.main) as self.metrics:
+            if self.job.extra_summary.get("probe") and not self.state:  # the LP-FT head's fit (curves.png)
+                fit = {k: v for k, v in self.job.extra_summary["probe"].items() if not k.endswith("img_s")}
+                self.metrics.log({"step": 0, "event": "probe", **fit})
             return self.run_steps()
 
     def run_steps(self) -> dict:
@@ -216,6 +221,7 @@ class Trainer:
         for a in range(self.accum):
             images, labels = self.batches.next()
             images = images.to(rt.device, non_blocking=True)
+            self.probe = images[:4].clone() if self.probe is None else self.probe  # save_best's check
             labels = labels.to(rt.device, non_blocking=True)
             sync = fsdp.accumulating(self.train_model, self.dist, a < self.accum - 1)
             images, targets = self.regularisation.mix(images, labels, t.step, a)  # mixup / cutmix, when on
@@ -282,13 +288,14 @@ class Trainer:
             epoch = t.images_seen / max(self.plan.epoch_images, 1)  # passes over train/ as given
             self.metrics.log({"step": t.step, "epoch": round(epoch, 4), "loss": round(result.mean_loss, 6), "lr": lr,
                               "grad_norm": round(result.grad_norm, 6), "img_s": round(img_s, 2),
-                              "skipped_images": self.job.source.skipped_count})
+                              "skipped_images": self.job.source.skipped_count,
+                              "seconds": round(t.elapsed + time.time() - self.started, 2)})
         self.display.update(t.step, loss=result.mean_loss, lr=lr, img_s=img_s,
                             eta=(total - t.step) * t.train_seconds / t.step, val=t.best_top1)
 
-    def evaluate_split(self, split: str, model=None) -> dict:
+    def evaluate_split(self, split: str, model=None, **options) -> dict:
         result = evaluate(self.model if model is None else model, self.job.eval_sets[split], self.rt, self.dist,
-                          batch_size=self.eval_bs, workers=self.job.workers, source=self.job.source)
+                          batch_size=self.eval_bs, workers=self.job.workers, source=self.job.source, **options)
         return {"split": split, **result}
 
     def evaluate_and_select(self) -> None:
@@ -308,7 +315,8 @@ class Trainer:
             t.stale += 1
         self.display.update(t.step, val=t.best_top1)
         best = f"best {t.best_top1:.2f} % at step {t.best_step}" if t.best_top1 is not None else "no model kept yet"
-        self.display.message(f"step {t.step}/{self.total}: {self.selection} top-1 {result['top1']:.2f} % ({best})")
+        metric = "mAP" if "mAP" in result else "top-1"  # a multi-label run selects on mAP (vitcli.train.multilabel)
+        self.display.message(f"step {t.step}/{self.total}: {self.selection} {metric} {result['top1']:.2f} % ({best})")
 
     def candidates(self) -> dict:
         """The weights a selection may keep: the trained ones, and their EMA when kept."""
@@ -354,11 +362,13 @@ class Trainer:
     def save_best(self, module=None, which: str | None = None) -> bool:
         """Save `module` (default: the EMA when kept, else the model) as the run's model, saying which
         weights it holds."""
-        if not self.finite():
-            self.display.message(f"step {self.tally.step}: the weights are not finite: not kept as the model")
-            return False
         if module is None:
             which, module = list(self.candidates().items())[-1]
+        if not distributed.all_true(self.finite() and checkpoint.outputs_finite(module, self.probe, self.rt),
+                                    self.dist):  # every rank agrees (each checked its own images)
+            self.display.message(f"step {self.tally.step}: the weights or their outputs are not finite: not kept "
+                                 "as the model")
+            return False
         with fsdp.full_state(module):  # every rank: a sharded model is gathered onto rank 0
             if self.dist.main:
                 block = {**self.job.model_block, "weights": which} if self.ema is not None else self.job.model_block
@@ -368,10 +378,11 @@ class Trainer:
     def finish(self) -> dict:
         """The summary; the selected model (no held-out split: the final one) evaluated on test."""
         t, job = self.tally, self.job
-        if (self.selection is None or t.best_top1 is None) and not self.save_best() \
+        if t.bad_steps or (self.selection is None or t.best_top1 is None) and not self.save_best() \
                 and not (job.run_dir / "model.safetensors").exists():
-            raise Diverged("the weights are not finite at the end of the run, and no earlier model was kept",
-                           "lower --lr, check the data, or use --precision fp32")
+            kept = f"; the best model before it is kept in {job.run_dir}" if t.best_top1 is not None else ""
+            raise Diverged(f"the run diverged: {f'its last {t.bad_steps} step(s) were' if t.bad_steps else 'the model'}"
+                           f" not finite{kept}", "lower --lr, check the data, or use --precision fp32")
         distributed.barrier(self.dist)
         summary = {"run_dir": str(job.run_dir), "steps": self.total,
                    "seconds": round(t.elapsed + time.time() - self.started, 1), "selection_split": self.selection,
@@ -386,9 +397,14 @@ class Trainer:
             from safetensors.torch import load_file
 
             fsdp.load_model(self.model, load_file(str(job.run_dir / "model.safetensors")))
-            test = self.evaluate_split("test")
+            test = self.evaluate_split("test", confusion=True)
+            confusion = test.pop("confusion")
             summary["test_top1"] = test["top1"]
             self.metrics.log({"step": self.total, **test})
+            if self.dist.main:  # per_class.csv, confusion_matrix.csv, confusion.png (as `vit eval --out-dir`)
+                from vitcli.eval.reports import write_confusion
+
+                write_confusion(confusion, job.label_names, job.run_dir, title=f"{job.run_dir.name}: test")
         summary.update(job.extra_summary)
         return summary
 

@@ -14,7 +14,7 @@ FUSED = {"momentum", "nesterov", "adam", "adamw"}  # timm names that map to torc
 def create_optimizer(model, cfg):
     from timm.optim import create_optimizer_v2
 
-    from vitcli.devices import fused_optimizer_ok
+    from vitcli.accel.runtime import fused_optimizer_ok
 
     name = {"sgd": "momentum", "momentum": "momentum"}.get(cfg.optimizer, cfg.optimizer)
     kwargs: dict = {}

@@ -13,6 +13,7 @@ standardisation is folded into the head's weights and bias.
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -87,9 +88,16 @@ def _features(loaded, runtime, split, cfg):
     path = fewshot.features_dir() / f"{fewshot.cache_key(digest, split.identity, split.split, loaded.data_config)}.pt"
     store = fewshot.FeatureStore.open(path)
     indices = list(range(len(split.targets)))
-    fewshot.extract(store, loaded, runtime, split, indices, batch_size=eval_batch_size(cfg), workers=cfg.workers)
+    todo, started = len(store.missing(indices)), time.perf_counter()
+    if todo:  # the longest start-up work of an LP-FT run: said even where no progress bar is drawn (logs)
+        output.info(f"probe: features of {todo} training images (one forward pass, cached for later runs)",
+                    style="dim")
+    with output.progress("probe: features of the training images", total=todo, unit="img") as advance:
+        fewshot.extract(store, loaded, runtime, split, indices, batch_size=eval_batch_size(cfg), workers=cfg.workers,
+                        progress=advance)
+    img_s = round(todo / (time.perf_counter() - started), 2) if todo else None
     x, kept = store.gather(indices)
-    return x.to(torch.float64), np.asarray(split.targets)[kept]
+    return x.to(torch.float64), np.asarray(split.targets)[kept], img_s
 
 
 def probe_head(model, data_config: dict, source, cfg, runtime) -> dict | None:
@@ -111,12 +119,19 @@ def probe_head(model, data_config: dict, source, cfg, runtime) -> dict | None:
     # weight copies cast once, an fp32 head) must never reach the model that is then trained
     loaded = SimpleNamespace(model=copy.deepcopy(model), data_config=data_config)
     k = source.num_classes
-    x, y = _features(loaded, runtime, dataset_split(source, "train"), cfg)
+    x, y, img_s = _features(loaded, runtime, dataset_split(source, "train"), cfg)
     if len(y) == 0:
         return None
     mean, std = x.mean(0, keepdim=True), x.std(0, keepdim=True, unbiased=False) + 1e-6
     z = (x - mean) / std
-    chosen, scores = choose_l2(z, y, k)
+    if np.ndim(y) > 1:  # multi-label: one-vs-rest logistic regressions (vitcli.train.multilabel)
+        from vitcli.train import multilabel
+
+        with output.progress("probe: cross-validating its L2", total=None, unit=""):
+            fitted = _fitted(multilabel.choose_l2, multilabel.fit_ovr, z, y, k)
+        return _set_head(head, z, mean, std, *fitted, len(y), "mAP")
+    with output.progress("probe: cross-validating its L2", total=None, unit=""):
+        chosen, scores = choose_l2(z, y, k)
     w, b = fit_logistic(z, y, k, chosen)
     w_raw = w / std.T  # (D, K): logits = x w_raw + b_raw on the raw features the head sees
     b_raw = b - (mean / std) @ w
@@ -128,6 +143,29 @@ def probe_head(model, data_config: dict, source, cfg, runtime) -> dict | None:
     info = {"l2": chosen, "train_images": int(len(y)), "train_top1": round(train_top1, 2)}
     if scores:
         info["cv_top1"], info["cv_loss"] = round(scores[chosen][1], 2), round(scores[chosen][0], 4)
+    if img_s:
+        info["features_img_s"] = img_s  # an evaluation's speed: the estimates of `--dry-run` (train.budget)
     shown = f", cross-validated top-1 {scores[chosen][1]:.2f} %" if scores else ""
     output.info(f"head: linear probe of the frozen features (LP-FT), {len(y)} images, L2 {chosen:g}{shown}")
+    return info
+
+
+def _fitted(choose, fit, z, y, k):
+    chosen, scores = choose(z, y, k)
+    return chosen, scores, *fit(z, y, k, chosen)
+
+
+def _set_head(head, z, mean, std, chosen, scores, w, b, n: int, metric: str) -> dict:
+    """The probe (fitted on standardised features) folded into the head, which sees the raw features."""
+    import torch
+
+    with torch.no_grad():
+        head.weight.copy_((w / std.T).T.to(head.weight))
+        if head.bias is not None:
+            head.bias.copy_((b - (mean / std) @ w).reshape(-1).to(head.bias))
+    info = {"l2": chosen, "train_images": int(n)}
+    if scores:
+        info[f"cv_{metric}"], info["cv_loss"] = round(scores[chosen][1], 2), round(scores[chosen][0], 4)
+    shown = f", cross-validated {metric} {scores[chosen][1]:.2f} %" if scores else ""
+    output.info(f"head: linear probe of the frozen features (LP-FT), {n} images, L2 {chosen:g}{shown}")
     return info

@@ -38,34 +38,45 @@ class Regularisation:
 
         self.num_classes, self.seed, self.rank = num_classes, seed, rank
         self.smoothing = cfg.label_smoothing
+        self.multi_label = bool(getattr(cfg, "multi_label", False))  # multi-hot targets (vitcli.train.multilabel)
         self.mixup = None
         if cfg.mixup > 0 or cfg.cutmix > 0:
             from timm.data import Mixup
             from timm.loss import SoftTargetCrossEntropy
 
             self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=1.0, switch_prob=0.5,
-                               mode="batch", label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+                               mode="batch", label_smoothing=cfg.label_smoothing, num_classes=num_classes,
+                               **({"multi_label": True} if self.multi_label else {}))
             self.criterion = SoftTargetCrossEntropy()
         else:
             self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        if self.multi_label:
+            from vitcli.train import multilabel
+
+            self.criterion = multilabel.criterion(cfg)
 
     def mix(self, images, labels, step: int, micro: int = 0):
         """(images, targets) of a micro-batch: mixed with soft targets when mixup or cutmix is on, else
         as they are. timm's Mixup pairs image i with image B-1-i and needs an even batch: in a batch made
         odd by an unreadable image the last one stays unmixed (its target smoothed like the others)."""
         if self.mixup is None:
+            if self.multi_label:
+                from vitcli.train.multilabel import soft_targets
+
+                return images, soft_targets(labels, self.smoothing)
             return images, labels
         import torch
         from timm.data.mixup import mixup_target
 
+        multi = {"multi_label": True} if self.multi_label else {}
         even = len(labels) - len(labels) % 2
         with numpy_seeded(((self.seed * 1_000_003 + step) * 64 + micro) * 1024 + self.rank):
             if even == 0:
-                return images, mixup_target(labels, self.num_classes, 1.0, self.smoothing)
+                return images, mixup_target(labels, self.num_classes, 1.0, self.smoothing, **multi)
             head, targets = self.mixup(images[:even], labels[:even])
         if even == len(labels):
             return head, targets
-        rest = mixup_target(labels[even:], self.num_classes, 1.0, self.smoothing)
+        rest = mixup_target(labels[even:], self.num_classes, 1.0, self.smoothing, **multi)
         return torch.cat([head, images[even:]]), torch.cat([targets, rest])
 
 

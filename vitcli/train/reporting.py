@@ -7,16 +7,19 @@ The loop hands every record to one `Reporter` (`log`), as it used to hand them t
     {"step": 40, "split": "minival", "top1": 91.7, "loss": 0.33, "n": 36, "seconds": 12.5, ...}   an evaluation
     {"step": 40, "event": "nonfinite", ...}                                                          a skipped update
 
-`runs.Metrics` appends each to metrics.jsonl; results.csv (a row per evaluation of the selection split)
-and curves.png are derived from that file, so they are the same numbers, also after a resume. The
+`runs.Metrics` appends each to metrics.jsonl; results.csv (a row per logged step: every `log_every` steps,
+every evaluation and the final test) and curves.png are derived from that file, so they are the same
+numbers, also after a resume. The
 backends get the same records as scalars: train/loss, train/lr, train/img_s, train/grad_norm and
 val/top1, val/loss (the selection split, minival or val), test/top1, test/loss; the resolved config goes
 to TensorBoard's hparams and W&B's config. A backend's package is imported only when it is asked for;
 `require` says which extra to install when it is missing.
 
     runs/finetune/pets-3/
-      results.csv                     step, epoch, train_loss, lr, val_top1, val_loss, img_s, seconds
-      curves.png                      loss and top-1 against step
+      results.csv                     step, epoch, train_loss, lr, val_top1, val_loss, img_s, seconds,
+                                      test_top1, test_loss (a row per logged step, evaluation, test)
+      curves.png                      loss, top-1 and learning rate against step
+      confusion.png, per_class.csv    the selected model on test (vitcli.train.final)
       events.out.tfevents.*           --report-to tensorboard (tensorboard --logdir runs/finetune)
       wandb/                          --report-to wandb (WANDB_MODE=offline: `wandb sync` it later)
 """
@@ -35,7 +38,7 @@ from vitcli.train import runs
 BACKENDS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}  # name: (module, extra)
 RESULTS = "results.csv"
 CURVES = "curves.png"
-COLUMNS = ("step", "epoch", "train_loss", "lr", "val_top1", "val_loss", "img_s", "seconds")
+COLUMNS = ("step", "epoch", "train_loss", "lr", "val_top1", "val_loss", "img_s", "seconds", "test_top1", "test_loss")
 TRAIN_SCALARS = ("loss", "lr", "img_s", "grad_norm", "epoch")
 
 
@@ -97,19 +100,42 @@ def is_selection(record: dict) -> bool:
     return record.get("split") in ("minival", "val") and "top1" in record
 
 
+def is_test(record: dict) -> bool:
+    return record.get("split") == "test" and "top1" in record
+
+
 def results_rows(records: list[dict]) -> list[dict]:
-    """A row per evaluation of the selection split, with the training record of the same step (the loop
-    logs one at every evaluation step; an older run folder falls back to the last one before it)."""
-    rows, last = [], None
+    """A row per step with a training record (every `log_every` steps), an evaluation of the selection
+    split or the final test, in step order; what one step logged shares its row. The EMA's evaluation
+    beside the model's (the same step) gets a row of its own."""
+    rows: list[dict] = []
+    by_step: dict[int, dict] = {}
+
+    def row(step: int, fresh: bool = False) -> dict:
+        if fresh or step not in by_step:
+            by_step[step] = dict.fromkeys(COLUMNS)
+            by_step[step]["step"] = step
+            rows.append(by_step[step])
+        return by_step[step]
+
     for record in records:
+        step = record.get("step")
+        if step is None:
+            continue
         if is_train(record):
-            last = record
+            r = row(step)
+            r.update(epoch=record.get("epoch"), train_loss=record.get("loss"), lr=record.get("lr"),
+                     img_s=record.get("img_s"))
+            if record.get("seconds") is not None:
+                r["seconds"] = record["seconds"]
         elif is_selection(record):
-            train = last if last is not None and last["step"] <= record["step"] else {}
-            rows.append({"step": record["step"], "epoch": train.get("epoch"), "train_loss": train.get("loss"),
-                         "lr": train.get("lr"), "val_top1": record.get("top1"), "val_loss": record.get("loss"),
-                         "img_s": train.get("img_s"), "seconds": record.get("seconds")})
-    return rows
+            r = row(step, fresh=step in by_step and by_step[step]["val_top1"] is not None)
+            r.update(val_top1=record.get("top1"), val_loss=record.get("loss"))
+            if record.get("seconds") is not None:
+                r["seconds"] = record["seconds"]
+        elif is_test(record):
+            row(step).update(test_top1=record.get("top1"), test_loss=record.get("loss"))
+    return sorted(rows, key=lambda r: r["step"])  # stable: the EMA's row stays after the model's
 
 
 def write_results(run_dir: Path, records: list[dict] | None = None) -> Path:
@@ -126,9 +152,10 @@ def write_curves(run_dir: Path, records: list[dict] | None = None) -> Path:
     from vitcli.train.curves import run_curves
 
     records = read_records(run_dir) if records is None else records
+    probe = next((r for r in records if r.get("event") == "probe"), None)
     return run_curves([r for r in records if is_train(r)], [r for r in records if is_selection(r)],
-                      [r for r in records if r.get("split") == "test" and "top1" in r], Path(run_dir) / CURVES,
-                      title=Path(run_dir).name)
+                      [r for r in records if is_test(r)], Path(run_dir) / CURVES, title=Path(run_dir).name,
+                      probe=probe)
 
 
 def write_sweep_plot(result, labels: list[str]) -> Path:
@@ -241,8 +268,8 @@ class Reporter:
         if values:
             for sink in self.sinks:
                 sink.log(int(record["step"]), values)
-        if is_selection(record):
-            write_results(self.run_dir)  # up to date after every evaluation, even if the run is killed later
+        if is_train(record) or is_selection(record) or is_test(record):
+            write_results(self.run_dir)  # up to date after every record, even if the run is killed later
 
     def close(self) -> None:
         """Close metrics.jsonl and the backends; write results.csv and curves.png."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from vitcli import output
 from vitcli.data.datasets import describe
 from vitcli.errors import UsageError, VitError
-from vitcli.train import build, distributed, loop, plan, reporting, runs
+from vitcli.train import budget, build, distributed, loop, multilabel, plan, reporting, runs
 from vitcli.train.config import CONFIGS, FinetuneConfig, RunConfig, TrainConfig, from_dict
 
 # settings a resumed run may change; everything else is the run's recipe
@@ -103,7 +103,7 @@ def _tf32(device):
 
 
 def _run(command: str, cfg: RunConfig | None, resume, run_dir, test: bool, stop_after) -> dict:
-    from vitcli.devices import runtime
+    from vitcli.accel.runtime import runtime
 
     cfg, state = _load_resume(command, cfg, resume)
     if not isinstance(cfg, CONFIGS[command]):
@@ -131,6 +131,7 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
     distributed.barrier(dist)
     if not dist.main:  # after rank 0 has downloaded what was missing
         source = build.open_run_dataset(cfg, download=False)
+    cfg, source = multilabel.resolve(cfg, source)  # --multi-label, from the data when not given
 
     random_seed(cfg.seed)
     make = build.build_finetune_model if command == "finetune" else build.build_scratch_model
@@ -143,6 +144,7 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
         from vitcli.train.probe import probe_head
 
         probe = probe_head(model, data_config, source, cfg, rt)
+        cfg = budget.after_probe(cfg, probe, source)  # the auto budget cut by what the probe left to gain
     crop_scale, hflip = plan.augmentation(cfg, plan.epoch_images(source), source.num_classes)
     if (crop_scale, hflip) != (cfg.crop_scale, cfg.hflip) and dist.main:
         output.info(f"augmentation for the budget: crops of {100 * crop_scale[0]:.0f}-{100 * crop_scale[1]:.0f} % "
@@ -158,6 +160,7 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
         if dist.main:
             from vitcli.train import checkpoint
 
+            runs.claim(run_dir)  # two resumes of one run at once: the second is refused
             checkpoint.clean_stale(run_dir)
     else:
         if dist.main:
@@ -193,7 +196,16 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
 
 def _execute(job: loop.Job) -> dict:
     try:
+        return _record(job)
+    finally:  # the run folder is free for a --resume (the process ending frees it too)
+        runs.release(job.run_dir)
+
+
+def _record(job: loop.Job) -> dict:
+    try:
         summary = _fit_with_memory_retry(job)
+        if job.cfg.multi_label and job.dist.main and "stopped_at" not in summary:
+            summary = multilabel.finish(job, summary)  # per-class thresholds into config.json
     except BaseException as e:  # whatever ends the run, run.json says so (never "running" for ever)
         if job.dist.main:
             status = type(e).__name__.lower() if isinstance(e, VitError) else \
@@ -204,6 +216,7 @@ def _execute(job: loop.Job) -> dict:
     if job.dist.main:
         runs.write_run_json(job.run_dir, status="stopped" if "stopped_at" in summary else "finished",
                             summary=summary)
+        budget.record(job.cfg, summary)  # this machine's img/s: the estimate of a later --dry-run
     return summary
 
 

@@ -13,6 +13,7 @@ Only the process of rank 0 writes here.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -21,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from vitcli.errors import UsageError
+from vitcli.errors import UsageError, VitError
 from vitcli.output import TMP_MARK, atomic_write, dumps
 
 STATE = Path("last") / "state.pt"
@@ -32,37 +33,95 @@ def default_name(dataset: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-") or "run"
 
 
+def check_name(name, origin: str = "--name") -> str:
+    """A run name is one folder name under `<project>/<command>/`: never a path (`../x`, `/tmp/x`, `a/b`),
+    so a run (and the cleanup of an abandoned one) never reaches outside the project."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0") \
+            or len(name.encode("utf-8", "surrogateescape")) > 200:
+        raise UsageError(f"{origin} {name!r}: a run name must be one folder name (no '/', not '..', not empty)",
+                         "use letters, digits, '-', '_' or '.'; --project chooses where runs go")
+    return name
+
+
 def create(project: str | Path, command: str, name: str | None, dataset: str) -> Path:
-    """A new, empty run folder: `--name` as given, else `<dataset>-<n>` with the first free n."""
+    """A new, empty run folder, claimed by this process: `--name` as given, else `<dataset>-<n>` with the
+    first free n."""
     parent = Path(project).expanduser() / command
     parent.mkdir(parents=True, exist_ok=True)
-    if name:
-        return create_at(parent / name)
+    if name is not None:
+        return create_at(parent / check_name(name))
     base = default_name(dataset)
     n = 1
     while True:
         folder = parent / f"{base}-{n}"
         try:
             folder.mkdir()
-            return folder
         except FileExistsError:
             n += 1
+            continue
+        claim(folder)
+        return folder
+
+
+OWN_FILES = ("run.json", "metrics.jsonl", "results.csv", "curves.png")  # what a run writes before its state
 
 
 def create_at(folder: Path) -> Path:
-    """Exactly this run folder (`--name`, a sweep's runs): new, empty, or left by a run that was stopped
-    before it saved anything (no training state, no model: it starts again there)."""
+    """Exactly this run folder (`--name`, a sweep's runs), claimed by this process: new, empty, or left by
+    a run that was stopped before it saved anything (no training state, no model: it starts again there,
+    after the files vitcli wrote are removed; nothing else is ever deleted). A folder another live process
+    holds is refused (`claim`)."""
     folder = Path(folder).expanduser()
-    if folder.exists() and any(folder.iterdir()):
-        left = {p.name for p in folder.iterdir()} - {"run.json", "metrics.jsonl", "last"}
-        if left or (folder / STATE).exists() or not (folder / "run.json").is_file():
-            raise UsageError(f"run folder {folder} already exists",
-                             f"continue it with --resume {folder}, or pick another --name")
-        import shutil
-
-        shutil.rmtree(folder)  # nothing in it was worth keeping: the run never reached a checkpoint
     folder.mkdir(parents=True, exist_ok=True)
+    claim(folder)
+    try:
+        entries = {p.name for p in folder.iterdir()}
+        if entries:
+            last = folder / "last"
+            left = entries - set(OWN_FILES) - {"last"}
+            in_last = [p for p in last.iterdir() if TMP_MARK not in p.name] if last.is_dir() else []
+            if left or in_last or not (folder / "run.json").is_file():
+                raise UsageError(f"run folder {folder} already exists",
+                                 f"continue it with --resume {folder}, or pick another --name")
+            # the run never reached a checkpoint: remove what it wrote, and only that
+            for p in [*(last.iterdir() if last.is_dir() else []), *(folder / n for n in OWN_FILES)]:
+                p.unlink(missing_ok=True)
+            if last.is_dir():
+                last.rmdir()
+    except BaseException:
+        release(folder)
+        raise
     return folder
+
+
+_CLAIMS: dict[str, int] = {}
+
+
+def claim(folder: Path) -> None:
+    """Hold `folder` for this process: an exclusive, non-blocking lock on the folder itself (flock), which
+    the kernel drops when the process ends however it ends. A second run of the same name while the first
+    is alive is refused (exit 1), never given the same folder. `release` lets go."""
+    key = os.path.realpath(folder)
+    if key in _CLAIMS:
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; folders are still created exclusively
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise VitError(f"run folder {folder} is in use by another vit process",
+                       "wait for that run to end, or pick another --name") from None
+    _CLAIMS[key] = fd
+
+
+def release(folder: Path | None) -> None:
+    fd = _CLAIMS.pop(os.path.realpath(folder), None) if folder is not None else None
+    if fd is not None:
+        os.close(fd)
 
 
 def find_state(run: str | Path) -> Path:
@@ -96,7 +155,7 @@ def versions() -> dict:
 def environment(runtime, world_size: int) -> dict:
     import torch
 
-    env = {"platform": platform.platform(), "device": str(runtime.device), "precision": runtime.precision,
+    env = {"platform": platform.platform(), "backend": "torch", "device": str(runtime.device), "precision": runtime.precision,
            "world_size": world_size, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "argv": sys.argv}
     if runtime.device.type == "cuda":
@@ -115,7 +174,15 @@ def write_run_json(folder: Path, **fields) -> None:
             data = {}
     data.update(fields)
     text = dumps(data, indent=2, default=str)
-    atomic_write(path, text)
+    try:
+        atomic_write(path, text)
+    except OSError as e:
+        compact = dumps(data, default=str).encode("utf-8")
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.is_file() or len(compact) > path.stat().st_size:
+            raise
+        with open(path, "r+b") as fh:  # a full disk: into the blocks run.json already has (never longer)
+            fh.write(compact)
+            fh.truncate()
 
 
 def read_run_json(folder: Path) -> dict:
@@ -137,7 +204,8 @@ def save_model(folder: Path, model, label_names: list[str], vitcli_block: dict) 
     staging = folder / f".model{TMP_MARK}{os.getpid()}"
     staging.mkdir(parents=True, exist_ok=True)
     try:
-        save_for_hf(model, str(staging), model_config={"label_names": list(label_names), "vitcli": vitcli_block},
+        multi = {"multi_label": True} if (vitcli_block.get("config") or {}).get("multi_label") else {}
+        save_for_hf(model, str(staging), model_config={"label_names": list(label_names), **multi, "vitcli": vitcli_block},
                     safe_serialization=True)
         umask = os.umask(0)
         os.umask(umask)
@@ -181,3 +249,25 @@ class Metrics:
         if self.fh is not None:
             self.fh.close()
             self.fh = None
+
+
+LATEST = ("last", "latest")  # `--resume` without a folder (the command line's bare --resume means `last`)
+
+
+def latest_unfinished(project: str | Path, command: str) -> Path:
+    """The run folder under `<project>/<command>/` whose training state was saved last, among the runs that
+    did not finish (stopped, interrupted, failed, or killed while running): what a bare `--resume` continues."""
+    parent = Path(project).expanduser() / command
+    found = []
+    for state in parent.glob(f"*/{STATE.as_posix()}"):
+        folder = state.parent.parent
+        if read_run_json(folder).get("status") == "finished":
+            continue
+        try:
+            found.append((state.stat().st_mtime, folder))
+        except OSError:
+            continue
+    if not found:
+        raise UsageError(f"--resume: no unfinished {command} run with a saved training state in {parent}",
+                         "give the run folder: --resume runs/" + command + "/NAME, or --project where the runs are")
+    return max(found)[1]

@@ -16,6 +16,7 @@ import csv
 import io
 import itertools
 import json
+import math
 import re
 import time
 import traceback
@@ -182,7 +183,8 @@ def run(axes: list[Axis], sweep_dir: Path, runner: Runner, *, tester: Tester | N
                 e.hint = f"continue the sweep with --resume {sweep_dir}"
             raise
         except Exception as e:  # noqa: BLE001 - a failed setting is a row in the table, the sweep goes on
-            row.status, row.seconds = "failed", round(time.time() - t0, 1)
+            row.status = "diverged" if type(e).__name__ == "Diverged" else "failed"  # never a winner
+            row.seconds = round(time.time() - t0, 1)
             row.error = _reason(e)
             log(f"[{i}/{len(rows)}] {label(row.setting)} failed: {row.error}")
             save()
@@ -226,7 +228,7 @@ def run(axes: list[Axis], sweep_dir: Path, runner: Runner, *, tester: Tester | N
 
 def _num(v):
     try:
-        return None if v is None else float(v)
+        return None if v is None or not math.isfinite(float(v)) else float(v)  # NaN never compares, never wins
     except (TypeError, ValueError):
         return None
 
@@ -266,7 +268,7 @@ def table_rows(result: SweepResult, reasons: bool = True) -> list[list[str]]:
             f"{r.gflops:.3f}" if r.gflops is not None else "-",
             f"{r.img_per_s:.0f}" if r.img_per_s is not None else "-",
             f"{r.seconds:.0f}" if r.seconds is not None else "-",
-            f"failed: {r.error}" if r.status == "failed" and reasons else r.status,
+            f"{r.status}: {r.error}" if r.status in ("failed", "diverged") and reasons else r.status,
         ])
     return out
 

@@ -108,15 +108,20 @@ def run_plan(command: str, sweep: SweepPlan) -> SweepResult:
         base = sweep.configs[0]
         sweep_dir = runs.create(base.project, command, sweep.flags.get("name"),
                                 f"{runs.default_name(base.dataset)}-sweep")
+    else:
+        runs.claim(sweep_dir)  # one process per sweep folder
     sink.info(f"sweep {sweep_dir}: {len(sweep.settings)} setting(s) of {', '.join(a.key for a in sweep.axes)}")
     by_folder = {folder_name(s): cfg for s, cfg in zip(sweep.settings, sweep.configs)}
     meta = {"command": command, "flags": sweep.flags,
             "config": str(sweep.config_file) if sweep.config_file else None}
-    result = run(sweep.axes, sweep_dir, _core_runner(command, by_folder), tester=_tester(by_folder),
-                 profiler=profile_run, log=sink.info, is_finished=_finished, meta=meta, fatal=_fatal())
+    try:
+        result = run(sweep.axes, sweep_dir, _core_runner(command, by_folder), tester=_tester(by_folder),
+                     profiler=profile_run, log=sink.info, is_finished=_finished, meta=meta, fatal=_fatal())
+    finally:
+        runs.release(sweep_dir)
     if result.winner is None:
-        failed = [r for r in result.rows if r.status == "failed"]
-        raise VitError(f"no setting of the sweep finished ({len(failed)} failed)",
+        failed = [r for r in result.rows if r.status in ("failed", "diverged")]
+        raise VitError(f"no setting of the sweep finished ({len(failed)} failed or diverged)",
                        f"the reasons are in the table and in {sweep_dir / 'results.md'}")
     return result
 
@@ -135,8 +140,6 @@ def _finished(run_dir: Path) -> bool:
 
 
 def _core_runner(command: str, by_folder: dict) -> Runner:
-    import shutil
-
     from vitcli.train import run as training
 
     core = training.finetune if command == "finetune" else training.train
@@ -149,8 +152,8 @@ def _core_runner(command: str, by_folder: dict) -> Runner:
                 runs.find_state(run_dir)
                 summary = core(training.resume_config(command, run_dir, {}), resume=run_dir, test=False)
                 return {**summary, "img_per_s": summary.get("img_s")}
-            except UsageError:  # killed before its first checkpoint: start that setting again
-                shutil.rmtree(run_dir)
+            except UsageError:  # killed before its first checkpoint: start that setting again (create_at
+                pass            # removes the files that run wrote, and only those)
         summary = core(by_folder[run_dir.name], run_dir=run_dir, test=False)
         return {**summary, "img_per_s": summary.get("img_s")}
 
