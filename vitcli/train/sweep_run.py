@@ -86,6 +86,10 @@ def plan(command: str, flags: dict, specs: list[str] | None, *, config_file=None
         axes = parse(specs) if specs else [Axis(k, tuple(v)) for k, v in (state.get("axes") or {}).items()]
     else:
         axes = parse(specs)
+    if flags.get("name") is not None:  # the sweep folder's name: one folder under <project>/<command>/
+        from vitcli.train.runs import check_name
+
+        check_name(flags["name"])
     settings = grid(axes)
     resolved = []
     for setting in settings:
