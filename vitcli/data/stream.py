@@ -94,7 +94,15 @@ class ShardStream:
         asked = default_workers(len(self) // dist.world, device) if workers is None else workers
         epoch_stream = EpochStream(self, lay, epoch=epoch, start=start, micro=micro, rank=dist.rank,
                                    world=dist.world, seed=seed)
-        return make_loader(epoch_stream, batch_size=micro, workers=loader_workers(asked, lay.streams),
+        used = loader_workers(asked, lay.streams)
+        if used < asked and dist.main and not getattr(self, "told", False):
+            from vitcli import output
+
+            self.told = True
+            output.info(f"{len(self.urls)} shards over {dist.world} rank(s): {lay.streams} stream(s) per rank, so "
+                        f"{used} of the {asked} DataLoader workers read them (write at least world size x "
+                        f"{MAX_STREAMS} shards to use more)", style="dim")
+        return make_loader(epoch_stream, batch_size=micro, workers=used,
                            device=device, drop_last=True, seed=seed * 7919 + epoch)
 
     # ------------------------------------------------------------------------------ one stream
