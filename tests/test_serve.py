@@ -186,6 +186,6 @@ def chromium(url: str, tmp_path: Path, *what: str) -> str:
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
             f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--run-all-compositor-stages-before-draw",
             *what, url]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(args, check=False, capture_output=True, text=True, timeout=180)
     shutil.rmtree(profile, ignore_errors=True)
     return proc.stdout

@@ -125,7 +125,12 @@ def quantize_int8(fp32_file: Path, output: Path, meta: dict, *, calib=None, chec
     import tempfile
 
     import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from vitcli.output import atomic_write
