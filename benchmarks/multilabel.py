@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # this checkout's vitcli (its AP), not an installed one
 TILE, SIZE = 112, 224
 COUNTS = {"train": 256, "val": 64, "test": 120}
 
