@@ -198,8 +198,8 @@ def main() -> None:
         if args.keep and kept.is_file() and json.loads(kept.read_text())["steps"] == summary["steps"]:
             plain = json.loads(kept.read_text())
             plain_s = plain["seconds"]
-            reused.append(f"plain.json (the same plain_loop on the same mosaics, in another process while the "
-                          f"vitcli side ran; load {plain.get('load_before')} -> {plain.get('load_after')})")
+            reused.append(f"plain.json (the same plain_loop on the same mosaics, in another process: "
+                          f"{plain.get('note') or ''}; load {plain.get('load_before')} -> {plain.get('load_after')})")
         else:
             t = time.time()
             plain = plain_loop(model, data, summary["steps"])
