@@ -108,14 +108,15 @@ def test_average_precision_matches_scikit_learn_and_thresholds_maximise_f1():
         assert ml.average_precision(scores[:, c], targets[:, c]) == pytest.approx(
             metrics.average_precision_score(targets[:, c], scores[:, c]))
     assert np.isnan(ml.average_precision([0.1, 0.2], [0, 0]))
-    thresholds = ml.choose_thresholds(scores, targets)
+    thresholds = ml.choose_thresholds(scores, targets, prior=0)
     best = ml.threshold_scores(scores, targets, thresholds)["per_class"]["f1"]
     for c in range(4):
         for t in np.linspace(0, 1.3, 27):
             f1 = ml.threshold_scores(scores[:, [c]], targets[:, [c]], [t])["per_class"]["f1"][0]
             assert f1 <= best[c] + 1e-12
-    separable = ml.choose_thresholds(np.array([[0.9], [0.8], [0.3], [0.1]]), np.array([[1], [1], [0], [0]]))
-    assert separable == [pytest.approx(0.55)]
+    separable = np.array([[0.9], [0.8], [0.3], [0.1]]), np.array([[1], [1], [0], [0]])
+    assert ml.choose_thresholds(*separable, prior=0) == [pytest.approx(0.55)]
+    assert ml.choose_thresholds(*separable) == [pytest.approx((2 * 0.55 + ml.PRIOR * 0.5) / (2 + ml.PRIOR))]
     at = ml.threshold_scores(np.array([[0.9, 0.2], [0.6, 0.7]]), np.array([[1, 0], [0, 1]]), [0.5, 0.5])
     assert at["micro_precision"] == pytest.approx(200 / 3) and at["micro_recall"] == 100.0
     assert at["exact_match"] == 50.0

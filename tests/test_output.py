@@ -105,12 +105,12 @@ def test_a_result_table_goes_to_stdout(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("args", [["predict", "--no-such-flag"], ["no-such-command"], ["predict", "-k", "0", "x"],
-                                  ["finetune", "--steps", "many"], ["--bogus"]])
+                                  ["finetune", "--steps", "many"], ["--bogus"], ["predict", "--model"]])
 def test_usage_errors_are_one_error_line_exit_2_no_box(args):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     lines = result.stderr.splitlines()
-    assert lines[0].startswith("error: ") and lines[1].startswith("hint: usage: vit")
+    assert lines[0].startswith("error: ") and lines[1].startswith(("hint: usage: vit", "hint: see `vit"))
     assert not any(ch in result.output for ch in "╭│╰"), result.output
     assert result.stdout == ""
 

@@ -519,18 +519,23 @@ def test_sigterm_during_predict_prints_the_finished_rows(tiny_vit_dir, make_imag
     from vitcli.inference import predict as predict_core
 
     images = make_images(6)
-    real_run = None
+    real_open = predict_core.open_predictor
 
-    def run_then_terminate(self, paths, **kwargs):
-        for i, pred in enumerate(real_run(self, paths, **kwargs)):
-            yield pred
-            if i == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(1)  # the handler raises here
+    def open_then_terminate(*args, **kwargs):  # the real predictor; SIGTERM after its third result
+        predictor = real_open(*args, **kwargs)
+        real_run = predictor.run
 
-    predictor = predict_core.open_predictor(str(tiny_vit_dir), "cpu", "fp32")
-    real_run = type(predictor).run
-    monkeypatch.setattr(type(predictor), "run", run_then_terminate)
+        def run(paths, **options):
+            for i, pred in enumerate(real_run(paths, **options)):
+                yield pred
+                if i == 2:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(1)  # the handler raises here
+
+        predictor.run = run
+        return predictor
+
+    monkeypatch.setattr(predict_core, "open_predictor", open_then_terminate)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     result = vit("predict", "--model", tiny_vit_dir, "--device", "cpu", "--batch-size", "1", "-k", "1", *images)
     assert result.exit_code == 143 and "terminated" in result.stderr

@@ -95,7 +95,7 @@ def _click_error(exc) -> int:
     message = exc.format_message().strip()
     message = message[:1].lower() + message[1:] if message[:2] != message[:2].upper() else message
     ctx = getattr(exc, "ctx", None)
-    hint = None
+    hint = "see `vit COMMAND --help` for the options"  # click names no context for some parse errors
     if ctx is not None:
         usage = ctx.get_usage().strip().removeprefix("Usage: ").strip()
         hint = f"usage: {usage} (see `{ctx.command_path} --help`)"

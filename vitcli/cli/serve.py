@@ -6,7 +6,13 @@ from typing import Annotated
 
 import typer
 
-from vitcli.cli.options import DEFAULT_MODEL, DeviceOpt, ModelOpt, OfflineOpt, PrecisionOpt
+from vitcli.cli.options import (
+    DEFAULT_MODEL,
+    DeviceOpt,
+    ModelOpt,
+    OfflineOpt,
+    PrecisionOpt,
+)
 
 
 def serve(

@@ -191,10 +191,12 @@ def default_workers(n_items: int, device=None) -> int:
 
 
 def worker_init(_worker_id: int) -> None:
-    """DataLoader workers ignore Ctrl-C: the main process decides what an interrupt means."""
+    """DataLoader workers ignore Ctrl-C: the main process decides what an interrupt means. SIGTERM (which
+    the main process's handler turns into an exception, vitcli.cli.app) ends a worker as it always did."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int | None = None, device=None,

@@ -23,7 +23,13 @@ from pathlib import Path
 
 from vitcli.errors import ModelError, UsageError
 from vitcli.export.check import Agreement
-from vitcli.export.onnx_file import DEFAULT_OPSET, TOLERANCE, check_onnx, metadata, to_onnx
+from vitcli.export.onnx_file import (
+    DEFAULT_OPSET,
+    TOLERANCE,
+    check_onnx,
+    metadata,
+    to_onnx,
+)
 from vitcli.output import atomic_write, display
 
 FORMATS = ("onnx", "pt2", "openvino")

@@ -204,7 +204,7 @@ def save(spec: str, loaded, onnx_file: Path | None = None) -> Path | None:
         return None
     try:
         return _save(spec, loaded, onnx_file)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         if env.debug():
             raise
         from vitcli import output

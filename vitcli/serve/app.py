@@ -13,7 +13,9 @@ A bad upload (not an image, empty, too large, too many pixels, a bad parameter) 
 
 from __future__ import annotations
 
-from fastapi import Request  # at module level: FastAPI reads the handlers' annotations from here
+from fastapi import (
+    Request,  # at module level: FastAPI reads the handlers' annotations from here
+)
 
 from vitcli.serve.batcher import MicroBatcher
 

@@ -20,7 +20,7 @@ _PAGE = """<!doctype html>
  #result { display: flex; gap: 2em; margin-top: 1.5em; align-items: flex-start; }
  canvas { border-radius: 6px; max-width: 320px; }
  table { border-collapse: collapse; } td { padding: .2em .6em; }
- td.score { text-align: right; font-variant-numeric: tabular-nums; }
+ td.score { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
  .bar { background: #36c; height: .7em; border-radius: 3px; } .err { color: #b00; }
 </style></head><body>
 <h1>__ARCH__</h1>

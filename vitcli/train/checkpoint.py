@@ -159,3 +159,23 @@ def all_finite(model, optimizer) -> bool:
     tensors += [v for s in optimizer.state.values() for v in s.values()
                 if isinstance(v, torch.Tensor) and v.is_floating_point()]
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
+
+
+def pack(trainer, model_state: dict, optimizer_state: dict, rng) -> dict:
+    """The training state of a vitcli.train.loop.Trainer that a resume reads back (Trainer.restore), format 1;
+    `model_state` and `optimizer_state` as gathered on every rank (FSDP), `rng` every rank's generators."""
+    import time
+
+    t = trainer.tally
+    return {
+            "format": 1, "command": trainer.cfg.command, "config": trainer.cfg.to_dict(), "step": t.step,
+            "epoch": trainer.batches.epoch, "pos": trainer.batches.pos, "accum": trainer.accum, "micro": trainer.micro,
+            "total": trainer.total, "model": model_state, "optimizer": optimizer_state,
+            "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict() if trainer.scaler else None,
+            "rng": rng, "best": {"top1": t.best_top1, "step": t.best_step, "loss": t.best_loss,
+                                 "weights": t.best_weights, "stale": t.stale}, "bad_steps": t.bad_steps,
+            "ema": trainer.ema.module.state_dict() if trainer.ema is not None else None,
+            "images_seen": t.images_seen, "train_seconds": t.train_seconds,
+            "elapsed": t.elapsed + time.time() - trainer.started, "unreadable": dict(trainer.job.source.unreadable),
+            "kernels": trainer.kernels,
+    }

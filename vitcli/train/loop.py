@@ -345,19 +345,7 @@ class Trainer:
             return
         if not self.dist.main:
             return
-        t = self.tally
-        checkpoint.save({
-            "format": 1, "command": self.cfg.command, "config": self.cfg.to_dict(), "step": t.step,
-            "epoch": self.batches.epoch, "pos": self.batches.pos, "accum": self.accum, "micro": self.micro,
-            "total": self.total, "model": model_state, "optimizer": optimizer_state,
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
-            "rng": rng, "best": {"top1": t.best_top1, "step": t.best_step, "loss": t.best_loss,
-                                 "weights": t.best_weights, "stale": t.stale}, "bad_steps": t.bad_steps,
-            "ema": self.ema.module.state_dict() if self.ema is not None else None,
-            "images_seen": t.images_seen, "train_seconds": t.train_seconds,
-            "elapsed": t.elapsed + time.time() - self.started, "unreadable": dict(self.job.source.unreadable),
-            "kernels": self.kernels,
-        }, self.job.run_dir / runs.STATE)
+        checkpoint.save(checkpoint.pack(self, model_state, optimizer_state, rng), self.job.run_dir / runs.STATE)
 
     def save_best(self, module=None, which: str | None = None) -> bool:
         """Save `module` (default: the EMA when kept, else the model) as the run's model, saying which

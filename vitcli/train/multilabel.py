@@ -124,8 +124,8 @@ def choose_l2(z, y, num_classes: int, grid=(1e-4, 1e-3, 1e-2, 1e-1), folds: int 
 
 # ------------------------------------------------------------------------------------------ the end
 def finish(job, summary: dict) -> dict:
-    """The kept model's per-class thresholds (max F1 on the selection split, else 0.5) written into its
-    config.json; the summary's top-1 keys named for what they hold (mAP)."""
+    """The kept model's per-class thresholds (best F1 on the selection split, shrunk towards 0.5:
+    vitcli.eval.multilabel.choose_thresholds; else 0.5) written into its config.json; the summary's top-1 keys named for what they hold (mAP)."""
     from safetensors.torch import load_file
 
     from vitcli.eval.multilabel import DEFAULT_THRESHOLD, choose_thresholds
@@ -144,7 +144,7 @@ def finish(job, summary: dict) -> dict:
                                     batch_size=eval_batch_size(job.cfg, 1, job.accum), workers=job.workers)
         if len(scores):
             thresholds = choose_thresholds(scores, targets)
-            output.info(f"per-class thresholds (max F1 on {selection}): "
+            output.info(f"per-class thresholds (best F1 on {selection}, shrunk towards 0.5): "
                         f"{', '.join(f'{n} {t:.2f}' for n, t in zip(job.label_names, thresholds))}", style="dim")
     if path.is_file():
         config = json.loads(path.read_text())

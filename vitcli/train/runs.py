@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -92,6 +93,24 @@ def create_at(folder: Path) -> Path:
         release(folder)
         raise
     return folder
+
+
+def discard(folder: Path) -> None:
+    """Remove the files a run writes (its records, model and training state, temporaries) from `folder`,
+    and the folder once empty; anything else stays (and `create_at` then refuses the folder)."""
+    folder = Path(folder)
+    for name in (*OWN_FILES, "model.safetensors", "config.json", str(STATE)):
+        (folder / name).unlink(missing_ok=True)
+    for tmp in [*folder.glob(f".*{TMP_MARK}*"), *folder.glob(f"last/.*{TMP_MARK}*")]:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+    for empty in (folder / "last", folder):
+        try:
+            empty.rmdir()
+        except OSError:
+            pass
 
 
 _CLAIMS: dict[str, int] = {}
@@ -197,8 +216,6 @@ def save_model(folder: Path, model, label_names: list[str], vitcli_block: dict) 
     the weights and config.json are moved into place whole (weights first), so a reader never sees a
     half-written file."""
     from timm.models import save_for_hf
-
-    import shutil
 
     folder = Path(folder)
     staging = folder / f".model{TMP_MARK}{os.getpid()}"

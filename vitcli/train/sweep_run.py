@@ -86,6 +86,10 @@ def plan(command: str, flags: dict, specs: list[str] | None, *, config_file=None
         axes = parse(specs) if specs else [Axis(k, tuple(v)) for k, v in (state.get("axes") or {}).items()]
     else:
         axes = parse(specs)
+    if flags.get("name") is not None:  # the sweep folder's name: one folder under <project>/<command>/
+        from vitcli.train.runs import check_name
+
+        check_name(flags["name"])
     settings = grid(axes)
     resolved = []
     for setting in settings:
@@ -145,15 +149,15 @@ def _core_runner(command: str, by_folder: dict) -> Runner:
     core = training.finetune if command == "finetune" else training.train
 
     def runner(setting: dict, run_dir: Path, resume: bool) -> dict:
+        from vitcli.train import runs
+
         if resume:
             try:
-                from vitcli.train import runs
-
                 runs.find_state(run_dir)
                 summary = core(training.resume_config(command, run_dir, {}), resume=run_dir, test=False)
                 return {**summary, "img_per_s": summary.get("img_s")}
-            except UsageError:  # killed before its first checkpoint: start that setting again (create_at
-                pass            # removes the files that run wrote, and only those)
+            except UsageError:  # killed before its first checkpoint: start that setting again, after
+                runs.discard(run_dir)  # removing the files that run wrote (and only those)
         summary = core(by_folder[run_dir.name], run_dir=run_dir, test=False)
         return {**summary, "img_per_s": summary.get("img_s")}
 
