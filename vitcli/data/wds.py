@@ -189,7 +189,14 @@ class ShardSource:
     shards: dict = field(repr=False)  # split -> SplitShards
     unreadable: dict = field(default_factory=dict)
     minival_too_small: int | None = None
+    multi_label: bool = False  # a shard holds one class index per image (KEY.cls)
     _records: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def _parts(self):
+        """What a folder source keeps per split; shards have none to convert (multi-hot labels)."""
+        raise UsageError("--multi-label on WebDataset shards: shards hold one class index per image",
+                         "train multi-label on the folder or Hugging Face dataset itself")
 
     @property
     def num_classes(self) -> int:
