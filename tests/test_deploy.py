@@ -100,7 +100,7 @@ def test_a_pt2_file_is_a_model_and_an_export_below_the_threshold_is_refused(mode
     assert np.isfinite(ours[0]["predictions"][0]["score"])
 
 
-def test_fp16_copy_runs_and_says_fp16(model_dir, images, tmp_path):
+def test_fp16_copy_and_the_int8_search_over_layer_groups(model_dir, images, tmp_path):
     import onnx
 
     from vitcli.export import check
@@ -116,6 +116,13 @@ def test_fp16_copy_runs_and_says_fp16(model_dir, images, tmp_path):
     assert model.precision == "fp16" and model.describe() == "onnxruntime cpu fp16"
     batch = check.read_images(images, meta["data_config"])
     assert (check.file_top1(model, batch) == check.file_top1(ref, batch)).mean() >= 0.9
+
+    from vitcli.export.quantize import quantize_int8
+
+    said = []  # a target no int8 file reaches: every group measured alone, then put back to float in turn
+    report = quantize_int8(fp32, tmp_path / "all-float.onnx", meta, check=batch, target=1.01, log=said.append)
+    assert report.mode == "dynamic" and report.quantized == 0 and len(report.kept_float) == 8
+    assert sum("only the 2 linears of shape" in m for m in said) == 4  # qkv, proj, fc1, fc2 of 2 blocks
 
 
 @pytest.mark.parametrize("args, words", [

@@ -140,7 +140,9 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     from vitcli.export import onnx_model as onnx
 
     # an ONNX file runs in onnxruntime in fp32: `auto` means fp32 there
-    rt = runtime(device, "fp32" if precision == "auto" and onnx.is_onnx(spec) else precision)
+    from vitcli.models.resolver import file_kind
+
+    rt = runtime(device, "fp32" if precision == "auto" and (onnx.is_onnx(spec) or file_kind(spec)) else precision)
     loaded = load_model(spec, pretrained=not random_init, device=rt.device,
                         **({"img_size": img_size} if img_size else {}))
     model = loaded.model.eval()
@@ -228,7 +230,8 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
             notes.append(f"bf16 matrix multiplies run {faster:.1f}x faster than fp32 on this CPU: "
                          + ("--precision auto (the default) uses bf16 here" if cpu_bf16_verdict().get("bf16")
                             else "try --precision bf16"))
-    result = BenchResult(spec, loaded.architecture, batch_size, h, str(rt.device), rt.precision, threads,
+    ran = getattr(getattr(served, "onnx", None), "precision", None) or rt.precision  # an int8 / fp16 file: its own
+    result = BenchResult(spec, loaded.architecture, batch_size, h, str(rt.device), ran, threads,
                          compile, params_m, flops / 1e9, ceiling, max(best, ceiling), a.figures(flops, ceiling),
                          b.figures(flops, ceiling), compile_s=compile_s, notes=notes)
     if len(sides) > 3:
