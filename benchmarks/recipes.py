@@ -28,6 +28,7 @@ read from a cache); wall time is the whole process, start to exit.
 
     python benchmarks/recipes.py --assets ../shared/assets                   # writes benchmarks/recipes.txt
     python benchmarks/recipes.py --assets ../shared/assets --only digits-2ep --seeds 3 --out -
+    python benchmarks/recipes.py --assets ../shared/assets --only flowers12 hymenoptera --vitcli-only --append
 """
 
 from __future__ import annotations
@@ -213,6 +214,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="seeds per from-scratch set (fine-tuning: 1)")
     parser.add_argument("--out", default=str(HERE / "recipes.txt"), help="'-' for stdout only")
     parser.add_argument("--append", action="store_true", help="add the report to the end of --out")
+    parser.add_argument("--vitcli-only", action="store_true",
+                        help="run vitcli's side only (no plain loop, no linear probes): its accuracy, wall and CPU time")
     parser.add_argument("--timeout", type=float, default=7200)
     parser.add_argument("--keep", action="store_true",
                         help="reuse the rows already measured in WORK/rows.jsonl (a time-boxed run continued)")
@@ -243,11 +246,12 @@ def main() -> None:
             if vit_first:
                 v = vitcli(kind, data[dataset], model, vflags, seed, args.work, args.timeout)
             steps = v["steps"] if kind == "finetune" else None  # the plain loop's budget
-            p = plain(kind, data[dataset], model, pflags, seed, args.work, args.timeout, steps=steps)
+            p = None if args.vitcli_only else plain(kind, data[dataset], model, pflags, seed, args.work, args.timeout,
+                                                    steps=steps)
             if not vit_first:
                 v = vitcli(kind, data[dataset], model, vflags, seed, args.work, args.timeout)
             row = {"set": name, "kind": kind, "seed": seed, "vit": v, "plain": p, "load": load}
-            if kind == "finetune":
+            if kind == "finetune" and not args.vitcli_only:
                 row["probe"] = probes(data[dataset], model, args.work, args.timeout)
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -274,19 +278,21 @@ def render(rows: list[dict], started: float, load_before: str) -> str:
              f"# machine: {machine()}",
              f"# load average (1/5/15 min) before: {load_before}; after: {loadavg()}",
              ("# vitcli s / plain s: wall time of the whole process; cpu s: its user + system CPU seconds "
-              "(getrusage), what a loaded machine does not inflate much"),
+              "(getrusage): less inflated by a loaded machine than the wall time"),
              "", "| set | kind | seed | steps | vitcli top-1 | plain top-1 | linear probe (ridge / logistic) | "
                  "vitcli - plain | vitcli - probe | vitcli s | plain s | vitcli / plain time | vitcli cpu s | "
                  "plain cpu s | load |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
-        v, p, pr = r["vit"], r["plain"], r.get("probe")
+        v, p, pr = r["vit"], r["plain"] or {}, r.get("probe")
         steps = f"{v['steps']}" + (f" (stopped {v['stopped']})" if v.get("stopped") else "")
         probe = f"{pr['ridge']:.2f} / {pr['logistic']:.2f}" if pr else "-"
         vs_probe = f"{round(v['top1'], 2) - max(pr['ridge'], pr['logistic']):+.2f}" if pr else "-"
-        lines.append(f"| {r['set']} | {r['kind']} | {r['seed']} | {steps} | {v['top1']:.2f} | {p['top1']:.2f} | "
-                     f"{probe} | {v['top1'] - p['top1']:+.2f} | {vs_probe} | {v['seconds']:.0f} | "
-                     f"{p['seconds']:.0f} | {v['seconds'] / p['seconds']:.2f} | {_cpu(v)} | {_cpu(p)} | "
+        plain_cells = (f"{p['top1']:.2f}", f"{v['top1'] - p['top1']:+.2f}", f"{p['seconds']:.0f}",
+                       f"{v['seconds'] / p['seconds']:.2f}") if p else ("-",) * 4
+        lines.append(f"| {r['set']} | {r['kind']} | {r['seed']} | {steps} | {v['top1']:.2f} | {plain_cells[0]} | "
+                     f"{probe} | {plain_cells[1]} | {vs_probe} | {v['seconds']:.0f} | "
+                     f"{plain_cells[2]} | {plain_cells[3]} | {_cpu(v)} | {_cpu(p)} | "
                      f"{r['load'].split(' / ')[0]} |")
     by_set: dict[str, list] = {}
     for r in rows:
@@ -295,6 +301,9 @@ def render(rows: list[dict], started: float, load_before: str) -> str:
               "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for name, rs in by_set.items():
         vm = sum(r["vit"]["top1"] for r in rs) / len(rs)
+        if any(r["plain"] is None for r in rs):  # --vitcli-only: nothing to compare with
+            lines.append(f"| {name} | {len(rs)} | {vm:.2f} | - | - | - | vitcli only |")
+            continue
         pm = sum(r["plain"]["top1"] for r in rs) / len(rs)
         t = sum(r["vit"]["seconds"] for r in rs) / sum(r["plain"]["seconds"] for r in rs)
         # compared at the 2 decimals every side reports (99.1667 % and 99.17 % are the same 238 of 240 images)

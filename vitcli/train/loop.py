@@ -162,9 +162,6 @@ class Trainer:
         TensorBoard / W&B: vitcli.train.reporting), closed whatever happens."""
         with reporting.Reporter(self.job.run_dir, self.cfg, resume_step=self.tally.step if self.state else None,
                                 enabled=self.dist.main) as self.metrics:
-            if self.job.extra_summary.get("probe") and not self.state:  # the LP-FT head's fit (curves.png)
-                fit = {k: v for k, v in self.job.extra_summary["probe"].items() if not k.endswith("img_s")}
-                self.metrics.log({"step": 0, "event": "probe", **fit})
             return self.run_steps()
 
     def run_steps(self) -> dict:
@@ -385,14 +382,9 @@ class Trainer:
             from safetensors.torch import load_file
 
             fsdp.load_model(self.model, load_file(str(job.run_dir / "model.safetensors")))
-            test = self.evaluate_split("test", confusion=True)
-            confusion = test.pop("confusion")
+            test = self.evaluate_split("test", confusion=True)  # the reporter writes confusion.png, per_class.csv
             summary["test_top1"] = test["top1"]
             self.metrics.log({"step": self.total, **test})
-            if self.dist.main:  # per_class.csv, confusion_matrix.csv, confusion.png (as `vit eval --out-dir`)
-                from vitcli.eval.reports import write_confusion
-
-                write_confusion(confusion, job.label_names, job.run_dir, title=f"{job.run_dir.name}: test")
         summary.update(job.extra_summary)
         return summary
 

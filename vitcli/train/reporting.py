@@ -158,6 +158,24 @@ def write_curves(run_dir: Path, records: list[dict] | None = None) -> Path:
                       probe=probe)
 
 
+def write_confusion(run_dir: Path, confusion, split: str) -> list[Path]:
+    """per_class.csv, confusion_matrix.csv and confusion.png of the run's kept model (its class names are
+    the label names saved with it, config.json)."""
+    from vitcli.eval.reports import write_confusion as write
+
+    names = json.loads((Path(run_dir) / "config.json").read_text()).get("label_names")
+    names = names if names and len(names) == len(confusion) else [str(i) for i in range(len(confusion))]
+    return write(confusion, names, run_dir, title=f"{Path(run_dir).name}: {split}")
+
+
+def log_probe(run_dir: Path, probe: dict) -> None:
+    """The LP-FT probe's fit as metrics.jsonl's first record (step 0; curves.png draws its cross-validated
+    top-1), without its speed, so that runs that differ only in a feature cache log the same lines."""
+    metrics = runs.Metrics(Path(run_dir))
+    metrics.log({"step": 0, "event": "probe", **{k: v for k, v in probe.items() if not k.endswith("img_s")}})
+    metrics.close()
+
+
 def write_sweep_plot(result, labels: list[str]) -> Path:
     """results.png of a sweep (a vitcli.train.sweep.SweepResult, its settings' labels): each run's
     selection-split curve from its own metrics.jsonl, and its best top-1."""
@@ -263,6 +281,9 @@ class Reporter:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
+        if "confusion" in record:  # the kept model on test: vit eval's per-class and confusion files
+            record = dict(record)
+            write_confusion(self.run_dir, record.pop("confusion"), record.get("split", "test"))
         self.metrics.log(record)
         values = scalars(record)
         if values:

@@ -184,6 +184,8 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
                             environment=runs.environment(rt, dist.world), status="running",
                             dataset={"name": source.name, "classes": source.classes,
                                      "splits": {s: source.size(s) for s in source.splits}})
+        if probe:
+            reporting.log_probe(run_dir, probe)  # its cross-validated top-1 in curves.png
     block = {"command": command, "config": cfg.to_dict(), "versions": versions}
     return loop.Job(cfg=cfg, model=model, source=source, train_set=train_set, eval_sets=eval_sets,
                     runtime=rt, dist=dist, run_dir=run_dir, label_names=list(source.classes),
