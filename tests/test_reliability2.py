@@ -322,6 +322,18 @@ def test_every_oserror_is_one_line_by_errno(code, says):
     assert describe(wrapped) is not None  # found in the cause chain
 
 
+def test_an_errno_named_by_a_rust_library_is_one_line():
+    from vitcli.errors import describe
+
+    class SafetensorError(Exception):  # what safetensors raises on a full or read-only disk
+        pass
+
+    full = describe(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    assert full is not None and full.message.startswith("no space left on the device")
+    read_only = describe(SafetensorError("Error while serializing: I/O error: Read-only file system (os error 30)"))
+    assert read_only is not None and "read-only" in read_only.message
+
+
 def test_a_20_digit_seed_is_a_usage_error(tree, tmp_path):
     result = vit(*finetune("test_vit", tree, tmp_path / "p", "--seed", "99999999999999999999"))
     one_line_error(result, 2, "--seed")

@@ -7,6 +7,7 @@ out-of-memory) are translated here too, by name and module, so this module impor
 from __future__ import annotations
 
 import errno
+import os
 import sys
 from dataclasses import dataclass
 
@@ -156,7 +157,8 @@ def describe(exc: BaseException) -> Failure | None:
         return Failure("out of memory", "lower --batch-size (training: raise --accum to keep the global batch), "
                                         "or close other programs", 1)
     full = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)), None)
-    if full is not None or "PytorchStreamWriter failed writing" in str(exc):
+    rust = _rust_errno(exc)  # safetensors (Rust) says "I/O error: ... (os error 28)", not an OSError
+    if full is not None or "PytorchStreamWriter failed writing" in str(exc) or rust in (errno.ENOSPC, errno.EDQUOT):
         where = f" while writing {full.filename}" if full is not None and full.filename else ""
         return Failure(f"no space left on the device{where}",
                        "free some space (or point VIT_CACHE, HF_HOME or --project elsewhere) and run again; "
@@ -195,9 +197,23 @@ _ERRNO = {
 }
 
 
+def _rust_errno(exc: BaseException) -> int | None:
+    """The errno a Rust library (safetensors) names in its message: `... (os error 30)`."""
+    import re
+
+    for e in _chain(exc):
+        found = re.search(r"\(os error (\d+)\)", str(e))
+        if found:
+            return int(found.group(1))
+    return None
+
+
 def _os_failure(exc: BaseException) -> Failure | None:
-    """Any OSError with an errno (first in the cause chain): one line naming the file."""
+    """Any OSError with an errno (first in the cause chain), or an errno a Rust library's message names:
+    one line naming the file."""
     e = next((e for e in _chain(exc) if isinstance(e, OSError) and isinstance(e.errno, int)), None)
+    if e is None and _rust_errno(exc) is not None:
+        e = OSError(_rust_errno(exc), os.strerror(_rust_errno(exc)))
     if e is None:
         return None
     what, hint = _ERRNO.get(e.errno, (e.strerror or errno.errorcode.get(e.errno, f"OS error {e.errno}"), None))
