@@ -175,9 +175,10 @@ def test_bad_labels_files(tiny_vit_dir, tmp_path, make_images, labels, code):
 
 @pytest.mark.parametrize("name,value,code", [
     ("VIT_MAX_IMAGE_PIXELS", "-5", 2), ("VIT_MAX_IMAGE_PIXELS", "1e9", 2), ("VIT_PROGRESS", "2", 2),
-    ("VIT_EXPORT", "perhaps", 2), ("VIT_KERNELS", "x", 2),
-    # not used by a predict of a local model, or a cache that cannot be written only costs time
-    ("VIT_CACHE", "/proc/forbidden", 0), ("HF_ENDPOINT", "ftp://x", 0), ("HF_ENDPOINT", "http://", 0),
+    ("VIT_KERNELS", "x", 2), ("VIT_BACKEND", "tpu", 2),
+    # not used by a predict of a local model (VIT_EXPORT: by download and export only), or a cache that cannot
+    # be written only costs time
+    ("VIT_EXPORT", "perhaps", 0), ("VIT_CACHE", "/proc/forbidden", 0), ("HF_ENDPOINT", "ftp://x", 0), ("HF_ENDPOINT", "http://", 0),
     ("VIT_RECIPE", "fast", 0),
 ])
 def test_bad_environment_values(tiny_vit_dir, make_images, name, value, code):

@@ -35,6 +35,16 @@ class Opened:
         return f"{self.backend} {self.runtime.device} {self.precision}"
 
 
+BACKENDS = ("torch", "onnx")
+
+
+def check_backend(backend: str) -> None:
+    from vitcli.errors import UsageError
+
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}", "use --backend torch or --backend onnx (VIT_BACKEND)")
+
+
 def onnx_runtime_flags_ok(device: str, precision: str, what: str = "an ONNX model runs in onnxruntime") -> None:
     from vitcli.errors import UsageError
 
@@ -58,6 +68,7 @@ def open_model(spec: str, *, device: str, precision: str, backend: str = "torch"
     from vitcli.accel.runtime import Runtime, runtime
     from vitcli.models.resolver import FILE_KINDS, file_kind, load_model
 
+    check_backend(backend)
     kind = file_kind(spec)
     if kind in ("pt2", "openvino"):
         onnx_runtime_flags_ok(device, precision, f"a {kind} model runs in {FILE_KINDS[kind]}")

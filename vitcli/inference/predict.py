@@ -78,8 +78,10 @@ def open_predictor(spec: str, device: str, precision: str, backend: str, compile
     and the machine decide, with vitcli.accel's speed choices."""
     from vitcli.errors import UsageError
     from vitcli.export import onnx_model
+    from vitcli.inference.opened import check_backend
     from vitcli.models.resolver import FILE_KINDS, file_kind
 
+    check_backend(backend)
     kind = file_kind(spec)
     if kind is not None or backend == "onnx":
         runs = FILE_KINDS[kind or "onnx"]
