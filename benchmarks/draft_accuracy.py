@@ -26,8 +26,8 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from vitcli.data.transforms import EvalTransform
     from vitcli.data.images import load_image
+    from vitcli.data.transforms import EvalTransform
     from vitcli.models.resolver import load_model
 
     val = args.assets / "images" / "imagenet-val-100"

@@ -136,7 +136,7 @@ def run(cmd: list[str], env: dict, timeout: float) -> tuple[float, dict]:
     """(wall seconds, the last JSON line of stdout, with "_cpu_s": the process's CPU seconds) of a command
     in a fresh process."""
     start, cpu = time.perf_counter(), cpu_seconds()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:

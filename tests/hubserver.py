@@ -91,7 +91,7 @@ class LocalHub:
         """Paths of file bodies that were sent (GETs), hub and CDN."""
         return [path for origin, method, path in self.log if method == "GET"]
 
-    def start(self) -> "LocalHub":
+    def start(self) -> LocalHub:
         for server in (self.hub, self.cdn):
             t = threading.Thread(target=server.serve_forever, daemon=True)
             t.start()

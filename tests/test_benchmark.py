@@ -52,8 +52,8 @@ def test_eval_transform_equals_timm_on_real_images(assets):
     import torch
 
     from vitcli.data.images import load_image
-    from vitcli.models.resolver import load_model
     from vitcli.data.transforms import EvalTransform
+    from vitcli.models.resolver import load_model
 
     data_config = load_model(str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k")).data_config
     fast, slow = EvalTransform(data_config), _timm_transform(data_config)

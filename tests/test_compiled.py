@@ -10,9 +10,9 @@ import torch
 from typer.testing import CliRunner
 
 from tests.conftest import make_tiny_vit
-from vitcli.cli.app import app
-from vitcli.accel.runtime import Runtime
 from vitcli.accel import compiled
+from vitcli.accel.runtime import Runtime
+from vitcli.cli.app import app
 
 runner = CliRunner()
 CPU = Runtime(torch.device("cpu"), "fp32")

@@ -8,8 +8,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from vitcli.cli import app
 from vitcli.accel.runtime import canonical
+from vitcli.cli import app
 from vitcli.errors import UsageError
 from vitcli.train.config import resolve
 

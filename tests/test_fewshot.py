@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from vitcli.eval import fewshot
 from vitcli.cli import app
+from vitcli.eval import fewshot
 
 runner = CliRunner()
 
@@ -116,8 +116,8 @@ def test_cli_few_shot_and_feature_cache(tiny_vit_dir, tmp_path):
 
 
 def test_feature_cache_lives_in_the_vit_cache(tiny_vit_dir, tmp_path, monkeypatch):
-    from vitcli.eval import splits
     from vitcli.accel.runtime import runtime
+    from vitcli.eval import splits
     from vitcli.models.resolver import load_model
 
     monkeypatch.setenv("VIT_CACHE", str(tmp_path / "cache"))

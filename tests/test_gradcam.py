@@ -52,9 +52,9 @@ def test_vit_layer_and_grid_come_from_the_model(kind, tmp_path, make_images):
     import timm
     from PIL import Image
 
+    from vitcli.accel.runtime import runtime
     from vitcli.analysis.gradcam import gradcam_figures
     from vitcli.data.transforms import eval_transform
-    from vitcli.accel.runtime import runtime
 
     torch.manual_seed(0)
     size = (32, 32)
@@ -149,8 +149,8 @@ def red_blue_images(tmp_path):
 
 
 def test_gradcam_points_at_the_evidence_of_the_class_asked_for(red_blue_images, tmp_path):
-    from vitcli.analysis.gradcam import gradcam_figures
     from vitcli.accel.runtime import runtime
+    from vitcli.analysis.gradcam import gradcam_figures
 
     loaded = _loaded(RedBlue(), ["red", "blue"])
     maps = {}
@@ -169,8 +169,8 @@ def test_gradcam_points_at_the_evidence_of_the_class_asked_for(red_blue_images, 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam",
                                     "eigengradcam", "gradcam-elementwise"])
 def test_every_method_draws_a_map(method, red_blue_images, tmp_path):
-    from vitcli.analysis.gradcam import METHODS, gradcam_figures
     from vitcli.accel.runtime import runtime
+    from vitcli.analysis.gradcam import METHODS, gradcam_figures
 
     assert method in METHODS
     result = {"files": [], "errors": []}

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitcli.errors import ImageError
 from vitcli.data.images import load_image
 from vitcli.data.inputs import expand_inputs
+from vitcli.errors import ImageError
 
 
 def test_exif_orientation_is_applied(tmp_path):

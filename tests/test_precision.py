@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from tests.conftest import make_tiny_vit
 from vitcli import accel
-from vitcli.accel import kernels, precision
+from vitcli.accel import kernels
+from vitcli.accel import precision as precision_mod
 from vitcli.accel.runtime import Runtime, resolve_precision, runtime
 from vitcli.cli.app import app
 
@@ -20,8 +21,8 @@ runner = CliRunner()
 
 
 def test_auto_is_fp32_without_native_bf16_and_measures_nothing(monkeypatch):
-    monkeypatch.setattr(precision, "native_bf16_flags", lambda: [])
-    monkeypatch.setattr(precision, "measure_bf16", lambda: pytest.fail("no timing without native bf16"))
+    monkeypatch.setattr(precision_mod, "native_bf16_flags", lambda: [])
+    monkeypatch.setattr(precision_mod, "measure_bf16", lambda: pytest.fail("no timing without native bf16"))
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for: given
 
@@ -29,9 +30,9 @@ def test_auto_is_fp32_without_native_bf16_and_measures_nothing(monkeypatch):
 @pytest.mark.parametrize("speedup, expected", [(4.4, "bf16"), (1.2, "fp32")])
 def test_auto_follows_the_recorded_measurement(monkeypatch, tmp_path, speedup, expected):
     monkeypatch.setenv("VIT_CACHE", str(tmp_path))
-    monkeypatch.setattr(precision, "native_bf16_flags", lambda: ["avx512_bf16"])
+    monkeypatch.setattr(precision_mod, "native_bf16_flags", lambda: ["avx512_bf16"])
     calls = []
-    monkeypatch.setattr(precision, "measure_bf16", lambda: calls.append(1) or {"fp32_ms": 1.0, "speedup": speedup})
+    monkeypatch.setattr(precision_mod, "measure_bf16", lambda: calls.append(1) or {"fp32_ms": 1.0, "speedup": speedup})
     assert resolve_precision("auto", torch.device("cpu")) == expected
     assert runtime("cpu", "auto").precision == expected and len(calls) == 1  # measured once
     (entry,) = json.loads((tmp_path / "measurements.json").read_text()).values()
@@ -40,7 +41,7 @@ def test_auto_follows_the_recorded_measurement(monkeypatch, tmp_path, speedup, e
 
 
 def test_the_measurement_times_both_precisions():
-    result = precision.measure_bf16(rows=64, dim=32, reps=2)
+    result = precision_mod.measure_bf16(rows=64, dim=32, reps=2)
     assert result["fp32_ms"] > 0 and result["bf16_ms"] > 0 and result["speedup"] > 0
 
 

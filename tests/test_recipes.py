@@ -238,8 +238,8 @@ def test_layer_decay_scales_each_layers_lr():
 def test_probe_head_is_the_fitted_logistic_regression(tiny_vit_dir, colour_ds):
     import torch
 
-    from vitcli.data.datasets import open_dataset
     from vitcli.accel.runtime import runtime
+    from vitcli.data.datasets import open_dataset
     from vitcli.models.resolver import data_config_for
     from vitcli.train.build import build_finetune_model
     from vitcli.train.config import FinetuneConfig
@@ -274,8 +274,8 @@ def test_the_probe_leaves_the_trained_model_as_it_was_built(tiny_vit_dir, colour
     head); they must never reach the model that is then trained."""
     import torch
 
-    from vitcli.data.datasets import open_dataset
     from vitcli.accel.runtime import Runtime
+    from vitcli.data.datasets import open_dataset
     from vitcli.models.resolver import data_config_for
     from vitcli.train.build import build_finetune_model
     from vitcli.train.config import FinetuneConfig

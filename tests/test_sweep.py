@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from vitcli.train import sweep
 from vitcli.errors import UsageError
+from vitcli.train import sweep
 
 
 def test_parse_and_grid():

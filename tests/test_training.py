@@ -18,9 +18,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import make_colour_tree
-from vitcli.train import checkpoint
 from vitcli.cli import app
 from vitcli.errors import UsageError
+from vitcli.train import checkpoint
 from vitcli.train.config import FinetuneConfig, TrainConfig, resolve
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,15 @@ from typer.testing import CliRunner
 
 from tests.conftest import make_tiny_vit, save_hub_layout
 from vitcli.analysis import maths as analysis
-from vitcli.analysis.attention import (AttentionRecorder, NotAViTError, attention_maps, attention_modules,
-                              fused_attention, method_for, token_layout)
+from vitcli.analysis.attention import (
+    AttentionRecorder,
+    NotAViTError,
+    attention_maps,
+    attention_modules,
+    fused_attention,
+    method_for,
+    token_layout,
+)
 from vitcli.cli import app
 
 runner = CliRunner()

@@ -62,8 +62,8 @@ def test_default_families():
 
 
 def test_vit_models_pattern_table_json_and_cache(monkeypatch):
-    from vitcli.models import zoo
     from vitcli.cli import app
+    from vitcli.models import zoo
 
     runner = CliRunner()
     result = runner.invoke(app, ["models", "poolformer*_s12"])

@@ -16,16 +16,16 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Callable, Union
 
 TMP_MARK = ".tmp-"  # in the name of every temporary file `atomic_write` makes (found again by clean_stale)
 _counter = itertools.count()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _console(stderr: bool, file_id: int):
     from rich.console import Console
 
@@ -114,8 +114,14 @@ def progress(description: str, total: int | None = None, unit: str = "it"):
     if not show_progress():
         yield lambda n=1: None
         return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn(f"{unit}"), TimeElapsedColumn(), TimeRemainingColumn()]
@@ -130,7 +136,7 @@ class RichTqdm:
     label: str | None = None  # set by `named()`: the file name to show instead of the URL
 
     @classmethod
-    def named(cls, label: str) -> type["RichTqdm"]:
+    def named(cls, label: str) -> type[RichTqdm]:
         return type("RichTqdm", (cls,), {"label": label})
 
     def __init__(self, *args, total=None, desc=None, initial=0, unit="B", unit_scale=True, disable=False,
@@ -141,8 +147,14 @@ class RichTqdm:
         self.disable = disable or not show_progress()
         self._progress = None
         if not self.disable:
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                       TransferSpeedColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
 
             self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
                                       TransferSpeedColumn(), TimeRemainingColumn(), console=err(),
@@ -181,7 +193,7 @@ class RichTqdm:
         return False
 
 
-def atomic_write(path: str | os.PathLike, data: Union[str, bytes, Callable[[Path], object]]) -> Path:
+def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[Path], object]) -> Path:
     """Write `path` whole or not at all, for every file vitcli writes.
 
     `data` is text (UTF-8), bytes, or a function that writes a given temporary path (torch.save, np.save,

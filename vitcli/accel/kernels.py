@@ -132,7 +132,7 @@ def available() -> bool:
     return onednn_linear_available()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def works_here(precision: str) -> bool:
     """Does this CPU's oneDNN run the fused linear in `precision`? (bf16 needs avx512_bf16 / AMX, or at
     least AVX-512: on an AVX2-only CPU oneDNN has no bf16 inner product and refuses.)"""

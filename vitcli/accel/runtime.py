@@ -15,7 +15,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 @dataclass(frozen=True)
 class Runtime:
-    device: "object"  # torch.device
+    device: object  # torch.device
     precision: str  # fp32 | bf16 | fp16
 
     @property

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -123,15 +123,28 @@ def _version(value: bool):
 
 @app.callback()
 def _root(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
 ) -> None:
     """Vision Transformers from the terminal."""
 
 
 def _register() -> None:
-    from vitcli.cli import (benchmark, download, eval, export, finetune, info, models, predict, push, serve, shard,
-                            train, visualize)
+    from vitcli.cli import (
+        benchmark,
+        download,
+        eval,
+        export,
+        finetune,
+        info,
+        models,
+        predict,
+        push,
+        serve,
+        shard,
+        train,
+        visualize,
+    )
 
     app.command("predict")(predict.predict)
     app.command("download")(download.download)

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DeviceOpt, ImgSizeOpt, JsonOpt, ModelOpt, OfflineOpt,
-                                PrecisionOpt, RandomInitOpt)
+from vitcli.cli.options import (
+    DEFAULT_MODEL,
+    BatchSizeOpt,
+    DeviceOpt,
+    ImgSizeOpt,
+    JsonOpt,
+    ModelOpt,
+    OfflineOpt,
+    PrecisionOpt,
+    RandomInitOpt,
+)
 
 
 def benchmark(
@@ -25,16 +34,16 @@ def benchmark(
     warmup_iters: Annotated[int, typer.Option("--warmup-iters", min=0,
                                               help="Untimed batches first, per side and phase.")] = 2,
     random_init: RandomInitOpt = False,
-    formats: Annotated[Optional[str], typer.Option(
+    formats: Annotated[str | None, typer.Option(
         "--formats", help="Compare deployable forms instead, e.g. torch,onnx,onnx-int8,openvino (also onnx-fp16, "
                           "pt2): top-1, agreement with torch fp32, latency at batch 1, img/s at --batch-size, size.",
         show_default=False)] = None,
-    data: Annotated[Optional[Path], typer.Option(
+    data: Annotated[Path | None, typer.Option(
         "--data", help="With --formats: images to measure top-1 and agreement on (a folder; with --labels FILE).",
         show_default=False)] = None,
-    labels: Annotated[Optional[Path], typer.Option(
+    labels: Annotated[Path | None, typer.Option(
         "--labels", help="With --formats --data: 'FILENAME CLASS_INDEX' lines.", show_default=False)] = None,
-    calib: Annotated[Optional[Path], typer.Option(
+    calib: Annotated[Path | None, typer.Option(
         "--calib", help="With --formats: images to calibrate onnx-int8 on (static); else dynamic int8.",
         show_default=False)] = None,
     json_out: JsonOpt = False,

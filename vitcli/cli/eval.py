@@ -3,33 +3,47 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from vitcli.cli.options import (DEFAULT_MODEL, BackendOpt, BatchSizeOpt, CompileOpt, DataDirOpt, DatasetOpt, DeviceOpt,
-                                ImageColumnOpt, JsonOpt, LabelColumnOpt, ModelOpt, OfflineOpt, OutDirOpt, PrecisionOpt,
-                                ThresholdOpt,
-                                WorkersOpt)
+from vitcli.cli.options import (
+    DEFAULT_MODEL,
+    BackendOpt,
+    BatchSizeOpt,
+    CompileOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DeviceOpt,
+    ImageColumnOpt,
+    JsonOpt,
+    LabelColumnOpt,
+    ModelOpt,
+    OfflineOpt,
+    OutDirOpt,
+    PrecisionOpt,
+    ThresholdOpt,
+    WorkersOpt,
+)
 
 
 def eval_command(
     model: ModelOpt = DEFAULT_MODEL,
     dataset: DatasetOpt = None,
-    data: Annotated[Optional[Path], typer.Option(
+    data: Annotated[Path | None, typer.Option(
         "--data", help="A folder of images: with --labels, a flat folder (ImageNet's val layout); "
                        "without, a folder of class folders, evaluated whole.")] = None,
-    labels: Annotated[Optional[Path], typer.Option(
+    labels: Annotated[Path | None, typer.Option(
         "--labels", help="Labels file for --data: one 'FILENAME CLASS_INDEX' line per image, indices in the "
                          "model's classes.")] = None,
-    split: Annotated[Optional[str], typer.Option(
+    split: Annotated[str | None, typer.Option(
         "--split", help="train | minival | val | test (default: test, else val, else minival).")] = None,
     data_dir: DataDirOpt = None,
     image_column: ImageColumnOpt = None,
     label_column: LabelColumnOpt = None,
-    real_labels: Annotated[Optional[Path], typer.Option(
+    real_labels: Annotated[Path | None, typer.Option(
         "--real-labels", help="ImageNet ReaL labels (real.json) for ReaL accuracy.")] = None,
-    few_shot: Annotated[Optional[str], typer.Option(
+    few_shot: Annotated[str | None, typer.Option(
         "--few-shot", help="Few-shot linear evaluation instead: shots per class, e.g. 1,5,10,25.")] = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Few-shot draws per shot count.")] = 3,
     l2: Annotated[str, typer.Option(

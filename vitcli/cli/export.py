@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from vitcli.cli.options import DEFAULT_MODEL, ImgSizeOpt, JsonOpt, ModelOpt, OfflineOpt
 
-ExportFileOpt = Annotated[Optional[Path], typer.Option(
+ExportFileOpt = Annotated[Path | None, typer.Option(
     "--output", "-o", help="The file to write, ending in .onnx or .pt2 (default: the model's name with that suffix, "
                            "in the current folder).", show_default=False)]
 
@@ -19,18 +19,18 @@ def export(
     format: Annotated[str, typer.Option(
         "--format", "-f", help="onnx (onnxruntime; preprocessing and label names in its metadata) | pt2 "
                                "(torch.export) | openvino (.xml + .bin, the openvino extra).")] = "onnx",
-    quantize: Annotated[Optional[str], typer.Option(
+    quantize: Annotated[str | None, typer.Option(
         "--quantize", help="int8: ONNX Runtime quantization of the linear layers (static with --calib, else "
                            "dynamic); the layers whose int8 error costs agreement stay in float.",
         show_default=False)] = None,
     half: Annotated[bool, typer.Option("--half", help="fp16 weights and compute (GPU targets; onnx, openvino).")] = False,
-    calib: Annotated[Optional[Path], typer.Option(
+    calib: Annotated[Path | None, typer.Option(
         "--calib", help="Images (a folder) to calibrate int8 on and to check the export on.",
         show_default=False)] = None,
-    check: Annotated[Optional[Path], typer.Option(
+    check: Annotated[Path | None, typer.Option(
         "--check", help="Images (a folder) to check the export on (default: the --calib images, else random "
                         "inputs).", show_default=False)] = None,
-    min_agreement: Annotated[Optional[float], typer.Option(
+    min_agreement: Annotated[float | None, typer.Option(
         "--min-agreement", min=0.0, max=1.0, help="Refuse the export below this top-1 agreement with the torch "
                                                   "model (default 0.95 for int8, 0.99 otherwise).",
         show_default=False)] = None,
@@ -40,7 +40,7 @@ def export(
     img_size: ImgSizeOpt = None,
     dynamic_batch: Annotated[bool, typer.Option(
         "--dynamic-batch/--static-batch", help="A batch axis of any size (default), or batch 2 only.")] = True,
-    opset: Annotated[Optional[int], typer.Option("--opset", min=18, help="ONNX opset (default 18).",
+    opset: Annotated[int | None, typer.Option("--opset", min=18, help="ONNX opset (default 18).",
                                                  show_default=False)] = None,
     json_out: JsonOpt = False,
     offline: OfflineOpt = False,

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from vitcli.cli.options import P
 from vitcli.cli.recipe_options import make_command
 
-Freeze = Annotated[Optional[bool], typer.Option(
+Freeze = Annotated[bool | None, typer.Option(
     "--freeze/--no-freeze", help="Train the head only.", rich_help_panel=P, show_default=False)]
-HeadInit = Annotated[Optional[str], typer.Option(
+HeadInit = Annotated[str | None, typer.Option(
     "--head-init", help="probe (LP-FT: a linear probe of the frozen features; quick) | zero (the paper).",
     rich_help_panel=P, show_default=False)]
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from vitcli.cli.options import JsonOpt
 
-
 PROGRESS_EVERY_S = 5.0
 
 
 def models(
-    pattern: Annotated[Optional[str], typer.Argument(
+    pattern: Annotated[str | None, typer.Argument(
         help="Filter over all of timm's architectures: a bare word matches anywhere in the name "
              "(`vit` = `*vit*`), wildcards as given (`vit_*_patch16_224`); also matches pretrained tags "
              "(`augreg2`). Without it: the ViT family (incl. R50+ViT hybrids), DeiT, PoolFormer v1/v2, "

@@ -15,7 +15,7 @@ Training's recipe options (defaults from the recipe) are in vitcli.cli.recipe_op
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
@@ -31,19 +31,19 @@ _WORKERS = ("DataLoader worker processes (default: none for fewer than 64 images
             "CPU none up to 4 cores, else cores / 4 up to 4).")
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help=_MODEL)]
-RecipeModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help=_MODEL + " Default: the recipe's.",
+RecipeModelOpt = Annotated[str | None, typer.Option("--model", "-m", help=_MODEL + " Default: the recipe's.",
                                                        show_default=False)]
-DatasetOpt = Annotated[Optional[str], typer.Option(
+DatasetOpt = Annotated[str | None, typer.Option(
     "--dataset", "-d", help="pets | flowers102 | cifar10 | cifar100 | a folder (train/ + val/ or test/ class "
                             "folders, or one folder of class folders) | hf:NAME[:CONFIG] (Hugging Face datasets) | "
                             "a save_to_disk folder.", show_default=False)]
-ImageColumnOpt = Annotated[Optional[str], typer.Option(
+ImageColumnOpt = Annotated[str | None, typer.Option(
     "--image-column", help="Hugging Face datasets: the column of images (default: the first Image feature).",
     show_default=False)]
-LabelColumnOpt = Annotated[Optional[str], typer.Option(
+LabelColumnOpt = Annotated[str | None, typer.Option(
     "--label-column", help="Hugging Face datasets: the column of labels (default: the first ClassLabel, else "
                            "label/labels/class/target).", show_default=False)]
-DataDirOpt = Annotated[Optional[Path], typer.Option(
+DataDirOpt = Annotated[Path | None, typer.Option(
     "--data-dir", help="Where named datasets live, in torchvision's layout (default: VIT_CACHE/datasets).",
     show_default=False)]
 DeviceOpt = Annotated[str, typer.Option(
@@ -63,24 +63,24 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 OfflineOpt = Annotated[bool, typer.Option(
     "--offline", help="Never touch the network: use the Hugging Face cache only (same as HF_HUB_OFFLINE=1).")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, help=_BATCH)]
-RecipeBatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", "-b", min=1, help=_BATCH,
+RecipeBatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", "-b", min=1, help=_BATCH,
                                                            rich_help_panel=P, show_default=False)]
-ImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", min=8, help=_IMG, show_default=False)]
-RecipeImgSizeOpt = Annotated[Optional[int], typer.Option("--img-size", min=8, help=_IMG, rich_help_panel=P,
+ImgSizeOpt = Annotated[int | None, typer.Option("--img-size", min=8, help=_IMG, show_default=False)]
+RecipeImgSizeOpt = Annotated[int | None, typer.Option("--img-size", min=8, help=_IMG, rich_help_panel=P,
                                                          show_default=False)]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-j", min=0, help=_WORKERS, show_default=False)]
-OutDirOpt = Annotated[Optional[Path], typer.Option(
+WorkersOpt = Annotated[int | None, typer.Option("--workers", "-j", min=0, help=_WORKERS, show_default=False)]
+OutDirOpt = Annotated[Path | None, typer.Option(
     "--out-dir", help="Folder for the artefacts (created if missing).", show_default=False)]
-OutputFileOpt = Annotated[Optional[Path], typer.Option(
+OutputFileOpt = Annotated[Path | None, typer.Option(
     "--output", "-o", help="Also write the results to FILE (.jsonl or .csv), as they come.", show_default=False)]
 RandomInitOpt = Annotated[bool, typer.Option(
     "--random-init", help="Random weights instead of the pre-trained ones (no download): speed does not depend on "
                           "the values; maps show what the architecture alone does.")]
-SweepOpt = Annotated[Optional[List[str]], typer.Option(
+SweepOpt = Annotated[list[str] | None, typer.Option(
     "--sweep", help="KEY=v1,v2,...: one run per value (repeat for a grid) in a sweep folder; the best on minival "
                     "wins and is tested. KEY is an option of the command, e.g. lr, steps, token-mixer.",
     show_default=False)]
-ThresholdOpt = Annotated[Optional[float], typer.Option(
+ThresholdOpt = Annotated[float | None, typer.Option(
     "--threshold", min=0.0, max=1.0, show_default=False,
     help="Multi-label models: a label is given at or above this probability (default: the per-class thresholds "
          "the run chose on its held-out split, else 0.5).")]

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
-from vitcli.cli.options import (DEFAULT_MODEL, BackendOpt, BatchSizeOpt, CompileOpt, DeviceOpt, JsonOpt, ModelOpt,
-                                OfflineOpt, OutputFileOpt, PrecisionOpt, ThresholdOpt, WorkersOpt)
+from vitcli.cli.options import (
+    DEFAULT_MODEL,
+    BackendOpt,
+    BatchSizeOpt,
+    CompileOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    OfflineOpt,
+    OutputFileOpt,
+    PrecisionOpt,
+    ThresholdOpt,
+    WorkersOpt,
+)
 
 
 def predict(
-    inputs: Annotated[Optional[List[str]], typer.Argument(
+    inputs: Annotated[list[str] | None, typer.Argument(
         help="Image files, folders (searched recursively), globs, http(s) URLs, or - for an image on stdin.",
         show_default=False)] = None,
     model: ModelOpt = DEFAULT_MODEL,
@@ -26,7 +38,7 @@ def predict(
     workers: WorkersOpt = None,
     json_out: JsonOpt = False,
     output: OutputFileOpt = None,
-    list_file: Annotated[Optional[Path], typer.Option(
+    list_file: Annotated[Path | None, typer.Option(
         "--list", help="A text file of more inputs, one path or URL per line (for large jobs).",
         show_default=False)] = None,
     offline: OfflineOpt = False,
@@ -140,7 +152,7 @@ class _FileWriter:
         self.path, self.fh, self.csv, self.error = path, None, None, None
 
     @classmethod
-    def check(cls, path: Path | None) -> "_FileWriter | None":
+    def check(cls, path: Path | None) -> _FileWriter | None:
         """Refuse an --output that cannot be a results file before any work is done."""
         from vitcli import output as sink
         from vitcli.errors import UsageError
@@ -165,7 +177,7 @@ class _FileWriter:
             raise UsageError(f"--output {sink.display(self.path)} is one of the inputs",
                              "write the results to another file")
 
-    def open(self) -> "_FileWriter":
+    def open(self) -> _FileWriter:
         import csv
 
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,10 +16,10 @@ def push(
     repo_id: Annotated[str, typer.Argument(help="The Hub repository to create or update: owner/name.",
                                            show_default=False)],
     private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
-    revision: Annotated[Optional[str], typer.Option(
+    revision: Annotated[str | None, typer.Option(
         "--revision", help="The branch to push to (created from main when missing; default main).",
         show_default=False)] = None,
-    message: Annotated[Optional[str], typer.Option("--message", help="Commit message (default: vit push NAME).",
+    message: Annotated[str | None, typer.Option("--message", help="Commit message (default: vit push NAME).",
                                                    show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:

@@ -10,30 +10,43 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from vitcli.cli.options import (P, DataDirOpt, DatasetOpt, DeviceOpt, ImageColumnOpt, JsonOpt, LabelColumnOpt,
-                                OfflineOpt, PrecisionOpt, RecipeBatchSizeOpt, RecipeImgSizeOpt, RecipeModelOpt,
-                                SweepOpt, WorkersOpt)
+from vitcli.cli.options import (
+    DataDirOpt,
+    DatasetOpt,
+    DeviceOpt,
+    ImageColumnOpt,
+    JsonOpt,
+    LabelColumnOpt,
+    OfflineOpt,
+    P,
+    PrecisionOpt,
+    RecipeBatchSizeOpt,
+    RecipeImgSizeOpt,
+    RecipeModelOpt,
+    SweepOpt,
+    WorkersOpt,
+)
 from vitcli.cli.scale_options import SCALE_OPTIONS
 
-RValSplit = Annotated[Optional[float], typer.Option(
+RValSplit = Annotated[float | None, typer.Option(
     "--val-split", help="Fraction of train held out as minival (default: Pets/Flowers 0.1, CIFAR 0.02, "
                         "folders without val/ 0.1; a default one under 100 images is not carved: all of train/ trains "
                         "and the last model is kept).", show_default=False)]
-RRecipe = Annotated[Optional[str], typer.Option(
+RRecipe = Annotated[str | None, typer.Option(
     "--recipe", help="paper (default with a GPU) | quick (laptop CPU, default without a GPU) | deit (DeiT's "
                      "augmentation and regularisation).", show_default=False)]
-RConfig = Annotated[Optional[Path], typer.Option(
+RConfig = Annotated[Path | None, typer.Option(
     "--config", help="JSON, TOML or YAML file of settings (a run folder reruns that run); flags override it.",
     show_default=False)]
 
 
 def _recipe(kind, flag: str, help: str, **kwargs):
     """An option of the recipe panel: None when not given (the value then comes from the recipe)."""
-    return Annotated[Optional[kind], typer.Option(flag, help=help, rich_help_panel=P, show_default=False, **kwargs)]
+    return Annotated[kind | None, typer.Option(flag, help=help, rich_help_panel=P, show_default=False, **kwargs)]
 
 
 RSteps = _recipe(int, "--steps", "Optimizer steps.", min=1)
@@ -44,7 +57,7 @@ RWarmup = _recipe(int, "--warmup", "Linear warmup steps.", min=0)
 RSchedule = _recipe(str, "--schedule", "cosine | linear | constant, after warmup.")
 RWd = _recipe(float, "--weight-decay", "Decoupled weight decay.")
 RClip = _recipe(float, "--clip-grad", "Global gradient-norm clip (0: off).")
-RSmooth = Annotated[Optional[float], typer.Option("--smoothing", "--label-smoothing", help="Label smoothing.",
+RSmooth = Annotated[float | None, typer.Option("--smoothing", "--label-smoothing", help="Label smoothing.",
                                                   rich_help_panel=P, show_default=False)]
 RLayerDecay = _recipe(float, "--layer-decay", "Layer-wise lr decay (BEiT/MAE; 1: off).")
 RPatience = _recipe(int, "--patience", "Stop after N evaluations without a better held-out top-1.", min=1)
@@ -53,38 +66,38 @@ RMixup = _recipe(float, "--mixup", "Mixup alpha (0: off).")
 RCutmix = _recipe(float, "--cutmix", "CutMix alpha (0: off).")
 RReprob = _recipe(float, "--reprob", "Random-erasing probability.")
 RDropPath = _recipe(float, "--drop-path", "Stochastic depth rate.")
-RModelEma = Annotated[Optional[bool], typer.Option(
+RModelEma = Annotated[bool | None, typer.Option(
     "--model-ema/--no-model-ema", help="Keep an EMA of the weights (evaluated beside them; the better is kept).",
     rich_help_panel=P, show_default=False)]
 REmaDecay = _recipe(float, "--ema-decay", "The EMA's decay (default 0.9998; warmed up from 0).")
-RMultiLabel = Annotated[Optional[bool], typer.Option(
+RMultiLabel = Annotated[bool | None, typer.Option(
     "--multi-label/--no-multi-label", help="Sets of labels per image: a sigmoid head, BCE, per-class thresholds "
                                            "(default: from the data: a CSV folder or a Sequence(ClassLabel) column).",
     rich_help_panel=P, show_default=False)]
 RLoss = _recipe(str, "--loss", "Multi-label loss: bce (default) | asl (timm's asymmetric loss).")
-RStopAfter = Annotated[Optional[int], typer.Option(
+RStopAfter = Annotated[int | None, typer.Option(
     "--stop-after", min=1, show_default=False,
     help="Save and stop after step N, as if interrupted (--resume continues).")]
-RSeed = Annotated[Optional[int], typer.Option("--seed", help="Random seed (default 0).", show_default=False)]
-REvalEvery = Annotated[Optional[int], typer.Option("--eval-every", min=1, show_default=False,
+RSeed = Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).", show_default=False)]
+REvalEvery = Annotated[int | None, typer.Option("--eval-every", min=1, show_default=False,
                                                    help="Evaluate on minival/val every N steps (default: 5 times).")]
-RSaveEvery = Annotated[Optional[int], typer.Option("--save-every", min=1, show_default=False,
+RSaveEvery = Annotated[int | None, typer.Option("--save-every", min=1, show_default=False,
                                                    help="Save the training state every N steps (default: at "
                                                         "each evaluation).")]
-RMixer = Annotated[Optional[str], typer.Option(
+RMixer = Annotated[str | None, typer.Option(
     "--token-mixer", help="attention | pooling | mlp | identity: the ViT with its token mixer replaced.",
     show_default=False)]
-RMixers = Annotated[Optional[str], typer.Option(
+RMixers = Annotated[str | None, typer.Option(
     "--token-mixers", help="Per-stage mixers for PoolFormer, e.g. pooling,pooling,attention,attention.",
     show_default=False)]
-RName = Annotated[Optional[str], typer.Option("--name", help="Run folder name (default: <dataset>-<n>).",
+RName = Annotated[str | None, typer.Option("--name", help="Run folder name (default: <dataset>-<n>).",
                                               show_default=False)]
-RProject = Annotated[Optional[Path], typer.Option("--project", help="Parent of the run folders (default: runs).",
+RProject = Annotated[Path | None, typer.Option("--project", help="Parent of the run folders (default: runs).",
                                                   show_default=False)]
-RReportTo = Annotated[Optional[str], typer.Option(
+RReportTo = Annotated[str | None, typer.Option(
     "--report-to", help="tensorboard | wandb | tensorboard,wandb | none (default): also send the scalars there "
                         "(extras vitcli\\[tensorboard], vitcli\\[wandb]).", show_default=False)]
-RResume = Annotated[Optional[Path], typer.Option(
+RResume = Annotated[Path | None, typer.Option(
     "--resume", help="Continue the run in this run folder; with no folder (or `last`), the latest unfinished run of "
                      "this command in --project.", show_default=False)]
 RDryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")]

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -11,7 +11,7 @@ PANEL = "Scale and distillation"
 
 
 def _opt(kind, *flags: str, help: str):
-    return Annotated[Optional[kind], typer.Option(*flags, help=help, rich_help_panel=PANEL, show_default=False)]
+    return Annotated[kind | None, typer.Option(*flags, help=help, rich_help_panel=PANEL, show_default=False)]
 
 
 SCALE_OPTIONS = [

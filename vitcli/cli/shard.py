@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,10 +17,10 @@ def shard(
     out: Annotated[Path, typer.Argument(help="The folder of the shards (created; a rerun resumes).",
                                         show_default=False)],
     shard_size: Annotated[int, typer.Option("--shard-size", min=1, help="Samples per shard.")] = 1000,
-    split: Annotated[Optional[list[str]], typer.Option(
+    split: Annotated[list[str] | None, typer.Option(
         "--split", help="A split to write: train | minival | val | test (repeat; default: every split the "
                         "dataset has).", show_default=False)] = None,
-    val_split: Annotated[Optional[float], typer.Option(
+    val_split: Annotated[float | None, typer.Option(
         "--val-split", help="Carve this fraction of train as a minival split (written as minival shards).",
         show_default=False)] = None,
     data_dir: DataDirOpt = None,

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from vitcli.cli.recipe_options import make_command
 
-PatchSize = Annotated[Optional[int], typer.Option(
+PatchSize = Annotated[int | None, typer.Option(
     "--patch-size", min=1, help="Patch size (e.g. 4 for 32 px images).", show_default=False)]
-PosEmbed = Annotated[Optional[str], typer.Option(
+PosEmbed = Annotated[str | None, typer.Option(
     "--pos-embed", help="learn (1-D, default) | sincos (2-D, fixed) | none.", show_default=False)]
-Pool = Annotated[Optional[str], typer.Option(
+Pool = Annotated[str | None, typer.Option(
     "--pool", help="token (class token, default) | avg (global average pooling: learned a 2-epoch run on "
                    "16 px digits far faster, see Recipes).", show_default=False)]
 

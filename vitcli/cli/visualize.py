@@ -3,18 +3,27 @@ patch-embedding filters), class-specific Grad-CAM maps and their faithfulness, a
 
 from __future__ import annotations
 
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
-from vitcli.cli.options import (DEFAULT_MODEL, BatchSizeOpt, DeviceOpt, JsonOpt, ModelOpt, OfflineOpt, OutDirOpt,
-                                PrecisionOpt, RandomInitOpt)
+from vitcli.cli.options import (
+    DEFAULT_MODEL,
+    BatchSizeOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    OfflineOpt,
+    OutDirOpt,
+    PrecisionOpt,
+    RandomInitOpt,
+)
 
 _METHODS = "gradcam | gradcam++ | hirescam | xgradcam | layercam | eigencam | eigengradcam | gradcam-elementwise"
 
 
 def visualize(
-    images: Annotated[Optional[List[str]], typer.Argument(
+    images: Annotated[list[str] | None, typer.Argument(
         help="Image files, folders (searched recursively) or globs, as for vit predict: the images of "
              "--attention-distance, --attention-map and --gradcam.", metavar="IMAGES", show_default=False)] = None,
     attention_distance: Annotated[bool, typer.Option(
@@ -30,7 +39,7 @@ def visualize(
         "--gradcam", help="Class-specific saliency overlay per image (pytorch-grad-cam: ViT/DeiT, PoolFormer/MetaFormer, "
                           "CNNs); needs vitcli\\[gradcam].")] = False,
     method: Annotated[str, typer.Option("--method", help=f"Grad-CAM variant: {_METHODS}.")] = "gradcam",
-    target: Annotated[Optional[str], typer.Option(
+    target: Annotated[str | None, typer.Option(
         "--target", help="The class to explain: a label name of the model or an index (default: the predicted "
                          "class).", metavar="LABEL_OR_INDEX", show_default=False)] = None,
     faithfulness: Annotated[bool, typer.Option(

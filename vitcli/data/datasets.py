@@ -19,9 +19,9 @@ each file once in a warning and counts it in `DatasetSource.unreadable`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vitcli import env
-from vitcli.output import display
 from vitcli.errors import ImageError
+from vitcli.output import display
 
 # The raster formats vitcli lets PIL open (whatever the file's name says). Anything else (EPS, which
 # PIL hands to Ghostscript, PSD, ICO, the scientific formats...) is "not a supported image format".

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class Records:
         self.names = list(names) if names is not None else None
 
     @classmethod
-    def of_paths(cls, paths: Sequence) -> "Records":
+    def of_paths(cls, paths: Sequence) -> Records:
         """Image files without labels (vit predict, vit visualize)."""
         return cls([LABELLESS] * len(paths), paths=paths)
 
@@ -126,7 +127,7 @@ class ImageDataset:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def select(self, which: Sequence[int]) -> "ImageDataset":
+    def select(self, which: Sequence[int]) -> ImageDataset:
         """The items at places `which` of this dataset, keeping their positions (shards, subsets)."""
         which = np.asarray(which, dtype=np.int64)
         return ImageDataset(self.records, self.indices[which], self.transform, self.augment_seed,

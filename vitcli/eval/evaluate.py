@@ -144,10 +144,10 @@ def run(opened, split: Split, *, batch_size: int, workers: int | None, real_labe
         compile: bool = False, progress=lambda n=1: None) -> EvalResult:
     """Evaluate the opened model (vitcli.inference.opened) on `split`: loss, top-1/5, ECE, macro P/R/F1,
     per-class accuracy, confusion."""
-    from vitcli.data.transforms import eval_transform
-    from vitcli.eval import metrics
     from vitcli import output
     from vitcli.accel import compiled
+    from vitcli.data.transforms import eval_transform
+    from vitcli.eval import metrics
     from vitcli.inference.forward import Throughput, forward
 
     loaded, runtime = opened.loaded, opened.runtime

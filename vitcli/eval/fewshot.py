@@ -39,11 +39,11 @@ FEATURE_CACHE_VERSION = 1
 class RidgeCache:
     """What one draw of training features contributes, independent of the L2 strength."""
 
-    mean: "object"  # (1, D)
-    std: "object"  # (1, D)
-    eigs: "object"  # (M,)
-    lhs: "object"  # (D+1, M)
-    rhs: "object"  # (M, K)
+    mean: object  # (1, D)
+    std: object  # (1, D)
+    eigs: object  # (M,)
+    lhs: object  # (D+1, M)
+    rhs: object  # (M, K)
 
 
 def ridge_cache(x, y, num_classes: int) -> RidgeCache:
@@ -175,11 +175,11 @@ class FeatureStore:
     """Features of some images of one split, by index; failures remembered so they are not retried."""
 
     path: Path | None
-    features: dict[int, "object"] = field(default_factory=dict)  # index -> (D,) float32 tensor
+    features: dict[int, object] = field(default_factory=dict)  # index -> (D,) float32 tensor
     failed: dict[int, str] = field(default_factory=dict)  # index -> reason
 
     @classmethod
-    def open(cls, path: Path | None) -> "FeatureStore":
+    def open(cls, path: Path | None) -> FeatureStore:
         import torch
 
         store = cls(path)
@@ -209,7 +209,7 @@ class FeatureStore:
                 "failed_reasons": [self.failed[i] for i in sorted(self.failed)]}
         atomic_write(self.path, lambda tmp: torch.save(data, tmp))
 
-    def gather(self, indices) -> tuple["object", list[int]]:
+    def gather(self, indices) -> tuple[object, list[int]]:
         """(features of the readable ones, the indices they belong to), in the order given."""
         import torch
 
@@ -222,8 +222,8 @@ class FeatureStore:
 def extract(store: FeatureStore, loaded, runtime, split, indices, *, batch_size: int, workers: int | None,
             progress=lambda n=1: None) -> int:
     """Run the images of `indices` that the store lacks through the model; returns how many ran."""
-    from vitcli.data.transforms import eval_transform
     from vitcli import accel
+    from vitcli.data.transforms import eval_transform
     from vitcli.inference.forward import forward
 
     todo = store.missing(indices)

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from vitcli.data.datasets import SPLIT_DIRS, open_dataset
 from vitcli.data.loader import ImageDataset, Records
 from vitcli.errors import DataError, UsageError
-
 
 # ----------------------------------------------------------------------------- what is evaluated
 

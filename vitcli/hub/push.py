@@ -18,9 +18,9 @@ from pathlib import Path
 
 from vitcli import env, output
 from vitcli.errors import UsageError, VitError
+from vitcli.hub import card
 from vitcli.output import atomic_write
 from vitcli.train import runs
-from vitcli.hub import card
 
 UPLOADED = ["README.md", "config.json", "model.safetensors", "run.json", "metrics.jsonl", "results.csv", "curves.png",
             "events.out.tfevents.*"]

@@ -16,8 +16,8 @@ reading, decoding and transforming in this process; with workers: waiting for th
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 
 @dataclass

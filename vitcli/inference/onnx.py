@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from vitcli.errors import ModelError
 from vitcli.export.onnx_model import OnnxModel
 from vitcli.output import display
+
 
 def predict(paths: list, model: OnnxModel, *, top_k: int, batch_size: int, workers: int | None,
             threshold: float | None, progress=lambda n=1: None, throughput=None) -> Iterator:

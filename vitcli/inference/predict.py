@@ -10,12 +10,12 @@ every other image is still predicted.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from vitcli.inference.prediction import NON_FINITE, Prediction
 from vitcli.output import display
+
 
 class TorchPredictor:
     """A torch model on a runtime: `run(paths, ...)` yields Predictions."""
@@ -127,9 +127,9 @@ def run(paths: list[Path], loaded, runtime, *, top_k: int, batch_size: int, work
     import torch
 
     from vitcli import output
+    from vitcli.accel import compiled
     from vitcli.data.loader import ImageDataset, Records
     from vitcli.data.transforms import eval_transform
-    from vitcli.accel import compiled
     from vitcli.inference.forward import forward
     from vitcli.inference.multilabel import MultiLabelHead
 

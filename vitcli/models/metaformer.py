@@ -27,10 +27,11 @@ Prefix (class/register) tokens have no place on the patch grid. The ViT mixers t
 from __future__ import annotations
 
 from functools import partial
+
 import torch
-from torch import nn
-from timm.layers import LayerScale, DropPath, Mlp
+from timm.layers import DropPath, LayerScale, Mlp
 from timm.models import register_model
+from torch import nn
 
 ARCH = "vitcli_metaformer"
 MIXERS = ("attention", "pooling", "mlp", "identity")

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 COUNTER_VERSION = 2  # part of the cache file name: bump when the counting rules change
 DEFAULT_FAMILIES = ("vit_*", "deit*", "poolformer*", "mixer_*")  # ViT (incl. R50+ViT hybrids), DeiT, PoolFormer v1/v2, MLP-Mixer

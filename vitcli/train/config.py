@@ -90,7 +90,7 @@ class RunConfig:
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
-    def replace(self, **changes) -> "RunConfig":
+    def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -352,7 +352,7 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UsageError("no duration given", "pass --steps N or --epochs N")
     if cfg.steps is not None and cfg.steps < 1 or cfg.epochs is not None and cfg.epochs <= 0:
         raise UsageError("the duration must be positive")
-    if cfg.aa and cfg.aa != "none" and not cfg.aa.split("-")[0] in AA_POLICIES:
+    if cfg.aa and cfg.aa != "none" and cfg.aa.split("-")[0] not in AA_POLICIES:
         raise UsageError(f"unknown --aa {cfg.aa!r}", "e.g. rand-m9-mstd0.5-inc1 (RandAugment), augmix-m5-w4-d2, "
                                                      "original, v0 (AutoAugment), 3a, or none")
     if cfg.accum is not None and (cfg.accum < 1 or cfg.batch_size % cfg.accum):

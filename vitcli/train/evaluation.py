@@ -121,9 +121,9 @@ def held_out_split(source) -> str | None:
 
 def test_run(run_dir: Path, cfg) -> tuple[dict, str] | None:
     """The held-out evaluation of a finished run folder's model: (result, split), or None without one."""
-    from vitcli.data.transforms import eval_transform
-    from vitcli.accel.runtime import runtime
     from vitcli import accel
+    from vitcli.accel.runtime import runtime
+    from vitcli.data.transforms import eval_transform
     from vitcli.models.resolver import load_model
     from vitcli.train.build import open_run_dataset
     from vitcli.train.distributed import Dist

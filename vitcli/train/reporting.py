@@ -271,7 +271,7 @@ class Reporter:
                 self.close()
                 raise
 
-    def __enter__(self) -> "Reporter":
+    def __enter__(self) -> Reporter:
         return self
 
     def __exit__(self, *exc) -> bool:

@@ -20,9 +20,9 @@ import math
 import re
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from vitcli import env
 from vitcli.errors import UsageError, VitError

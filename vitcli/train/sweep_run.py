@@ -14,8 +14,20 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from vitcli.errors import UsageError, VitError
-from vitcli.train.sweep import (STATE, Axis, Runner, SweepResult, Tester, folder_name, grid, label, load_state,
-                                parse, profile_run, run)
+from vitcli.train.sweep import (
+    STATE,
+    Axis,
+    Runner,
+    SweepResult,
+    Tester,
+    folder_name,
+    grid,
+    label,
+    load_state,
+    parse,
+    profile_run,
+    run,
+)
 
 NOT_SWEEPABLE = {"name", "project", "command", "config", "resume"}
 
