@@ -93,7 +93,9 @@ def prepare(model, runtime, purpose: str = "inference", recorded: str | None = N
         else:
             head_fp32 = kernels.keep_head_fp32(model) or _has_fp32_head(model)  # first: no nn.Linear to fuse
             if bf16_cpu and not kernels.is_fused(model) and kernels.enabled_here("bf16"):
-                kernels.fuse(model, kernels.torch.bfloat16)
+                import torch
+
+                kernels.fuse(model, torch.bfloat16)
             if bf16_cpu and attention.math_faster_here(training=False):
                 attention.use_math(model)
         layout.apply(model, runtime)
@@ -108,10 +110,12 @@ def _has_fp32_head(model) -> bool:
 
 def describe(model, head_fp32: bool | None = None) -> Accel:
     """What `prepare` applied to `model` (read back from the model itself)."""
+    import torch
+
     from vitcli.accel import attention, kernels, layout
 
     fused = [m for m in model.modules() if isinstance(m, kernels.FusedLinear)]
-    linears = "eager" if not fused else f"onednn {'bf16' if fused[0].dtype == kernels.torch.bfloat16 else 'fp32'}"
+    linears = "eager" if not fused else f"onednn {'bf16' if fused[0].dtype == torch.bfloat16 else 'fp32'}"
     return Accel(linears=linears, attention="math" if attention.is_math(model) else "fused",
                  layout="channels_last" if layout.is_channels_last(model) else "default",
                  head_fp32=_has_fp32_head(model) if head_fp32 is None else head_fp32)

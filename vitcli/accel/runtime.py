@@ -33,10 +33,6 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    @property
-    def backend(self) -> str:
-        return "torch"
-
     def describe(self) -> str:
         """What ran, as every result names it: backend, device, precision."""
         return f"torch {self.device} {self.precision}"

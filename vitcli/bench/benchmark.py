@@ -180,12 +180,10 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     ceiling_side = Side("gemm", probe.step, rt.device, batch_size, memory=False)
 
     baseline = copy.deepcopy(model)  # the plain timm loop: the same module and weights, nothing else
-    accel_done = None
     if not compile and served is model:  # vit predict / eval's speed choices (inductor makes its own fusions)
         from vitcli import accel
 
-        accel_done = accel.prepare(model, rt, "inference")
-        log(f"vitcli side: {accel_done.describe()} (vitcli.accel.prepare)")
+        log(f"vitcli side: {accel.prepare(model, rt, 'inference').describe()} (vitcli.accel.prepare)")
     if compile:
         from vitcli.accel.compiled import use_cache
 

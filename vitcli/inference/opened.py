@@ -53,6 +53,19 @@ def onnx_runtime_flags_ok(device: str, precision: str, what: str = "an ONNX mode
                          "drop --device/--precision, or use --backend torch with a torch model")
 
 
+def fast_start_copy(spec: str):
+    """The model's fast-start ONNX copy (vitcli.export.faststart) as an OnnxModel, for `--backend onnx`;
+    a usage error when this machine has none. No torch import."""
+    from vitcli.errors import UsageError
+    from vitcli.export import faststart
+
+    copy = faststart.lookup(spec)
+    if copy is None:
+        raise UsageError(f"{spec} has no fast-start ONNX copy on this machine",
+                         f"make one with `vit download {spec}` (or `vit export`), or use --backend torch")
+    return copy
+
+
 def file_precision(model) -> str:
     """The precision an exported file model runs in: the file model's own, or fp32 (pt2)."""
     inner = getattr(model, "onnx", None)  # vitcli.export.onnx_model.as_module's wrapper
@@ -78,14 +91,7 @@ def open_model(spec: str, *, device: str, precision: str, backend: str = "torch"
     if kind == "onnx" or backend == "onnx":
         onnx_runtime_flags_ok(device, precision)
         if kind != "onnx":
-            from vitcli.errors import UsageError
-            from vitcli.export import faststart
-
-            copy = faststart.lookup(spec)
-            if copy is None:
-                raise UsageError(f"{spec} has no fast-start ONNX copy on this machine",
-                                 f"make one with `vit download {spec}` (or `vit export`), or use --backend torch")
-            spec = str(copy.path)
+            spec = str(fast_start_copy(spec).path)
         loaded = load_model(spec, device=torch.device("cpu"))
         return Opened(loaded, Runtime(torch.device("cpu"), "fp32"), "onnxruntime", None, file_precision(loaded.model))
     rt = runtime(device, precision)

@@ -18,20 +18,21 @@ from vitcli.output import display
 
 
 class TorchPredictor:
-    """A torch model on a runtime: `run(paths, ...)` yields Predictions."""
+    """A model opened by vitcli.inference.opened.open_model (torch, or a torch.export file):
+    `run(paths, ...)` yields Predictions."""
 
-    def __init__(self, loaded, runtime, accel, compile: bool = False):
-        self.loaded, self.runtime, self.accel, self.compile = loaded, runtime, accel, compile
-        self.architecture, self.label_names = loaded.architecture, loaded.label_names
-        self.backend, self.precision = runtime.backend, runtime.precision
+    def __init__(self, opened, compile: bool = False):
+        self.opened, self.loaded, self.runtime, self.compile = opened, opened.loaded, opened.runtime, compile
+        self.architecture, self.label_names = opened.loaded.architecture, opened.loaded.label_names
+        self.backend, self.precision = opened.backend, opened.precision
 
     def describe(self) -> str:
-        return self.runtime.describe()
+        return self.opened.describe()
 
     def info(self) -> dict:
         """What runs, as --json results name it."""
-        return {"backend": self.backend, "device": str(self.runtime.device), "precision": self.precision,
-                "accel": self.accel.describe() + (", compiled" if self.compile else "")}
+        info = self.opened.info()
+        return {**info, "accel": info["accel"] + (", compiled" if self.compile else "")}
 
     def run(self, paths, **kwargs) -> Iterator[Prediction]:
         return run(paths, self.loaded, self.runtime, compile=self.compile, **kwargs)
@@ -57,20 +58,6 @@ class OnnxPredictor:
         return predict(paths, self.model, **kwargs)
 
 
-class FilePredictor(TorchPredictor):
-    """A pt2 file (torch.export) through the torch path, on the CPU in fp32, with no speed choices."""
-
-    def __init__(self, loaded, runtime):
-        super().__init__(loaded, runtime, None)
-        self.backend = "torch.export"
-
-    def describe(self) -> str:
-        return f"{self.backend} cpu {self.precision}"
-
-    def info(self) -> dict:
-        return {"backend": self.backend, "device": "cpu", "precision": self.precision, "accel": self.backend}
-
-
 def open_predictor(spec: str, device: str, precision: str, backend: str, compile: bool = False):
     """What predicts `spec`: onnxruntime (CPU, fp32, no torch import) for an .onnx file, or for the
     model's fast-start ONNX copy when `backend` is "onnx" (`--backend onnx` / VIT_BACKEND=onnx: asked
@@ -78,7 +65,7 @@ def open_predictor(spec: str, device: str, precision: str, backend: str, compile
     and the machine decide, with vitcli.accel's speed choices."""
     from vitcli.errors import UsageError
     from vitcli.export import onnx_model
-    from vitcli.inference.opened import check_backend
+    from vitcli.inference.opened import check_backend, fast_start_copy, open_model
     from vitcli.models.resolver import FILE_KINDS, file_kind
 
     check_backend(backend)
@@ -95,27 +82,10 @@ def open_predictor(spec: str, device: str, precision: str, backend: str, compile
             from vitcli.export.openvino_model import OpenVinoModel
 
             return OnnxPredictor(OpenVinoModel(spec))
-        if kind == "pt2":
-            import torch
-
-            from vitcli.accel.runtime import Runtime
-            from vitcli.models.resolver import load_model
-
-            return FilePredictor(load_model(spec), Runtime(torch.device("cpu"), "fp32"))
-        from vitcli.export import faststart
-
-        copy = faststart.lookup(spec)
-        if copy is None:
-            raise UsageError(f"{spec} has no fast-start ONNX copy on this machine",
-                             f"make one with `vit download {spec}` (or `vit export`), or use --backend torch")
-        return OnnxPredictor(copy)
-    from vitcli import accel
-    from vitcli.accel.runtime import runtime
-    from vitcli.models.resolver import load_model
-
-    rt = runtime(device, precision)
-    loaded = load_model(spec, device=rt.device)
-    return TorchPredictor(loaded, rt, accel.prepare(loaded.model, rt, "inference"), compile)
+        if kind is None:  # --backend onnx: the fast-start copy
+            return OnnxPredictor(fast_start_copy(spec))
+    # the torch model, or a torch.export file: the one opener eval and benchmark use too
+    return TorchPredictor(open_model(spec, device=device, precision=precision, backend="torch"), compile)
 
 
 def run(paths: list[Path], loaded, runtime, *, top_k: int, batch_size: int, workers: int | None,
