@@ -308,8 +308,8 @@ def test_sigint_finishes_the_step_saves_and_exits_130(tiny_vit_dir, colour_ds, t
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), start_new_session=True)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
-        if (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip():
-            break
+        if (run / "metrics.jsonl").is_file() and '"loss"' in (run / "metrics.jsonl").read_text():
+            break  # a training step was logged (the probe's step-0 record comes before the loop's handler)
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGINT)  # like Ctrl-C in a terminal: the DataLoader worker gets it too
     _, err = proc.communicate(timeout=60)
@@ -336,3 +336,19 @@ def test_torchrun_two_processes_on_cpu(tiny_vit_dir, colour_ds, tmp_path):
     assert [p.name for p in (tmp_path / "runs" / "finetune").iterdir()] == [f"{colour_ds.name}-1"]
     state = checkpoint.load(tmp_path / "runs" / "finetune" / f"{colour_ds.name}-1" / "last/state.pt")
     assert state["micro"] == 2 and len(state["rng"]) == 2
+
+
+def test_interrupt_before_the_first_step_says_there_is_nothing_to_resume(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from vitcli.train import run as run_module
+
+    def interrupted(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "_fit_with_memory_retry", interrupted)
+    job = SimpleNamespace(run_dir=tmp_path, dist=SimpleNamespace(main=True), cfg=SimpleNamespace(multi_label=False))
+    with pytest.raises(KeyboardInterrupt):
+        run_module._record(job)
+    assert "nothing to --resume" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "interrupted"

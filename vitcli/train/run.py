@@ -214,6 +214,9 @@ def _record(job: loop.Job) -> dict:
                 "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             message = e.message if isinstance(e, VitError) else f"{type(e).__name__}: {e}"
             runs.write_run_json(job.run_dir, status=status, error=message)
+            if isinstance(e, KeyboardInterrupt) and not (job.run_dir / runs.STATE).exists():
+                output.warn("stopped before the first step: no training state was saved, so there is "
+                            "nothing to --resume; run the same command again to start over")
         raise
     if job.dist.main:
         runs.write_run_json(job.run_dir, status="stopped" if "stopped_at" in summary else "finished",
