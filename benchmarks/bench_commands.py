@@ -155,7 +155,7 @@ from vitcli.data.datasets import open_dataset
 from vitcli.data.loader import default_workers, make_loader
 from vitcli.data.transforms import train_transform
 from vitcli.models.resolver import load_model
-from vitcli.train.config import resolve
+from vitcli.train.run.config import resolve
 cfg = resolve("finetune", {{"dataset": {str(dataset)!r}, "model": "{MODEL_NAME}", "recipe": "quick"}})
 loaded = load_model(cfg.model)
 src = open_dataset(cfg.dataset)

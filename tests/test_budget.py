@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from tests.conftest import make_colour_tree
 from vitcli.cli import app
 from vitcli.cli.app import bare_resume
-from vitcli.train import budget
-from vitcli.train.config import resolve
+from vitcli.train.recipe import budget
+from vitcli.train.run.config import resolve
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -52,7 +52,7 @@ def test_probed_budget_is_proportional_to_the_cross_validated_error():
 
 
 def test_only_the_auto_budget_is_cut(colours):
-    from vitcli.train.build import open_run_dataset
+    from vitcli.train.run.build import open_run_dataset
 
     source = open_run_dataset(resolve("finetune", {"dataset": str(colours), "recipe": "quick"}))
     auto = resolve("finetune", {"dataset": str(colours), "recipe": "quick", "batch_size": 8})

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from vitcli.accel.runtime import canonical
 from vitcli.cli import app
 from vitcli.errors import UsageError
-from vitcli.train.config import resolve
+from vitcli.train.run.config import resolve
 
 runner = CliRunner()
 

@@ -70,7 +70,7 @@ def test_train_and_test_without_val_carves_minival_when_asked_or_large_enough(tm
 
 
 def test_runs_that_select_carve_their_minival_whatever_its_size(tmp_path):
-    from vitcli.train.config import resolve, with_minival
+    from vitcli.train.run.config import resolve, with_minival
 
     root = make_tree(tmp_path / "ds", {"train": {"x": 10, "y": 10}, "test": {"x": 2, "y": 2}})
     assert resolve("finetune", {"dataset": str(root), "recipe": "quick"}).val_split is None

@@ -16,9 +16,9 @@ FOLDERS = {"cli", "accel", "models", "data", "inference", "export", "hub", "trai
 # (LEAVES) that themselves import nothing of vitcli's folders.
 MAY_IMPORT = {
     "cli": FOLDERS - {"cli"},
-    "hub": {"models", "export", "train"},
+    "hub": {"models", "export", "train", "eval"},
     "train": {"accel", "models", "data", "inference", "eval"},
-    "eval": {"accel", "models", "data", "inference", "export"},
+    "eval": {"accel", "models", "data", "inference", "export", "train.files"},
     "analysis": {"accel", "models", "data", "inference"},
     "bench": {"accel", "models", "data", "inference", "export", "eval"},
     "serve": {"accel", "models", "data", "inference", "export", "analysis"},
@@ -28,7 +28,8 @@ MAY_IMPORT = {
     "accel": set(),
     "data": set(),
 }
-LEAVES = {"vitcli.export.onnx_model", "vitcli.export.pt2_model", "vitcli.export.openvino_model", "vitcli.hub.files"}
+LEAVES = {"vitcli.export.onnx_model", "vitcli.export.pt2_model", "vitcli.export.openvino_model", "vitcli.hub.files",
+          "vitcli.train.files"}
 
 
 def _modules() -> dict[str, Path]:

@@ -125,9 +125,9 @@ def test_average_precision_matches_scikit_learn_and_thresholds_maximise_f1():
 def test_one_vs_rest_probe_and_multi_hot_mixup():
     import torch
 
-    from vitcli.train import multilabel
-    from vitcli.train.config import resolve
-    from vitcli.train.regularise import Regularisation
+    from vitcli.train.recipe import multilabel
+    from vitcli.train.recipe.regularise import Regularisation
+    from vitcli.train.run.config import resolve
 
     rng = np.random.default_rng(0)
     y = (rng.random((60, 3)) < 0.5).astype(np.int64)
@@ -204,8 +204,8 @@ def test_finetune_eval_predict_multi_label_through_the_cli(tiny_vit_dir, ml_fold
 
 def test_multi_label_flag_is_checked_against_the_data(tiny_vit_dir, ml_folder, tmp_path):
     from vitcli.errors import UsageError
-    from vitcli.train.config import resolve
-    from vitcli.train.run import finetune
+    from vitcli.train.run.config import resolve
+    from vitcli.train.run.start import finetune
 
     base = {"model": str(tiny_vit_dir), "dataset": str(ml_folder), "steps": 1, "batch_size": 8, "workers": 0,
             "device": "cpu", "project": str(tmp_path / "runs")}

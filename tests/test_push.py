@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def run_dir(tiny_vit_dir, tmp_path_factory) -> Path:
     """A finished 3-step fine-tuning run of the tiny ViT on 3 colours."""
-    from vitcli.train.config import resolve
-    from vitcli.train.run import finetune
+    from vitcli.train.run.config import resolve
+    from vitcli.train.run.start import finetune
 
     tmp = tmp_path_factory.mktemp("push")
     colours = make_colour_tree(tmp / "colours", {"train": 8, "val": 2, "test": 2})

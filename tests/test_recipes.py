@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from tests.conftest import make_colour_tree, make_tiny_vit
 from vitcli.cli import app
 from vitcli.errors import UsageError
-from vitcli.train import checkpoint
-from vitcli.train.config import resolve
+from vitcli.train.run import checkpoint
+from vitcli.train.run.config import resolve
 
 DC = dict(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic", crop_pct=1.0)
 EVERYTHING = dict(aa="rand-m9-mstd0.5-inc1", mixup=0.8, cutmix=1.0, reprob=0.25, label_smoothing=0.1, drop_path=0.1,
@@ -111,7 +111,7 @@ def batch(n=8, k=4):
 def test_mixup_mixes_each_image_with_its_mirror_and_the_targets_alike():
     import torch
 
-    from vitcli.train.regularise import Regularisation
+    from vitcli.train.recipe.regularise import Regularisation
 
     x, y = batch()
     reg = Regularisation(SimpleNamespace(mixup=0.8, cutmix=0.0, label_smoothing=0.0), num_classes=4)
@@ -130,7 +130,7 @@ def test_mixup_mixes_each_image_with_its_mirror_and_the_targets_alike():
 def test_cutmix_pastes_a_box_of_the_mirror_image_and_weights_the_targets_by_area():
     import torch
 
-    from vitcli.train.regularise import Regularisation
+    from vitcli.train.recipe.regularise import Regularisation
 
     x, y = batch()
     reg = Regularisation(SimpleNamespace(mixup=0.0, cutmix=1.0, label_smoothing=0.0), num_classes=4)
@@ -145,7 +145,7 @@ def test_cutmix_pastes_a_box_of_the_mirror_image_and_weights_the_targets_by_area
 
 
 def test_odd_batch_mixes_the_even_part_and_smooths_the_last():
-    from vitcli.train.regularise import Regularisation
+    from vitcli.train.recipe.regularise import Regularisation
 
     x, y = batch(5)
     reg = Regularisation(SimpleNamespace(mixup=1.0, cutmix=0.0, label_smoothing=0.1), num_classes=4)
@@ -157,7 +157,7 @@ def test_odd_batch_mixes_the_even_part_and_smooths_the_last():
 def test_smoothing_is_label_smoothed_cross_entropy():
     import torch
 
-    from vitcli.train.regularise import Regularisation
+    from vitcli.train.recipe.regularise import Regularisation
 
     logits, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
     reg = Regularisation(SimpleNamespace(mixup=0.0, cutmix=0.0, label_smoothing=0.2), num_classes=4)
@@ -172,8 +172,8 @@ def test_smoothing_is_label_smoothed_cross_entropy():
 def test_drop_path_drops_residual_branches_per_sample_in_training_only(tiny_vit_dir):
     import torch
 
-    from vitcli.train.build import build_finetune_model, build_scratch_model
-    from vitcli.train.config import FinetuneConfig, TrainConfig
+    from vitcli.train.run.build import build_finetune_model, build_scratch_model
+    from vitcli.train.run.config import FinetuneConfig, TrainConfig
 
     _, model = build_finetune_model(FinetuneConfig(model=str(tiny_vit_dir), dataset="x", drop_path=0.5), 3,
                                     torch.device("cpu"))
@@ -197,7 +197,7 @@ def test_drop_path_drops_residual_branches_per_sample_in_training_only(tiny_vit_
 def test_ema_is_the_moving_average_with_a_warmed_up_decay():
     import torch
 
-    from vitcli.train.regularise import make_ema
+    from vitcli.train.recipe.regularise import make_ema
 
     model = make_tiny_vit(3)
     ema = make_ema(model, SimpleNamespace(model_ema=True, ema_decay=0.999))
@@ -216,8 +216,8 @@ def test_ema_is_the_moving_average_with_a_warmed_up_decay():
 
 
 def test_layer_decay_scales_each_layers_lr():
-    from vitcli.train.config import FinetuneConfig
-    from vitcli.train.optim import create_optimizer, create_scheduler
+    from vitcli.train.recipe.optim import create_optimizer, create_scheduler
+    from vitcli.train.run.config import FinetuneConfig
 
     model = make_tiny_vit(3, depth=2)
     cfg = FinetuneConfig(dataset="x", optimizer="sgd", lr=0.1, layer_decay=0.5, warmup=0)
@@ -241,9 +241,9 @@ def test_probe_head_is_the_fitted_logistic_regression(tiny_vit_dir, colour_ds):
     from vitcli.accel.runtime import runtime
     from vitcli.data.datasets import open_dataset
     from vitcli.models.resolver import data_config_for
-    from vitcli.train.build import build_finetune_model
-    from vitcli.train.config import FinetuneConfig
-    from vitcli.train.probe import fit_logistic, folds, probe_head
+    from vitcli.train.recipe.probe import fit_logistic, folds, probe_head
+    from vitcli.train.run.build import build_finetune_model
+    from vitcli.train.run.config import FinetuneConfig
 
     x, y = torch.randn(40, 5, dtype=torch.float64), torch.arange(40) % 3
     w, b = fit_logistic(x, y, 3, l2=1e-2)
@@ -277,9 +277,9 @@ def test_the_probe_leaves_the_trained_model_as_it_was_built(tiny_vit_dir, colour
     from vitcli.accel.runtime import Runtime
     from vitcli.data.datasets import open_dataset
     from vitcli.models.resolver import data_config_for
-    from vitcli.train.build import build_finetune_model
-    from vitcli.train.config import FinetuneConfig
-    from vitcli.train.probe import probe_head
+    from vitcli.train.recipe.probe import probe_head
+    from vitcli.train.run.build import build_finetune_model
+    from vitcli.train.run.config import FinetuneConfig
 
     monkeypatch.setenv("VIT_KERNELS", "1")  # swap wherever they apply, measured faster or not
     cfg = FinetuneConfig(model=str(tiny_vit_dir), dataset=str(colour_ds), workers=0)
@@ -292,7 +292,8 @@ def test_the_probe_leaves_the_trained_model_as_it_was_built(tiny_vit_dir, colour
 
 # ------------------------------------------------------------------------------------ budgets
 def test_auto_budget_table_and_the_augmentation_of_a_budget():
-    from vitcli.train import plan, recipes
+    from vitcli.train.recipe import recipes
+    from vitcli.train.run import plan
 
     assert recipes.auto_steps(222, 37, 32) == 100 + 5 * 37  # the 37 classes x 6 images: not 18 steps
     assert recipes.auto_steps(245, 2, 32) == 110 and recipes.auto_steps(50_000, 10, 32) == 4688  # 3 epochs
@@ -310,7 +311,7 @@ def test_auto_budget_table_and_the_augmentation_of_a_budget():
 
 
 def test_deit_recipe_scales_the_lr_with_the_batch_and_warms_up_in_epochs():
-    from vitcli.train import plan
+    from vitcli.train.run import plan
 
     deit = resolve("train", {"dataset": "x", "recipe": "deit"})
     assert (deit.batch_size, deit.lr, deit.weight_decay, deit.schedule) == (1024, 1e-3, 0.05, "cosine")
@@ -340,7 +341,7 @@ def test_smoothing_flag_and_its_alias_set_one_setting():
 
 # ------------------------------------------------------------------------------------ runs
 def test_patience_stops_early_keeping_the_best(tiny_vit_dir, colour_ds, tmp_path):
-    from vitcli.train.run import finetune
+    from vitcli.train.run.start import finetune
 
     summary = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, lr=1e-12, eval_every=1, patience=2, steps=20))
     assert summary["stopped_early_at"] == 2 and summary["best_step"] == 0  # the probed head, not bettered
@@ -350,7 +351,7 @@ def test_patience_stops_early_keeping_the_best(tiny_vit_dir, colour_ds, tmp_path
 def test_ema_weights_are_evaluated_and_saved_as_what_they_are(tiny_vit_dir, colour_ds, tmp_path):
     from safetensors.torch import load_file
 
-    from vitcli.train.run import finetune
+    from vitcli.train.run.start import finetune
 
     summary = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, model_ema=True, ema_decay=0.5, head_init="zero",
                                eval_every=6))
@@ -367,7 +368,7 @@ def test_ema_weights_are_evaluated_and_saved_as_what_they_are(tiny_vit_dir, colo
 
 
 def test_a_run_with_everything_on_resumes_bit_for_bit(tiny_vit_dir, colour_ds, tmp_path):
-    from vitcli.train.run import finetune, resume_config
+    from vitcli.train.run.start import finetune, resume_config
 
     def weights(path):
         from safetensors.torch import load_file

@@ -290,7 +290,7 @@ def test_resuming_from_a_damaged_state_is_one_line(tmp_path, state):
 def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(tiny_vit_dir, tmp_path, monkeypatch):
     import torch
 
-    from vitcli.train import checkpoint
+    from vitcli.train.run import checkpoint
 
     ds = make_colour_tree(tmp_path / "ds", {"train": 8, "val": 2})
     result = vit(*train_args(tiny_vit_dir, ds, tmp_path, "--steps", "2", "--save-every", "1", "--name", "full"))
@@ -345,7 +345,7 @@ def test_resuming_a_train_run_with_finetune_names_the_command(tmp_path):
 
 
 def test_a_crashed_run_is_not_left_running(tiny_vit_dir, tmp_path, monkeypatch):
-    from vitcli.train import loop
+    from vitcli.train.run import loop
 
     ds = make_colour_tree(tmp_path / "ds", {"train": 8, "val": 2})
 

@@ -109,7 +109,7 @@ def test_reusing_an_abandoned_run_folder_deletes_only_what_vitcli_wrote(tiny_vit
 
 def test_check_name_refuses_every_path(tmp_path):
     from vitcli.errors import UsageError
-    from vitcli.train import runs
+    from vitcli.train.run import runs
 
     for bad in ("..", "a/../b", "/abs", "x\\y", "nul\0", "", "."):
         with pytest.raises(UsageError):
@@ -140,7 +140,7 @@ def test_a_second_run_of_one_name_is_refused_while_the_first_lives(tiny_vit_dir,
 
 def test_a_run_folder_is_claimed_once_and_released(tmp_path):
     from vitcli.errors import VitError
-    from vitcli.train import runs
+    from vitcli.train.run import runs
 
     folder = runs.create(tmp_path, "train", "x", "ds")
     child = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(120)", "pass"), str(folder)],
@@ -183,7 +183,7 @@ def test_outputs_finite_catches_finite_weights_whose_outputs_are_not():
     import torch
 
     from vitcli.accel.runtime import runtime
-    from vitcli.train.checkpoint import all_finite, outputs_finite
+    from vitcli.train.run.checkpoint import all_finite, outputs_finite
 
     model = make_tiny_vit(3)
     with torch.no_grad():
@@ -196,8 +196,8 @@ def test_outputs_finite_catches_finite_weights_whose_outputs_are_not():
 
 
 def test_a_diverged_or_nan_setting_never_wins_a_sweep(tmp_path):
-    from vitcli.train import sweep
-    from vitcli.train.interrupts import Diverged
+    from vitcli.train.run.interrupts import Diverged
+    from vitcli.train.sweeps import sweep
 
     def runner(setting, run_dir, resume):
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -586,7 +586,7 @@ def test_a_full_disk_at_a_checkpoint_leaves_run_json_failed_and_no_temporary_fil
                                                                                  monkeypatch):
     import torch
 
-    from vitcli.train import runs
+    from vitcli.train.run import runs
 
     opened = []
 

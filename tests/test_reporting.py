@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import make_colour_tree
 from vitcli.cli import app
-from vitcli.train import reporting
+from vitcli.train.report import reporting
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"

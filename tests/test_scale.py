@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from tests.conftest import TINY_ARGS, make_colour_tree, save_hub_layout
 from vitcli.cli import app
 from vitcli.errors import UsageError
-from vitcli.train.config import resolve
+from vitcli.train.run.config import resolve
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def _env():
 
 def test_grad_checkpointing_and_one_process_fsdp_train_the_same_model(tiny_vit_dir, colour_ds, tmp_path):
     from vitcli.models.resolver import load_model
-    from vitcli.train.run import finetune
+    from vitcli.train.run.start import finetune
 
     plain = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="plain", accum=2))
     ckpt = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="ckpt", accum=2, grad_checkpointing=True))
@@ -74,7 +74,7 @@ def test_distillation_logit_trains_and_token_uses_both_heads(tiny_vit_dir, colou
     import timm
     import torch
 
-    from vitcli.train.run import finetune
+    from vitcli.train.run.start import finetune
 
     teacher = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="teacher", steps=6))["run_dir"]
     plain = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="student"))

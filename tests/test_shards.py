@@ -67,7 +67,7 @@ def test_shard_resumes_and_refuses_another_plan(colour_ds, tmp_path):
 
 
 def _batches(stream, *, rank, world, micro, workers, epoch=0, start=0):
-    from vitcli.train.distributed import Dist
+    from vitcli.train.scale.distributed import Dist
 
     loader = stream.loader(epoch=epoch, start=start, micro=micro, dist=Dist(rank, world), workers=workers,
                            device=None, seed=3)
@@ -98,9 +98,9 @@ def test_stream_gives_every_rank_the_same_batches_whatever_the_workers(shards):
 def test_eval_and_finetune_on_shards_and_exact_resume(tiny_vit_dir, shards, colour_ds, tmp_path):
     from safetensors.torch import load_file
 
-    from vitcli.train import checkpoint
-    from vitcli.train.config import resolve
-    from vitcli.train.run import finetune, resume_config
+    from vitcli.train.run import checkpoint
+    from vitcli.train.run.config import resolve
+    from vitcli.train.run.start import finetune, resume_config
 
     def cfg(name):
         return resolve("finetune", dict(model=str(tiny_vit_dir), dataset=f"wds:{shards}", recipe="quick", steps=6,

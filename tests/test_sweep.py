@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vitcli.errors import UsageError
-from vitcli.train import sweep
+from vitcli.train.sweeps import sweep
 
 
 def test_parse_and_grid():
@@ -220,8 +220,8 @@ def test_a_sweep_winner_is_tested_as_a_single_run_is(tiny_vit_dir, colours, tmp_
     from typer.testing import CliRunner
 
     from vitcli.cli import app
-    from vitcli.train.config import resolve
-    from vitcli.train.evaluation import test_run
+    from vitcli.train.run.config import resolve
+    from vitcli.train.run.evaluation import test_run
 
     base = _base("train", tiny_vit_dir, colours, tmp_path)
     base[base.index("--steps") + 1] = "3"

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 from tests.conftest import make_colour_tree
 from vitcli.cli import app
 from vitcli.errors import UsageError
-from vitcli.train import checkpoint
-from vitcli.train.config import FinetuneConfig, TrainConfig, resolve
+from vitcli.train.run import checkpoint
+from vitcli.train.run.config import FinetuneConfig, TrainConfig, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = [(200, 40, 40), (40, 40, 200), (40, 200, 40)]
@@ -94,7 +94,7 @@ def test_finetune_model_zero_head_and_2d_resampled_pos_embed(tiny_vit_dir, capsy
     import torch
     from timm.layers import resample_abs_pos_embed
 
-    from vitcli.train.build import build_finetune_model
+    from vitcli.train.run.build import build_finetune_model
 
     cfg = FinetuneConfig(model=str(tiny_vit_dir), dataset="x", img_size=48, freeze=True)
     loaded, model = build_finetune_model(cfg, 3, torch.device("cpu"))
@@ -113,7 +113,7 @@ def test_scratch_model_ablations():
     import torch
     from timm.layers import build_sincos2d_pos_embed
 
-    from vitcli.train.build import build_scratch_model
+    from vitcli.train.run.build import build_scratch_model
 
     base = dict(model="Ti/16", dataset="x", img_size=32, patch_size=8)
     _, model = build_scratch_model(TrainConfig(**base, pos_embed="sincos", pool="avg"), 5, torch.device("cpu"))
@@ -165,7 +165,7 @@ def test_finetune_cli_run_folder_then_predict(tiny_vit_dir, colour_ds, tmp_path)
 
 
 def test_resume_equals_uninterrupted_bit_for_bit(tiny_vit_dir, colour_ds, tmp_path):
-    from vitcli.train.run import finetune, resume_config
+    from vitcli.train.run.start import finetune, resume_config
 
     a = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="a", accum=2, steps=7))
     stopped = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="b", accum=2, steps=7), stop_after=4)
@@ -190,7 +190,7 @@ def test_resume_equals_uninterrupted_bit_for_bit(tiny_vit_dir, colour_ds, tmp_pa
 
 def test_bf16_training_runs_timm_math_attention_and_a_resume_keeps_it(tiny_vit_dir, colour_ds, tmp_path,
                                                                        monkeypatch):
-    from vitcli.train.run import finetune, resume_config
+    from vitcli.train.run.start import finetune, resume_config
 
     monkeypatch.setenv("VIT_KERNELS", "1")  # the math attention without measuring (as where it is faster)
     a = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="a", steps=5, precision="bf16"))
@@ -207,7 +207,7 @@ def test_bf16_training_runs_timm_math_attention_and_a_resume_keeps_it(tiny_vit_d
 def test_corrupt_image_is_skipped_and_counted(tiny_vit_dir, colour_ds, tmp_path, capsys):
     import shutil
 
-    from vitcli.train.run import finetune
+    from vitcli.train.run.start import finetune
 
     ds = tmp_path / "ds"
     shutil.copytree(colour_ds, ds)
@@ -242,7 +242,7 @@ def _poison(monkeypatch, calls: int):
 
 
 def test_nan_guard_skips_a_bad_step(tiny_vit_dir, colour_ds, tmp_path, monkeypatch):
-    from vitcli.train.run import finetune
+    from vitcli.train.run.start import finetune
 
     _poison(monkeypatch, calls=8)  # the whole first batch
     summary = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, steps=4, name="nan1"))
@@ -255,8 +255,8 @@ def test_nan_guard_skips_a_bad_step(tiny_vit_dir, colour_ds, tmp_path, monkeypat
 
 def test_nan_guard_stops_the_run_keeping_the_last_good_checkpoint(tiny_vit_dir, colour_ds, tmp_path,
                                                                   monkeypatch):
-    from vitcli.train.interrupts import Diverged
-    from vitcli.train.run import finetune, resume_config
+    from vitcli.train.run.interrupts import Diverged
+    from vitcli.train.run.start import finetune, resume_config
 
     first = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, steps=8, name="nan2", max_bad_steps=2),
                      stop_after=2)
@@ -283,7 +283,7 @@ def test_checkpoint_killed_mid_write_leaves_a_loadable_checkpoint(tmp_path):
     path = tmp_path / "state.pt"
     checkpoint.save({"step": 1, "w": torch.zeros(3)}, path)
     writer = subprocess.Popen(
-        [sys.executable, "-c", "import sys, torch\nfrom vitcli.train import checkpoint\n"
+        [sys.executable, "-c", "import sys, torch\nfrom vitcli.train.run import checkpoint\n"
          "big = {'step': 2, 'w': torch.randn(8_000_000)}\nprint('ready', flush=True)\n"
          "while True:\n    checkpoint.save(big, sys.argv[1])\n", str(path)],
         stdout=subprocess.PIPE, env=_env())
@@ -341,7 +341,7 @@ def test_torchrun_two_processes_on_cpu(tiny_vit_dir, colour_ds, tmp_path):
 def test_interrupt_before_the_first_step_says_there_is_nothing_to_resume(tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
-    from vitcli.train import run as run_module
+    from vitcli.train.run import start as run_module
 
     def interrupted(job):
         raise KeyboardInterrupt

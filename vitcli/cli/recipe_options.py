@@ -1,7 +1,7 @@
 """The options of `vit finetune` and `vit train`, defined once, and the command made from them.
 
 Every recipe option defaults to None, meaning "not given": the value then comes from the config file,
-else the recipe (vitcli.train.config.resolve). Both commands are made by `make_command` from the same
+else the recipe (vitcli.train.run.config.resolve). Both commands are made by `make_command` from the same
 parameter list (plus each command's own options), so a shared option is written once and the command
 functions receive exactly the options the user could give.
 """
@@ -153,8 +153,9 @@ def _run(command: str, options: dict) -> None:
     where = dict(config_file=options["config"], resume=options["resume"], sweep=options["sweep"],
                  stop_after=options["stop_after"])
     if options["dry_run"]:
-        from vitcli.train import budget, world
-        from vitcli.train.config import dumps
+        from vitcli.train.recipe import budget
+        from vitcli.train.run.config import dumps
+        from vitcli.train.scale import world
 
         for line in world.describe() if env.dist()[1] > 1 else ():  # under torchrun: every rank its own line
             output.info(line)
@@ -169,7 +170,7 @@ def _run(command: str, options: dict) -> None:
                 typer.echo(dumps(cfg))
                 output.info(budget.describe(budget.plan_of(cfg)))
         return
-    from vitcli.train.world import failures_named
+    from vitcli.train.scale.world import failures_named
 
     with failures_named():  # under torchrun: which rank failed, on stderr and in torchrun's summary
         result = launch.launch(command, flags, **where)
@@ -211,7 +212,7 @@ def render_sweep(result) -> None:
     """The comparison table on stdout (vitcli.cli.tables), the winner and the saved files on stderr."""
     from vitcli import output as sink
     from vitcli.cli import tables
-    from vitcli.train.sweep import COLUMNS, columns, label, table_rows
+    from vitcli.train.sweeps.sweep import COLUMNS, columns, label, table_rows
 
     tables.print_table([tables.Column(name, right=c not in ("setting", "status"))
                         for c, name in zip(COLUMNS, columns(result))], table_rows(result, reasons=False),

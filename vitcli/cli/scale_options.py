@@ -1,5 +1,5 @@
 """The options of `vit train` / `vit finetune` for going past one device, and for distillation
-(vitcli.train.fsdp, vitcli.train.distill): defined once, spliced into the recipe commands."""
+(vitcli.train.scale.fsdp, vitcli.train.recipe.distill): defined once, spliced into the recipe commands."""
 
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ def loader_workers(asked: int, streams: int) -> int:
 
 
 class ShardStream:
-    """The training split of a ShardSource: `len`, `set_epoch` and `loader(...)` for vitcli.train.batches."""
+    """The training split of a ShardSource: `len`, `set_epoch` and `loader(...)` for vitcli.train.run.batches."""
 
     def __init__(self, urls: list, counts: list, *, transform=None, augment_seed: int | None = None,
                  buffer: int = SHUFFLE_BUFFER):

@@ -18,6 +18,13 @@ import numpy as np
 
 from vitcli.output import atomic_write, dumps
 
+METRICS = "metrics.json"
+PER_CLASS = "per_class.csv"
+CONFUSION_CSV = "confusion_matrix.csv"
+CONFUSION_PNG = "confusion.png"
+PREDICTIONS = "predictions.csv"
+CONFUSION_FILES = (PER_CLASS, CONFUSION_CSV, CONFUSION_PNG)  # what `write_confusion` leaves in a run folder
+
 FULL_LIMIT = 30
 SUB_CLASSES = 20
 TOP_PAIRS = 15
@@ -93,17 +100,17 @@ def write_artefacts(result, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     summary = {**result.summary, "most_confused": result.most_confused, "per_class": result.per_class}
     files = {
-        "metrics.json": dumps(summary, indent=2) + "\n",
-        "per_class.csv": _per_class_csv(result.per_class),
-        "confusion_matrix.csv": _confusion_csv(result.confusion, result.class_names),
+        METRICS: dumps(summary, indent=2) + "\n",
+        PER_CLASS: _per_class_csv(result.per_class),
+        CONFUSION_CSV: _confusion_csv(result.confusion, result.class_names),
         # one row per readable image, as timm's inference script writes them
-        "predictions.csv": _csv([["path", "true_index", "top1_index", "top1_score"]]
+        PREDICTIONS: _csv([["path", "true_index", "top1_index", "top1_score"]]
                                 + [[p["path"], p["true_index"], p["top1_index"], f"{p['top1_score']:.6f}"]
                                    for p in result.predictions]),
     }
     written = [atomic_write(out_dir / name, text) for name, text in files.items()]
     title = f"{result.summary['architecture']} on {result.summary['dataset']} ({result.summary['split']})"
-    written.append(confusion_png(result.confusion, result.class_names, out_dir / "confusion.png", title=title))
+    written.append(confusion_png(result.confusion, result.class_names, out_dir / CONFUSION_PNG, title=title))
     return written
 
 
@@ -114,9 +121,9 @@ def write_confusion(cm, class_names: list[str], out_dir: Path, title: str = "") 
 
     out_dir = Path(out_dir)
     cm = np.asarray(cm)
-    return [atomic_write(out_dir / "per_class.csv", _per_class_csv(per_class_rows(cm, class_names))),
-            atomic_write(out_dir / "confusion_matrix.csv", _confusion_csv(cm, class_names)),
-            confusion_png(cm, class_names, out_dir / "confusion.png", title=title)]
+    return [atomic_write(out_dir / PER_CLASS, _per_class_csv(per_class_rows(cm, class_names))),
+            atomic_write(out_dir / CONFUSION_CSV, _confusion_csv(cm, class_names)),
+            confusion_png(cm, class_names, out_dir / CONFUSION_PNG, title=title)]
 
 
 def _per_class_csv(per_class: list[dict]) -> str:

@@ -144,10 +144,12 @@ def run_dataset(model: str | None) -> dict | None:
     "image_column", "label_column"}; None when `model` is not a run folder or records no dataset."""
     import json
 
+    from vitcli.train import files  # a leaf module: the run folder's file names
+
     if not model:
         return None
     try:
-        record = json.loads((Path(model).expanduser() / "run.json").read_text())
+        record = json.loads((Path(model).expanduser() / files.RUN_JSON).read_text())
     except (OSError, ValueError):
         return None
     cfg = record.get("config") if isinstance(record, dict) else None

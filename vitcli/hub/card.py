@@ -13,7 +13,8 @@ import json
 import shlex
 from pathlib import Path
 
-from vitcli.train import runs
+from vitcli.train import files
+from vitcli.train.run import runs
 
 MARK = "<!-- model card written by vit push; edit it freely: vit push then leaves it as it is -->"
 RECIPE_KEYS = ("model", "dataset", "recipe", "steps", "epochs", "batch_size", "optimizer", "lr", "momentum",
@@ -67,7 +68,7 @@ def _percent(value) -> str:
 
 
 def _results_table(folder: Path) -> list[str]:
-    path = folder / "results.csv"
+    path = folder / files.RESULTS
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as fh:
@@ -88,7 +89,7 @@ def model_card(folder: Path, repo_id: str) -> str:
 
     folder = Path(folder)
     run = runs.read_run_json(folder)
-    model_config = json.loads((folder / "config.json").read_text())
+    model_config = json.loads((folder / files.CONFIG).read_text())
     cfg = run.get("config") or (model_config.get("vitcli") or {}).get("config") or {}
     command = run.get("command") or (model_config.get("vitcli") or {}).get("command")
     summary = run.get("summary") or {}
@@ -121,8 +122,8 @@ def model_card(folder: Path, repo_id: str) -> str:
     table = _results_table(folder)
     if table:
         lines += ["", "## Training", "", *table]
-    if (folder / "curves.png").is_file():
-        lines += ["", "![loss and top-1 against step](curves.png)"]
+    if (folder / files.CURVES).is_file():
+        lines += ["", f"![loss and top-1 against step]({files.CURVES})"]
     made = command_line((run.get("environment") or {}).get("argv"))
     if made:
         lines += ["", "## The command that made it", "", "```bash", made, "```"]

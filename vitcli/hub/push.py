@@ -18,19 +18,21 @@ from pathlib import Path
 
 from vitcli import env, output
 from vitcli.errors import UsageError, VitError
+from vitcli.eval.reports import CONFUSION_FILES
 from vitcli.hub import card
 from vitcli.output import atomic_write
-from vitcli.train import runs
+from vitcli.train import files
+from vitcli.train.run import runs
 
-UPLOADED = ["README.md", "config.json", "model.safetensors", "run.json", "metrics.jsonl", "results.csv", "curves.png",
-            "events.out.tfevents.*"]
+UPLOADED = [files.CARD, files.CONFIG, files.WEIGHTS, files.RUN_JSON, files.METRICS, files.RESULTS, files.CURVES,
+            *CONFUSION_FILES, files.TENSORBOARD]
 
 
 def check_run_folder(run: Path) -> Path:
     folder = Path(run).expanduser()
     if not folder.is_dir():
         raise UsageError(f"{folder}: no such run folder", "give a run folder, e.g. runs/finetune/pets-3")
-    missing = [n for n in ("config.json", "model.safetensors") if not (folder / n).is_file()]
+    missing = [n for n in (files.CONFIG, files.WEIGHTS) if not (folder / n).is_file()]
     if missing:
         raise UsageError(f"{folder} has no {' and no '.join(missing)}: there is no model to push",
                          "push a run folder whose run has evaluated at least once (its best model is saved then)")
@@ -39,7 +41,7 @@ def check_run_folder(run: Path) -> Path:
 
 def write_card(folder: Path, repo_id: str) -> tuple[Path, bool]:
     """README.md in the run folder: (path, written now). A card the user wrote (without our mark) is kept."""
-    path = folder / "README.md"
+    path = folder / files.CARD
     if path.is_file() and card.MARK not in path.read_text(encoding="utf-8", errors="replace"):
         return path, False
     return atomic_write(path, card.model_card(folder, repo_id)), True

@@ -1,9 +1,9 @@
 """How long a fine-tune runs when the user leaves it to vitcli: the auto budget cut by what the LP-FT probe
 left to gain, and the time a run is expected to take (`--dry-run`).
 
-The probe (vitcli.train.probe) reports its stratified k-fold cross-validated top-1 on the training split:
+The probe (vitcli.train.recipe.probe) reports its stratified k-fold cross-validated top-1 on the training split:
 an estimate of the probe's error on unseen images, measured before any fine-tuning step. Fine-tuning can
-at best fix what the probe gets wrong, so the auto budget (vitcli.train.recipes.auto_steps, "the cap")
+at best fix what the probe gets wrong, so the auto budget (vitcli.train.recipe.recipes.auto_steps, "the cap")
 is spent in proportion to that error:
 
     steps = max(MIN_STEPS, ceil(cap x min(1, cross-validated error / FULL_AT)))    (never above the cap)
@@ -48,7 +48,7 @@ def warmup_for(cfg, steps: int) -> int:
 
 
 def cap_steps(cfg, n_train: int, num_classes: int) -> int:
-    from vitcli.train.plan import total_steps
+    from vitcli.train.run.plan import total_steps
 
     return total_steps(cfg, n_train, num_classes, max(n_train // max(cfg.batch_size, 1), 1))
 
@@ -98,8 +98,8 @@ def plan_of(cfg) -> dict:
     """What `--dry-run` says of the duration: the steps (for the probe-dependent auto budget, the range),
     the warmup, the evaluations, and the estimated seconds when this machine has run the setting before."""
     from vitcli.errors import VitError
-    from vitcli.train import plan as plans
-    from vitcli.train.build import open_run_dataset
+    from vitcli.train.run import plan as plans
+    from vitcli.train.run.build import open_run_dataset
 
     try:
         source = open_run_dataset(cfg, download=False)

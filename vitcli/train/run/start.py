@@ -1,11 +1,11 @@
 """`vit finetune` and `vit train`: build the data, the model and the run folder, then run the loop.
 
-    from vitcli.train.config import resolve
-    from vitcli.train.run import finetune
+    from vitcli.train.run.config import resolve
+    from vitcli.train.run.start import finetune
     summary = finetune(resolve("finetune", {"dataset": "pets", "recipe": "quick", "name": "pets-a"}))
     summary["val_top1"], summary["test_top1"], summary["run_dir"]
 
-What the model and data are made of is vitcli.train.build; the steps are vitcli.train.loop.
+What the model and data are made of is vitcli.train.run.build; the steps are vitcli.train.run.loop.
 """
 
 from __future__ import annotations
@@ -16,74 +16,37 @@ from pathlib import Path
 from vitcli import output
 from vitcli.data.datasets import describe
 from vitcli.errors import UsageError, VitError
-from vitcli.train import budget, build, distributed, loop, multilabel, plan, reporting, runs
-from vitcli.train.config import CONFIGS, FinetuneConfig, RunConfig, TrainConfig, from_dict
+from vitcli.train import files
+from vitcli.train.recipe import budget, multilabel
+from vitcli.train.report import reporting
+from vitcli.train.run import build, loop, plan, runs
+from vitcli.train.run import resume as resume_point
+from vitcli.train.run.config import CONFIGS, FinetuneConfig, RunConfig, TrainConfig, from_dict
+from vitcli.train.run.resume import ResumePoint
+from vitcli.train.scale import distributed
 
-# settings a resumed run may change; everything else is the run's recipe
-RESUMABLE = ("steps", "epochs", "workers", "device", "precision", "eval_every", "save_every", "log_every",
-             "max_bad_steps", "report_to")
 
-
-def finetune(cfg: FinetuneConfig | None = None, *, resume: str | Path | None = None,
+def finetune(cfg: FinetuneConfig | None = None, *, resume: str | Path | ResumePoint | None = None,
              run_dir: str | Path | None = None, test: bool = True, stop_after: int | None = None) -> dict:
     """Fine-tune a pre-trained model; returns the summary (run_dir, steps, seconds, val_top1, ...).
 
-    resume: a run folder to continue (cfg None: its saved config). run_dir: train into exactly this
-    folder instead of `<cfg.project>/finetune/<cfg.name or auto>`. test: evaluate the selected model
-    on the test split at the end. stop_after: save and return after this step, as if interrupted.
+    resume: a run folder to continue, or its `resume.locate` (cfg None: its saved config). run_dir: train
+    into exactly this folder instead of `<cfg.project>/finetune/<cfg.name or auto>`. test: evaluate the
+    selected model on the test split at the end. stop_after: save and return after this step, as if
+    interrupted.
     """
     return _run("finetune", cfg, resume, run_dir, test, stop_after)
 
 
-def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
+def train(cfg: TrainConfig | None = None, *, resume: str | Path | ResumePoint | None = None,
           run_dir: str | Path | None = None, test: bool = True, stop_after: int | None = None) -> dict:
     """Train from scratch; the same arguments and summary as `finetune`."""
     return _run("train", cfg, resume, run_dir, test, stop_after)
 
 
 def resume_config(command: str, run: str | Path, changes: dict | None = None) -> RunConfig:
-    """The saved config of `run`, with the settings a resumed run may change."""
-    state_path = runs.find_state(run)
-    record = runs.read_run_json(state_path.parent.parent)
-    saved, made_by = record.get("config"), record.get("command")
-    if saved is None:
-        from vitcli.train import checkpoint
-
-        state = checkpoint.load_training_state(state_path)
-        saved, made_by = state["config"], state.get("command")
-    if made_by not in (None, command):
-        raise UsageError(f"--resume {run} is a {made_by} run, not a {command} run",
-                         f"continue it with `vit {made_by} --resume {run}`")
-    cfg = from_dict(command, saved)
-    changes = {k: v for k, v in (changes or {}).items() if v is not None}
-    fixed = sorted(k for k, v in changes.items() if k not in RESUMABLE and _differs(getattr(cfg, k, None), v))
-    if fixed:
-        raise UsageError(f"--resume keeps the run's recipe; cannot change {', '.join(fixed)}",
-                         f"a resumed run may change only {', '.join(RESUMABLE)}; start a new run otherwise")
-    changes = {k: v for k, v in changes.items() if k in RESUMABLE}
-    if changes.get("steps") is not None:
-        changes["epochs"] = None
-    elif changes.get("epochs") is not None:
-        changes["steps"] = None
-    return cfg.replace(**changes)
-
-
-def _differs(a, b) -> bool:
-    return (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple) else b)
-
-
-def _load_resume(command: str, cfg: RunConfig | None, resume) -> tuple[RunConfig, dict | None]:
-    if resume is None:
-        if cfg is None:
-            raise UsageError("no config given")
-        return cfg, None
-    from vitcli.train import checkpoint
-
-    state = checkpoint.load_training_state(runs.find_state(resume))
-    if state.get("command") != command:
-        raise UsageError(f"--resume {resume} is a {state.get('command')} run, not a {command} run",
-                         f"continue it with `vit {state.get('command')} --resume {resume}`")
-    return cfg or from_dict(command, state["config"]), state
+    """The saved config of the run folder `run`, with the settings a resumed run may change."""
+    return resume_point.config(resume_point.locate(command, run), command, changes)
 
 
 @contextmanager
@@ -105,7 +68,13 @@ def _tf32(device):
 def _run(command: str, cfg: RunConfig | None, resume, run_dir, test: bool, stop_after) -> dict:
     from vitcli.accel.runtime import runtime
 
-    cfg, state = _load_resume(command, cfg, resume)
+    point = resume if isinstance(resume, ResumePoint) or resume is None else \
+        resume_point.locate(command, resume)
+    if cfg is None:
+        if point is None:
+            raise UsageError("no config given")
+        cfg = from_dict(command, point.config)
+    state = resume_point.load_state(point, command) if point is not None else None
     if not isinstance(cfg, CONFIGS[command]):
         raise UsageError(f"{command} needs a {CONFIGS[command].__name__}")
     reporting.check(cfg.report_to)  # a missing TensorBoard / W&B package, before any work
@@ -113,13 +82,13 @@ def _run(command: str, cfg: RunConfig | None, resume, run_dir, test: bool, stop_
     try:
         rt = runtime(device_spec, cfg.precision)
         with _tf32(rt.device):
-            job = _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt)
+            job = _prepare(command, cfg, state, point, run_dir, test, stop_after, dist, rt)
             return _execute(job)
     finally:
         distributed.teardown(dist)
 
 
-def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -> loop.Job:
+def _prepare(command, cfg, state, point, run_dir, test, stop_after, dist, rt) -> loop.Job:
     """Data, model and run folder of a run (rank 0 downloads what is missing, the others wait)."""
     from timm.utils import random_seed
 
@@ -141,7 +110,7 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
     img_size = data_config["input_size"][-1]
     probe = None
     if command == "finetune" and cfg.head_init == "probe" and state is None:  # LP-FT: the head first
-        from vitcli.train.probe import probe_head
+        from vitcli.train.recipe.probe import probe_head
 
         probe = probe_head(model, data_config, source, cfg, rt)
         cfg = budget.after_probe(cfg, probe, source)  # the auto budget cut by what the probe left to gain
@@ -156,9 +125,9 @@ def _prepare(command, cfg, state, resume, run_dir, test, stop_after, dist, rt) -
                  if s in source.splits and (test or s != "test")}
 
     if state is not None:
-        run_dir = runs.find_state(resume).parent.parent
+        run_dir = point.run_dir
         if dist.main:
-            from vitcli.train import checkpoint
+            from vitcli.train.run import checkpoint
 
             runs.claim(run_dir)  # two resumes of one run at once: the second is refused
             checkpoint.clean_stale(run_dir)
@@ -214,7 +183,7 @@ def _record(job: loop.Job) -> dict:
                 "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
             message = e.message if isinstance(e, VitError) else f"{type(e).__name__}: {e}"
             runs.write_run_json(job.run_dir, status=status, error=message)
-            if isinstance(e, KeyboardInterrupt) and not (job.run_dir / runs.STATE).exists():
+            if isinstance(e, KeyboardInterrupt) and not (job.run_dir / files.STATE).exists():
                 output.warn("stopped before the first step: no training state was saved, so there is "
                             "nothing to --resume; run the same command again to start over")
         raise
@@ -236,7 +205,7 @@ def _fit_with_memory_retry(job: loop.Job) -> dict:
         except torch.OutOfMemoryError:
             micro = job.cfg.batch_size // job.dist.world // job.accum
             auto = job.cfg.accum is None and job.resume_state is None and micro > 1
-            started = (job.run_dir / runs.STATE).exists()
+            started = (job.run_dir / files.STATE).exists()
             job.model.zero_grad(set_to_none=True)
             if job.runtime.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -99,13 +99,13 @@ def plain(tensor):
 
 def finite(model, optimizer, dist) -> bool:
     """Every parameter, buffer and optimizer state finite, on every rank's shard (all ranks agree)."""
-    from vitcli.train import checkpoint
+    from vitcli.train.run import checkpoint
 
     if not is_sharded(model):
         return checkpoint.all_finite(model, optimizer)
     import torch
 
-    from vitcli.train.distributed import all_sum
+    from vitcli.train.scale.distributed import all_sum
 
     local = [t.to_local() if hasattr(t, "to_local") else t for t in model.state_dict().values()]
     local += [v.to_local() if hasattr(v, "to_local") else v for s in optimizer.state.values() for v in s.values()
@@ -133,9 +133,9 @@ def states(model, optimizer) -> tuple[dict, dict]:
 
 def load_states(model, optimizer, state: dict, name: str) -> None:
     """Load a saved (full) training state into the model and optimizer, sharding it when sharded; a state of
-    another architecture (`name` is the run's model) is one line (vitcli.train.checkpoint.load_model_state)."""
+    another architecture (`name` is the run's model) is one line (vitcli.train.run.checkpoint.load_model_state)."""
     if not is_sharded(model):
-        from vitcli.train.checkpoint import load_model_state
+        from vitcli.train.run.checkpoint import load_model_state
 
         load_model_state(model, state["model"], name)
         optimizer.load_state_dict(state["optimizer"])

@@ -2,7 +2,7 @@
 written with `atomic_write`:
 
 - a run's curves.png: training and held-out loss (left), held-out top-1 (middle) and the learning rate
-  (right) against step, from its metrics.jsonl records (vitcli.train.reporting); the selected model's
+  (right) against step, from its metrics.jsonl records (vitcli.train.report.reporting); the selected model's
   test top-1 as a star, the LP-FT probe's cross-validated top-1 as a dashed line;
 - a sweep's results.png: every setting's held-out top-1 against step (left) and its best one as a bar
   (right), the winner in bold, as the sweep table ranks them.

@@ -4,11 +4,11 @@
                              column), or single-label data as one-hot rows when asked for
     criterion(cfg)           the loss: binary cross-entropy of the logits (summed over classes, mean over
                              images, so its gradient has cross-entropy's scale), or timm's asymmetric loss
-    fit_ovr / choose_l2      LP-FT's probe as one-vs-rest logistic regressions (vitcli.train.probe)
+    fit_ovr / choose_l2      LP-FT's probe as one-vs-rest logistic regressions (vitcli.train.recipe.probe)
     finish(job, summary)     per-class thresholds chosen on the selection split, into config.json
 
 The head is the model's ordinary linear head read through a sigmoid; mixup / cutmix mix the multi-hot
-targets as they mix the images (timm's Mixup, `multi_label=True`: vitcli.train.regularise). The loop
+targets as they mix the images (timm's Mixup, `multi_label=True`: vitcli.train.recipe.regularise). The loop
 selects on the evaluation's "top1" key, which for a multi-label run holds the mAP (and "mAP" says so).
 """
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from vitcli import output
 from vitcli.errors import UsageError
+from vitcli.train import files
 
 LOSSES = ("bce", "asl")
 
@@ -130,16 +131,16 @@ def finish(job, summary: dict) -> dict:
 
     from vitcli.eval.multilabel import DEFAULT_THRESHOLD, choose_thresholds
     from vitcli.output import atomic_write, dumps
-    from vitcli.train.evaluation import eval_batch_size, multilabel_scores
+    from vitcli.train.run.evaluation import eval_batch_size, multilabel_scores
 
     for key in ("val_top1", "test_top1"):
         if key in summary:
             summary[key.replace("top1", "mAP")] = summary.pop(key)
     selection = summary.get("selection_split")
-    path = Path(job.run_dir) / "config.json"
+    path = Path(job.run_dir) / files.CONFIG
     thresholds = [DEFAULT_THRESHOLD] * job.source.num_classes
     if selection in job.eval_sets and path.is_file():
-        job.model.load_state_dict(load_file(str(Path(job.run_dir) / "model.safetensors")))
+        job.model.load_state_dict(load_file(str(Path(job.run_dir) / files.WEIGHTS)))
         scores, targets = multilabel_scores(job.model, job.eval_sets[selection], job.runtime,
                                     batch_size=eval_batch_size(job.cfg, 1, job.accum), workers=job.workers)
         if len(scores):

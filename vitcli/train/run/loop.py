@@ -5,7 +5,7 @@
 
 What it guarantees:
 - exact resume: the data order is a per-epoch permutation drawn from (seed, epoch), augmentation is
-  seeded per (sample, epoch) (vitcli.train.batches), mixup per (step, micro-batch), and the checkpoint
+  seeded per (sample, epoch) (vitcli.train.run.batches), mixup per (step, micro-batch), and the checkpoint
   holds model, EMA, optimizer, scheduler, scaler, every rank's RNG states, the step and the position
   within the epoch; on CPU a resumed run reproduces the uninterrupted one bit for bit;
 - nothing lost: SIGINT/SIGTERM finish the current step, save, and stop with 130/143 (a second Ctrl-C
@@ -26,19 +26,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vitcli.train import checkpoint, distill, distributed, fsdp, reporting, runs
-from vitcli.train.batches import TrainBatches
-from vitcli.train.display import Display
-from vitcli.train.evaluation import eval_batch_size, evaluate
-from vitcli.train.interrupts import Diverged, Interrupted, StopSignals
-from vitcli.train.optim import create_optimizer, create_scheduler
-from vitcli.train.plan import epoch_images, plan
-from vitcli.train.regularise import Regularisation, make_ema
+from vitcli.train import files
+from vitcli.train.recipe import distill
+from vitcli.train.recipe.optim import create_optimizer, create_scheduler
+from vitcli.train.recipe.regularise import Regularisation, make_ema
+from vitcli.train.report import reporting
+from vitcli.train.report.display import Display
+from vitcli.train.run import checkpoint, runs
+from vitcli.train.run.batches import TrainBatches
+from vitcli.train.run.evaluation import eval_batch_size, evaluate
+from vitcli.train.run.interrupts import Diverged, Interrupted, StopSignals
+from vitcli.train.run.plan import epoch_images, plan
+from vitcli.train.scale import distributed, fsdp
 
 
 @dataclass
 class Job:
-    """Everything the loop needs, built by vitcli.train.run."""
+    """Everything the loop needs, built by vitcli.train.run.start."""
 
     cfg: Any  # RunConfig
     model: Any  # the bare nn.Module (rank-local)
@@ -159,7 +163,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------- the loop
     def fit(self) -> dict:
         """The loop and `finish`; every record goes to one reporter (metrics.jsonl, results.csv, curves.png,
-        TensorBoard / W&B: vitcli.train.reporting), closed whatever happens."""
+        TensorBoard / W&B: vitcli.train.report.reporting), closed whatever happens."""
         with reporting.Reporter(self.job.run_dir, self.cfg, resume_step=self.tally.step if self.state else None,
                                 enabled=self.dist.main) as self.metrics:
             return self.run_steps()
@@ -193,7 +197,7 @@ class Trainer:
                         signum = stop.signum or (signal.SIGTERM if result.signum % signal.SIGTERM == 0
                                                  else signal.SIGINT)
                         raise Interrupted(f"stopped at step {t.step}/{self.total}; the training state is saved in "
-                                          f"{self.job.run_dir / runs.STATE}",
+                                          f"{self.job.run_dir / files.STATE}",
                                           f"continue with --resume {self.job.run_dir}", int(signum))
                     if result.stop_after:
                         self.save_state()
@@ -268,7 +272,7 @@ class Trainer:
             raise Diverged(
                 f"{t.bad_steps} steps in a row had a non-finite loss or gradient norm (last at step {t.step}: "
                 f"loss {result.mean_loss}, grad norm {result.grad_norm}); the run stopped",
-                f"the last good checkpoint is kept in {self.job.run_dir / runs.STATE}; lower --lr, check the "
+                f"the last good checkpoint is kept in {self.job.run_dir / files.STATE}; lower --lr, check the "
                 "data, or use --precision fp32")
 
     def log(self, result: StepResult, finite: bool) -> None:
@@ -312,7 +316,7 @@ class Trainer:
             t.stale += 1
         self.display.update(t.step, val=t.best_top1)
         best = f"best {t.best_top1:.2f} % at step {t.best_step}" if t.best_top1 is not None else "no model kept yet"
-        metric = "mAP" if "mAP" in result else "top-1"  # a multi-label run selects on mAP (vitcli.train.multilabel)
+        metric = "mAP" if "mAP" in result else "top-1"  # a multi-label run selects on mAP (vitcli.train.recipe.multilabel)
         self.display.message(f"step {t.step}/{self.total}: {self.selection} {metric} {result['top1']:.2f} % ({best})")
 
     def candidates(self) -> dict:
@@ -342,7 +346,7 @@ class Trainer:
             return
         if not self.dist.main:
             return
-        checkpoint.save(checkpoint.pack(self, model_state, optimizer_state, rng), self.job.run_dir / runs.STATE)
+        checkpoint.save(checkpoint.pack(self, model_state, optimizer_state, rng), self.job.run_dir / files.STATE)
 
     def save_best(self, module=None, which: str | None = None) -> bool:
         """Save `module` (default: the EMA when kept, else the model) as the run's model, saying which
@@ -364,7 +368,7 @@ class Trainer:
         """The summary; the selected model (no held-out split: the final one) evaluated on test."""
         t, job = self.tally, self.job
         if t.bad_steps or (self.selection is None or t.best_top1 is None) and not self.save_best() \
-                and not (job.run_dir / "model.safetensors").exists():
+                and not (job.run_dir / files.WEIGHTS).exists():
             kept = f"; the best model before it is kept in {job.run_dir}" if t.best_top1 is not None else ""
             raise Diverged(f"the run diverged: {f'its last {t.bad_steps} step(s) were' if t.bad_steps else 'the model'}"
                            f" not finite{kept}", "lower --lr, check the data, or use --precision fp32")
@@ -381,7 +385,7 @@ class Trainer:
         if "test" in job.eval_sets:
             from safetensors.torch import load_file
 
-            fsdp.load_model(self.model, load_file(str(job.run_dir / "model.safetensors")))
+            fsdp.load_model(self.model, load_file(str(job.run_dir / files.WEIGHTS)))
             test = self.evaluate_split("test", confusion=True)  # the reporter writes confusion.png, per_class.csv
             summary["test_top1"] = test["top1"]
             self.metrics.log({"step": self.total, **test})

@@ -1,6 +1,6 @@
 """Training configs as frozen dataclasses, resolved in layers.
 
-A config is resolved in layers: dataclass defaults <- the recipe (vitcli.train.recipes, per dataset)
+A config is resolved in layers: dataclass defaults <- the recipe (vitcli.train.recipe.recipes, per dataset)
 <- a config file (JSON, TOML or YAML; a run folder's config.json works too, so any run can be rerun)
 <- command-line flags. Durations are in steps (the paper's unit) or epochs, never both.
 Imports nothing heavy: `--dry-run` prints the resolved config without loading torch.
@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitcli.errors import UsageError
-from vitcli.train.recipes import default_recipe, recipe_values
+from vitcli.train import files
+from vitcli.train.recipe.recipes import default_recipe, recipe_values
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,11 @@ class RunConfig:
     val_split: float | None = None
     image_column: str | None = None  # Hugging Face datasets: None finds it from the features
     label_column: str | None = None
-    multi_label: bool | None = None  # sets of labels: sigmoid head and BCE (vitcli.train.multilabel); None: from the data
+    multi_label: bool | None = None  # sets of labels: sigmoid head and BCE (vitcli.train.recipe.multilabel); None: from the data
     loss: str | None = None  # multi-label: bce (None) | asl (timm's asymmetric loss)
     recipe: str = "quick"
     # duration: steps, or epochs (converted to steps once the dataset size is known), or "auto": the
-    # recipe's table of steps by training-set size and class count (vitcli.train.recipes.auto_steps)
+    # recipe's table of steps by training-set size and class count (vitcli.train.recipe.recipes.auto_steps)
     steps: int | None = None
     epochs: float | None = None
     budget: str = "fixed"  # fixed (steps or epochs as given) | auto
@@ -50,8 +51,8 @@ class RunConfig:
     schedule: str = "cosine"  # cosine | linear | constant, after a linear warmup
     batch_size: int = 512
     accum: int | None = None  # micro-steps per optimizer step; None: 1 (or as memory requires)
-    # input and regularisation (timm's; vitcli.train.regularise). crop_scale / hflip None: by the budget
-    # (vitcli.train.recipes.augmentation)
+    # input and regularisation (timm's; vitcli.train.recipe.regularise). crop_scale / hflip None: by the budget
+    # (vitcli.train.recipe.recipes.augmentation)
     img_size: int | None = None  # None: the model's own
     crop_scale: tuple[float, float] | None = (0.05, 1.0)
     hflip: float | None = 0.5
@@ -78,8 +79,8 @@ class RunConfig:
     download: bool = True
     project: str = "runs"
     name: str | None = None
-    report_to: str = "none"  # none | tensorboard | wandb | tensorboard,wandb (vitcli.train.reporting)
-    # past one device (vitcli.train.fsdp) and distillation (vitcli.train.distill)
+    report_to: str = "none"  # none | tensorboard | wandb | tensorboard,wandb (vitcli.train.report.reporting)
+    # past one device (vitcli.train.scale.fsdp) and distillation (vitcli.train.recipe.distill)
     grad_checkpointing: bool = False  # timm's set_grad_checkpointing: recompute activations in backward
     fsdp: bool = False  # FSDP2 fully_shard per block + root; full state gathered to rank 0 on save
     teacher: str | None = None  # any model spec the resolver accepts
@@ -124,7 +125,7 @@ def read_config_file(path: Path) -> dict:
     """A JSON, TOML or YAML file of config keys; a run folder (or its config.json) gives that run's config."""
     path = Path(path).expanduser()
     if path.is_dir():
-        path = path / "config.json" if (path / "config.json").is_file() else path / "run.json"
+        path = path / files.CONFIG if (path / files.CONFIG).is_file() else path / files.RUN_JSON
     try:
         text = path.read_bytes().decode("utf-8")
     except OSError as e:
@@ -341,7 +342,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not cfg.dataset:
         raise UsageError("no dataset given", "pass --dataset pets|flowers102|cifar10|cifar100|FOLDER")
     if cfg.name is not None:
-        from vitcli.train.runs import check_name
+        from vitcli.train.run.runs import check_name
 
         check_name(cfg.name)  # from a flag or a config file alike: one folder under <project>/<command>/
     for name, allowed in CHOICES.items():
@@ -362,8 +363,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         if cfg.img_size and cfg.patch_size and cfg.img_size % cfg.patch_size:
             raise UsageError(f"--img-size {cfg.img_size} is not a multiple of --patch-size {cfg.patch_size}",
                              "a ViT cuts the image into whole patches: e.g. --img-size 32 --patch-size 4")
-    from vitcli.train import distill, fsdp
-    from vitcli.train.reporting import backends
+    from vitcli.train.recipe import distill
+    from vitcli.train.report.reporting import backends
+    from vitcli.train.scale import fsdp
 
     fsdp.check(cfg)
     distill.check(cfg)

@@ -162,7 +162,7 @@ def all_finite(model, optimizer) -> bool:
 
 
 def pack(trainer, model_state: dict, optimizer_state: dict, rng) -> dict:
-    """The training state of a vitcli.train.loop.Trainer that a resume reads back (Trainer.restore), format 1;
+    """The training state of a vitcli.train.run.loop.Trainer that a resume reads back (Trainer.restore), format 1;
     `model_state` and `optimizer_state` as gathered on every rank (FSDP), `rng` every rank's generators."""
     import time
 

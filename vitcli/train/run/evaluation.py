@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vitcli.train import distributed
+from vitcli.train.scale import distributed
 
 
 def eval_batch_size(cfg, world: int = 1, accum: int | None = None) -> int:
@@ -28,10 +28,10 @@ def evaluate(model, dataset, runtime, dist, *, batch_size: int, workers: int | N
     import torch
 
     from vitcli.inference.forward import forward
-    from vitcli.train.fsdp import unsharded
+    from vitcli.train.scale.fsdp import unsharded
 
     shard = dataset.select(range(dist.rank, len(dataset), dist.world))
-    if dataset.records.labels.ndim > 1:  # multi-label (vitcli.train.multilabel): mAP selects
+    if dataset.records.labels.ndim > 1:  # multi-label (vitcli.train.recipe.multilabel): mAP selects
         from vitcli.eval.multilabel import bce, mean_ap, per_class_ap
 
         logits, targets = multilabel_logits(model, shard, runtime, dist, batch_size=batch_size, workers=workers,
@@ -104,7 +104,7 @@ def multilabel_logits(model, shard, runtime, dist, *, batch_size: int, workers: 
 def multilabel_scores(model, dataset, runtime, *, batch_size: int, workers: int | None = None):
     """(sigmoid scores, multi-hot targets) of a multi-label split on this process (the thresholds' choice)."""
     from vitcli.eval.multilabel import sigmoid
-    from vitcli.train.distributed import Dist
+    from vitcli.train.scale.distributed import Dist
 
     logits, targets = multilabel_logits(model, dataset, runtime, Dist(), batch_size=batch_size, workers=workers)
     return sigmoid(logits), targets
@@ -125,8 +125,8 @@ def test_run(run_dir: Path, cfg) -> tuple[dict, str] | None:
     from vitcli.accel.runtime import runtime
     from vitcli.data.transforms import eval_transform
     from vitcli.models.resolver import load_model
-    from vitcli.train.build import open_run_dataset
-    from vitcli.train.distributed import Dist
+    from vitcli.train.run.build import open_run_dataset
+    from vitcli.train.scale.distributed import Dist
 
     source = open_run_dataset(cfg, download=False)
     split = held_out_split(source)

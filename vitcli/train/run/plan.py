@@ -4,7 +4,7 @@
     -> Plan(micro=32, per_epoch=7, total=110, warmup=10, eval_at={22, 44, 66, 88, 110}, save_at=...)
 
 The duration is `--steps`, or `--epochs` of the training split, or the recipe's `auto` budget (steps
-by training-set size and class count, vitcli.train.recipes.auto_steps); a warmup in epochs
+by training-set size and class count, vitcli.train.recipe.recipes.auto_steps); a warmup in epochs
 (`warmup_epochs`, DeiT's 5) becomes steps here too. An epoch counts the training split as the user
 gave it: when vitcli carves its minival out of it (10 %), `--epochs 2` still makes the steps of two
 passes over all of it (`epoch_images`), so holding out a minival never shortens the run the user
@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 from vitcli.errors import VitError
-from vitcli.train.recipes import auto_steps
+from vitcli.train.recipe.recipes import auto_steps
 
 EVALUATIONS = 5  # per run, the last at the end, unless --eval-every
 
@@ -74,8 +74,8 @@ def plan(cfg, *, n_train: int, num_classes: int, world: int, accum: int, n_epoch
 
 def augmentation(cfg, n_train: int, num_classes: int) -> tuple[tuple[float, float], float]:
     """(crop scale, flip probability): the config's, or where it leaves them to the budget (None), the
-    recipe's for the number of epochs the run makes (vitcli.train.recipes.augmentation)."""
-    from vitcli.train.recipes import augmentation as by_budget
+    recipe's for the number of epochs the run makes (vitcli.train.recipe.recipes.augmentation)."""
+    from vitcli.train.recipe.recipes import augmentation as by_budget
 
     if cfg.crop_scale is not None and cfg.hflip is not None:
         return tuple(cfg.crop_scale), cfg.hflip

@@ -13,7 +13,7 @@ from pathlib import Path
 from vitcli import output
 from vitcli.errors import UsageError
 from vitcli.models.resolver import load_model
-from vitcli.train.config import FinetuneConfig, TrainConfig
+from vitcli.train.run.config import FinetuneConfig, TrainConfig
 
 
 def open_run_dataset(cfg, download: bool | None = None):

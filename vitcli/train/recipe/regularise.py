@@ -38,7 +38,7 @@ class Regularisation:
 
         self.num_classes, self.seed, self.rank = num_classes, seed, rank
         self.smoothing = cfg.label_smoothing
-        self.multi_label = bool(getattr(cfg, "multi_label", False))  # multi-hot targets (vitcli.train.multilabel)
+        self.multi_label = bool(getattr(cfg, "multi_label", False))  # multi-hot targets (vitcli.train.recipe.multilabel)
         self.mixup = None
         if cfg.mixup > 0 or cfg.cutmix > 0:
             from timm.data import Mixup
@@ -51,7 +51,7 @@ class Regularisation:
         else:
             self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         if self.multi_label:
-            from vitcli.train import multilabel
+            from vitcli.train.recipe import multilabel
 
             self.criterion = multilabel.criterion(cfg)
 
@@ -61,7 +61,7 @@ class Regularisation:
         odd by an unreadable image the last one stays unmixed (its target smoothed like the others)."""
         if self.mixup is None:
             if self.multi_label:
-                from vitcli.train.multilabel import soft_targets
+                from vitcli.train.recipe.multilabel import soft_targets
 
                 return images, soft_targets(labels, self.smoothing)
             return images, labels

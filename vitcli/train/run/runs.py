@@ -1,12 +1,5 @@
-"""Run folders: `runs/<command>/<name>`, what a training run leaves behind.
-
-    runs/finetune/pets-3/
-      config.json, model.safetensors   the best model (by minival/val accuracy) in Hub layout; its
-                                       config.json is timm's model config plus label_names and a
-                                       "vitcli" block with the command, resolved config and versions
-      run.json                         resolved config, environment, versions, status, final summary
-      metrics.jsonl                    one line per logging step and per evaluation
-      last/state.pt                    the training state `--resume` continues from
+"""Run folders: `runs/<command>/<name>`, what a training run leaves behind (the file names, and what each
+holds: vitcli.train.files): created and claimed, written, found again by `--resume`.
 
 Only the process of rank 0 writes here.
 """
@@ -25,8 +18,7 @@ from pathlib import Path
 
 from vitcli.errors import UsageError, VitError
 from vitcli.output import TMP_MARK, atomic_write, dumps
-
-STATE = Path("last") / "state.pt"
+from vitcli.train.files import CONFIG, METRICS, OLD_STATE, OWN_FILES, RUN_JSON, STATE, WEIGHTS
 
 
 def default_name(dataset: str) -> str:
@@ -64,9 +56,6 @@ def create(project: str | Path, command: str, name: str | None, dataset: str) ->
         return folder
 
 
-OWN_FILES = ("run.json", "metrics.jsonl", "results.csv", "curves.png")  # what a run writes before its state
-
-
 def create_at(folder: Path) -> Path:
     """Exactly this run folder (`--name`, a sweep's runs), claimed by this process: new, empty, or left by
     a run that was stopped before it saved anything (no training state, no model: it starts again there,
@@ -78,10 +67,10 @@ def create_at(folder: Path) -> Path:
     try:
         entries = {p.name for p in folder.iterdir()}
         if entries:
-            last = folder / "last"
-            left = entries - set(OWN_FILES) - {"last"}
+            last = folder / STATE.parent
+            left = entries - set(OWN_FILES) - {STATE.parent.name}
             in_last = [p for p in last.iterdir() if TMP_MARK not in p.name] if last.is_dir() else []
-            if left or in_last or not (folder / "run.json").is_file():
+            if left or in_last or not (folder / RUN_JSON).is_file():
                 raise UsageError(f"run folder {folder} already exists",
                                  f"continue it with --resume {folder}, or pick another --name")
             # the run never reached a checkpoint: remove what it wrote, and only that
@@ -99,14 +88,14 @@ def discard(folder: Path) -> None:
     """Remove the files a run writes (its records, model and training state, temporaries) from `folder`,
     and the folder once empty; anything else stays (and `create_at` then refuses the folder)."""
     folder = Path(folder)
-    for name in (*OWN_FILES, "model.safetensors", "config.json", str(STATE)):
+    for name in (*OWN_FILES, WEIGHTS, CONFIG, str(STATE)):
         (folder / name).unlink(missing_ok=True)
-    for tmp in [*folder.glob(f".*{TMP_MARK}*"), *folder.glob(f"last/.*{TMP_MARK}*")]:
+    for tmp in [*folder.glob(f".*{TMP_MARK}*"), *folder.glob(f"{STATE.parent.name}/.*{TMP_MARK}*")]:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
-    for empty in (folder / "last", folder):
+    for empty in (folder / STATE.parent, folder):
         try:
             empty.rmdir()
         except OSError:
@@ -146,7 +135,7 @@ def release(folder: Path | None) -> None:
 def find_state(run: str | Path) -> Path:
     """The training state of a run folder given to --resume."""
     run = Path(run).expanduser()
-    for candidate in (run / STATE, run / "state.pt", run):
+    for candidate in (run / STATE, run / OLD_STATE, run):
         if candidate.is_file():
             return candidate
     if not run.exists():
@@ -184,7 +173,7 @@ def environment(runtime, world_size: int) -> dict:
 
 def write_run_json(folder: Path, **fields) -> None:
     """Merge `fields` into run.json (written atomically)."""
-    path = Path(folder) / "run.json"
+    path = Path(folder) / RUN_JSON
     data = {}
     if path.is_file():
         try:
@@ -206,7 +195,7 @@ def write_run_json(folder: Path, **fields) -> None:
 
 def read_run_json(folder: Path) -> dict:
     try:
-        return json.loads((Path(folder) / "run.json").read_text())
+        return json.loads((Path(folder) / RUN_JSON).read_text())
     except (OSError, ValueError):
         return {}
 
@@ -226,7 +215,7 @@ def save_model(folder: Path, model, label_names: list[str], vitcli_block: dict) 
                     safe_serialization=True)
         umask = os.umask(0)
         os.umask(umask)
-        for name in ("model.safetensors", "config.json"):
+        for name in (WEIGHTS, CONFIG):
             os.chmod(staging / name, 0o666 & ~umask)  # safetensors writes 0600; a model is meant to be shared
             atomic_write(folder / name, lambda tmp: os.replace(staging / name, tmp))
     finally:  # a full disk or a kill: the previous model stays whole, the staging folder goes
@@ -238,7 +227,7 @@ class Metrics:
     after its checkpoint, so its file reads like the uninterrupted run's."""
 
     def __init__(self, folder: Path, resume_step: int | None = None, enabled: bool = True):
-        self.path = Path(folder) / "metrics.jsonl"
+        self.path = Path(folder) / METRICS
         self.enabled = enabled
         self.fh = None
         if not enabled:

@@ -1,9 +1,9 @@
-"""`vit train|finetune --sweep ...`: the grid of vitcli.train.sweep with the training core as its runner.
+"""`vit train|finetune --sweep ...`: the grid of vitcli.train.sweeps.sweep with the training core as its runner.
 
 Each setting is the command's flags with the swept options changed, resolved like the flags themselves
 (defaults <- recipe <- config file <- flags) and trained into `<sweep folder>/<setting>/` without its
 test evaluation; the winner on minival is then tested once on the held-out split, by the same
-evaluation a single run uses (vitcli.train.evaluation), so its number is that run's number.
+evaluation a single run uses (vitcli.train.run.evaluation), so its number is that run's number.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from vitcli.errors import UsageError, VitError
-from vitcli.train.sweep import (
+from vitcli.train import files
+from vitcli.train.sweeps.sweep import (
     STATE,
     Axis,
     Runner,
@@ -39,7 +40,7 @@ def is_sweep_dir(path) -> bool:
 def convert(command: str, key: str, value: str):
     """A sweep value as the setting KEY of the command's config holds it (its type; ranges are checked
     when the setting's config is resolved, as for a flag)."""
-    from vitcli.train.config import CONFIGS
+    from vitcli.train.run.config import CONFIGS
 
     cls = CONFIGS[command]
     field_name = key.replace("-", "_")
@@ -78,8 +79,8 @@ class SweepPlan:
 def plan(command: str, flags: dict, specs: list[str] | None, *, config_file=None, resume=None) -> SweepPlan:
     """Every setting of the grid resolved (and so checked) before anything trains; a resumed sweep
     takes its axes, flags and config file from its sweep.json."""
-    from vitcli.train import config as configs
-    from vitcli.train.run import RESUMABLE
+    from vitcli.train.run import config as configs
+    from vitcli.train.run.resume import RESUMABLE
 
     sweep_dir = None
     if resume is not None:
@@ -99,7 +100,7 @@ def plan(command: str, flags: dict, specs: list[str] | None, *, config_file=None
     else:
         axes = parse(specs)
     if flags.get("name") is not None:  # the sweep folder's name: one folder under <project>/<command>/
-        from vitcli.train.runs import check_name
+        from vitcli.train.run.runs import check_name
 
         check_name(flags["name"])
     settings = grid(axes)
@@ -117,7 +118,7 @@ def plan(command: str, flags: dict, specs: list[str] | None, *, config_file=None
 def run_plan(command: str, sweep: SweepPlan) -> SweepResult:
     """Train the grid of `sweep`, test the winner; VitError when no setting finished."""
     from vitcli import output as sink
-    from vitcli.train import runs
+    from vitcli.train.run import runs
 
     sweep_dir = sweep.sweep_dir
     if sweep_dir is None:
@@ -143,33 +144,35 @@ def run_plan(command: str, sweep: SweepPlan) -> SweepResult:
 
 
 def _fatal() -> tuple:
-    from vitcli.train.interrupts import Interrupted
+    from vitcli.train.run.interrupts import Interrupted
 
     return (Interrupted,)
 
 
 def _finished(run_dir: Path) -> bool:
     try:
-        return json.loads((Path(run_dir) / "run.json").read_text()).get("status") == "finished"
+        return json.loads((Path(run_dir) / files.RUN_JSON).read_text()).get("status") == "finished"
     except (OSError, ValueError):
         return False
 
 
 def _core_runner(command: str, by_folder: dict) -> Runner:
-    from vitcli.train import run as training
+    from vitcli.train.run import start as training
 
     core = training.finetune if command == "finetune" else training.train
 
     def runner(setting: dict, run_dir: Path, resume: bool) -> dict:
-        from vitcli.train import runs
+        from vitcli.train.run import resume as resume_point
+        from vitcli.train.run import runs
 
         if resume:
             try:
-                runs.find_state(run_dir)
-                summary = core(training.resume_config(command, run_dir, {}), resume=run_dir, test=False)
-                return {**summary, "img_per_s": summary.get("img_s")}
+                point = resume_point.locate(command, run_dir)
             except UsageError:  # killed before its first checkpoint: start that setting again, after
                 runs.discard(run_dir)  # removing the files that run wrote (and only those)
+            else:
+                summary = core(resume_point.config(point, command), resume=point, test=False)
+                return {**summary, "img_per_s": summary.get("img_s")}
         summary = core(by_folder[run_dir.name], run_dir=run_dir, test=False)
         return {**summary, "img_per_s": summary.get("img_s")}
 
@@ -181,7 +184,7 @@ def _tester(by_folder: dict) -> Tester:
 
     def tester(run_dir: Path, summary: dict):
         from vitcli import output as sink
-        from vitcli.train.evaluation import test_run
+        from vitcli.train.run.evaluation import test_run
 
         tested = test_run(run_dir, by_folder[run_dir.name])
         if tested is None:

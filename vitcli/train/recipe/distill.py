@@ -57,7 +57,7 @@ class Distiller:
         import torch
 
         from vitcli.models.resolver import data_config_for, load_model
-        from vitcli.train import distributed
+        from vitcli.train.scale import distributed
 
         self.mode, self.alpha, self.temp = cfg.distill, float(cfg.distill_alpha), float(cfg.distill_temp)
         self.criterion, self.rt = criterion, runtime

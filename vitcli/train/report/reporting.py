@@ -33,11 +33,10 @@ from pathlib import Path
 
 from vitcli.errors import UsageError, VitError
 from vitcli.output import atomic_write
-from vitcli.train import runs
+from vitcli.train.files import CONFIG, CURVES, METRICS, RESULTS, SWEEP_PLOT
+from vitcli.train.run import runs
 
 BACKENDS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb")}  # name: (module, extra)
-RESULTS = "results.csv"
-CURVES = "curves.png"
 COLUMNS = ("step", "epoch", "train_loss", "lr", "val_top1", "val_loss", "img_s", "seconds", "test_top1", "test_loss")
 TRAIN_SCALARS = ("loss", "lr", "img_s", "grad_norm", "epoch")
 
@@ -78,7 +77,7 @@ def check(report_to: str | None) -> None:
 # ---------------------------------------------------------------------------------------- records
 def read_records(run_dir: Path) -> list[dict]:
     """metrics.jsonl of a run folder (a line cut by a kill is left out)."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS
     records = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -149,7 +148,7 @@ def write_results(run_dir: Path, records: list[dict] | None = None) -> Path:
 
 
 def write_curves(run_dir: Path, records: list[dict] | None = None) -> Path:
-    from vitcli.train.curves import run_curves
+    from vitcli.train.report.curves import run_curves
 
     records = read_records(run_dir) if records is None else records
     probe = next((r for r in records if r.get("event") == "probe"), None)
@@ -163,7 +162,7 @@ def write_confusion(run_dir: Path, confusion, split: str) -> list[Path]:
     the label names saved with it, config.json)."""
     from vitcli.eval.reports import write_confusion as write
 
-    names = json.loads((Path(run_dir) / "config.json").read_text()).get("label_names")
+    names = json.loads((Path(run_dir) / CONFIG).read_text()).get("label_names")
     names = names if names and len(names) == len(confusion) else [str(i) for i in range(len(confusion))]
     return write(confusion, names, run_dir, title=f"{Path(run_dir).name}: {split}")
 
@@ -177,14 +176,14 @@ def log_probe(run_dir: Path, probe: dict) -> None:
 
 
 def write_sweep_plot(result, labels: list[str]) -> Path:
-    """results.png of a sweep (a vitcli.train.sweep.SweepResult, its settings' labels): each run's
+    """results.png of a sweep (a vitcli.train.sweeps.sweep.SweepResult, its settings' labels): each run's
     selection-split curve from its own metrics.jsonl, and its best top-1."""
-    from vitcli.train.curves import sweep_plot
+    from vitcli.train.report.curves import sweep_plot
 
     settings = [{"label": text, "curve": [r for r in read_records(result.sweep_dir / row.folder) if is_selection(r)],
                  "best": row.val_top1, "failed": row.status == "failed", "winner": row is result.winner,
                  "test": row.test_top1} for row, text in zip(result.rows, labels)]
-    return sweep_plot(settings, result.selection_split, result.sweep_dir / "results.png")
+    return sweep_plot(settings, result.selection_split, result.sweep_dir / SWEEP_PLOT)
 
 
 def scalars(record: dict) -> dict[str, float]:

@@ -82,7 +82,7 @@ def _features(loaded, runtime, split, cfg):
     import torch
 
     from vitcli.eval import fewshot
-    from vitcli.train.evaluation import eval_batch_size
+    from vitcli.train.run.evaluation import eval_batch_size
 
     digest = fewshot.weights_digest(loaded.model)
     path = fewshot.features_dir() / f"{fewshot.cache_key(digest, split.identity, split.split, loaded.data_config)}.pt"
@@ -124,8 +124,8 @@ def probe_head(model, data_config: dict, source, cfg, runtime) -> dict | None:
         return None
     mean, std = x.mean(0, keepdim=True), x.std(0, keepdim=True, unbiased=False) + 1e-6
     z = (x - mean) / std
-    if np.ndim(y) > 1:  # multi-label: one-vs-rest logistic regressions (vitcli.train.multilabel)
-        from vitcli.train import multilabel
+    if np.ndim(y) > 1:  # multi-label: one-vs-rest logistic regressions (vitcli.train.recipe.multilabel)
+        from vitcli.train.recipe import multilabel
 
         with output.progress("probe: cross-validating its L2", total=None, unit=""):
             fitted = _fitted(multilabel.choose_l2, multilabel.fit_ovr, z, y, k)
@@ -144,7 +144,7 @@ def probe_head(model, data_config: dict, source, cfg, runtime) -> dict | None:
     if scores:
         info["cv_top1"], info["cv_loss"] = round(scores[chosen][1], 2), round(scores[chosen][0], 4)
     if img_s:
-        info["features_img_s"] = img_s  # an evaluation's speed: the estimates of `--dry-run` (train.budget)
+        info["features_img_s"] = img_s  # an evaluation's speed: the estimates of `--dry-run` (train.recipe.budget)
     shown = f", cross-validated top-1 {scores[chosen][1]:.2f} %" if scores else ""
     output.info(f"head: linear probe of the frozen features (LP-FT), {len(y)} images, L2 {chosen:g}{shown}")
     return info

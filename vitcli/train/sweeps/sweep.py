@@ -27,8 +27,9 @@ from pathlib import Path
 from vitcli import env
 from vitcli.errors import UsageError, VitError
 from vitcli.output import atomic_write, dumps
+from vitcli.train import files
 
-STATE = "sweep.json"
+STATE = files.SWEEP_STATE
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,7 @@ def table_rows(result: SweepResult, reasons: bool = True) -> list[list[str]]:
 
 def write_tables(result: SweepResult) -> list[Path]:
     rows = table_rows(result)
-    md = result.sweep_dir / "results.md"
+    md = result.sweep_dir / files.SWEEP_TABLE
     lines = ["| " + " | ".join(columns(result)) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
     if result.winner is not None:
@@ -289,9 +290,9 @@ def write_tables(result: SweepResult) -> list[Path]:
         w.writerow([label(r.setting), *r.setting.values(), r.val_top1, r.test_top1, r.params, r.gflops,
                     r.img_per_s, r.seconds, r.status, r.error or "", r is result.winner,
                     str(result.sweep_dir / r.folder)])
-    from vitcli.train.reporting import write_sweep_plot
+    from vitcli.train.report.reporting import write_sweep_plot
 
-    return [md, atomic_write(result.sweep_dir / "results.csv", buffer.getvalue()), write_sweep_plot(result, [label(r.setting) for r in result.rows])]
+    return [md, atomic_write(result.sweep_dir / files.RESULTS, buffer.getvalue()), write_sweep_plot(result, [label(r.setting) for r in result.rows])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +306,7 @@ def profile_run(run_dir: Path) -> dict:
     folder = model_folder(Path(run_dir))
     if folder is None:
         return {}
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = json.loads((folder / files.CONFIG).read_text())
     args = dict(cfg.get("model_args") or {})
     args.setdefault("num_classes", cfg.get("num_classes"))
     entry = zoo.profile(cfg["architecture"], **{k: v for k, v in args.items() if v is not None})

@@ -1,0 +1,1 @@
+"""A run's records (metrics.jsonl, results.csv, TensorBoard / W&B), its figures and its progress display."""
