@@ -234,6 +234,26 @@ def test_layer_decay_scales_each_layers_lr():
     assert lrs[0.25] == pytest.approx(0.25 * lrs[1.0]) and lrs[1.0] > 0
 
 
+
+def test_a_short_schedule_reaches_zero_without_timms_cosine_warning(caplog):
+    """One step after the warmup: timm warns its cosine "will have no effect"; ours still ends at 0."""
+    import logging
+
+    import torch
+
+    from vitcli.train.recipe.optim import create_scheduler
+    from vitcli.train.run.config import FinetuneConfig
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with caplog.at_level(logging.WARNING):
+        sched = create_scheduler(opt, FinetuneConfig(dataset="x", lr=0.1, warmup=1, schedule="cosine"), total=2)
+    lrs = []
+    for t in (1, 2):
+        sched.step_update(t)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == [pytest.approx(0.1), 0.0] and not caplog.records
+
+
 # ------------------------------------------------------------------------------------ the head first
 def test_probe_head_is_the_fitted_logistic_regression(tiny_vit_dir, colour_ds):
     import torch

@@ -8,6 +8,8 @@ Layer-wise lr decay (`layer_decay`, BEiT/MAE) is timm's `param_groups_layer_deca
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 FUSED = {"momentum", "nesterov", "adam", "adamw"}  # timm names that map to torch's SGD / Adam / AdamW
 
 
@@ -39,6 +41,23 @@ def create_scheduler(optimizer, cfg, total: int, warmup: int | None = None):
     warmup = min(warmup, total - 1) if total > 1 else 0
     common = dict(t_initial=max(total - warmup, 1), warmup_t=warmup, warmup_lr_init=0.0, warmup_prefix=True,
                   t_in_epochs=False, lr_min=0.0)
-    if cfg.schedule == "cosine":
-        return CosineLRScheduler(optimizer, **common)
-    return PolyLRScheduler(optimizer, power=1.0 if cfg.schedule == "linear" else 0.0, **common)
+    with _quiet("timm.scheduler.cosine_lr", "timm.scheduler.poly_lr"):
+        if cfg.schedule == "cosine":
+            return CosineLRScheduler(optimizer, **common)
+        return PolyLRScheduler(optimizer, power=1.0 if cfg.schedule == "linear" else 0.0, **common)
+
+
+@contextmanager
+def _quiet(*loggers: str):
+    """timm warns that "cosine annealing will have no effect" whenever one step follows the warmup (a short
+    run): true of its epoch schedules, not of ours, which reach 0 at the last step; the warning is dropped."""
+    import logging
+
+    saved = [(logging.getLogger(name), logging.getLogger(name).level) for name in loggers]
+    for logger, _ in saved:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in saved:
+            logger.setLevel(level)
