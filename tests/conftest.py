@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +19,12 @@ ASSETS = Path(os.environ.get("VIT_ASSETS", REPO.parent / "shared" / "assets"))
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")  # a closed port: a stray request fails fast
 os.environ["VIT_PROGRESS"] = "0"
+# fixtures wider than a test (module, session) run outside `_isolated_cache`: they get a cache of the session
+_SESSION_CACHE = Path(tempfile.mkdtemp(prefix="vitcli-tests-"))
+atexit.register(shutil.rmtree, _SESSION_CACHE, True)
+os.environ["VIT_CACHE"] = str(_SESSION_CACHE / "vit")
+os.environ["HF_HOME"] = str(_SESSION_CACHE / "hf")
+os.environ.pop("HF_HUB_CACHE", None)
 
 TINY_ARGS = dict(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0)
 
