@@ -96,6 +96,9 @@ def test_vit_info_json_has_versions_choices_measurements_and_caches(monkeypatch,
     assert [r["path"] for r in json.loads(cleared.stdout)["removed"]] == [str(tmp_path / "vit" / "measurements.json")]
     text = runner.invoke(app, ["info"])
     assert text.exit_code == 0 and "precision" in text.stdout and "measured" in text.stdout
+    lines = text.stdout.splitlines()  # a pipe: each table tab-separated under its `# title`
+    assert lines[lines.index("# choices") + 1] == "choice\tvalue\twhy"
+    assert any(line.startswith(f"precision\t{choices['precision']['value']}\t") for line in lines)
 
 
 # --- repeatable answers ----------------------------------------------------------------------------------------

@@ -49,32 +49,37 @@ def _size(n: int) -> str:
 
 
 def _render(result: dict) -> None:
+    """Six tables (versions, machine, choices, measurements, caches, settings): fitted to the terminal,
+    tab-separated in a pipe (vitcli.cli.tables)."""
     from vitcli import output as sink
+    from vitcli.cli.tables import Column, print_table
 
-    out = sink.out()
-    lines = [f"vitcli\t{result['vitcli']}", f"python\t{result['python']}", f"platform\t{result['platform']}"]
-    lines += [f"{name}\t{v or 'not installed'}" for name, v in result["packages"].items()]
-    cpu = result["cpu"]
-    lines += [f"cpu\t{cpu['name']} ({cpu['cores']} cores, torch {cpu['torch_threads']} threads)",
-              f"cpu features\t{' '.join(cpu['features']) or '-'} (oneDNN {'yes' if cpu['onednn'] else 'no'})"]
-    dev = result["devices"]
-    lines.append(f"cuda\t{', '.join(dev['cuda_devices']) if dev['cuda'] else 'no'}")
-    lines.append(f"mps\t{'yes' if dev['mps'] else 'no'}")
-    lines.append("")
-    lines += [f"{row['choice']}\t{row['value']}\t{row['why']}" for row in result["choices"]]
-    lines.append("")
-    for m in result["measurements"]:
-        verdict = ", ".join(f"{k}={v}" for k, v in m["verdict"].items() if k != "flags")
-        lines.append(f"measured {m['measured']}\t{m['name']}{' ' + m['detail'] if m['detail'] else ''}\t{verdict}"
-                     + ("\t(just now)" if m["new"] else ""))
-    if not result["measurements"]:
-        lines.append("measured\tnothing recorded yet")
-    lines.append("")
-    lines += [f"cache {c['name']}\t{c['path']}\t{_size(c['bytes']) if c['exists'] else 'absent'}"
-              for c in result["caches"]]
-    lines += [f"setting\t{k}={v}" for k, v in result["settings"].items()]
-    for line in lines:
-        out.print(line, soft_wrap=True, highlight=False)
+    cpu, dev = result["cpu"], result["devices"]
+    versions = [("vitcli", result["vitcli"]), ("python", result["python"]), ("platform", result["platform"])]
+    versions += [(name, v or "not installed") for name, v in result["packages"].items()]
+    machine = [("cpu", f"{cpu['name']} ({cpu['cores']} cores, torch {cpu['torch_threads']} threads)"),
+               ("cpu features", f"{' '.join(cpu['features']) or '-'} (oneDNN {'yes' if cpu['onednn'] else 'no'})"),
+               ("cuda", ", ".join(dev["cuda_devices"]) if dev["cuda"] else "no"),
+               ("mps", "yes" if dev["mps"] else "no")]
+    measured = [(m["measured"], m["name"] + (f" {m['detail']}" if m["detail"] else ""),
+                 ", ".join(f"{k}={v}" for k, v in m["verdict"].items() if k != "flags") + (" (just now)" if m["new"] else ""))
+                for m in result["measurements"]] or [("-", "nothing recorded yet", "")]
+    caches = [(c["name"], c["path"], _size(c["bytes"]) if c["exists"] else "absent") for c in result["caches"]]
+    sections = [
+        ("versions", [Column("package"), Column("version")], versions),
+        ("machine", [Column("item"), Column("value")], machine),
+        ("choices", [Column("choice"), Column("value"), Column("why")],
+         [(r["choice"], r["value"], r["why"]) for r in result["choices"]]),
+        ("measurements", [Column("measured"), Column("what", wrap="path"), Column("result")], measured),
+        ("caches", [Column("cache"), Column("path", wrap="path"), Column("size", right=True)], caches),
+        ("settings", [Column("setting"), Column("value", wrap="path")], list(result["settings"].items())),
+    ]
+    for i, (title, columns, rows) in enumerate(sections):
+        if not rows:
+            continue
+        if i:
+            sink.out().print()
+        print_table(columns, rows, title=title)
 
 
 def register(app: typer.Typer) -> None:
