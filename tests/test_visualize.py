@@ -176,7 +176,7 @@ def test_prefix_tokens_and_grids(kind):
     assert torch.isfinite(r).all() and r.sum() > 0
     d = analysis.mean_attention_distance(maps[0], layout.grid, layout.patch_size, layout.num_prefix)
     assert torch.all(d > 0)
-    from vitcli.analysis.visualize import patch_position_embeddings
+    from vitcli.analysis.embeddings import patch_position_embeddings
 
     pe, grid = patch_position_embeddings(model)
     assert grid == layout.grid and pe.shape == (layout.num_patches, 64)

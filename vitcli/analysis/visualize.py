@@ -11,10 +11,11 @@
 - faithfulness.{png,json}: deletion and insertion AUCs of those maps and of a random map
   (vitcli.analysis.faithfulness).
 
-The maths lives in vitcli.analysis.maths, attention extraction in vitcli.analysis.attention, drawing
-in vitcli.analysis.figures; images come through the one image path and batched forward
-(vitcli.data.loader, vitcli.inference.forward). It returns a JSON-ready dict: what was written and the
-numbers.
+The attention pass lives in vitcli.analysis.attention_figures, the figures of the learned embeddings in
+vitcli.analysis.embeddings, the maths in vitcli.analysis.maths, attention extraction in
+vitcli.analysis.attention, drawing in vitcli.analysis.figures; images come through the one image path
+and batched forward (vitcli.data.loader, vitcli.inference.forward). It returns a JSON-ready dict: what
+was written and the numbers.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from vitcli.errors import UsageError, VitError
-from vitcli.output import atomic_write, display, dumps
+from vitcli.errors import UsageError
+from vitcli.output import display
 
 DEFAULT_OUT_BASE = Path("runs") / "visualize"
 
@@ -46,48 +47,10 @@ def _arch_name(loaded) -> str:
     return loaded.architecture.split(".", 1)[0] if loaded.architecture else type(loaded.model).__name__
 
 
-def patch_position_embeddings(model):
-    """The learned position embeddings of the patches (prefix tokens' rows dropped): ((N, C), grid)."""
-    import torch
-
-    from vitcli.analysis.attention import token_layout
-
-    pe = getattr(model, "pos_embed", None)
-    if not isinstance(pe, torch.Tensor):
-        raise VitError(f"{type(model).__name__} has no learned absolute position embedding (pos_embed)",
-                       "--pos-embed needs a ViT with learned position embeddings")
-    pe = pe.detach().float()
-    if pe.dim() == 4:  # (1, rows, cols, C)
-        return pe[0].reshape(-1, pe.shape[-1]), (pe.shape[1], pe.shape[2])
-    pe = pe[0]  # (T, C)
-    layout = token_layout(model)
-    extra = pe.shape[0] - layout.num_patches
-    if extra not in (0, layout.num_prefix):
-        raise VitError(f"pos_embed has {pe.shape[0]} rows, which does not match a "
-                       f"{layout.grid[0]}x{layout.grid[1]} patch grid")
-    return pe[extra:], layout.grid
-
-
-def patch_embedding_weights(model):
-    """The patch embedding's convolution weights (D, 3, h, w) and that layer's name.
-
-    ViTs: patch_embed.proj. Other models (PoolFormer's stem): the first convolution on the input image.
-    """
-    import torch
-
-    proj = getattr(getattr(model, "patch_embed", None), "proj", None)
-    if isinstance(proj, torch.nn.Conv2d):
-        return proj.weight.detach().float(), "patch_embed.proj"
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Conv2d) and module.in_channels in (1, 3):
-            return module.weight.detach().float(), name
-    raise VitError(f"{type(model).__name__} has no convolutional patch embedding",
-                   "--filters needs a model whose first layer is a convolution on the image")
-
-
 def _check(loaded, attention: bool, pos_embed: bool, filters: bool, gradcam: bool) -> None:
     """Fail before any work when the model cannot make one of the figures asked for."""
     from vitcli.analysis.attention import attention_modules
+    from vitcli.analysis.embeddings import patch_embedding_weights, patch_position_embeddings
     from vitcli.analysis.gradcam import cam_layer
 
     if gradcam:
@@ -188,9 +151,11 @@ def run(opts: VisualizeOptions) -> dict:
     stems = image_stems(paths)
     rollout_maps: dict | None = {} if faithfulness and attention_map else None
     if attention and paths:
+        from vitcli.analysis.attention_figures import attention_figures
+
         distance = attention_figures(loaded, rt, paths, out, distance=attention_distance, rollout=attention_map,
                                      head_fusion=head_fusion, discard_ratio=discard_ratio, batch_size=batch_size,
-                                     result=result, stems=stems, keep_rollout=rollout_maps)
+                                     arch=_arch_name(loaded), result=result, stems=stems, keep_rollout=rollout_maps)
         if distance is not None:
             result["attention_distance"] = distance
     cams = None  # the Grad-CAM maps and classes, for the faithfulness pass
@@ -210,9 +175,13 @@ def run(opts: VisualizeOptions) -> dict:
             loaded, rt, paths, maps, out, grid=grid, targets=cams.targets if cams else None, target=target_index,
             steps=faithfulness_steps, batch_size=batch_size, arch=_arch_name(loaded), result=result)
     if pos_embed_similarity:
-        result["pos_embed_similarity"] = _pos_embed_figure(loaded, out, result)
+        from vitcli.analysis.embeddings import pos_embed_figure
+
+        result["pos_embed_similarity"] = pos_embed_figure(loaded, out, arch=_arch_name(loaded), result=result)
     if filters:
-        result["filters"] = _filters_figure(loaded, out, num_components, result)
+        from vitcli.analysis.embeddings import filters_figure
+
+        result["filters"] = filters_figure(loaded, out, num_components, arch=_arch_name(loaded), result=result)
     result["errors"] = list({(e["path"], e["error"]): e for e in result["errors"]}.values())  # once per image
     return result
 
@@ -231,35 +200,6 @@ def _check_options(*, gradcam: bool, method: str, target, faithfulness: bool, at
         raise UsageError("--faithfulness-steps must be at least 2")
 
 
-def _pos_embed_figure(loaded, out: Path, result: dict) -> dict:
-    import numpy as np
-
-    from vitcli.analysis import figures
-    from vitcli.analysis.maths import cosine_similarity_matrix, most_similar_is_neighbour
-
-    pe, grid = patch_position_embeddings(loaded.model)
-    sim = cosine_similarity_matrix(pe)
-    atomic_write(out / "pos_embed_similarity.npy", lambda tmp: np.save(tmp, sim.numpy().astype(np.float32)))
-    figures.pos_embed_similarity(sim.numpy(), grid, out / "pos_embed_similarity.png",
-                                 title=f"Position embedding similarity: {_arch_name(loaded)}")
-    result["files"] += [str(out / "pos_embed_similarity.png"), str(out / "pos_embed_similarity.npy")]
-    return {"grid": list(grid),
-            "neighbour_fraction": round(float(most_similar_is_neighbour(sim, grid).double().mean()), 4)}
-
-
-def _filters_figure(loaded, out: Path, num_components: int, result: dict) -> dict:
-    from vitcli.analysis import figures
-    from vitcli.analysis.maths import principal_components
-
-    weights, layer = patch_embedding_weights(loaded.model)
-    comps, explained = principal_components(weights, num_components)
-    figures.filters(comps.numpy(), out / "filters.png", explained=explained.tolist(),
-                    title=f"Principal components of the patch embedding ({layer}): {_arch_name(loaded)}")
-    result["files"].append(str(out / "filters.png"))
-    return {"layer": layer, "num_components": int(comps.shape[0]), "filter_shape": list(weights.shape[1:]),
-            "explained_variance_ratio": [round(float(v), 5) for v in explained]}
-
-
 def image_stems(paths) -> list[str]:
     """A file-name stem per image for its outputs (rollout/, gradcam/): the name, made unique (-2, -3, ...)."""
     taken: set[str] = set()
@@ -273,102 +213,3 @@ def image_stems(paths) -> list[str]:
         taken.add(name)
         stems.append(name)
     return stems
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """A JSON object with one key per line (a table stays one row per line)."""
-    lines = [f" {dumps(k)}: " + (
-        "[\n  " + ",\n  ".join(dumps(row) for row in v) + "\n ]" if k == "distance" else dumps(v))
-        for k, v in obj.items()]
-    atomic_write(path, "{\n" + ",\n".join(lines) + "\n}\n")
-
-
-def attention_figures(loaded, rt, paths, out: Path, *, distance: bool, rollout: bool, head_fusion: str,
-                      discard_ratio: float, batch_size: int, result: dict, stems=None,
-                      keep_rollout: dict | None = None) -> dict | None:
-    """One pass over `paths`: mean attention distance (accumulated over images) and/or rollout maps
-    (kept in `keep_rollout`, image position -> (rows, cols) map, when given)."""
-    import numpy as np
-    import torch
-
-    from vitcli import output as sink
-    from vitcli.analysis import figures
-    from vitcli.analysis.attention import NotAViTError, attention_maps, method_for, token_layout
-    from vitcli.analysis.maths import mean_attention_distance
-    from vitcli.analysis.maths import rollout as attention_rollout
-    from vitcli.data.loader import ImageDataset, Records
-    from vitcli.data.transforms import eval_transform
-    from vitcli.inference.forward import forward
-
-    model = loaded.model
-    method = method_for(model)
-    mean = torch.tensor(loaded.data_config["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(loaded.data_config["std"]).view(1, 3, 1, 1)
-    dataset = ImageDataset(Records.of_paths(paths), transform=eval_transform(loaded.data_config))
-    total, count, layout = None, 0, None
-    stems = image_stems(paths) if stems is None else stems
-    what = "attention distance" if distance else "attention rollout"
-
-    def maps_of(x):
-        return attention_maps(model, x, method)
-
-    with sink.progress(what, total=len(paths), unit="img") as advance:
-        for batch, maps in forward(maps_of, dataset, rt, batch_size=batch_size):
-            result["errors"] += [{"path": s.path, "error": s.reason} for s in batch.skipped]
-            if maps is not None:
-                layout = token_layout(model, tuple(batch.images.shape[-2:]))
-                if rt.device.type == "mps":  # the analysis runs in float64, which MPS lacks
-                    maps = [m.cpu() for m in maps]
-                if maps[0].shape[-1] != layout.num_tokens:
-                    raise NotAViTError(f"{maps[0].shape[-1]} attention tokens do not match {layout.num_prefix} "
-                                       f"prefix tokens + a {layout.grid[0]}x{layout.grid[1]} patch grid")
-                if distance:
-                    d = torch.stack([mean_attention_distance(a, layout.grid, layout.patch_size, layout.num_prefix)
-                                     for a in maps])  # (layers, B, heads)
-                    total = d.sum(dim=1).cpu() if total is None else total + d.sum(dim=1).cpu()
-                    count += batch.images.shape[0]
-                if rollout:
-                    r = attention_rollout(maps, layout.num_prefix, layout.has_class_token, head_fusion,
-                                          discard_ratio).reshape(-1, *layout.grid).float().cpu().numpy()
-                    view = (batch.images.float() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
-                    for j, i in enumerate(batch.positions):
-                        png, npy = out / "rollout" / f"{stems[i]}.png", out / "rollout" / f"{stems[i]}.npy"
-                        if keep_rollout is not None:
-                            keep_rollout[i] = r[j].astype(np.float32)
-                        atomic_write(npy, lambda tmp: np.save(tmp, r[j].astype(np.float32)))
-                        figures.map_overlay(view[j], r[j], png, title=(
-                            f"{display(Path(paths[i]).name)}: {_arch_name(loaded)}, head fusion {head_fusion}, "
-                            f"discard ratio {discard_ratio:g}"))
-                        result["files"] += [display(png), display(npy)]
-                        result.setdefault("rollout", []).append(
-                            {"image": display(paths[i]), "png": display(png), "npy": display(npy)})
-            advance(len(batch.positions) + len(batch.skipped))
-    if not distance:
-        return None
-    if count == 0:
-        raise VitError("none of the images could be read, so there is no attention distance to report")
-    table = (total / count).tolist()  # (layers, heads)
-    patch = layout.patch_size[0] if layout.patch_size[0] == layout.patch_size[1] else list(layout.patch_size)
-    record = {"model": loaded.architecture, "patch_size": patch, "grid": list(layout.grid),
-              "num_prefix_tokens": layout.num_prefix, "num_images": count,
-              "distance": [[round(v, 3) for v in row] for row in table]}
-    write_json(out / "attention_distance.json", record)
-    figures.attention_distance(table, out / "attention_distance.png", image_size=max(
-        layout.grid[0] * layout.patch_size[0], layout.grid[1] * layout.patch_size[1]),
-        title=f"Mean attention distance: {_arch_name(loaded)}, {count} images")
-    result["files"] += [str(out / "attention_distance.png"), str(out / "attention_distance.json")]
-    return {**record, "summary": distance_summary(table), "method": method}
-
-
-def distance_summary(table) -> dict:
-    """The numbers the paper's reading of Fig. 7 rests on: the spread of the first layer's heads, and how
-    much farther the last layers look than the first (k = min(3, layers // 2) layers each)."""
-    layers = len(table)
-    k = max(1, min(3, layers // 2))
-    first, last = table[0], table[-k:]
-    first_k = sum(sum(row) / len(row) for row in table[:k]) / k
-    last_k = sum(sum(row) / len(row) for row in last) / k
-    return {"first_layer_min": round(min(first), 3), "first_layer_max": round(max(first), 3),
-            "first_layer_ratio": round(max(first) / max(min(first), 1e-9), 3),
-            "layers_compared": k, "first_layers_mean": round(first_k, 3), "last_layers_mean": round(last_k, 3),
-            "last_over_first": round(last_k / max(first_k, 1e-9), 3)}
