@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from vitcli.data import datasets as data
+from vitcli.data import source
 from vitcli.data.loader import Records, Skipped, make_loader
 from vitcli.errors import DataError
 
@@ -63,9 +64,9 @@ def test_train_and_test_without_val_carves_minival_when_asked_or_large_enough(tm
     assert asked.size("minival") == 2 and asked.size("train") == 18
     # 1,000 training images: the default 10 % (100 images, MIN_MINIVAL) is carved
     records = lambda n: Records(np.arange(n) % 2, paths=[f"{i}.png" for i in range(n)])  # noqa: E731
-    large = data.from_parts("big", ["x", "y"], {"train": records(1000), "test": records(10)})
-    assert large.splits == ["train", "minival", "test"] and large.size("minival") == data.MIN_MINIVAL == 100
-    below = data.from_parts("big", ["x", "y"], {"train": records(980), "test": records(10)})
+    large = source.from_parts("big", ["x", "y"], {"train": records(1000), "test": records(10)})
+    assert large.splits == ["train", "minival", "test"] and large.size("minival") == source.MIN_MINIVAL == 100
+    below = source.from_parts("big", ["x", "y"], {"train": records(980), "test": records(10)})
     assert below.splits == ["train", "test"] and below.minival_too_small == 98
 
 
@@ -77,7 +78,7 @@ def test_runs_that_select_carve_their_minival_whatever_its_size(tmp_path):
     assert resolve("finetune", {"dataset": str(root), "recipe": "quick", "patience": 2}).val_split == 0.1
     assert with_minival(resolve("train", {"dataset": "cifar10", "recipe": "quick"})).val_split == 0.02
     assert with_minival(resolve("train", {"dataset": "hf:uoft-cs/cifar100", "recipe": "quick"})).val_split == 0.02
-    assert data.default_val_split(str(root)) == data.DEFAULT_VAL_SPLIT
+    assert data.default_val_split(str(root)) == source.DEFAULT_VAL_SPLIT
 
 
 def test_unreadable_image_is_skipped_named_once_and_counted(tmp_path, capsys):

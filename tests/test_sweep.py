@@ -229,7 +229,7 @@ def test_a_sweep_winner_is_tested_as_a_single_run_is(tiny_vit_dir, colours, tmp_
     assert result.exit_code == 0, result.output
     winner = json.loads(result.stdout)["winner"]
     # a sweep selects on minival, so it carves one whatever its size; a single run on so few images would
-    # not (vitcli.data.datasets.MIN_MINIVAL): asked for, the same minival
+    # not (vitcli.data.source.MIN_MINIVAL): asked for, the same minival
     single = CliRunner().invoke(app, base + ["--lr", winner["lr"], "--val-split", "0.1", "--name", "single", "--json"])
     assert single.exit_code == 0, single.output
     summary = json.loads(single.stdout)

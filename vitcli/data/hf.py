@@ -9,7 +9,7 @@ The image column is the first `Image` feature, the label column the first `Class
 the class names; else a `Sequence(ClassLabel)`: multi-label, vitcli.data.multilabel; else an integer or
 string column named label/labels/class/target);
 `--image-column` / `--label-column` choose others. Splits: train -> train, validation (valid, val,
-dev) -> val, test -> test; a single `Dataset` is the training set. vitcli.data.datasets.from_parts then
+dev) -> val, test -> test; a single `Dataset` is the training set. vitcli.data.source.from_parts then
 makes the `DatasetSource` as for an ImageFolder tree (val selects, else minival is carved from train).
 Rows whose label is missing (-1, as in some unlabelled test splits) are left out.
 

@@ -8,7 +8,7 @@ Two sources make it:
   - a Hugging Face dataset whose label column is a `Sequence(ClassLabel)` (vitcli.data.hf), whose
     names are the classes.
 
-vitcli.data.datasets makes the `DatasetSource` from these parts as for any other layout (`from_parts`);
+vitcli.data.source makes the `DatasetSource` from these parts as for any other layout (`from_parts`);
 a minival is carved at random (`carve`: stratifying by label sets does not apply). The rest of the image
 path (vitcli.data.loader) hands a label row on as it is, so a batch's labels are (B, K).
 """

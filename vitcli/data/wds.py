@@ -11,7 +11,7 @@ at random from local shards through an index of the tar members, built when firs
 the tiny .cls members only). Selection: a minival or val split of the shards selects the model; none is
 carved from a stream (shard one with `vit shard --val-split 0.1`).
 
-`ShardSource` answers as vitcli.data.datasets.DatasetSource does (names, splits, sizes, `subset`,
+`ShardSource` answers as vitcli.data.source.DatasetSource does (names, splits, sizes, `subset`,
 unreadable images); it does not import it (datasets.open_dataset opens wds: specs through this module).
 """
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vitcli.data.datasets import SPLIT_DIRS, open_dataset
+from vitcli.data.datasets import open_dataset
+from vitcli.data.imagefolder import SPLIT_DIRS
 from vitcli.data.loader import ImageDataset, Records
 from vitcli.errors import DataError, UsageError
 

@@ -3,7 +3,8 @@
 A model spec is one of:
   - a timm name, with or without a pretrained tag: `vit_base_patch16_224.augreg2_in21k_ft_in1k`;
   - `hf-hub:org/name[@revision]`: a timm repository on the Hugging Face Hub;
-  - a local folder in Hub layout (`config.json` + `model.safetensors`, as timm writes them);
+  - a local folder in Hub layout (`config.json` + `model.safetensors`, as timm writes them:
+    vitcli.models.folder);
   - a vit run folder (the same layout at its top level, or in `best/` or `model/`);
   - a file `vit export` wrote: `.onnx` (onnxruntime), `.pt2` (torch.export), `.xml` (OpenVINO).
 It returns the model with its preprocessing (from the model's own pretrained config, never
@@ -13,13 +14,13 @@ hard-coded) and its label names.
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vitcli.errors import ModelError
+from vitcli.models.folder import load_config, model_folder, weights_in
 from vitcli.output import display
 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
@@ -91,30 +92,10 @@ def parse_spec(spec: str) -> ModelSource:
         if folder is None:
             raise ModelError(f"{path} holds no model: expected config.json and model.safetensors",
                              "point --model at a folder in Hub layout or a vit run folder")
-        return ModelSource(spec, "local", str(path), folder=folder, weights=_weights_in(folder))
+        return ModelSource(spec, "local", str(path), folder=folder, weights=weights_in(folder))
     if path.exists() or spec.startswith((".", "/", "~")):
         raise ModelError(f"{spec} is not a model folder", "give a folder with config.json + model.safetensors")
     return ModelSource(spec, "timm", PAPER_CODES.get(spec, spec))
-
-
-def _weights_in(folder: Path) -> Path | None:
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def model_folder(path: Path) -> Path | None:
-    """The folder with the model's config.json + weights: `path` itself, or a run folder's best/ or model/."""
-    for folder in (path, path / "best", path / "model"):
-        if (folder / "config.json").is_file() and _weights_in(folder) is not None:
-            try:
-                cfg = json.loads((folder / "config.json").read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(cfg, dict) and "architecture" in cfg:
-                return folder
-    return None
 
 
 def resolve_timm_name(name: str) -> str:
@@ -169,41 +150,6 @@ def fetch(source: ModelSource, refresh: bool = False) -> ModelSource:
     return source
 
 
-def _load_config(folder: Path) -> dict:
-    try:
-        cfg = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot read {folder / 'config.json'}: {e}") from None
-    if not isinstance(cfg, dict) or "architecture" not in cfg:
-        raise ModelError(f"{folder / 'config.json'} is not a timm model config (no 'architecture')")
-    _check_sizes(cfg, folder / "config.json")
-    return cfg
-
-
-def _check_sizes(cfg: dict, path: Path) -> None:
-    """Sizes a model is built from are positive whole numbers: checked when config.json is read, not deep in
-    timm's constructor or a forward pass."""
-    def positive(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-    pretrained = cfg.get("pretrained_cfg") if isinstance(cfg.get("pretrained_cfg"), dict) else {}
-    args = cfg.get("model_args") if isinstance(cfg.get("model_args"), dict) else {}
-    checks = [("pretrained_cfg.input_size", pretrained.get("input_size"), 3),
-              ("model_args.img_size", args.get("img_size"), None), ("model_args.patch_size", args.get("patch_size"), None)]
-    for name, value, length in checks:
-        if value is None:
-            continue
-        values = list(value) if isinstance(value, (list, tuple)) else [value]
-        if not values or not all(positive(v) for v in values) or length is not None and len(values) != length:
-            raise ModelError(f"{path}: {name} {value!r} is not a size (positive whole numbers)",
-                             "fix config.json, or save the model again")
-    for name in ("num_classes",):
-        for where in (cfg, args):
-            value = where.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ModelError(f"{path}: {name} {value!r} is not a class count", "fix config.json")
-
-
 def create(source: ModelSource, *, pretrained: bool = True, **overrides):
     """Build the timm model for a fetched source; `overrides` (num_classes, img_size, ...) win. An
     img_size for an architecture that has no such setting (CNNs, PoolFormer: any input size) is left out."""
@@ -216,7 +162,7 @@ def create(source: ModelSource, *, pretrained: bool = True, **overrides):
     if source.kind in FILE_KINDS:
         return _open_file(source, overrides)
     if source.kind in ("hf-hub", "local"):
-        config = _load_config(source.folder)
+        config = load_config(source.folder)
         arch = config["architecture"]
         model_args = dict(config.get("model_args") or {})
         pretrained_cfg = dict(config.get("pretrained_cfg") or {})

@@ -2,7 +2,7 @@
 starts as a linear probe of the frozen pre-trained features, then everything is fine-tuned.
 
 The features are the pre-logits of the training split through the eval
-transform, computed and cached by the few-shot code (vitcli.eval.fewshot: `<vit cache>/features/`,
+transform, computed and cached as for few-shot evaluation (vitcli.eval.features: `<vit cache>/features/`,
 keyed by the weights, the data, the split and the preprocessing), so a rerun on the same data costs no
 forward pass. The probe is a multinomial logistic regression (softmax cross-entropy + L2 on the
 weights) fitted by L-BFGS in float64 on standardised features; its L2 strength is the one of `L2_GRID`
@@ -81,20 +81,20 @@ def _features(loaded, runtime, split, cfg):
     """(features (N, D) float64 tensor, targets) of the readable images of `split` (cached on disk)."""
     import torch
 
-    from vitcli.eval import fewshot
+    from vitcli.eval import features
     from vitcli.train.run.evaluation import eval_batch_size
 
-    digest = fewshot.weights_digest(loaded.model)
-    path = fewshot.features_dir() / f"{fewshot.cache_key(digest, split.identity, split.split, loaded.data_config)}.pt"
-    store = fewshot.FeatureStore.open(path)
+    digest = features.weights_digest(loaded.model)
+    path = features.features_dir() / f"{features.cache_key(digest, split.identity, split.split, loaded.data_config)}.pt"
+    store = features.FeatureStore.open(path)
     indices = list(range(len(split.targets)))
     todo, started = len(store.missing(indices)), time.perf_counter()
     if todo:  # the longest start-up work of an LP-FT run: said even where no progress bar is drawn (logs)
         output.info(f"probe: features of {todo} training images (one forward pass, cached for later runs)",
                     style="dim")
     with output.progress("probe: features of the training images", total=todo, unit="img") as advance:
-        fewshot.extract(store, loaded, runtime, split, indices, batch_size=eval_batch_size(cfg), workers=cfg.workers,
-                        progress=advance)
+        features.extract(store, loaded, runtime, split, indices, batch_size=eval_batch_size(cfg), workers=cfg.workers,
+                         progress=advance)
     img_s = round(todo / (time.perf_counter() - started), 2) if todo else None
     x, kept = store.gather(indices)
     return x.to(torch.float64), np.asarray(split.targets)[kept], img_s

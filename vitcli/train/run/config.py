@@ -268,7 +268,7 @@ def resolve(command: str, flags: dict, config_file: Path | None = None):
 
 def with_minival(cfg):
     """`cfg` with its minival fraction spelled out, so the run carves one whatever the training set's size
-    (by default a minival under 100 images is not carved: vitcli.data.datasets.MIN_MINIVAL): for the
+    (by default a minival under 100 images is not carved: vitcli.data.source.MIN_MINIVAL): for the
     runs that must select on it, `--patience` and a sweep's settings."""
     if cfg.val_split is not None:
         return cfg

@@ -46,7 +46,7 @@ class Job:
 
     cfg: Any  # RunConfig
     model: Any  # the bare nn.Module (rank-local)
-    source: Any  # vitcli.data.datasets.DatasetSource
+    source: Any  # vitcli.data.source.DatasetSource
     train_set: Any  # ImageDataset with the training transform
     eval_sets: dict  # split -> ImageDataset with the eval transform
     runtime: Any

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vitcli import output
-from vitcli.data.datasets import describe
+from vitcli.data.source import describe
 from vitcli.errors import UsageError, VitError
 from vitcli.train import files
 from vitcli.train.recipe import budget, multilabel

@@ -301,7 +301,7 @@ def write_tables(result: SweepResult) -> list[Path]:
 def profile_run(run_dir: Path) -> dict:
     """Params and GFLOPs of a run folder's model, counted on the meta device from its config.json."""
     from vitcli.models import zoo
-    from vitcli.models.resolver import model_folder
+    from vitcli.models.folder import model_folder
 
     folder = model_folder(Path(run_dir))
     if folder is None:
