@@ -46,8 +46,7 @@ TASKS = ("help", "predict-1", "predict-1-onnx", "predict-500", "finetune")
 def sh(cmd: list[str], env: dict, stdout=subprocess.DEVNULL, check: bool = True, timeout: float = 900, cwd=REPO):
     """Run a command; (seconds, stdout text or None, stderr text)."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=cwd, stdout=stdout, stderr=subprocess.PIPE, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(cmd, env=env, cwd=cwd, stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=timeout)
     seconds = time.perf_counter() - start
     if check and proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
@@ -91,9 +90,13 @@ def start_hub(assets: Path, env: dict) -> subprocess.Popen | None:
         return None
     port = free_port()
     folder = assets / "models" / MODEL_NAME
-    proc = subprocess.Popen([sys.executable, str(server), "--repo", f"timm/{MODEL_NAME}={folder}",
-                             "--port", str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(server), "--repo", f"timm/{MODEL_NAME}={folder}", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -124,8 +127,11 @@ def alternate(name: str, a: list[str], b: list[str], env: dict, repeats: int, pa
             times[side].append(seconds)
             if parse:
                 extra[side].append(parse(side, out, err))
-        print(f"  {name} {i + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
-              file=sys.stderr, flush=True)
+        print(
+            f"  {name} {i + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
+            file=sys.stderr,
+            flush=True,
+        )
     result = {"name": name, **times, **{f"{k}_median": statistics.median(v) for k, v in times.items()}}
     if parse:
         result["extra"] = extra
@@ -144,7 +150,9 @@ def throughput(stderr: str) -> dict:
     import re
 
     m = re.search(r"model ([\d.]+) img/s, loader ([\d.]+) img/s \((\d+) worker", stderr or "")
-    return {"model_img_s": float(m.group(1)), "loader_img_s": float(m.group(2)), "workers": int(m.group(3))} if m else {}
+    return (
+        {"model_img_s": float(m.group(1)), "loader_img_s": float(m.group(2)), "workers": int(m.group(3))} if m else {}
+    )
 
 
 def loader_throughput(dataset: Path, env: dict, batches: int = 6) -> float:
@@ -207,11 +215,18 @@ def main() -> None:
     parser.add_argument("--ft-steps", type=int, default=8)
     parser.add_argument("--only", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"), help="report file ('-': stdout only)")
-    parser.add_argument("--before", type=Path, default=None,
-                        help="another checkout (e.g. a git worktree of the previous commit): its `python -m vitcli` "
-                             "is timed as a third side of every vit command, in the same run")
-    parser.add_argument("--precision", default=None,
-                        help="pass --precision to vit predict / finetune (fp32: vitcli as on a CPU without native bf16)")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. a git worktree of the previous commit): its `python -m vitcli` "
+        "is timed as a third side of every vit command, in the same run",
+    )
+    parser.add_argument(
+        "--precision",
+        default=None,
+        help="pass --precision to vit predict / finetune (fp32: vitcli as on a CPU without native bf16)",
+    )
     args = parser.parse_args()
     global BEFORE
     BEFORE = args.before.resolve() if args.before else None
@@ -224,8 +239,14 @@ def main() -> None:
     prec = ["--precision", args.precision] if args.precision else []
 
     tmp = Path(tempfile.mkdtemp(prefix="vitbench-"))
-    env = {**os.environ, "HF_HOME": str(tmp / "hf"), "VIT_CACHE": str(tmp / "vit"), "VIT_PROGRESS": "0",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp / "hf"),
+        "VIT_CACHE": str(tmp / "vit"),
+        "VIT_PROGRESS": "0",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
     for key in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "VIT_EXPORT"):
         env.pop(key, None)
     hub = start_hub(assets, env)
@@ -261,31 +282,81 @@ def main() -> None:
         started = time.time()
         results = []
         if "help" in args.only:
-            results.append(alternate("help", vit + ["--help"], [py, str(HERE / "timm_predict.py"), "--help"], env,
-                                     args.repeats))
+            results.append(
+                alternate("help", vit + ["--help"], [py, str(HERE / "timm_predict.py"), "--help"], env, args.repeats)
+            )
         if "predict-1" in args.only:
-            results.append(alternate("predict-1", vit + ["predict", "--model", model_vit, str(one)] + prec,
-                                     [py, str(HERE / "timm_predict.py"), "--model", model_timm, str(one)], env,
-                                     args.repeats))
+            results.append(
+                alternate(
+                    "predict-1",
+                    vit + ["predict", "--model", model_vit, str(one)] + prec,
+                    [py, str(HERE / "timm_predict.py"), "--model", model_timm, str(one)],
+                    env,
+                    args.repeats,
+                )
+            )
         if "predict-1-onnx" in args.only:  # the fast start, asked for (the default is the torch model)
-            results.append(alternate("predict-1-onnx", vit + ["predict", "--model", model_vit, str(one), "--backend", "onnx"],
-                                     [py, str(HERE / "timm_predict.py"), "--model", model_timm, str(one)], env,
-                                     args.repeats))
+            results.append(
+                alternate(
+                    "predict-1-onnx",
+                    vit + ["predict", "--model", model_vit, str(one), "--backend", "onnx"],
+                    [py, str(HERE / "timm_predict.py"), "--model", model_timm, str(one)],
+                    env,
+                    args.repeats,
+                )
+            )
         if "predict-500" in args.only:
-            results.append(alternate(
-                "predict-500", vit + ["predict", "--model", model_vit, str(folder500), "--json", "-b", "32"] + prec,
-                [py, str(HERE / "timm_predict.py"), "--model", model_timm, str(folder500), "--batch-size", "32"],
-                env, max(3, args.repeats - 2), parse=lambda side, out, err: throughput(err)))
+            results.append(
+                alternate(
+                    "predict-500",
+                    vit + ["predict", "--model", model_vit, str(folder500), "--json", "-b", "32"] + prec,
+                    [py, str(HERE / "timm_predict.py"), "--model", model_timm, str(folder500), "--batch-size", "32"],
+                    env,
+                    max(3, args.repeats - 2),
+                    parse=lambda side, out, err: throughput(err),
+                )
+            )
         loader_img_s = None
         if "finetune" in args.only:
             steps = str(args.ft_steps)
-            results.append(alternate(
-                "finetune",
-                vit + ["finetune", "--model", model_vit, "--dataset", str(dataset), "--steps", steps,
-                       "--batch-size", "32", "--eval-every", steps, "--json", "--project", str(tmp / "runs")] + prec,
-                [py, str(HERE / "timm_finetune.py"), "--model", model_timm, "--data", str(dataset),
-                 "--steps", steps, "--batch-size", "32"],
-                env, args.ft_repeats, parse=lambda side, out, err: last_json(out)))
+            results.append(
+                alternate(
+                    "finetune",
+                    vit
+                    + [
+                        "finetune",
+                        "--model",
+                        model_vit,
+                        "--dataset",
+                        str(dataset),
+                        "--steps",
+                        steps,
+                        "--batch-size",
+                        "32",
+                        "--eval-every",
+                        steps,
+                        "--json",
+                        "--project",
+                        str(tmp / "runs"),
+                    ]
+                    + prec,
+                    [
+                        py,
+                        str(HERE / "timm_finetune.py"),
+                        "--model",
+                        model_timm,
+                        "--data",
+                        str(dataset),
+                        "--steps",
+                        steps,
+                        "--batch-size",
+                        "32",
+                    ],
+                    env,
+                    args.ft_repeats,
+                    parse=lambda side, out, err: last_json(out),
+                )
+            )
             loader_img_s = loader_throughput(dataset, env)
         load_after = loadavg()
         minutes = (time.time() - started) / 60
@@ -310,36 +381,54 @@ def main() -> None:
             "| --- | ---: | ---: | ---: | ---: | --- | ---: |" + (" ---: | ---: |" if BEFORE else ""),
         ]
         if BEFORE:
-            lines.insert(-2, f"before = `python -m vitcli` run in {BEFORE}, alternating with the two others. The "
-                             "before side's predict-1 with --backend onnx is its default predict (it picked the "
-                             "fast-start copy by itself).")
+            lines.insert(
+                -2,
+                f"before = `python -m vitcli` run in {BEFORE}, alternating with the two others. The "
+                "before side's predict-1 with --backend onnx is its default predict (it picked the "
+                "fast-start copy by itself).",
+            )
         folder_target = 2.5 if native_bf16() else 1.25  # a CPU with native bf16: issue 15's 2.5x
-        targets = {"help": ("vit median <= 0.3 s", lambda r: r["vit_median"] <= 0.3),
-                   "predict-1": ("(the torch model, default)", None),
-                   "predict-1-onnx": ("vit / timm time <= 0.2", lambda r: r["vit_median"] / r["timm_median"] <= 0.2),
-                   "predict-500": (f"speed-up >= {folder_target}x",
-                                   lambda r: r["timm_median"] / r["vit_median"] >= folder_target),
-                   "finetune": ("training img/s >= 1.0x (below)", None)}
-        labels = {"help": "`--help`", "predict-1": "predict, 1 image (cold process)",
-                  "predict-1-onnx": "predict, 1 image, `--backend onnx` (cold process)",
-                  "predict-500": f"predict, {n_jpegs} JPEGs, batch 32",
-                  "finetune": f"finetune, {args.ft_steps} steps of 32 + 1 eval (wall)"}
+        targets = {
+            "help": ("vit median <= 0.3 s", lambda r: r["vit_median"] <= 0.3),
+            "predict-1": ("(the torch model, default)", None),
+            "predict-1-onnx": ("vit / timm time <= 0.2", lambda r: r["vit_median"] / r["timm_median"] <= 0.2),
+            "predict-500": (
+                f"speed-up >= {folder_target}x",
+                lambda r: r["timm_median"] / r["vit_median"] >= folder_target,
+            ),
+            "finetune": ("training img/s >= 1.0x (below)", None),
+        }
+        labels = {
+            "help": "`--help`",
+            "predict-1": "predict, 1 image (cold process)",
+            "predict-1-onnx": "predict, 1 image, `--backend onnx` (cold process)",
+            "predict-500": f"predict, {n_jpegs} JPEGs, batch 32",
+            "finetune": f"finetune, {args.ft_steps} steps of 32 + 1 eval (wall)",
+        }
         for r in results:
             target, check = targets[r["name"]]
             verdict = "" if check is None else (" (met)" if check(r) else " (NOT met)")
-            lines.append(f"| {labels[r['name']]} | {r['vit_median']:.2f} | {r['timm_median']:.2f} | "
-                         f"{r['vit_median'] / r['timm_median']:.2f} | {r['timm_median'] / r['vit_median']:.2f}x | "
-                         f"{target}{verdict} | {len(r['vit'])} |"
-                         + (f" {r['before_median']:.2f} | {r['before_median'] / r['timm_median']:.2f} |"
-                            if "before_median" in r else (" | |" if BEFORE else "")))
+            lines.append(
+                f"| {labels[r['name']]} | {r['vit_median']:.2f} | {r['timm_median']:.2f} | "
+                f"{r['vit_median'] / r['timm_median']:.2f} | {r['timm_median'] / r['vit_median']:.2f}x | "
+                f"{target}{verdict} | {len(r['vit'])} |"
+                + (
+                    f" {r['before_median']:.2f} | {r['before_median'] / r['timm_median']:.2f} |"
+                    if "before_median" in r
+                    else (" | |" if BEFORE else "")
+                )
+            )
         p500 = next((r for r in results if r["name"] == "predict-500"), None)
         if p500 is not None and all(e for e in p500["extra"]["vit"]):
             model = [e["model_img_s"] for e in p500["extra"]["vit"]]
             loader = [e["loader_img_s"] for e in p500["extra"]["vit"]]
-            lines += ["", f"`vit predict` over the {n_jpegs} JPEGs, as it reports itself (median of the runs): model "
-                      f"{statistics.median(model):.1f} img/s, loader {statistics.median(loader):.1f} img/s "
-                      f"({p500['extra']['vit'][0]['workers']} workers; with none the loader is the decoding and "
-                      "transforming in the main process, on the model's cores)."]
+            lines += [
+                "",
+                f"`vit predict` over the {n_jpegs} JPEGs, as it reports itself (median of the runs): model "
+                f"{statistics.median(model):.1f} img/s, loader {statistics.median(loader):.1f} img/s "
+                f"({p500['extra']['vit'][0]['workers']} workers; with none the loader is the decoding and "
+                "transforming in the main process, on the model's cores).",
+            ]
         ft = next((r for r in results if r["name"] == "finetune"), None)
         if ft is not None:
             vit_img_s = [e.get("img_s") for e in ft["extra"]["vit"]]
@@ -363,8 +452,14 @@ def main() -> None:
             ]
         lines += ["", "Every run (seconds):", ""]
         for r in results:
-            lines.append(f"- {r['name']}: " + "; ".join(f"{side} {', '.join(f'{x:.2f}' for x in r[side])}"
-                                                        for side in ("vit", "timm", "before") if side in r))
+            lines.append(
+                f"- {r['name']}: "
+                + "; ".join(
+                    f"{side} {', '.join(f'{x:.2f}' for x in r[side])}"
+                    for side in ("vit", "timm", "before")
+                    if side in r
+                )
+            )
     finally:
         if hub is not None:
             hub.terminate()

@@ -36,8 +36,10 @@ def main() -> None:
     transform = EvalTransform(loaded.data_config)
     target = transform.draft_size // 2
     sources = sorted((val / "images").iterdir())
-    print(f"model ViT-Ti/16, resize target {target} px (short side), {len(sources)} images, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"model ViT-Ti/16, resize target {target} px (short side), {len(sources)} images, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"{'images':>12} {'draft to':>9} {'top-1':>6} {'same top-1 as no draft':>23} {'ms/img':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for scale in (1, 2, 3, 4):
@@ -56,8 +58,9 @@ def main() -> None:
                 xs = [transform(load_image(p, draft_size=draft)) for p in paths]
                 ms = (time.perf_counter() - start) / len(paths) * 1000
                 with torch.inference_mode():
-                    top1 = torch.cat([loaded.model(torch.stack(xs[i:i + 25])).argmax(-1)
-                                      for i in range(0, len(xs), 25)]).tolist()
+                    top1 = torch.cat(
+                        [loaded.model(torch.stack(xs[i : i + 25])).argmax(-1) for i in range(0, len(xs), 25)]
+                    ).tolist()
                 correct = sum(int(labels[p.name]) == c for p, c in zip(paths, top1))
                 reference = reference or top1
                 same = sum(a == b for a, b in zip(reference, top1))

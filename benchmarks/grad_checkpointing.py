@@ -32,7 +32,7 @@ def one(model_name: str, img: int, batch: int, steps: int, warmup: int, checkpoi
 
     def rss_mb() -> float:
         with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * resource.getpagesize() / 2 ** 20
+            return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 
     before = rss_mb()
     times = []
@@ -45,10 +45,17 @@ def one(model_name: str, img: int, batch: int, steps: int, warmup: int, checkpoi
         if i >= warmup:
             times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    return {"model": model_name, "img_size": img, "batch": batch, "grad_checkpointing": checkpointing,
-            "threads": torch.get_num_threads(), "step_s": round(sorted(times)[len(times) // 2], 3),
-            "img_s": round(batch / sorted(times)[len(times) // 2], 2), "peak_rss_mb": round(peak, 1),
-            "added_by_steps_mb": round(peak - before, 1)}
+    return {
+        "model": model_name,
+        "img_size": img,
+        "batch": batch,
+        "grad_checkpointing": checkpointing,
+        "threads": torch.get_num_threads(),
+        "step_s": round(sorted(times)[len(times) // 2], 3),
+        "img_s": round(batch / sorted(times)[len(times) // 2], 2),
+        "peak_rss_mb": round(peak, 1),
+        "added_by_steps_mb": round(peak - before, 1),
+    }
 
 
 def main() -> None:
@@ -65,15 +72,35 @@ def main() -> None:
         return
     rows = []
     for setting in ("off", "on"):
-        out = subprocess.run([sys.executable, __file__, "--model", a.model, "--img-size", str(a.img_size),
-                              "--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup),
-                              "--one", setting], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--model",
+                a.model,
+                "--img-size",
+                str(a.img_size),
+                "--batch",
+                str(a.batch),
+                "--steps",
+                str(a.steps),
+                "--warmup",
+                str(a.warmup),
+                "--one",
+                setting,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]))
     off, on = rows
-    print(f"grad checkpointing: memory added by the steps {off['added_by_steps_mb']} -> {on['added_by_steps_mb']} MiB "
-          f"({100 * (1 - on['added_by_steps_mb'] / off['added_by_steps_mb']):.0f} % less), step "
-          f"{off['step_s']} -> {on['step_s']} s ({100 * (on['step_s'] / off['step_s'] - 1):+.0f} % time)")
+    print(
+        f"grad checkpointing: memory added by the steps {off['added_by_steps_mb']} -> {on['added_by_steps_mb']} MiB "
+        f"({100 * (1 - on['added_by_steps_mb'] / off['added_by_steps_mb']):.0f} % less), step "
+        f"{off['step_s']} -> {on['step_s']} s ({100 * (on['step_s'] / off['step_s'] - 1):+.0f} % time)"
+    )
 
 
 if __name__ == "__main__":

@@ -48,14 +48,17 @@ def main() -> None:
             step(k)
         times = {k: [] for k in models}
         for r in range(6):
-            for k in (("eager", "vitcli") if r % 2 == 0 else ("vitcli", "eager")):
+            for k in ("eager", "vitcli") if r % 2 == 0 else ("vitcli", "eager"):
                 start = time.perf_counter()
                 step(k)
                 step(k)
                 times[k].append((time.perf_counter() - start) / 2)
         med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-        print(f"{name} batch {bs}: eager {bs / med['eager']:.2f} img/s, vitcli kernels {bs / med['vitcli']:.2f} "
-              f"img/s, ratio {med['eager'] / med['vitcli']:.2f}x", flush=True)
+        print(
+            f"{name} batch {bs}: eager {bs / med['eager']:.2f} img/s, vitcli kernels {bs / med['vitcli']:.2f} "
+            f"img/s, ratio {med['eager'] / med['vitcli']:.2f}x",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -104,8 +104,9 @@ def plain_loop(model_dir: Path, data: Path, steps: int, seed: int = 0) -> dict:
 
     model = timm.create_model(f"local-dir:{model_dir}", pretrained=True, num_classes=len(classes))
     cfg = resolve_data_config({}, model=model)
-    train_tf = create_transform(**cfg, is_training=True, scale=(0.25, 1.0), hflip=0.5, color_jitter=None,
-                                auto_augment=None)
+    train_tf = create_transform(
+        **cfg, is_training=True, scale=(0.25, 1.0), hflip=0.5, color_jitter=None, auto_augment=None
+    )
     loader = torch.utils.data.DataLoader(Set(train, train_tf), batch_size=32, shuffle=True, drop_last=True)
     optimizer = create_optimizer_v2(model, "adamw", lr=1e-4, weight_decay=0.05)
     scheduler = CosineLRScheduler(optimizer, t_initial=steps - 10, warmup_t=10, warmup_prefix=True, t_in_epochs=False)
@@ -128,14 +129,18 @@ def plain_loop(model_dir: Path, data: Path, steps: int, seed: int = 0) -> dict:
         for x, y in torch.utils.data.DataLoader(Set(test, create_transform(**cfg)), batch_size=64):
             scores.append(model(x).sigmoid().numpy())
             targets.append(y.numpy())
-    return {"steps": step, "test_mAP": round(100 * mean_ap(per_class_ap(np.concatenate(scores), np.concatenate(targets))), 2)}
+    return {
+        "steps": step,
+        "test_mAP": round(100 * mean_ap(per_class_ap(np.concatenate(scores), np.concatenate(targets))), 2),
+    }
 
 
 def vit(*args: str, log: Path | None = None) -> dict | list:
     """`python -m vitcli ARGS --json` from the repo: its JSON output (one object, or a list of lines); its
     stderr appended to `log`."""
-    done = subprocess.run([sys.executable, "-m", "vitcli", *args, "--json"], cwd=REPO, capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "vitcli", *args, "--json"], cwd=REPO, capture_output=True, text=True, check=False
+    )
     if log is not None:
         with open(log, "a") as fh:
             fh.write(f"$ vit {' '.join(args)} --json\n{done.stderr}{done.stdout}\n")
@@ -154,38 +159,68 @@ def main() -> None:
     parser.add_argument("--assets", type=Path, default=REPO.parent / "shared" / "assets")
     parser.add_argument("--epochs", type=float, default=4)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "multilabel.txt"), help="'-': print only")
-    parser.add_argument("--work", type=Path, help="keep the mosaics, the run folder and the commands' output here "
-                                                  "(default: a temporary folder, removed)")
-    parser.add_argument("--keep", action="store_true",
-                        help="with --work: reuse what an earlier, time-boxed run left there (a finished run folder, "
-                             "plain.json) instead of measuring it again; the output says which")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="keep the mosaics, the run folder and the commands' output here (default: a temporary folder, removed)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="with --work: reuse what an earlier, time-boxed run left there (a finished run folder, "
+        "plain.json) instead of measuring it again; the output says which",
+    )
     args = parser.parse_args()
     model = args.assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
     started, load_before = time.time(), load()
-    lines = [f"# benchmarks/multilabel.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-             (f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; Python "
-              f"{platform.python_version()}"), f"# load average (1/5/15 min) before: {load_before}"]
+    lines = [
+        f"# benchmarks/multilabel.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        (
+            f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; Python "
+            f"{platform.python_version()}"
+        ),
+        f"# load average (1/5/15 min) before: {load_before}",
+    ]
     with tempfile.TemporaryDirectory(prefix="vit-multilabel-") as temp:
         work = args.work or Path(temp)
         data = work / "flower-mosaics"
         reused = []
-        species = compose(args.assets, data) if not (args.keep and (data / "test.csv").is_file()) else \
-            sorted(d.name for d in (args.assets / "datasets" / "flowers12" / "train").iterdir() if d.is_dir())
-        lines.append(f"# data: 2x2 mosaics of flowers12 ({len(species)} species, 1-3 per mosaic) at {SIZE} px: "
-                     + ", ".join(f"{k} {v}" for k, v in COUNTS.items()))
+        species = (
+            compose(args.assets, data)
+            if not (args.keep and (data / "test.csv").is_file())
+            else sorted(d.name for d in (args.assets / "datasets" / "flowers12" / "train").iterdir() if d.is_dir())
+        )
+        lines.append(
+            f"# data: 2x2 mosaics of flowers12 ({len(species)} species, 1-3 per mosaic) at {SIZE} px: "
+            + ", ".join(f"{k} {v}" for k, v in COUNTS.items())
+        )
         env_cache = {"VIT_CACHE": str(work / "cache")}  # an empty cache: the probe's features are computed
         os.environ.update(env_cache)
         t = time.time()
         log = work / "commands.log"
-        done = [json.loads(p.read_text()) for p in sorted((work / "runs").glob("finetune/*/run.json"))] \
-            if args.keep else []
+        done = (
+            [json.loads(p.read_text()) for p in sorted((work / "runs").glob("finetune/*/run.json"))]
+            if args.keep
+            else []
+        )
         done = [r for r in done if r.get("status") == "finished"]
         if done:
             summary, vit_s = done[-1]["summary"], done[-1]["summary"]["seconds"]
             reused.append(f"the finished run {summary['run_dir']} ({vit_s:.0f} s: its own time)")
         else:
-            summary = vit("finetune", "--multi-label", "--model", str(model), "--dataset", str(data), "--epochs",
-                          str(args.epochs), "--project", str(work / "runs"), log=log)
+            summary = vit(
+                "finetune",
+                "--multi-label",
+                "--model",
+                str(model),
+                "--dataset",
+                str(data),
+                "--epochs",
+                str(args.epochs),
+                "--project",
+                str(work / "runs"),
+                log=log,
+            )
             vit_s = time.time() - t
         run = summary["run_dir"]
         evaluated = vit("eval", "--model", run, "--dataset", str(data), "--out-dir", str(work / "eval"), log=log)
@@ -198,23 +233,33 @@ def main() -> None:
         if args.keep and kept.is_file() and json.loads(kept.read_text())["steps"] == summary["steps"]:
             plain = json.loads(kept.read_text())
             plain_s = plain["seconds"]
-            reused.append(f"plain.json (the same plain_loop on the same mosaics, in another process: "
-                          f"{plain.get('note') or ''}; load {plain.get('load_before')} -> {plain.get('load_after')})")
+            reused.append(
+                f"plain.json (the same plain_loop on the same mosaics, in another process: "
+                f"{plain.get('note') or ''}; load {plain.get('load_before')} -> {plain.get('load_after')})"
+            )
         else:
             t = time.time()
             plain = plain_loop(model, data, summary["steps"])
             plain_s = time.time() - t
     ratio = evaluated["mAP"] / plain["test_mAP"]
     lines += [f"# reused (--keep): {r}" for r in reused]
-    lines += [f"# load average after: {load()}; {(time.time() - started) / 60:.1f} min in all", "",
-              "| method | steps | test mAP | micro F1 | exact label sets | seconds |",
-              "| --- | ---: | ---: | ---: | ---: | ---: |",
-              (f"| vitcli finetune --multi-label (default recipe) | {summary['steps']} | {evaluated['mAP']:.2f} | "
-               f"{evaluated['micro_f1']:.2f} | {exact}/{len(truth)} ({100 * exact / len(truth):.1f} %) | {vit_s:.0f} |"),
-              f"| plain timm BCE loop (AdamW 1e-4) | {plain['steps']} | {plain['test_mAP']:.2f} | - | - | {plain_s:.0f} |",
-              "", (f"test mAP vitcli / plain: {ratio:.3f} ({evaluated['mAP'] - plain['test_mAP']:+.2f} points); "
-                   f"vit predict gives the exact label set for {exact} of {len(truth)} test mosaics; "
-                   f"val mAP (best) {summary.get('val_mAP')}, probe {summary.get('probe')}")]
+    lines += [
+        f"# load average after: {load()}; {(time.time() - started) / 60:.1f} min in all",
+        "",
+        "| method | steps | test mAP | micro F1 | exact label sets | seconds |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        (
+            f"| vitcli finetune --multi-label (default recipe) | {summary['steps']} | {evaluated['mAP']:.2f} | "
+            f"{evaluated['micro_f1']:.2f} | {exact}/{len(truth)} ({100 * exact / len(truth):.1f} %) | {vit_s:.0f} |"
+        ),
+        f"| plain timm BCE loop (AdamW 1e-4) | {plain['steps']} | {plain['test_mAP']:.2f} | - | - | {plain_s:.0f} |",
+        "",
+        (
+            f"test mAP vitcli / plain: {ratio:.3f} ({evaluated['mAP'] - plain['test_mAP']:+.2f} points); "
+            f"vit predict gives the exact label set for {exact} of {len(truth)} test mosaics; "
+            f"val mAP (best) {summary.get('val_mAP')}, probe {summary.get('probe')}"
+        ),
+    ]
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.out != "-":

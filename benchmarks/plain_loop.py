@@ -50,8 +50,16 @@ def probe(args, start):
     folds = int(min(5, np.bincount(y).min()))
     clf = LogisticRegressionCV(Cs=10, cv=folds, max_iter=5000).fit(scaler.transform(x), y)
     top1 = 100 * float((clf.predict(scaler.transform(xt)) == yt).mean())
-    print(json.dumps({"test_top1": round(top1, 2), "C": float(clf.C_[0]), "folds": folds,
-                      "seconds": round(time.time() - start, 1)}))
+    print(
+        json.dumps(
+            {
+                "test_top1": round(top1, 2),
+                "C": float(clf.C_[0]),
+                "folds": folds,
+                "seconds": round(time.time() - start, 1),
+            }
+        )
+    )
 
 
 def main():
@@ -75,8 +83,9 @@ def main():
     if args.mode == "finetune":
         model = timm.create_model(args.model, pretrained=True, num_classes=classes)
         cfg = resolve_data_config({}, model=model)
-        train_set.transform = create_transform(**cfg, is_training=True, scale=(0.25, 1.0), hflip=0.5,
-                                               color_jitter=None, auto_augment=None)
+        train_set.transform = create_transform(
+            **cfg, is_training=True, scale=(0.25, 1.0), hflip=0.5, color_jitter=None, auto_augment=None
+        )
         batch, warmup = 32, 10
     else:
         model = timm.create_model(args.model, num_classes=classes, img_size=args.img_size, patch_size=args.patch_size)
@@ -90,12 +99,14 @@ def main():
         warmup = min(warmup, max(1, steps // 10))
     if args.mode == "finetune":
         optimizer = create_optimizer_v2(model, "momentum", lr=0.01, momentum=0.9, weight_decay=0.0)
-        scheduler = CosineLRScheduler(optimizer, t_initial=steps - warmup, warmup_t=warmup, warmup_prefix=True,
-                                      t_in_epochs=False)
+        scheduler = CosineLRScheduler(
+            optimizer, t_initial=steps - warmup, warmup_t=warmup, warmup_prefix=True, t_in_epochs=False
+        )
     else:
         optimizer = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.1)
-        scheduler = PolyLRScheduler(optimizer, t_initial=steps - warmup, warmup_t=warmup, warmup_prefix=True,
-                                    power=1.0, t_in_epochs=False)
+        scheduler = PolyLRScheduler(
+            optimizer, t_initial=steps - warmup, warmup_t=warmup, warmup_prefix=True, power=1.0, t_in_epochs=False
+        )
     criterion = torch.nn.CrossEntropyLoss()
 
     model.train()
@@ -118,8 +129,11 @@ def main():
         for x, y in torch.utils.data.DataLoader(test_set, batch_size=2 * batch):
             correct += (model(x).argmax(-1) == y).sum().item()
             total += len(y)
-    print(json.dumps({"steps": step, "test_top1": round(100 * correct / total, 2),
-                      "seconds": round(time.time() - start, 1)}))
+    print(
+        json.dumps(
+            {"steps": step, "test_top1": round(100 * correct / total, 2), "seconds": round(time.time() - start, 1)}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -52,13 +52,25 @@ SETS = {
     "flowers12-5": ("finetune", "flowers12-5", [], []),
     "flowers12": ("finetune", "flowers12", [], []),
     "hymenoptera": ("finetune", "hymenoptera", [], []),
-    "digits-2ep": ("scratch", "digits", ["--img-size", "16", "--patch-size", "4", "--epochs", "2"],
-                   ["--img-size", "16", "--patch-size", "4", "--epochs", "2"]),
-    "flowers12-32px": ("scratch", "flowers12", ["--img-size", "32", "--patch-size", "4", "--epochs", "10"],
-                       ["--img-size", "32", "--patch-size", "4", "--epochs", "10"]),
+    "digits-2ep": (
+        "scratch",
+        "digits",
+        ["--img-size", "16", "--patch-size", "4", "--epochs", "2"],
+        ["--img-size", "16", "--patch-size", "4", "--epochs", "2"],
+    ),
+    "flowers12-32px": (
+        "scratch",
+        "flowers12",
+        ["--img-size", "32", "--patch-size", "4", "--epochs", "10"],
+        ["--img-size", "32", "--patch-size", "4", "--epochs", "10"],
+    ),
     "hymenoptera-64px": ("scratch", "hymenoptera", [], ["--img-size", "64", "--patch-size", "8", "--epochs", "30"]),
-    "digits": ("scratch", "digits", ["--img-size", "16", "--patch-size", "4"],
-               ["--img-size", "16", "--patch-size", "4", "--epochs", "30"]),
+    "digits": (
+        "scratch",
+        "digits",
+        ["--img-size", "16", "--patch-size", "4"],
+        ["--img-size", "16", "--patch-size", "4", "--epochs", "30"],
+    ),
     "digits-20": ("finetune", "digits-20", [], []),
 }
 DEFAULT_RUN = ("flowers12-5", "hymenoptera", "digits-2ep", "flowers12-32px", "hymenoptera-64px")
@@ -136,8 +148,7 @@ def run(cmd: list[str], env: dict, timeout: float) -> tuple[float, dict]:
     """(wall seconds, the last JSON line of stdout, with "_cpu_s": the process's CPU seconds) of a command
     in a fresh process."""
     start, cpu = time.perf_counter(), cpu_seconds()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
@@ -154,16 +165,33 @@ def environment(work: Path, tag: str) -> dict:
 
 
 def vitcli(kind: str, data: Path, model: Path, flags: list[str], seed: int, work: Path, timeout: float):
-    cmd = [sys.executable, "-m", "vitcli", kind if kind == "finetune" else "train", "--dataset", str(data),
-           "--project", str(work / "runs"), "--json", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vitcli",
+        kind if kind == "finetune" else "train",
+        "--dataset",
+        str(data),
+        "--project",
+        str(work / "runs"),
+        "--json",
+        *flags,
+    ]
     cmd += ["--model", str(model)] if kind == "finetune" else ["--model", "Ti/16"]
     if seed:
         cmd += ["--seed", str(seed)]
     seconds, summary = run(cmd, environment(work, "vit"), timeout)
-    return {"top1": summary["test_top1"], "seconds": seconds, "steps": summary["steps"],
-            "stopped": summary.get("stopped_early_at"), "best_step": summary.get("best_step"),
-            "probe": (summary.get("probe") or {}).get("l2"), "cv_top1": (summary.get("probe") or {}).get("cv_top1"),
-            "cpu_s": summary["_cpu_s"], "run": summary["run_dir"]}
+    return {
+        "top1": summary["test_top1"],
+        "seconds": seconds,
+        "steps": summary["steps"],
+        "stopped": summary.get("stopped_early_at"),
+        "best_step": summary.get("best_step"),
+        "probe": (summary.get("probe") or {}).get("l2"),
+        "cv_top1": (summary.get("probe") or {}).get("cv_top1"),
+        "cpu_s": summary["_cpu_s"],
+        "run": summary["run_dir"],
+    }
 
 
 def plain(kind: str, data: Path, model: Path, flags: list[str], seed: int, work: Path, timeout: float, steps=None):
@@ -178,10 +206,30 @@ def plain(kind: str, data: Path, model: Path, flags: list[str], seed: int, work:
 def probes(data: Path, model: Path, work: Path, timeout: float) -> dict:
     """The backbone's linear probes on the same split: vitcli's few-shot ridge with every training image
     (`vit eval --few-shot`), and scikit-learn's cross-validated logistic regression."""
-    _, ridge = run([sys.executable, "-m", "vitcli", "eval", "--model", str(model), "--dataset", str(data),
-                    "--few-shot", "100000", "--seeds", "1", "--json"], environment(work, "probe"), timeout)
-    _, logistic = run([sys.executable, str(HERE / "plain_loop.py"), "probe", "--model", f"local-dir:{model}",
-                       "--data", str(data)], environment(work, "probe"), timeout)
+    _, ridge = run(
+        [
+            sys.executable,
+            "-m",
+            "vitcli",
+            "eval",
+            "--model",
+            str(model),
+            "--dataset",
+            str(data),
+            "--few-shot",
+            "100000",
+            "--seeds",
+            "1",
+            "--json",
+        ],
+        environment(work, "probe"),
+        timeout,
+    )
+    _, logistic = run(
+        [sys.executable, str(HERE / "plain_loop.py"), "probe", "--model", f"local-dir:{model}", "--data", str(data)],
+        environment(work, "probe"),
+        timeout,
+    )
     ridge_top1 = next(iter(ridge["few_shot"].values()))["mean"]
     return {"ridge": ridge_top1, "logistic": logistic["test_top1"]}
 
@@ -202,8 +250,10 @@ def machine() -> str:
     import timm
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}, "
-            f"timm {timm.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"timm {timm.__version__}"
+    )
 
 
 def main() -> None:
@@ -214,11 +264,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="seeds per from-scratch set (fine-tuning: 1)")
     parser.add_argument("--out", default=str(HERE / "recipes.txt"), help="'-' for stdout only")
     parser.add_argument("--append", action="store_true", help="add the report to the end of --out")
-    parser.add_argument("--vitcli-only", action="store_true",
-                        help="run vitcli's side only (no plain loop, no linear probes): its accuracy, wall and CPU time")
+    parser.add_argument(
+        "--vitcli-only",
+        action="store_true",
+        help="run vitcli's side only (no plain loop, no linear probes): its accuracy, wall and CPU time",
+    )
     parser.add_argument("--timeout", type=float, default=7200)
-    parser.add_argument("--keep", action="store_true",
-                        help="reuse the rows already measured in WORK/rows.jsonl (a time-boxed run continued)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="reuse the rows already measured in WORK/rows.jsonl (a time-boxed run continued)",
+    )
     args = parser.parse_args()
     model = (args.assets / MODEL).resolve()
     if not (model / "model.safetensors").is_file():
@@ -246,8 +302,11 @@ def main() -> None:
             if vit_first:
                 v = vitcli(kind, data[dataset], model, vflags, seed, args.work, args.timeout)
             steps = v["steps"] if kind == "finetune" else None  # the plain loop's budget
-            p = None if args.vitcli_only else plain(kind, data[dataset], model, pflags, seed, args.work, args.timeout,
-                                                    steps=steps)
+            p = (
+                None
+                if args.vitcli_only
+                else plain(kind, data[dataset], model, pflags, seed, args.work, args.timeout, steps=steps)
+            )
             if not vit_first:
                 v = vitcli(kind, data[dataset], model, vflags, seed, args.work, args.timeout)
             row = {"set": name, "kind": kind, "seed": seed, "vit": v, "plain": p, "load": load}
@@ -274,31 +333,49 @@ def _cpu(side: dict) -> str:
 
 
 def render(rows: list[dict], started: float, load_before: str) -> str:
-    lines = [f"# benchmarks/recipes.py, {time.strftime('%Y-%m-%d %H:%M')}, {(time.time() - started) / 60:.0f} min",
-             f"# machine: {machine()}",
-             f"# load average (1/5/15 min) before: {load_before}; after: {loadavg()}",
-             ("# vitcli s / plain s: wall time of the whole process; cpu s: its user + system CPU seconds "
-              "(getrusage): less inflated by a loaded machine than the wall time"),
-             "", "| set | kind | seed | steps | vitcli top-1 | plain top-1 | linear probe (ridge / logistic) | "
-                 "vitcli - plain | vitcli - probe | vitcli s | plain s | vitcli / plain time | vitcli cpu s | "
-                 "plain cpu s | load |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        f"# benchmarks/recipes.py, {time.strftime('%Y-%m-%d %H:%M')}, {(time.time() - started) / 60:.0f} min",
+        f"# machine: {machine()}",
+        f"# load average (1/5/15 min) before: {load_before}; after: {loadavg()}",
+        (
+            "# vitcli s / plain s: wall time of the whole process; cpu s: its user + system CPU seconds "
+            "(getrusage): less inflated by a loaded machine than the wall time"
+        ),
+        "",
+        "| set | kind | seed | steps | vitcli top-1 | plain top-1 | linear probe (ridge / logistic) | "
+        "vitcli - plain | vitcli - probe | vitcli s | plain s | vitcli / plain time | vitcli cpu s | "
+        "plain cpu s | load |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for r in rows:
         v, p, pr = r["vit"], r["plain"] or {}, r.get("probe")
         steps = f"{v['steps']}" + (f" (stopped {v['stopped']})" if v.get("stopped") else "")
         probe = f"{pr['ridge']:.2f} / {pr['logistic']:.2f}" if pr else "-"
         vs_probe = f"{round(v['top1'], 2) - max(pr['ridge'], pr['logistic']):+.2f}" if pr else "-"
-        plain_cells = (f"{p['top1']:.2f}", f"{v['top1'] - p['top1']:+.2f}", f"{p['seconds']:.0f}",
-                       f"{v['seconds'] / p['seconds']:.2f}") if p else ("-",) * 4
-        lines.append(f"| {r['set']} | {r['kind']} | {r['seed']} | {steps} | {v['top1']:.2f} | {plain_cells[0]} | "
-                     f"{probe} | {plain_cells[1]} | {vs_probe} | {v['seconds']:.0f} | "
-                     f"{plain_cells[2]} | {plain_cells[3]} | {_cpu(v)} | {_cpu(p)} | "
-                     f"{r['load'].split(' / ')[0]} |")
+        plain_cells = (
+            (
+                f"{p['top1']:.2f}",
+                f"{v['top1'] - p['top1']:+.2f}",
+                f"{p['seconds']:.0f}",
+                f"{v['seconds'] / p['seconds']:.2f}",
+            )
+            if p
+            else ("-",) * 4
+        )
+        lines.append(
+            f"| {r['set']} | {r['kind']} | {r['seed']} | {steps} | {v['top1']:.2f} | {plain_cells[0]} | "
+            f"{probe} | {plain_cells[1]} | {vs_probe} | {v['seconds']:.0f} | "
+            f"{plain_cells[2]} | {plain_cells[3]} | {_cpu(v)} | {_cpu(p)} | "
+            f"{r['load'].split(' / ')[0]} |"
+        )
     by_set: dict[str, list] = {}
     for r in rows:
         by_set.setdefault(r["set"], []).append(r)
-    lines += ["", "| set | seeds | vitcli mean | plain mean | vitcli - plain | vitcli / plain time | verdict |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines += [
+        "",
+        "| set | seeds | vitcli mean | plain mean | vitcli - plain | vitcli / plain time | verdict |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for name, rs in by_set.items():
         vm = sum(r["vit"]["top1"] for r in rs) / len(rs)
         if any(r["plain"] is None for r in rs):  # --vitcli-only: nothing to compare with
@@ -307,11 +384,13 @@ def render(rows: list[dict], started: float, load_before: str) -> str:
         pm = sum(r["plain"]["top1"] for r in rs) / len(rs)
         t = sum(r["vit"]["seconds"] for r in rs) / sum(r["plain"]["seconds"] for r in rs)
         # compared at the 2 decimals every side reports (99.1667 % and 99.17 % are the same 238 of 240 images)
-        probe_ok = all(round(r["vit"]["top1"], 2) >= max(r["probe"]["ridge"], r["probe"]["logistic"])
-                       for r in rs if "probe" in r)
+        probe_ok = all(
+            round(r["vit"]["top1"], 2) >= max(r["probe"]["ridge"], r["probe"]["logistic"]) for r in rs if "probe" in r
+        )
         ok = round(vm, 2) >= round(pm, 2) and t <= 1.0 and probe_ok
-        lines.append(f"| {name} | {len(rs)} | {vm:.2f} | {pm:.2f} | {vm - pm:+.2f} | {t:.2f} | "
-                     f"{'met' if ok else 'NOT met'} |")
+        lines.append(
+            f"| {name} | {len(rs)} | {vm:.2f} | {pm:.2f} | {vm - pm:+.2f} | {t:.2f} | {'met' if ok else 'NOT met'} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -47,15 +47,25 @@ def main() -> None:
     model_dir = args.assets / "models" / NAME
     print(f"# {time.strftime('%Y-%m-%d %H:%M')}, {os.uname().machine}, load {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp, LocalHub({f"timm/{NAME}": model_dir}) as hub:
-        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": f"{tmp}/hf", "VIT_CACHE": f"{tmp}/vit",
-               "VIT_PROGRESS": "0"}
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.endpoint,
+            "HF_HOME": f"{tmp}/hf",
+            "VIT_CACHE": f"{tmp}/vit",
+            "VIT_PROGRESS": "0",
+        }
         env.pop("VIT_BACKEND", None)
         env.pop("VIT_COMPILE", None)
         predict = ["predict", "--model", NAME, "--json", "-k", "5", str(images)]
         runs, headers = [], []
         for step in ("first run", "after vit download", "after vit export"):
             if step == "after vit download":
-                print("$ vit download", NAME, "->", json.loads(vit("download", NAME, "--json", env=env).stdout)["fast_start"])
+                print(
+                    "$ vit download",
+                    NAME,
+                    "->",
+                    json.loads(vit("download", NAME, "--json", env=env).stdout)["fast_start"],
+                )
             if step == "after vit export":
                 vit("export", "--model", NAME, "-o", f"{tmp}/m.onnx", env=env)
                 print(f"$ vit export --model {NAME} -o m.onnx")
@@ -67,11 +77,24 @@ def main() -> None:
         print(f"three predict runs print identical answers: {identical}")
 
         out_dir = Path(tmp) / "eval"
-        done = vit("eval", "--model", NAME, "--data", str(images), "--labels", str(labels), "--json",
-                   "--out-dir", str(out_dir), env=env)
+        done = vit(
+            "eval",
+            "--model",
+            NAME,
+            "--data",
+            str(images),
+            "--labels",
+            str(labels),
+            "--json",
+            "--out-dir",
+            str(out_dir),
+            env=env,
+        )
         summary = json.loads(done.stdout)
-        print(f"eval: top-1 {summary['top1']:.2f} %, backend {summary['backend']}, device {summary['device']}, "
-              f"precision {summary['precision']}, accel {summary['accel']}")
+        print(
+            f"eval: top-1 {summary['top1']:.2f} %, backend {summary['backend']}, device {summary['device']}, "
+            f"precision {summary['precision']}, accel {summary['accel']}"
+        )
         predicted = {Path(r["path"]).name: r["predictions"][0]["index"] for r in map(json.loads, runs[0].splitlines())}
         rows = (out_dir / "predictions.csv").read_text().splitlines()[1:]
         evaluated = {Path(r.split(",")[0]).name: int(r.split(",")[2]) for r in rows}

@@ -34,14 +34,17 @@ def main():
     train_set = ImageFolder(f"{args.data}/train")
     model = timm.create_model(args.model, pretrained=True, num_classes=len(train_set.classes))
     cfg = resolve_data_config({}, model=model)
-    train_set.transform = create_transform(**cfg, is_training=True, scale=(0.25, 1.0), hflip=0.5,
-                                           color_jitter=None, auto_augment=None)
+    train_set.transform = create_transform(
+        **cfg, is_training=True, scale=(0.25, 1.0), hflip=0.5, color_jitter=None, auto_augment=None
+    )
     val_set = ImageFolder(f"{args.data}/val", transform=create_transform(**cfg))
-    loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=args.workers)
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=args.batch_size, shuffle=True, drop_last=True, num_workers=args.workers
+    )
     optimizer = create_optimizer_v2(model, "momentum", lr=args.lr, momentum=0.9, weight_decay=0.0)
-    scheduler = CosineLRScheduler(optimizer, t_initial=args.steps - args.warmup, warmup_t=args.warmup,
-                                  warmup_prefix=True, t_in_epochs=False)
+    scheduler = CosineLRScheduler(
+        optimizer, t_initial=args.steps - args.warmup, warmup_t=args.warmup, warmup_prefix=True, t_in_epochs=False
+    )
     criterion = torch.nn.CrossEntropyLoss()
 
     model.train()
@@ -69,8 +72,16 @@ def main():
         for x, y in torch.utils.data.DataLoader(val_set, batch_size=2 * args.batch_size, num_workers=args.workers):
             correct += (model(x).argmax(-1) == y).sum().item()
             total += len(y)
-    print(json.dumps({"steps": step, "img_s": round(images / train_seconds, 2),
-                      "val_top1": round(100 * correct / total, 2), "seconds": round(time.time() - start, 1)}))
+    print(
+        json.dumps(
+            {
+                "steps": step,
+                "img_s": round(images / train_seconds, 2),
+                "val_top1": round(100 * correct / total, 2),
+                "seconds": round(time.time() - start, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

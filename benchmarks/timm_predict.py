@@ -34,14 +34,22 @@ def main():
 
     with torch.no_grad():
         for start in range(0, len(paths), args.batch_size):
-            chunk = paths[start:start + args.batch_size]
+            chunk = paths[start : start + args.batch_size]
             batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in chunk])
             probs = model(batch).softmax(dim=-1)
             scores, classes = probs.topk(args.top_k, dim=-1)
             for path, srow, crow in zip(chunk, scores.tolist(), classes.tolist()):
-                print(json.dumps({"path": str(path), "predictions": [
-                    {"label": info.index_to_description(c), "index": c, "score": round(s, 6)}
-                    for s, c in zip(srow, crow)]}))
+                print(
+                    json.dumps(
+                        {
+                            "path": str(path),
+                            "predictions": [
+                                {"label": info.index_to_description(c), "index": c, "score": round(s, 6)}
+                                for s, c in zip(srow, crow)
+                            ],
+                        }
+                    )
+                )
 
 
 if __name__ == "__main__":

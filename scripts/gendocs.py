@@ -27,9 +27,13 @@ SHELLS = {"bash": "vit.bash", "zsh": "_vit", "fish": "vit.fish"}
 def completions() -> dict[Path, str]:
     from typer._completion_shared import get_completion_script
 
-    return {ROOT / "completions" / name: get_completion_script(prog_name="vit", complete_var="_VIT_COMPLETE",
-                                                               shell=shell).rstrip() + "\n"
-            for shell, name in SHELLS.items()}
+    return {
+        ROOT / "completions" / name: get_completion_script(
+            prog_name="vit", complete_var="_VIT_COMPLETE", shell=shell
+        ).rstrip()
+        + "\n"
+        for shell, name in SHELLS.items()
+    }
 
 
 def help_text(command: str) -> str:
@@ -74,11 +78,22 @@ def commands() -> list[str]:
 
 def reference() -> dict[Path, str]:
     names = commands()
-    parts = ["# Command reference", "",
-             ("Generated from the app by `python scripts/gendocs.py` (a test fails when it is stale): the "
-              "`--help` of every command, as a 100-column terminal shows it."), "",
-             "\n".join(f"- [`vit {n}`](#vit-{n.replace(' ', '-')})" for n in names), "",
-             "## `vit`", "", "```text", help_text(""), "```"]
+    parts = [
+        "# Command reference",
+        "",
+        (
+            "Generated from the app by `python scripts/gendocs.py` (a test fails when it is stale): the "
+            "`--help` of every command, as a 100-column terminal shows it."
+        ),
+        "",
+        "\n".join(f"- [`vit {n}`](#vit-{n.replace(' ', '-')})" for n in names),
+        "",
+        "## `vit`",
+        "",
+        "```text",
+        help_text(""),
+        "```",
+    ]
     for name in names:
         parts += ["", f"## `vit {name}`", "", "```text", help_text(name), "```"]
     return {REFERENCE: "\n".join(parts) + "\n"}

@@ -116,6 +116,7 @@ def assets() -> Path:
 @contextmanager
 def deadline(seconds: int):
     """Fail (instead of hanging the suite) when the block runs longer than `seconds`."""
+
     def alarm(*_):
         raise TimeoutError(f"still running after {seconds} s: a hang")
 

@@ -48,8 +48,7 @@ def git_blob_sha1(data: bytes) -> str:
 class Repo:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self.files = {p.relative_to(self.folder).as_posix(): p for p in sorted(self.folder.rglob("*"))
-                      if p.is_file()}
+        self.files = {p.relative_to(self.folder).as_posix(): p for p in sorted(self.folder.rglob("*")) if p.is_file()}
         digest = hashlib.sha1()
         self.sha256: dict[str, str] = {}
         for name, path in self.files.items():
@@ -62,8 +61,14 @@ class Repo:
 class LocalHub:
     """Start with `with LocalHub({"org/name": folder}) as hub:`; `hub.endpoint` is the HF_ENDPOINT."""
 
-    def __init__(self, repos: dict[str, Path] | None = None, host: str = "127.0.0.1", port: int = 0,
-                 writable: bool = False, storage: Path | None = None):
+    def __init__(
+        self,
+        repos: dict[str, Path] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        writable: bool = False,
+        storage: Path | None = None,
+    ):
         self.refs: dict[str, dict[str, Repo]] = {rid: {"main": Repo(f)} for rid, f in (repos or {}).items()}
         self.writable = writable
         self._own_storage = writable and storage is None
@@ -208,11 +213,11 @@ class LocalHub:
         rng = h.headers.get("Range")
         status = 200
         if rng and rng.startswith("bytes="):
-            a, _, b = rng[len("bytes="):].partition("-")
+            a, _, b = rng[len("bytes=") :].partition("-")
             start = int(a) if a else 0
             end = int(b) if b else len(data) - 1
             status = 206
-        chunk = data[start:end + 1]
+        chunk = data[start : end + 1]
         h.send_response(status)
         h.send_header("Content-Length", str(len(chunk)))
         h.send_header("Accept-Ranges", "bytes")
@@ -238,7 +243,6 @@ class LocalHub:
                 pass
             return
         h.wfile.write(chunk)
-
 
     # ------------------------------------------------------------------ writing (huggingface_hub's upload)
     def _json(self, h, status: int, payload: dict):
@@ -284,8 +288,15 @@ class LocalHub:
             return self._error(h, "RevisionNotFound", "Invalid rev id: " + revision)
         if action == "preupload":
             files = json.loads(data or b"{}").get("files", [])
-            return self._json(h, 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                                                  "oid": None} for f in files]})
+            return self._json(
+                h,
+                200,
+                {
+                    "files": [
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files
+                    ]
+                },
+            )
         if action == "commit":
             return self._commit(h, repo_id, revision, data)
         return self._error(h, "EntryNotFound", f"no such endpoint: POST {path}")
@@ -313,19 +324,38 @@ class LocalHub:
             else:  # lfsFile: never asked for (preupload answers "regular")
                 return self._error(h, "BadRequest", f"unsupported commit operation {key}", 400)
         repo = self.refs[repo_id][revision] = Repo(folder)
-        self.commits.append({"repo": repo_id, "revision": revision, "summary": summary, "added": added,
-                             "deleted": deleted, "oid": repo.commit})
-        return self._json(h, 200, {"success": True, "commitOid": repo.commit,
-                                   "commitUrl": f"{self.endpoint}/{repo_id}/commit/{repo.commit}"})
+        self.commits.append(
+            {
+                "repo": repo_id,
+                "revision": revision,
+                "summary": summary,
+                "added": added,
+                "deleted": deleted,
+                "oid": repo.commit,
+            }
+        )
+        return self._json(
+            h,
+            200,
+            {"success": True, "commitOid": repo.commit, "commitUrl": f"{self.endpoint}/{repo_id}/commit/{repo.commit}"},
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Serve local folders as Hugging Face Hub model repos.")
-    parser.add_argument("--repo", action="append", default=[], metavar="ORG/NAME=FOLDER",
-                        help="a repo id and the folder that holds its files (repeatable)")
+    parser.add_argument(
+        "--repo",
+        action="append",
+        default=[],
+        metavar="ORG/NAME=FOLDER",
+        help="a repo id and the folder that holds its files (repeatable)",
+    )
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--writable", action="store_true",
-                        help="also accept create-repo, pre-upload and commit requests (vit push, huggingface_hub)")
+    parser.add_argument(
+        "--writable",
+        action="store_true",
+        help="also accept create-repo, pre-upload and commit requests (vit push, huggingface_hub)",
+    )
     parser.add_argument("--storage", type=Path, help="where pushed repos are kept (default: a temporary folder)")
     args = parser.parse_args()
     if not args.repo and not args.writable:

@@ -21,6 +21,7 @@ CPU = Runtime(torch.device("cpu"), "fp32")
 
 # --- the private torch APIs: each is called here, so a torch release that changes one fails this file --------
 
+
 @pytest.mark.skipif(not torch_private.onednn_linear_available(), reason="this torch build has no oneDNN")
 def test_onednn_linear_is_linear_plus_gelu():
     x, w, b = torch.randn(6, 8), torch.randn(4, 8), torch.randn(4)
@@ -45,12 +46,17 @@ def test_no_private_torch_name_outside_torch_private():
     from pathlib import Path
 
     package = Path(accel.__file__).resolve().parents[1]
-    found = [str(p) for p in package.rglob("*.py") if p.name != "torch_private.py"
-             and any(s in p.read_text() for s in ("torch.ops.mkldnn", "torch._inductor", "_linear_pointwise"))]
+    found = [
+        str(p)
+        for p in package.rglob("*.py")
+        if p.name != "torch_private.py"
+        and any(s in p.read_text() for s in ("torch.ops.mkldnn", "torch._inductor", "_linear_pointwise"))
+    ]
     assert not found, found
 
 
 # --- the one cache ------------------------------------------------------------------------------------------
+
 
 def test_a_measurement_is_taken_once_recorded_with_its_date_and_cleared(monkeypatch, tmp_path):
     monkeypatch.setenv("VIT_CACHE", str(tmp_path))
@@ -76,6 +82,7 @@ def test_prepare_names_what_it_applied_and_chooses_the_same_every_time(monkeypat
 
 
 # --- vit info --------------------------------------------------------------------------------------------------
+
 
 def test_vit_info_json_has_versions_choices_measurements_and_caches(monkeypatch, tmp_path):
     monkeypatch.setenv("VIT_CACHE", str(tmp_path / "vit"))
@@ -103,6 +110,7 @@ def test_vit_info_json_has_versions_choices_measurements_and_caches(monkeypatch,
 
 # --- repeatable answers ----------------------------------------------------------------------------------------
 
+
 def test_predict_answers_do_not_change_after_download_and_export(make_images, tmp_path, monkeypatch):
     """Issue 23: the first and the later runs of one predict print the same, whatever copies appear."""
     from tests.hubserver import LocalHub
@@ -117,7 +125,9 @@ def test_predict_answers_do_not_change_after_download_and_export(make_images, tm
         outputs = [runner.invoke(app, predict)]
         assert runner.invoke(app, ["download", "hf-hub:org/tiny"]).exit_code == 0
         outputs.append(runner.invoke(app, predict))
-        assert runner.invoke(app, ["export", "--model", "hf-hub:org/tiny", "-o", str(tmp_path / "t.onnx")]).exit_code == 0
+        assert (
+            runner.invoke(app, ["export", "--model", "hf-hub:org/tiny", "-o", str(tmp_path / "t.onnx")]).exit_code == 0
+        )
         outputs.append(runner.invoke(app, predict))
     assert all(o.exit_code == 0 for o in outputs), [o.stderr for o in outputs]
     assert outputs[0].stdout == outputs[1].stdout == outputs[2].stdout
@@ -128,12 +138,28 @@ def test_predict_and_eval_give_every_image_the_same_top1(tiny_vit_dir, make_imag
     paths = make_images(7, folder=tmp_path / "val")
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"{p.name} {i % 3}\n" for i, p in enumerate(paths)))
-    pred = runner.invoke(app, ["predict", "--model", str(tiny_vit_dir), "--json", "-k", "1", "-b", "3",
-                               *map(str, paths)])
-    ev = runner.invoke(app, ["eval", "--model", str(tiny_vit_dir), "--data", str(tmp_path / "val"), "--labels",
-                             str(labels), "--out-dir", str(tmp_path / "out"), "--json"])
+    pred = runner.invoke(
+        app, ["predict", "--model", str(tiny_vit_dir), "--json", "-k", "1", "-b", "3", *map(str, paths)]
+    )
+    ev = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(tiny_vit_dir),
+            "--data",
+            str(tmp_path / "val"),
+            "--labels",
+            str(labels),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+    )
     assert pred.exit_code == 0 and ev.exit_code == 0, pred.stderr + ev.stderr
-    predicted = {r["path"].rsplit("/", 1)[-1]: r["predictions"][0]["index"] for r in map(json.loads, pred.stdout.splitlines())}
+    predicted = {
+        r["path"].rsplit("/", 1)[-1]: r["predictions"][0]["index"] for r in map(json.loads, pred.stdout.splitlines())
+    }
     rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()[1:]
     evaluated = {r.split(",")[0].rsplit("/", 1)[-1]: int(r.split(",")[2]) for r in rows}
     assert predicted == evaluated and len(predicted) == 7

@@ -18,8 +18,9 @@ def tiny_mixer_vit(mixer: str, num_classes: int = 5, **kwargs):
 
     torch.manual_seed(0)
     args = {**TINY_ARGS, **kwargs}
-    return load_model("vit_tiny_patch16_224", pretrained=False, token_mixer=mixer, num_classes=num_classes,
-                      **args).model
+    return load_model(
+        "vit_tiny_patch16_224", pretrained=False, token_mixer=mixer, num_classes=num_classes, **args
+    ).model
 
 
 @pytest.mark.parametrize("mixer", MIXERS)
@@ -126,8 +127,9 @@ def test_poolformer_token_mixers_per_stage_and_round_trip(tmp_path):
     from vitcli.models.resolver import load_model
 
     torch.manual_seed(0)
-    loaded = load_model("poolformer_s12", pretrained=False, num_classes=2,
-                        token_mixers="pooling,pooling,attention,attention")
+    loaded = load_model(
+        "poolformer_s12", pretrained=False, num_classes=2, token_mixers="pooling,pooling,attention,attention"
+    )
     model = loaded.model
     kinds = [type(stage.blocks[0].token_mixer).__name__ for stage in model.stages]
     assert kinds == ["Pooling", "Pooling", "AttentionNCHW", "AttentionNCHW"]

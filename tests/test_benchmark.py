@@ -23,18 +23,51 @@ def _timm_transform(data_config):
     return create_transform(**data_config, is_training=False)
 
 
-@pytest.mark.parametrize("config", [
-    dict(input_size=(3, 224, 224), interpolation="bicubic", crop_pct=0.9, crop_mode="center",
-         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
-    dict(input_size=(3, 32, 32), interpolation="bilinear", crop_pct=0.875, crop_mode="center",
-         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
-    dict(input_size=(3, 40, 56), interpolation="bicubic", crop_pct=0.95, crop_mode="center",
-         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),  # non-square: timm's ResizeKeepRatio
-    dict(input_size=(3, 48, 48), interpolation="bilinear", crop_pct=1.0, crop_mode="squash",
-         mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
-    dict(input_size=(3, 64, 64), interpolation="bicubic", crop_pct=1.2, crop_mode="center",
-         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),  # crop larger than the resize: black padding
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(
+            input_size=(3, 224, 224),
+            interpolation="bicubic",
+            crop_pct=0.9,
+            crop_mode="center",
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+        ),
+        dict(
+            input_size=(3, 32, 32),
+            interpolation="bilinear",
+            crop_pct=0.875,
+            crop_mode="center",
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+        ),
+        dict(
+            input_size=(3, 40, 56),
+            interpolation="bicubic",
+            crop_pct=0.95,
+            crop_mode="center",
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+        ),  # non-square: timm's ResizeKeepRatio
+        dict(
+            input_size=(3, 48, 48),
+            interpolation="bilinear",
+            crop_pct=1.0,
+            crop_mode="squash",
+            mean=(0.5, 0.5, 0.5),
+            std=(0.25, 0.25, 0.25),
+        ),
+        dict(
+            input_size=(3, 64, 64),
+            interpolation="bicubic",
+            crop_pct=1.2,
+            crop_mode="center",
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+        ),  # crop larger than the resize: black padding
+    ],
+)
 def test_eval_transform_equals_timm(config):
     import torch
 
@@ -65,8 +98,14 @@ def test_eval_transform_equals_timm_on_real_images(assets):
 def test_unsupported_preprocessing_falls_back_to_timm():
     from vitcli.data.transforms import EvalTransform, eval_transform, supports
 
-    border = dict(input_size=(3, 32, 32), interpolation="bicubic", crop_pct=0.9, crop_mode="border",
-                  mean=(0.5,) * 3, std=(0.5,) * 3)
+    border = dict(
+        input_size=(3, 32, 32),
+        interpolation="bicubic",
+        crop_pct=0.9,
+        crop_mode="border",
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+    )
     assert not supports(border)
     assert not isinstance(eval_transform(border), EvalTransform)
 
@@ -120,12 +159,36 @@ def test_flop_count_includes_attention():
 
 
 def test_benchmark_cli_json(tiny_vit_dir):
-    result = runner.invoke(app, ["benchmark", "--model", str(tiny_vit_dir), "--batch-size", "2", "--iters", "2",
-                                 "--warmup-iters", "0", "--train", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "benchmark",
+            "--model",
+            str(tiny_vit_dir),
+            "--batch-size",
+            "2",
+            "--iters",
+            "2",
+            "--warmup-iters",
+            "0",
+            "--train",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    for key in ("model", "batch_size", "img_s", "timm_img_s", "gflop_per_img", "ceiling_gflop_s",
-                "train_img_s", "timm_train_img_s", "latency_ms", "peak_mem_mb"):
+    for key in (
+        "model",
+        "batch_size",
+        "img_s",
+        "timm_img_s",
+        "gflop_per_img",
+        "ceiling_gflop_s",
+        "train_img_s",
+        "timm_train_img_s",
+        "latency_ms",
+        "peak_mem_mb",
+    ):
         assert key in out, key
     assert out["model"] == str(tiny_vit_dir) and out["batch_size"] == 2 and out["img_size"] == 32
     assert out["img_s"] > 0 and out["timm_img_s"] > 0 and out["ceiling_gflop_s"] > 0
@@ -134,7 +197,22 @@ def test_benchmark_cli_json(tiny_vit_dir):
 
 
 def test_benchmark_table_and_random_init():
-    result = runner.invoke(app, ["benchmark", "--model", "vit_tiny_patch16_224", "--random-init", "--img-size", "32",
-                                 "--batch-size", "1", "--iters", "1", "--warmup-iters", "0"])
+    result = runner.invoke(
+        app,
+        [
+            "benchmark",
+            "--model",
+            "vit_tiny_patch16_224",
+            "--random-init",
+            "--img-size",
+            "32",
+            "--batch-size",
+            "1",
+            "--iters",
+            "1",
+            "--warmup-iters",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "timm eager" in result.stdout and "ratio" in result.stdout and "32 px" in result.stdout

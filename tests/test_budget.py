@@ -34,9 +34,28 @@ def colours(tmp_path_factory) -> Path:
 def _default_finetune(model, data, project, *extra):
     """`vit finetune` with the quick recipe's defaults: only the model, data and batch size (the set has 48
     images) are given; no --steps, so the auto budget and the probe decide."""
-    return runner.invoke(app, ["finetune", "--model", str(model), "--dataset", str(data), "--recipe", "quick",
-                               "--batch-size", "8", "-j", "0", "--device", "cpu", "--project", str(project),
-                               "--json", *extra])
+    return runner.invoke(
+        app,
+        [
+            "finetune",
+            "--model",
+            str(model),
+            "--dataset",
+            str(data),
+            "--recipe",
+            "quick",
+            "--batch-size",
+            "8",
+            "-j",
+            "0",
+            "--device",
+            "cpu",
+            "--project",
+            str(project),
+            "--json",
+            *extra,
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------------------ the rule
@@ -102,8 +121,24 @@ def test_default_finetune_cut_by_the_probe_with_a_full_run_folder(tiny_vit_dir, 
 
 
 def test_dry_run_resolves_the_steps_and_says_when_it_cannot_estimate(tiny_vit_dir, colours, tmp_path):
-    result = runner.invoke(app, ["finetune", "--model", str(tiny_vit_dir), "--dataset", str(colours), "--recipe",
-                                 "quick", "--epochs", "2", "--batch-size", "8", "--dry-run", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--model",
+            str(tiny_vit_dir),
+            "--dataset",
+            str(colours),
+            "--recipe",
+            "quick",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--dry-run",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     printed = json.loads(result.stdout)
     assert printed["plan"]["steps"] == 12 and "steps_min" not in printed["plan"]  # 2 x 48 / 8
@@ -113,8 +148,21 @@ def test_dry_run_resolves_the_steps_and_says_when_it_cannot_estimate(tiny_vit_di
     config.write_text(result.stdout)  # the printed JSON is a config file (its plan is ignored)
     again = runner.invoke(app, ["finetune", "--config", str(config), "--dry-run", "--json"])
     assert again.exit_code == 0, again.output
-    human = runner.invoke(app, ["finetune", "--model", str(tiny_vit_dir), "--dataset", str(colours), "--recipe",
-                                "quick", "--batch-size", "8", "--dry-run"])
+    human = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--model",
+            str(tiny_vit_dir),
+            "--dataset",
+            str(colours),
+            "--recipe",
+            "quick",
+            "--batch-size",
+            "8",
+            "--dry-run",
+        ],
+    )
     assert human.exit_code == 0 and '"steps": null' in human.stdout and "plan: 8-" in human.stderr
     missing = runner.invoke(app, ["finetune", "--dataset", "pets", "--dry-run", "--json", "--offline"])
     assert missing.exit_code == 0, missing.output

@@ -72,16 +72,52 @@ def test_predict_reports_loader_and_model_throughput(tiny_vit_dir, make_images):
 
 
 def test_benchmark_json_gives_the_plain_fp32_loops_beside_bf16(tiny_vit_dir):
-    result = runner.invoke(app, ["benchmark", "--model", str(tiny_vit_dir), "--batch-size", "2", "--iters", "1",
-                                 "--warmup-iters", "0", "--train", "--precision", "bf16", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "benchmark",
+            "--model",
+            str(tiny_vit_dir),
+            "--batch-size",
+            "2",
+            "--iters",
+            "1",
+            "--warmup-iters",
+            "0",
+            "--train",
+            "--precision",
+            "bf16",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["precision"] == "bf16"
-    for key in ("timm_fp32_img_s", "speedup_vs_timm_fp32", "train_img_s", "timm_fp32_train_img_s",
-                "train_speedup_vs_timm_fp32"):
+    for key in (
+        "timm_fp32_img_s",
+        "speedup_vs_timm_fp32",
+        "train_img_s",
+        "timm_fp32_train_img_s",
+        "train_speedup_vs_timm_fp32",
+    ):
         assert out[key] > 0, key
-    fp32 = runner.invoke(app, ["benchmark", "--model", str(tiny_vit_dir), "--batch-size", "2", "--iters", "1",
-                               "--warmup-iters", "0", "--precision", "fp32", "--json"])
+    fp32 = runner.invoke(
+        app,
+        [
+            "benchmark",
+            "--model",
+            str(tiny_vit_dir),
+            "--batch-size",
+            "2",
+            "--iters",
+            "1",
+            "--warmup-iters",
+            "0",
+            "--precision",
+            "fp32",
+            "--json",
+        ],
+    )
     out = json.loads(fp32.stdout)
     assert out["timm_fp32_img_s"] == out["timm_img_s"]  # in fp32 the timm loop is the fp32 loop
 
@@ -99,8 +135,15 @@ def test_channels_last_where_measured_faster_for_convolutional_models(monkeypatc
 
     vit = make_tiny_vit(10)
     assert not layout.apply(vit, CPU)  # one convolution: never measured, never converted
-    pool = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AvgPool2d(3, 1, 1), nn.Conv2d(8, 8, 1), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()  # a PoolFormer-ish net
+    pool = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.AvgPool2d(3, 1, 1),
+        nn.Conv2d(8, 8, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    ).eval()  # a PoolFormer-ish net
     pool.pretrained_cfg = {"architecture": "tiny_pool", "input_size": (3, 32, 32)}
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():

@@ -18,11 +18,13 @@ runner = CliRunner()
 
 def test_yaml_config_file_is_read_like_toml(tmp_path):
     yaml_file = tmp_path / "run.yaml"
-    yaml_file.write_text("# a timm-style file\ndataset: pets\nrecipe: paper\nlr: 1e-3\nsteps: 40\n"
-                         "betas: [0.8, 0.95]\nname: pets-a\n")
+    yaml_file.write_text(
+        "# a timm-style file\ndataset: pets\nrecipe: paper\nlr: 1e-3\nsteps: 40\nbetas: [0.8, 0.95]\nname: pets-a\n"
+    )
     toml_file = tmp_path / "run.toml"
-    toml_file.write_text('dataset = "pets"\nrecipe = "paper"\nlr = 1e-3\nsteps = 40\nbetas = [0.8, 0.95]\n'
-                         'name = "pets-a"\n')
+    toml_file.write_text(
+        'dataset = "pets"\nrecipe = "paper"\nlr = 1e-3\nsteps = 40\nbetas = [0.8, 0.95]\nname = "pets-a"\n'
+    )
     from_yaml, from_toml = resolve("train", {}, yaml_file), resolve("train", {}, toml_file)
     assert from_yaml == from_toml
     assert from_yaml.lr == 0.001 and from_yaml.betas == (0.8, 0.95) and from_yaml.steps == 40
@@ -50,8 +52,9 @@ def test_bad_yaml_is_one_line(tmp_path):
 def test_device_index_means_cuda_and_j_means_workers(tmp_path):
     assert canonical("0") == "cuda:0" and canonical(" 1 ") == "cuda:1"
     assert canonical("cpu") == "cpu" and canonical(None) == "auto" and canonical("CUDA:2") == "cuda:2"
-    result = runner.invoke(app, ["finetune", "--dataset", "pets", "--steps", "2", "--device", "0", "-j", "3",
-                                 "--dry-run", "--json"])
+    result = runner.invoke(
+        app, ["finetune", "--dataset", "pets", "--steps", "2", "--device", "0", "-j", "3", "--dry-run", "--json"]
+    )
     assert result.exit_code == 0, result.output
     cfg = json.loads(result.stdout)
     assert cfg["device"] == "cuda:0" and cfg["workers"] == 3

@@ -23,7 +23,8 @@ def make_tree(root: Path, splits: dict[str, dict[str, int]], size=(24, 24)) -> P
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
-                    folder / f"{cls}{i}.png")
+                    folder / f"{cls}{i}.png"
+                )
     return root
 
 
@@ -128,8 +129,7 @@ def _fake_pets(root: Path) -> None:
     for breed, label, species in breeds:
         for i in range(1, 13):
             image_id = f"{breed}_{i}"
-            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(
-                base / "images" / f"{image_id}.jpg")
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(base / "images" / f"{image_id}.jpg")
             lines["trainval" if i <= 10 else "test"].append(f"{image_id} {label} {species} 1")
     for split, rows in lines.items():
         (base / "annotations" / f"{split}.txt").write_text("\n".join(rows) + "\n")

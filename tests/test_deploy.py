@@ -41,8 +41,9 @@ def export(*args) -> dict:
 
 
 def predict(model, *paths) -> list[dict]:
-    result = runner.invoke(app, ["predict", "--model", str(model), "--json", "-k", "2", *map(str, paths)],
-                           env={"VIT_EXPORT": "0"})
+    result = runner.invoke(
+        app, ["predict", "--model", str(model), "--json", "-k", "2", *map(str, paths)], env={"VIT_EXPORT": "0"}
+    )
     assert result.exit_code == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
 
@@ -70,8 +71,9 @@ def test_openvino_export_predicts_and_evaluates_like_torch(model_dir, images, tm
     assert [p["predictions"][0]["index"] for p in ours] == [p["predictions"][0]["index"] for p in ref]
     assert ours[0]["predictions"][0]["score"] == pytest.approx(ref[0]["predictions"][0]["score"], abs=1e-4)
     assert (ours[0]["backend"], ours[0]["precision"]) == ("openvino", "fp32")
-    result = runner.invoke(app, ["eval", "--model", str(out), "--data", str(images), "--labels",
-                                 str(images / "labels.txt"), "--json"])
+    result = runner.invoke(
+        app, ["eval", "--model", str(out), "--data", str(images), "--labels", str(images / "labels.txt"), "--json"]
+    )
     assert result.exit_code == 0, result.stderr
     metrics = json.loads(result.stdout)
     assert (metrics["backend"], metrics["precision"]) == ("openvino", "fp32")
@@ -85,12 +87,15 @@ def test_a_pt2_file_is_a_model_and_an_export_below_the_threshold_is_refused(mode
     out = tmp_path / "tiny.pt2"
     wrong = check.file_top1
     monkeypatch.setattr(check, "file_top1", lambda run, imgs: (wrong(run, imgs) + 1) % 5)  # every top-1 changed
-    result = runner.invoke(app, ["export", "--model", str(model_dir), "-f", "pt2", "--check", str(images),
-                                 "-o", str(out)])
+    result = runner.invoke(
+        app, ["export", "--model", str(model_dir), "-f", "pt2", "--check", str(images), "-o", str(out)]
+    )
     assert result.exit_code == 1 and "0/12 images" in result.stderr and "--force" in result.stderr
     assert not out.exists()
-    result = runner.invoke(app, ["export", "--model", str(model_dir), "-f", "pt2", "--check", str(images),
-                                 "-o", str(out), "--force", "--json"])
+    result = runner.invoke(
+        app,
+        ["export", "--model", str(model_dir), "-f", "pt2", "--check", str(images), "-o", str(out), "--force", "--json"],
+    )
     assert result.exit_code == 0 and "KEPT BELOW THE THRESHOLD" in result.stderr and json.loads(result.stdout)["forced"]
     monkeypatch.setattr(check, "file_top1", wrong)
     path = min(images.glob("*.png"))
@@ -125,13 +130,16 @@ def test_fp16_copy_and_the_int8_search_over_layer_groups(model_dir, images, tmp_
     assert sum("only the 2 linears of shape" in m for m in said) == 4  # qkv, proj, fc1, fc2 of 2 blocks
 
 
-@pytest.mark.parametrize("args, words", [
-    (["-f", "pt2", "--quantize", "int8"], "--format onnx"),
-    (["--quantize", "int8", "--half"], "do not go together"),
-    (["--calib", "."], "--calib is for --quantize int8"),
-    (["--quantize", "int4"], "use int8"),
-    (["-f", "openvino", "-o", "x.onnx"], "ends in .xml"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["-f", "pt2", "--quantize", "int8"], "--format onnx"),
+        (["--quantize", "int8", "--half"], "do not go together"),
+        (["--calib", "."], "--calib is for --quantize int8"),
+        (["--quantize", "int4"], "use int8"),
+        (["-f", "openvino", "-o", "x.onnx"], "ends in .xml"),
+    ],
+)
 def test_export_options_that_do_not_go_together(model_dir, args, words):
     result = runner.invoke(app, ["export", "--model", str(model_dir), *args])
     assert result.exit_code == 2 and words in result.stderr, result.stderr
@@ -139,9 +147,27 @@ def test_export_options_that_do_not_go_together(model_dir, args, words):
 
 def test_benchmark_formats_gives_one_row_per_format(model_dir, images):
     pytest.importorskip("openvino")
-    result = runner.invoke(app, ["benchmark", "--model", str(model_dir), "--formats", "torch,onnx,onnx-int8,openvino",
-                                 "--data", str(images), "--labels", str(images / "labels.txt"), "--iters", "2",
-                                 "--warmup-iters", "1", "--batch-size", "4", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "benchmark",
+            "--model",
+            str(model_dir),
+            "--formats",
+            "torch,onnx,onnx-int8,openvino",
+            "--data",
+            str(images),
+            "--labels",
+            str(images / "labels.txt"),
+            "--iters",
+            "2",
+            "--warmup-iters",
+            "1",
+            "--batch-size",
+            "4",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
     rows = {row["format"]: row for row in report["rows"]}
@@ -163,9 +189,23 @@ def test_the_real_vit_ti_in_int8_and_openvino_agrees_with_fp32_on_the_val_images
     pytest.importorskip("openvino")
     model = assets / "models" / REAL
     val = assets / "images" / "imagenet-val-100"
-    result = runner.invoke(app, ["benchmark", "--model", str(model), "--formats", "torch,onnx,onnx-int8,openvino",
-                                 "--data", str(val / "images"), "--labels", str(val / "labels.txt"), "--iters", "3",
-                                 "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "benchmark",
+            "--model",
+            str(model),
+            "--formats",
+            "torch,onnx,onnx-int8,openvino",
+            "--data",
+            str(val / "images"),
+            "--labels",
+            str(val / "labels.txt"),
+            "--iters",
+            "3",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     rows = {row["format"]: row for row in json.loads(result.stdout)["rows"]}
     # dynamic int8, the linears kept in float chosen on these images (docs/deploy-formats.md)

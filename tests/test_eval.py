@@ -61,8 +61,21 @@ def test_top1_top5_equal_timms_pipeline(tiny_vit_dir, tmp_path):
     # half the targets are timm's top-1 (so top-1 is not trivially 0), the rest arbitrary
     targets = [int(c) if i % 2 == 0 else (i * 7) % 10 for i, c in enumerate(ref.argmax(1))]
     labels = _labels_file(tmp_path / "labels.txt", [p.name for p in paths], targets)
-    result = _run("--model", tiny_vit_dir, "--data", tmp_path / "val", "--labels", labels, "--json",
-                  "--batch-size", 5, "--workers", 0, "--precision", "fp32")  # exact fp32, as timm's
+    result = _run(
+        "--model",
+        tiny_vit_dir,
+        "--data",
+        tmp_path / "val",
+        "--labels",
+        labels,
+        "--json",
+        "--batch-size",
+        5,
+        "--workers",
+        0,
+        "--precision",
+        "fp32",
+    )  # exact fp32, as timm's
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     t1, t5 = accuracy(ref, torch.tensor(targets), topk=(1, 5))
@@ -81,8 +94,9 @@ def test_flat_folder_artefacts_and_unreadable_images(tiny_vit_dir, tmp_path):
     names = [p.name for p in paths] + ["broken.jpg", "missing.png"]
     labels = _labels_file(tmp_path / "labels.txt", names, [0, 1, 2, 3, 4, 5, 6, 7])
     out = tmp_path / "out"
-    result = _run("--model", tiny_vit_dir, "--data", tmp_path / "val", "--labels", labels, "--out-dir", out,
-                  "--workers", 0)
+    result = _run(
+        "--model", tiny_vit_dir, "--data", tmp_path / "val", "--labels", labels, "--out-dir", out, "--workers", 0
+    )
     assert result.exit_code == 1, result.stderr  # the numbers stand; the exit code says two images were not read
     assert "top-1" in result.stdout and "ECE" in result.stdout
     assert "broken.jpg" in result.stderr and "missing.png" in result.stderr
@@ -164,8 +178,19 @@ def test_real_labels(tiny_vit_dir, tmp_path):
     # real.json covers val images 1..5: image 2 has its prediction among the real labels, 4 not, 5 none
     real = [[0], [preds[0], 9], [0], [(preds[1] + 1) % 10], []]
     (tmp_path / "real.json").write_text(json.dumps(real))
-    result = _run("--model", tiny_vit_dir, "--data", tmp_path / "val", "--labels", labels,
-                  "--real-labels", tmp_path / "real.json", "--json", "--workers", 0)
+    result = _run(
+        "--model",
+        tiny_vit_dir,
+        "--data",
+        tmp_path / "val",
+        "--labels",
+        labels,
+        "--real-labels",
+        tmp_path / "real.json",
+        "--json",
+        "--workers",
+        0,
+    )
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["top1"] == 0.0
@@ -177,8 +202,9 @@ def test_core_run_without_cli(tiny_vit_dir, tmp_path):
     from vitcli.inference.opened import open_model
 
     paths = _images(tmp_path / "val", 4)
-    split = splits.open_labelled_folder(tmp_path / "val", _labels_file(tmp_path / "l.txt", [p.name for p in paths],
-                                                                        [0, 0, 1, 1]))
+    split = splits.open_labelled_folder(
+        tmp_path / "val", _labels_file(tmp_path / "l.txt", [p.name for p in paths], [0, 0, 1, 1])
+    )
     opened = open_model(str(tiny_vit_dir), device="cpu", precision="auto")
     result = evaluate.run(opened, split, batch_size=3, workers=0)
     assert result.summary["num_images"] == 4
@@ -194,8 +220,17 @@ def test_real_vit_ti_on_imagenet_val_from_local_hub(assets, monkeypatch):
     image_dir = assets / "images" / "imagenet-val-100"
     with LocalHub({"timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k": model_dir}) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
-        result = _run("--model", "vit_tiny_patch16_224.augreg_in21k_ft_in1k", "--data", image_dir / "images",
-                      "--labels", image_dir / "labels.txt", "--json", "--device", "cpu")
+        result = _run(
+            "--model",
+            "vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+            "--data",
+            image_dir / "images",
+            "--labels",
+            image_dir / "labels.txt",
+            "--json",
+            "--device",
+            "cpu",
+        )
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["num_images"] == 100 and summary["num_failed"] == 0
@@ -208,12 +243,23 @@ def test_predict_and_eval_give_the_same_top1_on_every_real_val_image(assets, tmp
     monkeypatch.setenv("VIT_EXPORT", "0")  # the plain path on both sides (the fast-start copy has its own test)
     model = str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k")
     image_dir = assets / "images" / "imagenet-val-100"
-    predicted = runner.invoke(app, ["predict", "--model", model, "--json", "--device", "cpu", "-k", "1",
-                                    str(image_dir / "images")])
+    predicted = runner.invoke(
+        app, ["predict", "--model", model, "--json", "--device", "cpu", "-k", "1", str(image_dir / "images")]
+    )
     assert predicted.exit_code == 0, predicted.stderr
     top1 = {Path(r["path"]).name: r["predictions"][0] for r in map(json.loads, predicted.stdout.splitlines())}
-    result = _run("--model", model, "--data", image_dir / "images", "--labels", image_dir / "labels.txt",
-                  "--device", "cpu", "--out-dir", tmp_path / "out")
+    result = _run(
+        "--model",
+        model,
+        "--data",
+        image_dir / "images",
+        "--labels",
+        image_dir / "labels.txt",
+        "--device",
+        "cpu",
+        "--out-dir",
+        tmp_path / "out",
+    )
     assert result.exit_code == 0, result.stderr
     rows = {Path(r["path"]).name: r for r in csv.DictReader(open(tmp_path / "out" / "predictions.csv"))}
     assert len(top1) == len(rows) == 100

@@ -43,23 +43,29 @@ def predictions(result) -> dict:
 
 def in_subprocess(args: list[str], env: dict) -> dict:
     """`vit ARGS` in a fresh interpreter: its JSON lines and whether torch / timm were imported."""
-    code = ("import sys, json; from typer.testing import CliRunner; from vitcli.cli import app; "
-            f"r = CliRunner().invoke(app, {args!r}); "
-            "print(json.dumps({'exit': r.exit_code, 'out': r.stdout, 'err': r.stderr, "
-            "'torch': 'torch' in sys.modules, 'timm': 'timm' in sys.modules}))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=180,
-                          env={**os.environ, **env})
+    code = (
+        "import sys, json; from typer.testing import CliRunner; from vitcli.cli import app; "
+        f"r = CliRunner().invoke(app, {args!r}); "
+        "print(json.dumps({'exit': r.exit_code, 'out': r.stdout, 'err': r.stderr, "
+        "'torch': 'torch' in sys.modules, 'timm': 'timm' in sys.modules}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=180, env={**os.environ, **env}
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_the_onnx_file_alone_predicts_as_the_torch_model_without_torch(model_dir, onnx_file, make_images, tmp_path):
     images = [str(p) for p in make_images(4, size=(50, 37))]
-    torch_side = runner.invoke(app, ["predict", "--model", str(model_dir), "--json", "-k", "3", "--precision", "fp32",
-                                     *images],
-                               env={"VIT_EXPORT": "0"})
-    onnx_side = in_subprocess(["predict", "--model", str(onnx_file), "--json", "-k", "3", *images],
-                              {"VIT_CACHE": str(tmp_path / "c")})
+    torch_side = runner.invoke(
+        app,
+        ["predict", "--model", str(model_dir), "--json", "-k", "3", "--precision", "fp32", *images],
+        env={"VIT_EXPORT": "0"},
+    )
+    onnx_side = in_subprocess(
+        ["predict", "--model", str(onnx_file), "--json", "-k", "3", *images], {"VIT_CACHE": str(tmp_path / "c")}
+    )
     assert onnx_side["exit"] == 0 and not onnx_side["torch"] and not onnx_side["timm"], onnx_side["err"]
     ours = {Path(r["path"]).name: r for r in map(json.loads, onnx_side["out"].splitlines())}
     for name, ref in predictions(torch_side).items():
@@ -71,13 +77,16 @@ def test_the_onnx_file_alone_predicts_as_the_torch_model_without_torch(model_dir
     for image in images:
         Path(tmp_path / "val" / "k1" / Path(image).name).write_bytes(Path(image).read_bytes())
     a = runner.invoke(app, ["eval", "--model", str(onnx_file), "--data", str(tmp_path / "val"), "--json"])
-    b = runner.invoke(app, ["eval", "--model", str(model_dir), "--data", str(tmp_path / "val"), "--json",
-                            "--precision", "fp32"])
+    b = runner.invoke(
+        app, ["eval", "--model", str(model_dir), "--data", str(tmp_path / "val"), "--json", "--precision", "fp32"]
+    )
     assert a.exit_code == b.exit_code == 0, a.stderr + b.stderr
     assert json.loads(a.stdout)["top1"] == json.loads(b.stdout)["top1"]
     assert abs(json.loads(a.stdout)["loss"] - json.loads(b.stdout)["loss"]) < 1e-4
-    bench = runner.invoke(app, ["benchmark", "--model", str(onnx_file), "--iters", "1", "--warmup-iters", "0",
-                                "--batch-size", "2", "--json"])
+    bench = runner.invoke(
+        app,
+        ["benchmark", "--model", str(onnx_file), "--iters", "1", "--warmup-iters", "0", "--batch-size", "2", "--json"],
+    )
     assert bench.exit_code == 0 and json.loads(bench.stdout)["img_s"] > 0, bench.stderr
 
 
@@ -201,8 +210,10 @@ def web(tmp_path, make_images):
     root = tmp_path / "www"
     make_images(2, folder=root, size=(50, 37))
     (root / "notes.txt").write_text("not an image")
-    servers = [ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root))),
-               ThreadingHTTPServer(("127.0.0.1", 0), _Redirects)]
+    servers = [
+        ThreadingHTTPServer(("127.0.0.1", 0), partial(_Quiet, directory=str(root))),
+        ThreadingHTTPServer(("127.0.0.1", 0), _Redirects),
+    ]
     for s in servers:
         threading.Thread(target=s.serve_forever, daemon=True).start()
     yield root, *(f"http://127.0.0.1:{s.server_address[1]}" for s in servers)
@@ -225,8 +236,11 @@ def test_a_url_predicts_as_the_local_file_and_a_bad_url_is_an_error_record(model
         closed = f"http://127.0.0.1:{s.getsockname()[1]}/x.jpg"
     url = f"{base}/img001.png"
     args = ["predict", "--model", str(model_dir), "--json", "--device", "cpu"]
-    result = runner.invoke(app, args + [url, str(root / "img001.png"), closed, f"{base}/notes.txt",
-                                        f"{base}/missing.png", f"{loops}/a.png"], env={"VIT_EXPORT": "0"})
+    result = runner.invoke(
+        app,
+        args + [url, str(root / "img001.png"), closed, f"{base}/notes.txt", f"{base}/missing.png", f"{loops}/a.png"],
+        env={"VIT_EXPORT": "0"},
+    )
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert records[0]["path"] == url and records[0]["predictions"] == records[1]["predictions"]
@@ -240,8 +254,9 @@ def test_stdin_and_a_list_file(model_dir, web, tmp_path):
     listing = tmp_path / "inputs.txt"
     listing.write_text(f"# images to do\n{root / 'img000.png'}\n\n{base}/img001.png\n")
     args = ["predict", "--model", str(model_dir), "--json", "--device", "cpu"]
-    result = runner.invoke(app, args + ["-", "--list", str(listing)], input=(root / "img001.png").read_bytes(),
-                           env={"VIT_EXPORT": "0"})
+    result = runner.invoke(
+        app, args + ["-", "--list", str(listing)], input=(root / "img001.png").read_bytes(), env={"VIT_EXPORT": "0"}
+    )
     assert result.exit_code == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["path"] for r in records] == ["-", str(root / "img000.png"), f"{base}/img001.png"]
@@ -257,8 +272,11 @@ def test_the_real_vit_ti_through_onnx_matches_torch_fp32_on_the_val_images(asset
     out = tmp_path / "vit_ti.onnx"
     assert runner.invoke(app, ["export", "--model", str(model), "-o", str(out)]).exit_code == 0
     a = runner.invoke(app, ["predict", "--model", str(out), "--json", images])
-    b = runner.invoke(app, ["predict", "--model", str(model), "--json", "--device", "cpu", "--precision", "fp32",
-                            images], env={"VIT_EXPORT": "0"})
+    b = runner.invoke(
+        app,
+        ["predict", "--model", str(model), "--json", "--device", "cpu", "--precision", "fp32", images],
+        env={"VIT_EXPORT": "0"},
+    )
     ours, ref = predictions(a), predictions(b)
     assert len(ref) == 100
     same = sum(ours[k]["predictions"][0]["index"] == ref[k]["predictions"][0]["index"] for k in ref)

@@ -90,8 +90,22 @@ def _tree(root: Path, splits: dict[str, int], classes=("red", "blue", "green")) 
 def test_cli_few_shot_and_feature_cache(tiny_vit_dir, tmp_path):
     tree = _tree(tmp_path / "colours", {"train": 6, "val": 4})
     (tree / "val" / "red" / "broken.png").write_bytes(b"not a png")
-    args = ["eval", "--model", str(tiny_vit_dir), "--dataset", str(tree), "--few-shot", "1,3", "--seeds", "2",
-            "--l2", "1024,4", "--json", "--workers", "0"]
+    args = [
+        "eval",
+        "--model",
+        str(tiny_vit_dir),
+        "--dataset",
+        str(tree),
+        "--few-shot",
+        "1,3",
+        "--seeds",
+        "2",
+        "--l2",
+        "1024,4",
+        "--json",
+        "--workers",
+        "0",
+    ]
     first = runner.invoke(app, args)
     assert first.exit_code == 1, first.stderr  # one unreadable image: the numbers stand, the exit code says so
     a = json.loads(first.stdout)
@@ -125,31 +139,77 @@ def test_feature_cache_lives_in_the_vit_cache(tiny_vit_dir, tmp_path, monkeypatc
     source = splits.open_source(str(tree))
     train, test = splits.dataset_split(source, "train"), splits.dataset_split(source, "test")
     loaded = load_model(str(tiny_vit_dir))
-    result = fewshot.run(loaded, runtime("cpu"), train, test, shots=[2], seeds=1, l2=[fewshot.DEFAULT_L2],
-                         batch_size=64, workers=0, use_cache=True)
+    result = fewshot.run(
+        loaded,
+        runtime("cpu"),
+        train,
+        test,
+        shots=[2],
+        seeds=1,
+        l2=[fewshot.DEFAULT_L2],
+        batch_size=64,
+        workers=0,
+        use_cache=True,
+    )
     files = list((tmp_path / "cache" / "features").glob("*.pt"))
     assert len(files) == 2 and result["forward_passes"] == 6 + 6
     # a different preprocessing is a different cache entry
     loaded.data_config = {**loaded.data_config, "crop_pct": 1.0}
-    again = fewshot.run(loaded, runtime("cpu"), train, test, shots=[2], seeds=1, l2=[fewshot.DEFAULT_L2],
-                         batch_size=64, workers=0, use_cache=True)
+    again = fewshot.run(
+        loaded,
+        runtime("cpu"),
+        train,
+        test,
+        shots=[2],
+        seeds=1,
+        l2=[fewshot.DEFAULT_L2],
+        batch_size=64,
+        workers=0,
+        use_cache=True,
+    )
     assert again["forward_passes"] == 12 and len(list((tmp_path / "cache" / "features").glob("*.pt"))) == 4
 
 
 def test_few_shot_needs_a_training_split(tiny_vit_dir, tmp_path):
     (tmp_path / "val").mkdir()
     (tmp_path / "l.txt").write_text("a.png 0\n")
-    result = runner.invoke(app, ["eval", "--model", str(tiny_vit_dir), "--data", str(tmp_path / "val"),
-                                 "--labels", str(tmp_path / "l.txt"), "--few-shot", "5"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(tiny_vit_dir),
+            "--data",
+            str(tmp_path / "val"),
+            "--labels",
+            str(tmp_path / "l.txt"),
+            "--few-shot",
+            "5",
+        ],
+    )
     assert result.exit_code == 2 and "training split" in result.stderr
 
 
 @pytest.mark.slow
 def test_real_vit_ti_five_shot_hymenoptera(assets):
     """Acceptance: 5-shot ridge on frozen ViT-Ti features, train -> val, >= 85 % over 3 seeds."""
-    result = runner.invoke(app, ["eval", "--model", str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
-                                 "--dataset", str(assets / "datasets" / "hymenoptera"), "--few-shot", "5",
-                                 "--seeds", "3", "--json", "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
+            "--dataset",
+            str(assets / "datasets" / "hymenoptera"),
+            "--few-shot",
+            "5",
+            "--seeds",
+            "3",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     r = json.loads(result.stdout)
     five = r["few_shot"]["5"]

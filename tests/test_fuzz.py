@@ -51,10 +51,15 @@ def bad_corpus(folder: Path, seed: int = 0) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     jpeg, png = _encoded("JPEG", rng, quality=90), _encoded("PNG", rng)
     files: dict[str, bytes] = {
-        "empty.jpg": b"", "text.png": b"just some text\n", "random.jpg": rng.bytes(3000),
-        "truncated.jpg": jpeg[: len(jpeg) // 3], "truncated.png": png[: len(png) // 2],
-        "header_only.png": png[:33], "eps.jpg": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\nshowpage\n",
-        "heic.heic": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "gzip.png": b"\x1f\x8b\x08\x00" + rng.bytes(64),
+        "empty.jpg": b"",
+        "text.png": b"just some text\n",
+        "random.jpg": rng.bytes(3000),
+        "truncated.jpg": jpeg[: len(jpeg) // 3],
+        "truncated.png": png[: len(png) // 2],
+        "header_only.png": png[:33],
+        "eps.jpg": b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\nshowpage\n",
+        "heic.heic": b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic",
+        "gzip.png": b"\x1f\x8b\x08\x00" + rng.bytes(64),
         "bomb.png": png[:16] + (60000).to_bytes(4, "big") + (60000).to_bytes(4, "big") + png[24:],
         "zip.jpg": b"PK\x03\x04" + rng.bytes(100),
     }
@@ -69,9 +74,14 @@ def bad_corpus(folder: Path, seed: int = 0) -> list[Path]:
     for name, data in files.items():
         (folder / name).write_bytes(data)
         paths.append(folder / name)
-    odd = {"one_pixel.png": Image.new("RGB", (1, 1)), "grey16.png": Image.new("I;16", (20, 20)),
-           "cmyk.jpg": Image.new("CMYK", (20, 20)), "palette.gif": Image.new("P", (20, 20)),
-           "huge_aspect.png": Image.new("RGB", (2000, 2)), "rgba.png": Image.new("RGBA", (20, 20))}
+    odd = {
+        "one_pixel.png": Image.new("RGB", (1, 1)),
+        "grey16.png": Image.new("I;16", (20, 20)),
+        "cmyk.jpg": Image.new("CMYK", (20, 20)),
+        "palette.gif": Image.new("P", (20, 20)),
+        "huge_aspect.png": Image.new("RGB", (2000, 2)),
+        "rgba.png": Image.new("RGBA", (20, 20)),
+    }
     for name, image in odd.items():
         image.save(folder / name)
         paths.append(folder / name)
@@ -87,16 +97,43 @@ def test_predict_and_visualize_survive_the_corpus(tiny_vit_dir, tmp_path, monkey
     monkeypatch.setenv("VIT_MAX_IMAGE_PIXELS", "100000000")
     corpus = tmp_path / "corpus"
     files = bad_corpus(corpus)
-    result = check(["predict", "--model", tiny_vit_dir, "--json", "--batch-size", "5", corpus, *files[:3],
-                    tmp_path / "nope.jpg", str(tmp_path / "*.none")], 1, json_lines=True)
+    result = check(
+        [
+            "predict",
+            "--model",
+            tiny_vit_dir,
+            "--json",
+            "--batch-size",
+            "5",
+            corpus,
+            *files[:3],
+            tmp_path / "nope.jpg",
+            str(tmp_path / "*.none"),
+        ],
+        1,
+        json_lines=True,
+    )
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) >= len(files) - 1
     assert all(("predictions" in r) != ("error" in r) for r in records)
     assert sum("predictions" in r for r in records) >= 9  # every readable odd-but-valid image was predicted
     check(["predict", "--model", tiny_vit_dir, corpus], 1)  # the table, for people
     check(["predict", "--model", tiny_vit_dir, "-o", tmp_path / "out.csv", corpus], 1)
-    check(["visualize", "--attention-map", "--attention-distance", "--model", tiny_vit_dir, "--out-dir",
-           tmp_path / "vis", "--json", corpus], 1, json_lines=True)
+    check(
+        [
+            "visualize",
+            "--attention-map",
+            "--attention-distance",
+            "--model",
+            tiny_vit_dir,
+            "--out-dir",
+            tmp_path / "vis",
+            "--json",
+            corpus,
+        ],
+        1,
+        json_lines=True,
+    )
 
 
 def test_eval_and_train_survive_a_tree_of_bad_files(tiny_vit_dir, tmp_path):
@@ -109,23 +146,70 @@ def test_eval_and_train_survive_a_tree_of_bad_files(tiny_vit_dir, tmp_path):
     check(["eval", "--model", tiny_vit_dir, "--data", tree / "val", "--json"], 1, json_lines=True)
     check(["eval", "--model", tiny_vit_dir, "--dataset", tree, "--few-shot", "1,2", "--json"], 1, json_lines=True)
     # training skips what it cannot read (counted in the summary) and finishes
-    check(["finetune", "--model", tiny_vit_dir, "--dataset", tree, "--steps", "1", "--batch-size", "4",
-           "--workers", "0", "--project", tmp_path / "runs", "--json"], 0, json_lines=True, timeout=240)
+    check(
+        [
+            "finetune",
+            "--model",
+            tiny_vit_dir,
+            "--dataset",
+            tree,
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--project",
+            tmp_path / "runs",
+            "--json",
+        ],
+        0,
+        json_lines=True,
+        timeout=240,
+    )
 
 
 BAD_NUMBERS = ["0", "-1", "nan", "inf", "-inf", "1e400", "abc", "", "1.5", "99999999999999999999"]
-NUMERIC_FLAGS = ["--steps", "--epochs", "--lr", "--batch-size", "--warmup", "--img-size", "--weight-decay",
-                 "--clip-grad", "--label-smoothing", "--val-split", "--eval-every", "--save-every", "--seed",
-                 "--accum", "--workers", "--drop-path", "--patch-size"]
+NUMERIC_FLAGS = [
+    "--steps",
+    "--epochs",
+    "--lr",
+    "--batch-size",
+    "--warmup",
+    "--img-size",
+    "--weight-decay",
+    "--clip-grad",
+    "--label-smoothing",
+    "--val-split",
+    "--eval-every",
+    "--save-every",
+    "--seed",
+    "--accum",
+    "--workers",
+    "--drop-path",
+    "--patch-size",
+]
 
 
 BIG = "99999999999999999999"
 # the values of BAD_NUMBERS a dry run accepts (a finite number of the right kind in the setting's range);
 # every other value is a usage error (exit 2)
-ACCEPTED = {"--steps": {BIG}, "--epochs": {"1.5", BIG}, "--lr": {"0", "1.5", BIG}, "--batch-size": {BIG},
-            "--warmup": {"0", BIG}, "--weight-decay": {"0", "1.5", BIG}, "--clip-grad": {"0", "1.5", BIG},
-            "--label-smoothing": {"0"}, "--val-split": {"0"}, "--eval-every": {BIG}, "--save-every": {BIG},
-            "--seed": {"0"}, "--workers": {"0", BIG}, "--drop-path": {"0"}}
+ACCEPTED = {
+    "--steps": {BIG},
+    "--epochs": {"1.5", BIG},
+    "--lr": {"0", "1.5", BIG},
+    "--batch-size": {BIG},
+    "--warmup": {"0", BIG},
+    "--weight-decay": {"0", "1.5", BIG},
+    "--clip-grad": {"0", "1.5", BIG},
+    "--label-smoothing": {"0"},
+    "--val-split": {"0"},
+    "--eval-every": {BIG},
+    "--save-every": {BIG},
+    "--seed": {"0"},
+    "--workers": {"0", BIG},
+    "--drop-path": {"0"},
+}
 
 
 def test_bad_flag_values_for_train(tmp_path):
@@ -134,53 +218,109 @@ def test_bad_flag_values_for_train(tmp_path):
     for flag in NUMERIC_FLAGS:
         for value in BAD_NUMBERS:
             check(base + [flag, value], 0 if value in ACCEPTED.get(flag, ()) else 2, json_lines=True)
-    for flag, value in (("--schedule", "zigzag"), ("--pos-embed", "x"), ("--pool", "max"), ("--recipe", "fast"),
-                        ("--precision", "fp8"), ("--sweep", "lr"), ("--sweep", "colour=a,b"), ("--sweep", "lr=1,x"),
-                        ("--name", "../x"), ("--name", "/tmp/x"), ("--name", ""), ("--name", "a/b")):
+    for flag, value in (
+        ("--schedule", "zigzag"),
+        ("--pos-embed", "x"),
+        ("--pool", "max"),
+        ("--recipe", "fast"),
+        ("--precision", "fp8"),
+        ("--sweep", "lr"),
+        ("--sweep", "colour=a,b"),
+        ("--sweep", "lr=1,x"),
+        ("--name", "../x"),
+        ("--name", "/tmp/x"),
+        ("--name", ""),
+        ("--name", "a/b"),
+    ):
         check(base + [flag, value], 2, json_lines=True)
     # a dry run does not build the model or open the device: these are found when the run starts
     for flag, value in (("--token-mixer", "conv"), ("--device", "tpu")):
         check(base + [flag, value], 0, json_lines=True)
 
 
-@pytest.mark.parametrize("text,suffix", [
-    ("[1, 2, 3]", ".json"), ('{"lr": "fast"}', ".json"), ('{"steps": [1]}', ".json"), ('{"crop_scale": [2, 3]}', ".json"),
-    ('{"betas": "x"}', ".json"), ('{"colour": 1}', ".json"), ("{not json", ".json"), ("lr = 'x'", ".toml"),
-    ("steps = ", ".toml"), ("\xff\xfe", ".json"), ('{"steps": true}', ".json"), ('{"name": 3}', ".json"),
-    ('{"name": "../../x"}', ".json"), ("name: /tmp/x\n", ".yaml"), ('{"seed": 99999999999999999999}', ".json"),
-    ("<nested 5000 deep>", ".json"), ("a: &a [*a]\n", ".yaml"),
-    ("a: &a [1,1,1,1,1,1,1,1,1,1]\n" + "".join(f"{c}: &{c} [{','.join([f'*{p}'] * 10)}]\n"
-                                                for p, c in zip("abcdefg", "bcdefgh")), ".yaml"),
-])
+@pytest.mark.parametrize(
+    "text,suffix",
+    [
+        ("[1, 2, 3]", ".json"),
+        ('{"lr": "fast"}', ".json"),
+        ('{"steps": [1]}', ".json"),
+        ('{"crop_scale": [2, 3]}', ".json"),
+        ('{"betas": "x"}', ".json"),
+        ('{"colour": 1}', ".json"),
+        ("{not json", ".json"),
+        ("lr = 'x'", ".toml"),
+        ("steps = ", ".toml"),
+        ("\xff\xfe", ".json"),
+        ('{"steps": true}', ".json"),
+        ('{"name": 3}', ".json"),
+        ('{"name": "../../x"}', ".json"),
+        ("name: /tmp/x\n", ".yaml"),
+        ('{"seed": 99999999999999999999}', ".json"),
+        ("<nested 5000 deep>", ".json"),
+        ("a: &a [*a]\n", ".yaml"),
+        (
+            "a: &a [1,1,1,1,1,1,1,1,1,1]\n"
+            + "".join(f"{c}: &{c} [{','.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefg", "bcdefgh")),
+            ".yaml",
+        ),
+    ],
+)
 def test_bad_config_files(tmp_path, text, suffix):
     tree = make_colour_tree(tmp_path / "tree", {"train": 2, "val": 1})
     config = tmp_path / f"c{suffix}"
     text = "[" * 5000 + "]" * 5000 if text == "<nested 5000 deep>" else text
     config.write_bytes(text.encode("latin-1") if text.startswith("\xff") else text.encode())
-    check(["train", "--model", "test_vit", "--dataset", tree, "--config", config, "--dry-run", "--json"], 2,
-          json_lines=True)
+    check(
+        ["train", "--model", "test_vit", "--dataset", tree, "--config", config, "--dry-run", "--json"],
+        2,
+        json_lines=True,
+    )
 
 
-@pytest.mark.parametrize("labels,code", [
-    (b"", 1), (b"\xff\xfe\x00", 1), (b"img000.png\n", 1), (b"img000.png -1\n", 1), (b"img000.png 1 2 x\n", 1),
-    (b"img000.png 99999\n", 1), (b"missing.png 0\n", 1), (b"img000.png 0\n" * 3, 0), (b"# only a comment\n", 1),
-    (b"img000.png 1e3\n", 1), (b"img000.png 0\nimg001.png 1\nimg000.png 2\n", 1), (b"img000.png 0\n./img000.png 0\n", 0),
-])
+@pytest.mark.parametrize(
+    "labels,code",
+    [
+        (b"", 1),
+        (b"\xff\xfe\x00", 1),
+        (b"img000.png\n", 1),
+        (b"img000.png -1\n", 1),
+        (b"img000.png 1 2 x\n", 1),
+        (b"img000.png 99999\n", 1),
+        (b"missing.png 0\n", 1),
+        (b"img000.png 0\n" * 3, 0),
+        (b"# only a comment\n", 1),
+        (b"img000.png 1e3\n", 1),
+        (b"img000.png 0\nimg001.png 1\nimg000.png 2\n", 1),
+        (b"img000.png 0\n./img000.png 0\n", 0),
+    ],
+)
 def test_bad_labels_files(tiny_vit_dir, tmp_path, make_images, labels, code):
     make_images(2, folder=tmp_path / "val")
     (tmp_path / "labels.txt").write_bytes(labels)
-    check(["eval", "--model", tiny_vit_dir, "--data", tmp_path / "val", "--labels", tmp_path / "labels.txt", "--json"],
-          code, json_lines=True)
+    check(
+        ["eval", "--model", tiny_vit_dir, "--data", tmp_path / "val", "--labels", tmp_path / "labels.txt", "--json"],
+        code,
+        json_lines=True,
+    )
 
 
-@pytest.mark.parametrize("name,value,code", [
-    ("VIT_MAX_IMAGE_PIXELS", "-5", 2), ("VIT_MAX_IMAGE_PIXELS", "1e9", 2), ("VIT_PROGRESS", "2", 2),
-    ("VIT_KERNELS", "x", 2), ("VIT_BACKEND", "tpu", 2),
-    # not used by a predict of a local model (VIT_EXPORT: by download and export only), or a cache that cannot
-    # be written only costs time
-    ("VIT_EXPORT", "perhaps", 0), ("VIT_CACHE", "/proc/forbidden", 0), ("HF_ENDPOINT", "ftp://x", 0), ("HF_ENDPOINT", "http://", 0),
-    ("VIT_RECIPE", "fast", 0),
-])
+@pytest.mark.parametrize(
+    "name,value,code",
+    [
+        ("VIT_MAX_IMAGE_PIXELS", "-5", 2),
+        ("VIT_MAX_IMAGE_PIXELS", "1e9", 2),
+        ("VIT_PROGRESS", "2", 2),
+        ("VIT_KERNELS", "x", 2),
+        ("VIT_BACKEND", "tpu", 2),
+        # not used by a predict of a local model (VIT_EXPORT: by download and export only), or a cache that cannot
+        # be written only costs time
+        ("VIT_EXPORT", "perhaps", 0),
+        ("VIT_CACHE", "/proc/forbidden", 0),
+        ("HF_ENDPOINT", "ftp://x", 0),
+        ("HF_ENDPOINT", "http://", 0),
+        ("VIT_RECIPE", "fast", 0),
+    ],
+)
 def test_bad_environment_values(tiny_vit_dir, make_images, name, value, code):
     check(["predict", "--model", tiny_vit_dir, "--json", make_images(1)[0]], code, env={name: value}, json_lines=True)
 

@@ -20,8 +20,14 @@ from vitcli.errors import UsageError
 
 pytest.importorskip("pytorch_grad_cam")
 runner = CliRunner()
-CONFIG = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear",
-          "crop_pct": 1.0, "crop_mode": "center"}
+CONFIG = {
+    "input_size": (3, 32, 32),
+    "mean": (0.5,) * 3,
+    "std": (0.5,) * 3,
+    "interpolation": "bilinear",
+    "crop_pct": 1.0,
+    "crop_mode": "center",
+}
 
 
 def _loaded(model, labels, arch="custom"):
@@ -31,6 +37,7 @@ def _loaded(model, labels, arch="custom"):
 
 
 # --- the layer and the reshape ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("prefix,grid", [(1, (8, 8)), (5, (8, 8)), (2, (8, 12)), (0, (8, 12))])
 def test_tokens_land_in_their_grid_cells(prefix, grid):
@@ -61,8 +68,15 @@ def test_vit_layer_and_grid_come_from_the_model(kind, tmp_path, make_images):
     if kind == "registers":
         model, prefix = make_tiny_vit(reg_tokens=4, no_embed_class=True), 5
     elif kind == "distilled":
-        model = timm.create_model("deit_tiny_distilled_patch16_224", img_size=32, patch_size=4, embed_dim=64,
-                                  depth=2, num_heads=2, num_classes=10).eval()
+        model = timm.create_model(
+            "deit_tiny_distilled_patch16_224",
+            img_size=32,
+            patch_size=4,
+            embed_dim=64,
+            depth=2,
+            num_heads=2,
+            num_classes=10,
+        ).eval()
         prefix = 2
     else:
         model, prefix, size = make_tiny_vit(img_size=(32, 48), class_token=False, global_pool="avg"), 0, (32, 48)
@@ -72,8 +86,18 @@ def test_vit_layer_and_grid_come_from_the_model(kind, tmp_path, make_images):
     loaded.data_config["input_size"] = (3, *size)
     result = {"files": [], "errors": []}
     paths = make_images(2, size=(size[1], size[0]))
-    found = gradcam_figures(loaded, runtime("cpu", "fp32"), paths, ["a", "b"], tmp_path, method="gradcam",
-                            target=None, batch_size=2, arch="tiny", result=result)
+    found = gradcam_figures(
+        loaded,
+        runtime("cpu", "fp32"),
+        paths,
+        ["a", "b"],
+        tmp_path,
+        method="gradcam",
+        target=None,
+        batch_size=2,
+        arch="tiny",
+        result=result,
+    )
     assert found.grid == (size[0] // 4, size[1] // 4) and result["gradcam"]["grid"] == list(found.grid)
     assert result["gradcam"]["num_prefix_tokens"] == prefix
     m = np.load(tmp_path / "gradcam" / "a.npy")
@@ -94,8 +118,15 @@ def test_feature_map_layers_from_timm_feature_info():
     assert (layer.name, layer.kind) == ("stages.3", "feature map")
     x = torch.randn(1, 64, 2, 2)
     assert layer.reshape(pool, (64, 64))(x) is x  # channels-first passes through
-    swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=32, embed_dim=16, depths=(1, 1),
-                             num_heads=(1, 2), window_size=4, num_classes=10)
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224",
+        img_size=32,
+        embed_dim=16,
+        depths=(1, 1),
+        num_heads=(1, 2),
+        window_size=4,
+        num_classes=10,
+    )
     layer = cam_layer(swin)
     assert layer.name == "layers.1"
     assert layer.reshape(swin, (32, 32))(torch.randn(1, 4, 4, 32)).shape == (1, 32, 4, 4)  # NHWC -> NCHW
@@ -104,6 +135,7 @@ def test_feature_map_layers_from_timm_feature_info():
 
 
 # --- the target class -------------------------------------------------------------------------------------
+
 
 def test_target_is_an_index_or_a_label_name():
     names = ["tench, Tinca tinca", "goldfish", "crane", "crane", "espresso"]
@@ -118,6 +150,7 @@ def test_target_is_an_index_or_a_label_name():
 
 
 # --- a model whose right answer is known ----------------------------------------------------------------
+
 
 class RedBlue(torch.nn.Module):
     """Class 0 is the amount of red, class 1 the amount of blue: logits = 10 * mean(relu(R)), 10 * mean(relu(B))
@@ -156,8 +189,18 @@ def test_gradcam_points_at_the_evidence_of_the_class_asked_for(red_blue_images, 
     maps = {}
     for target in (None, 1):
         result = {"files": [], "errors": []}
-        found = gradcam_figures(loaded, runtime("cpu", "fp32"), red_blue_images, ["a", "b"], tmp_path / str(target),
-                                method="gradcam", target=target, batch_size=2, arch="redblue", result=result)
+        found = gradcam_figures(
+            loaded,
+            runtime("cpu", "fp32"),
+            red_blue_images,
+            ["a", "b"],
+            tmp_path / str(target),
+            method="gradcam",
+            target=target,
+            batch_size=2,
+            arch="redblue",
+            result=result,
+        )
         maps[target] = found.maps[0]
         assert found.targets == {0: target or 0, 1: target or 0}  # None: the predicted class, red
         assert result["gradcam"]["layer"] == "stages" and result["gradcam"]["grid"] == [32, 32]
@@ -166,16 +209,28 @@ def test_gradcam_points_at_the_evidence_of_the_class_asked_for(red_blue_images, 
     assert blue[:, 24:].min() > 0.99 and blue[:, :24].max() < 0.01
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam",
-                                    "eigengradcam", "gradcam-elementwise"])
+@pytest.mark.parametrize(
+    "method",
+    ["gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam", "eigengradcam", "gradcam-elementwise"],
+)
 def test_every_method_draws_a_map(method, red_blue_images, tmp_path):
     from vitcli.accel.runtime import runtime
     from vitcli.analysis.gradcam import METHODS, gradcam_figures
 
     assert method in METHODS
     result = {"files": [], "errors": []}
-    found = gradcam_figures(_loaded(RedBlue(), ["red", "blue"]), runtime("cpu", "fp32"), red_blue_images[:1], ["a"],
-                            tmp_path, method=method, target=1, batch_size=1, arch="redblue", result=result)
+    found = gradcam_figures(
+        _loaded(RedBlue(), ["red", "blue"]),
+        runtime("cpu", "fp32"),
+        red_blue_images[:1],
+        ["a"],
+        tmp_path,
+        method=method,
+        target=1,
+        batch_size=1,
+        arch="redblue",
+        result=result,
+    )
     m = found.maps[0]
     assert m.shape == (32, 32) and np.isfinite(m).all() and 0 <= m.min() and m.max() <= 1 + 1e-6
     if method in ("gradcam", "hirescam", "layercam", "gradcam-elementwise"):
@@ -191,9 +246,20 @@ def test_deletion_and_insertion_rank_the_true_map_above_random_above_the_inverte
     true = {i: np.tile((np.arange(32) < c).astype(np.float32), (32, 1)) for i, c in enumerate((24, 20))}
     maps = {"true": true, "inverted": {i: 1 - m for i, m in true.items()}}
     result = {"files": [], "errors": []}
-    scores = faith.faithfulness_figures(_loaded(RedBlue(), ["red", "blue"]), runtime("cpu", "fp32"), red_blue_images,
-                                        maps, tmp_path, grid=(4, 4), targets=None, target=None, steps=8,
-                                        batch_size=2, arch="redblue", result=result)
+    scores = faith.faithfulness_figures(
+        _loaded(RedBlue(), ["red", "blue"]),
+        runtime("cpu", "fp32"),
+        red_blue_images,
+        maps,
+        tmp_path,
+        grid=(4, 4),
+        targets=None,
+        target=None,
+        steps=8,
+        batch_size=2,
+        arch="redblue",
+        result=result,
+    )
     assert list(scores) == ["true", "inverted", "random"]
     d = {k: v["deletion_auc"] for k, v in scores.items()}
     i = {k: v["insertion_auc"] for k, v in scores.items()}
@@ -208,6 +274,7 @@ def test_deletion_and_insertion_rank_the_true_map_above_random_above_the_inverte
 
 
 # --- the deletion/insertion maths -------------------------------------------------------------------------
+
 
 def test_auc_and_ranks():
     assert faith.auc([1, 1, 1]) == 1.0 and faith.auc([1, 0]) == 0.5
@@ -238,11 +305,27 @@ def test_perturbations_change_exactly_the_ranked_pixels():
 
 # --- the command --------------------------------------------------------------------------------------------
 
+
 def test_cli_gradcam_rollout_and_faithfulness(tiny_vit_dir, make_images, tmp_path):
     images = make_images(2)
     out = tmp_path / "out"
-    result = runner.invoke(app, ["visualize", "--gradcam", "--attention-map", "--faithfulness", "--faithfulness-steps",
-                                 "3", "--model", str(tiny_vit_dir), "--out-dir", str(out), "--json", *map(str, images)])
+    result = runner.invoke(
+        app,
+        [
+            "visualize",
+            "--gradcam",
+            "--attention-map",
+            "--faithfulness",
+            "--faithfulness-steps",
+            "3",
+            "--model",
+            str(tiny_vit_dir),
+            "--out-dir",
+            str(out),
+            "--json",
+            *map(str, images),
+        ],
+    )
     assert result.exit_code == 0, result.output + result.stderr
     report = json.loads(result.stdout)
     names = {f"{d}/img00{i}.{ext}" for d in ("rollout", "gradcam") for i in range(2) for ext in ("png", "npy")}
@@ -267,9 +350,11 @@ def test_cli_target_by_name_or_index_and_usage_errors(tiny_vit_dir, make_images,
         assert result.exit_code == 0, result.stderr
         assert json.loads(result.stdout)["gradcam"]["images"][0]["target"] == 3
     assert np.array_equal(np.load(tmp_path / "0/gradcam/img000.npy"), np.load(tmp_path / "1/gradcam/img000.npy"))
-    for args, message in ((["--target", "class99"], "no class of the model has that name"),
-                          (["--target", "10"], "the model has 10 classes"),
-                          (["--method", "gradcam+++"], "--method 'gradcam+++'")):
+    for args, message in (
+        (["--target", "class99"], "no class of the model has that name"),
+        (["--target", "10"], "the model has 10 classes"),
+        (["--method", "gradcam+++"], "--method 'gradcam+++'"),
+    ):
         result = runner.invoke(app, [*base, *args, "--out-dir", str(tmp_path / "x")])
         assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
     result = runner.invoke(app, ["visualize", "--faithfulness", "--filters", "--model", str(tiny_vit_dir), image])
@@ -292,8 +377,20 @@ def test_cli_random_init(make_images, tmp_path):
     image = str(make_images(1)[0])
     npys = []
     for i, extra in enumerate(([], ["--random-init"], ["--random-init"])):
-        result = runner.invoke(app, ["visualize", "--gradcam", "--model", str(folder), image, *extra, "--json",
-                                     "--out-dir", str(tmp_path / str(i))])
+        result = runner.invoke(
+            app,
+            [
+                "visualize",
+                "--gradcam",
+                "--model",
+                str(folder),
+                image,
+                *extra,
+                "--json",
+                "--out-dir",
+                str(tmp_path / str(i)),
+            ],
+        )
         assert result.exit_code == 0, result.stderr
         assert json.loads(result.stdout)["random_init"] is bool(extra)
         npys.append(np.load(tmp_path / str(i) / "gradcam" / "img000.npy"))
@@ -308,8 +405,20 @@ def test_cli_poolformer_s12_random_init(tmp_path):
     stripes = np.zeros((240, 240, 3), dtype=np.uint8)
     stripes[:, ::40] = 255
     Image.fromarray(stripes).save(image)
-    result = runner.invoke(app, ["visualize", "--gradcam", "--model", "poolformer_s12", "--random-init", str(image),
-                                 "--json", "--out-dir", str(tmp_path / "out")])
+    result = runner.invoke(
+        app,
+        [
+            "visualize",
+            "--gradcam",
+            "--model",
+            "poolformer_s12",
+            "--random-init",
+            str(image),
+            "--json",
+            "--out-dir",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     g = json.loads(result.stdout)["gradcam"]
     assert (g["layer"], g["layer_kind"], g["grid"]) == ("stages.3", "feature map", [7, 7])
@@ -318,6 +427,7 @@ def test_cli_poolformer_s12_random_init(tmp_path):
 
 
 # --- the real ViT-Ti ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.assets
 @pytest.mark.slow
@@ -329,10 +439,26 @@ def test_real_vit_tiny_gradcam_is_more_faithful_than_a_random_map(assets, tmp_pa
     from vitcli.cli.app import app
 
     images = sorted((assets / "images" / "imagenet-val-100" / "images").glob("*.JPEG"))[:20]
-    invoked = CliRunner().invoke(app, [
-        "visualize", *map(str, images), "--model", str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
-        "--gradcam", "--faithfulness", "--faithfulness-steps", "10", "--out-dir", str(tmp_path / "out"),
-        "--device", "cpu", "--batch-size", "20", "--json"])
+    invoked = CliRunner().invoke(
+        app,
+        [
+            "visualize",
+            *map(str, images),
+            "--model",
+            str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
+            "--gradcam",
+            "--faithfulness",
+            "--faithfulness-steps",
+            "10",
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "20",
+            "--json",
+        ],
+    )
     assert invoked.exit_code == 0, invoked.stderr
     result = json.loads(invoked.stdout)
     f = result["faithfulness"]

@@ -31,8 +31,7 @@ def _help_texts():
 
 def test_no_help_text_is_eaten_as_rich_markup():
     """typer renders help as rich markup: `vitcli[tensorboard]` or `name[@rev]` must be written `\\[`."""
-    eaten = [(where, text) for where, text in _help_texts()
-             if render(text).plain != re.sub(r"\\(\[)", r"\1", text)]
+    eaten = [(where, text) for where, text in _help_texts() if render(text).plain != re.sub(r"\\(\[)", r"\1", text)]
     assert not eaten, eaten
 
 

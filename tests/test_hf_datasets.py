@@ -39,8 +39,7 @@ def colour_model(tmp_path_factory) -> Path:
 
 
 def _eval(model, dataset, *extra):
-    result = runner.invoke(app, ["eval", "--model", str(model), "--dataset", str(dataset), "--json", "-j", "0",
-                                 *extra])
+    result = runner.invoke(app, ["eval", "--model", str(model), "--dataset", str(dataset), "--json", "-j", "0", *extra])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -68,14 +67,35 @@ def test_eval_on_a_saved_copy_equals_eval_on_the_folder(saved, colours, colour_m
 def test_finetune_on_hf_name_caches_under_hf_home(colours, tiny_vit_dir, tmp_path, monkeypatch):
     hf_home = tmp_path / "hf"
     monkeypatch.setenv("HF_HOME", str(hf_home))
-    result = runner.invoke(app, ["finetune", "--model", str(tiny_vit_dir), "--dataset", f"hf:{colours}",
-                                 "--steps", "2", "--batch-size", "8", "-j", "0", "--device", "cpu",
-                                 "--project", str(tmp_path / "runs"), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--model",
+            str(tiny_vit_dir),
+            "--dataset",
+            f"hf:{colours}",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "-j",
+            "0",
+            "--device",
+            "cpu",
+            "--project",
+            str(tmp_path / "runs"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     run = json.loads((Path(summary["run_dir"]) / "run.json").read_text())
-    assert run["dataset"]["classes"] == ["c0", "c1", "c2"] and run["dataset"]["splits"] == \
-        {"train": 48, "val": 12, "test": 12}
+    assert run["dataset"]["classes"] == ["c0", "c1", "c2"] and run["dataset"]["splits"] == {
+        "train": 48,
+        "val": 12,
+        "test": 12,
+    }
     assert summary["test_top1"] is not None
     assert any((hf_home / "datasets").rglob("*.arrow"))  # load_dataset's cache, under HF_HOME
     config = json.loads((Path(summary["run_dir"]) / "config.json").read_text())
@@ -88,16 +108,24 @@ def _table_dataset(tmp_path) -> Path:
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    features = datasets.Features({"id": datasets.Value("int32"), "pixels": datasets.Image(),
-                                  "coarse": datasets.ClassLabel(names=["animal", "plant"]),
-                                  "fine": datasets.ClassLabel(names=["cat", "dog", "fern"]),
-                                  "caption": datasets.Value("string")})
+    features = datasets.Features(
+        {
+            "id": datasets.Value("int32"),
+            "pixels": datasets.Image(),
+            "coarse": datasets.ClassLabel(names=["animal", "plant"]),
+            "fine": datasets.ClassLabel(names=["cat", "dog", "fern"]),
+            "caption": datasets.Value("string"),
+        }
+    )
 
     def split(n, missing=False):
-        rows = {"id": list(range(n)), "pixels": [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8))
-                                                 for _ in range(n)],
-                "coarse": [i % 2 for i in range(n)], "fine": [i % 3 for i in range(n)],
-                "caption": [f"item {i % 2}" for i in range(n)]}
+        rows = {
+            "id": list(range(n)),
+            "pixels": [Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)) for _ in range(n)],
+            "coarse": [i % 2 for i in range(n)],
+            "fine": [i % 3 for i in range(n)],
+            "caption": [f"item {i % 2}" for i in range(n)],
+        }
         if missing:
             rows["coarse"][0] = -1
         return datasets.Dataset.from_dict(rows, features=features)
@@ -135,8 +163,10 @@ def test_an_unreadable_row_is_skipped_with_its_name(tmp_path):
 
     Image.new("RGB", (8, 8), (200, 0, 0)).save(good)
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
-    rows = {"image": [{"bytes": good.read_bytes(), "path": "ok.png"}, {"bytes": b"not an image", "path": "bad.jpg"}],
-            "label": [0, 1]}
+    rows = {
+        "image": [{"bytes": good.read_bytes(), "path": "ok.png"}, {"bytes": b"not an image", "path": "bad.jpg"}],
+        "label": [0, 1],
+    }
     datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "one"))
     source = open_dataset(str(tmp_path / "one"), val_split=0.0)  # one Dataset: the training set
     assert source.splits == ["train"]
@@ -147,14 +177,17 @@ def test_an_unreadable_row_is_skipped_with_its_name(tmp_path):
 
 
 def test_hf_errors_are_one_line(tmp_path, tiny_vit_dir):
-    result = runner.invoke(app, ["eval", "--model", str(tiny_vit_dir), "--dataset", "hf:acme/no-such-dataset",
-                                 "--offline"])
+    result = runner.invoke(
+        app, ["eval", "--model", str(tiny_vit_dir), "--dataset", "hf:acme/no-such-dataset", "--offline"]
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "error: Hugging Face dataset acme/no-such-dataset is not in the cache and offline mode is on" in \
-        result.stderr
+    assert (
+        "error: Hugging Face dataset acme/no-such-dataset is not in the cache and offline mode is on" in result.stderr
+    )
     folder = _table_dataset(tmp_path)
-    result = runner.invoke(app, ["eval", "--model", str(tiny_vit_dir), "--dataset", str(folder),
-                                 "--label-column", "nope"])
+    result = runner.invoke(
+        app, ["eval", "--model", str(tiny_vit_dir), "--dataset", str(folder), "--label-column", "nope"]
+    )
     assert result.exit_code == 1 and "no such column" in result.stderr and "Traceback" not in result.output
 
 
@@ -185,7 +218,9 @@ def test_hymenoptera_saved_copy_gives_the_folders_top1(assets, tmp_path):
     model.pretrained_cfg = {**model.pretrained_cfg, "num_classes": 2}
     model_dir = save_hub_layout(model, tmp_path / "ants-bees", ["ants", "bees"])
     copy = tmp_path / "hymenoptera-hf"
-    datasets.load_dataset("imagefolder", data_dir=str(folder), cache_dir=str(tmp_path / "cache")).save_to_disk(str(copy))
+    datasets.load_dataset("imagefolder", data_dir=str(folder), cache_dir=str(tmp_path / "cache")).save_to_disk(
+        str(copy)
+    )
     on_folder = _eval(model_dir, folder, "--split", "val")
     on_copy = _eval(model_dir, copy, "--split", "val")
     assert on_folder["num_images"] == on_copy["num_images"] == 48

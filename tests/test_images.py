@@ -86,10 +86,13 @@ def test_decompression_bombs_are_refused_at_any_size(tmp_path, monkeypatch, side
     assert load_image(path).size == (side, side)
 
 
-@pytest.mark.parametrize("content,reason", [
-    (b"", "empty file"),
-    (b"this is not an image at all", "not an image"),
-])
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (b"", "empty file"),
+        (b"this is not an image at all", "not an image"),
+    ],
+)
 def test_bad_files_give_a_reason(tmp_path, content, reason):
     path = tmp_path / "bad.jpg"
     path.write_bytes(content)
@@ -111,6 +114,7 @@ def test_heic_names_the_optional_extra(tmp_path):
     path.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 32)
     try:
         import pillow_heif  # noqa: F401
+
         pytest.skip("pillow-heif is installed")
     except ImportError:
         pass
@@ -123,7 +127,8 @@ def test_expand_inputs_files_folders_globs(tmp_path, make_images):
     a = make_images(2, folder=tmp_path / "a")
     b = make_images(2, folder=tmp_path / "a" / "sub", fmt="jpg")
     (tmp_path / "a" / "notes.txt").write_text("x")
-    paths, missing = expand_inputs([str(tmp_path / "a"), str(tmp_path / "a" / "*.png"), "nope.jpg",
-                                    str(tmp_path / "*.gif")])
+    paths, missing = expand_inputs(
+        [str(tmp_path / "a"), str(tmp_path / "a" / "*.png"), "nope.jpg", str(tmp_path / "*.gif")]
+    )
     assert paths == sorted(a + b)  # folder recursive, de-duplicated, no .txt
     assert [m[0] for m in missing] == ["nope.jpg", str(tmp_path / "*.gif")]

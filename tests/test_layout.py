@@ -8,8 +8,20 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vitcli"
 TOP_LEVEL = {"__init__.py", "__main__.py", "errors.py", "output.py", "env.py"}
-FOLDERS = {"cli", "accel", "models", "data", "inference", "export", "hub", "train", "eval", "analysis", "bench",
-           "serve"}
+FOLDERS = {
+    "cli",
+    "accel",
+    "models",
+    "data",
+    "inference",
+    "export",
+    "hub",
+    "train",
+    "eval",
+    "analysis",
+    "bench",
+    "serve",
+}
 # what each folder may import from the others (the arrows of docs/ARCHITECTURE.md; the top-level
 # modules errors, output and env may be imported from anywhere). An entry "folder.module" allows that
 # one module only: models opens exported files and reaches the Hub through leaf modules
@@ -28,8 +40,13 @@ MAY_IMPORT = {
     "accel": set(),
     "data": set(),
 }
-LEAVES = {"vitcli.export.onnx_model", "vitcli.export.pt2_model", "vitcli.export.openvino_model", "vitcli.hub.files",
-          "vitcli.train.files"}
+LEAVES = {
+    "vitcli.export.onnx_model",
+    "vitcli.export.pt2_model",
+    "vitcli.export.openvino_model",
+    "vitcli.hub.files",
+    "vitcli.train.files",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -83,7 +100,7 @@ def test_no_import_cycle():
         state[name] = 1
         for nxt in sorted(graph.get(name, ())):
             if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt) :] + [nxt]))
             if nxt in graph and state.get(nxt) is None:
                 visit(nxt, path + [nxt])
         state[name] = 2
@@ -105,8 +122,12 @@ def test_imports_point_one_way():
         for target in _edges(name):
             other = target.split(".")[1] if target.count(".") else None
             leaf = ".".join(target.split(".")[1:3])
-            if other in FOLDERS and other != folder and other not in MAY_IMPORT[folder] \
-                    and leaf not in MAY_IMPORT[folder]:
+            if (
+                other in FOLDERS
+                and other != folder
+                and other not in MAY_IMPORT[folder]
+                and leaf not in MAY_IMPORT[folder]
+            ):
                 wrong.append((name, target))
     for leaf in LEAVES:  # the leaf modules lower folders may use import only the shared top-level modules
         wrong += [(leaf, t) for t in _edges(leaf) if t.split(".")[1] in FOLDERS]
@@ -114,8 +135,13 @@ def test_imports_point_one_way():
 
 
 def test_no_private_name_imported_from_another_module():
-    private = [(name, module, n, line) for name, path in MODULES.items() for module, names, line in _imports(path)
-               for n in names if n.startswith("_") and not n.startswith("__") and module != name]
+    private = [
+        (name, module, n, line)
+        for name, path in MODULES.items()
+        for module, names, line in _imports(path)
+        for n in names
+        if n.startswith("_") and not n.startswith("__") and module != name
+    ]
     assert not private, private
 
 
@@ -124,6 +150,27 @@ def test_no_markup_in_messages():
     import re
 
     markup = re.compile(r"\[/?(dim|red|bold|yellow|green|blue|italic)\]")
-    found = [(name, n) for name, path in MODULES.items() for n, line in enumerate(path.read_text().splitlines(), 1)
-             if markup.search(line) and "TextColumn(" not in line]
+    found = [
+        (name, n)
+        for name, path in MODULES.items()
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if markup.search(line) and "TextColumn(" not in line
+    ]
     assert not found, found
+
+
+def test_ruff_lint_and_format_are_clean():
+    """`ruff check .` and `ruff format --check .` (configured in pyproject.toml) pass on the repository."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        import pytest
+
+        pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+    root = PACKAGE.parent
+    for args in (["check", "."], ["format", "--check", "."]):
+        done = subprocess.run([ruff, *args], cwd=root, capture_output=True, text=True)
+        assert done.returncode == 0, f"ruff {' '.join(args)}:\n{done.stdout}{done.stderr}"

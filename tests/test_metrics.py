@@ -17,16 +17,16 @@ def _logits(probs) -> torch.Tensor:
 
 
 # 3 classes, 6 images. argmax per row: 0, 1, 1, 2, 0, 2 ; targets 0, 0, 1, 2, 2, 2
-PROBS = [[0.70, 0.20, 0.10],
-         [0.30, 0.60, 0.10],
-         [0.10, 0.80, 0.10],
-         [0.05, 0.05, 0.90],
-         [0.50, 0.15, 0.35],
-         [0.20, 0.30, 0.50]]
+PROBS = [
+    [0.70, 0.20, 0.10],
+    [0.30, 0.60, 0.10],
+    [0.10, 0.80, 0.10],
+    [0.05, 0.05, 0.90],
+    [0.50, 0.15, 0.35],
+    [0.20, 0.30, 0.50],
+]
 TARGETS = [0, 0, 1, 2, 2, 2]
-CM = np.array([[1, 1, 0],
-               [0, 1, 0],
-               [1, 0, 2]])
+CM = np.array([[1, 1, 0], [0, 1, 0], [1, 0, 2]])
 
 
 def test_confusion_matrix_and_topk():
@@ -95,7 +95,7 @@ def test_accumulator_streams_like_one_batch():
     whole.update(logits, targets)
     parts = metrics.MetricAccumulator(3)
     for i in range(0, 6, 4):
-        parts.update(logits[i:i + 4], targets[i:i + 4])
+        parts.update(logits[i : i + 4], targets[i : i + 4])
     a, b = whole.compute(), parts.compute()
     assert a == pytest.approx(b)
     assert (parts.confusion == CM).all()

@@ -35,7 +35,7 @@ def make_multilabel_folder(root: Path, sizes: dict, seed: int = 0, px: int = 32)
             quadrants = rng.permutation(4)[:k]
             for c, q in zip(chosen, quadrants):
                 y, x = (q // 2) * px // 2, (q % 2) * px // 2
-                pixels[y + 2:y + px // 2 - 2, x + 2:x + px // 2 - 2] = COLOURS[names[c]]
+                pixels[y + 2 : y + px // 2 - 2, x + 2 : x + px // 2 - 2] = COLOURS[names[c]]
             name = f"{split}_{i}.png"
             Image.fromarray(pixels).save(root / "images" / name)
             rows.append(f"{name},{' '.join(names[c] for c in chosen)}")
@@ -86,10 +86,12 @@ def test_hf_sequence_of_class_labels_is_multi_label(tmp_path):
         path = tmp_path / f"{i}.png"
         Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(path)
         images.append(str(path))
-    features = datasets.Features({"image": datasets.Image(),
-                                  "tags": datasets.Sequence(datasets.ClassLabel(names=["a", "b", "c"]))})
-    ds = datasets.Dataset.from_dict({"image": images, "tags": [[0], [1, 2], [], [0, 2], [1], [0, 1, 2]]},
-                                    features=features)
+    features = datasets.Features(
+        {"image": datasets.Image(), "tags": datasets.Sequence(datasets.ClassLabel(names=["a", "b", "c"]))}
+    )
+    ds = datasets.Dataset.from_dict(
+        {"image": images, "tags": [[0], [1, 2], [], [0, 2], [1], [0, 1, 2]]}, features=features
+    )
     ds.save_to_disk(str(tmp_path / "saved"))
     source = open_dataset(str(tmp_path / "saved"), val_split=0.0)
     assert source.multi_label and source.classes == ["a", "b", "c"]
@@ -106,7 +108,8 @@ def test_average_precision_matches_scikit_learn_and_thresholds_maximise_f1():
     metrics = pytest.importorskip("sklearn.metrics")
     for c in range(4):
         assert ml.average_precision(scores[:, c], targets[:, c]) == pytest.approx(
-            metrics.average_precision_score(targets[:, c], scores[:, c]))
+            metrics.average_precision_score(targets[:, c], scores[:, c])
+        )
     assert np.isnan(ml.average_precision([0.1, 0.2], [0, 0]))
     thresholds = ml.choose_thresholds(scores, targets, prior=0)
     best = ml.threshold_scores(scores, targets, thresholds)["per_class"]["f1"]
@@ -149,10 +152,33 @@ def test_one_vs_rest_probe_and_multi_hot_mixup():
 # ------------------------------------------------------------------------------------------ end to end
 def test_finetune_eval_predict_multi_label_through_the_cli(tiny_vit_dir, ml_folder, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(app, ["finetune", "--model", str(tiny_vit_dir), "--dataset", str(ml_folder),
-                                 "--steps", "6", "--batch-size", "8", "--eval-every", "3", "--lr", "0.05",
-                                 "--mixup", "0.2", "--workers", "0", "--device", "cpu",
-                                 "--project", str(tmp_path / "runs"), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--model",
+            str(tiny_vit_dir),
+            "--dataset",
+            str(ml_folder),
+            "--steps",
+            "6",
+            "--batch-size",
+            "8",
+            "--eval-every",
+            "3",
+            "--lr",
+            "0.05",
+            "--mixup",
+            "0.2",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--project",
+            str(tmp_path / "runs"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     run = Path(summary["run_dir"])
@@ -165,8 +191,10 @@ def test_finetune_eval_predict_multi_label_through_the_cli(tiny_vit_dir, ml_fold
     assert any("mAP" in m and m.get("split") == "test" for m in evaluated)
 
     out = tmp_path / "eval"
-    result = runner.invoke(app, ["eval", "--model", str(run), "--dataset", str(ml_folder), "--json",
-                                 "--out-dir", str(out), "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        ["eval", "--model", str(run), "--dataset", str(ml_folder), "--json", "--out-dir", str(out), "--device", "cpu"],
+    )
     assert result.exit_code == 0, result.output
     ev = json.loads(result.stdout)
     assert ev["split"] == "test" and ev["num_images"] == 12 and ev["multi_label"] and ev["thresholds"] == "chosen"
@@ -176,8 +204,9 @@ def test_finetune_eval_predict_multi_label_through_the_cli(tiny_vit_dir, ml_fold
         assert 0 <= ev[key] <= 100
     for name in ("metrics.json", "per_class.csv", "predictions.csv", "pr_curves.png"):
         assert (out / name).is_file(), name
-    assert (out / "per_class.csv").read_text().splitlines()[0] == "index,name,support,predicted,ap,threshold," \
-                                                                 "precision,recall,f1"
+    assert (out / "per_class.csv").read_text().splitlines()[
+        0
+    ] == "index,name,support,predicted,ap,threshold,precision,recall,f1"
     result = runner.invoke(app, ["eval", "--model", str(run), "--dataset", str(ml_folder), "--device", "cpu"])
     assert result.exit_code == 0 and "mAP" in result.stdout and "micro F1" in result.stdout
 
@@ -190,8 +219,9 @@ def test_finetune_eval_predict_multi_label_through_the_cli(tiny_vit_dir, ml_fold
     result = runner.invoke(app, ["predict", "--model", str(run), str(image), "--json", "--threshold", "1"])
     assert json.loads(result.stdout)["predictions"] == []
     csv_file = tmp_path / "pred.csv"
-    result = runner.invoke(app, ["predict", "--model", str(run), str(ml_folder / "images"), "-o", str(csv_file),
-                                 "--json"])
+    result = runner.invoke(
+        app, ["predict", "--model", str(run), str(ml_folder / "images"), "-o", str(csv_file), "--json"]
+    )
     assert result.exit_code == 0, result.output
     thresholds = dict(zip(config["label_names"], config["thresholds"]))
     for line in result.stdout.splitlines():
@@ -207,8 +237,15 @@ def test_multi_label_flag_is_checked_against_the_data(tiny_vit_dir, ml_folder, t
     from vitcli.train.run.config import resolve
     from vitcli.train.run.start import finetune
 
-    base = {"model": str(tiny_vit_dir), "dataset": str(ml_folder), "steps": 1, "batch_size": 8, "workers": 0,
-            "device": "cpu", "project": str(tmp_path / "runs")}
+    base = {
+        "model": str(tiny_vit_dir),
+        "dataset": str(ml_folder),
+        "steps": 1,
+        "batch_size": 8,
+        "workers": 0,
+        "device": "cpu",
+        "project": str(tmp_path / "runs"),
+    }
     with pytest.raises(UsageError, match="multi-label data"):
         finetune(resolve("finetune", {**base, "multi_label": False}))
     with pytest.raises(UsageError, match="unknown --loss"):
@@ -243,8 +280,9 @@ def test_onnx_export_and_gradcam_of_a_multi_label_model(ml_model_dir, ml_folder,
     assert [[p["label"] for p in json.loads(line)["predictions"]] for line in onnx_side.stdout.splitlines()] == sets
 
     out = tmp_path / "cams"
-    result = runner.invoke(app, ["visualize", "--gradcam", "--model", str(ml_model_dir), "--out-dir", str(out),
-                                 "--json", images[0]])
+    result = runner.invoke(
+        app, ["visualize", "--gradcam", "--model", str(ml_model_dir), "--out-dir", str(out), "--json", images[0]]
+    )
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)["gradcam"]["images"]
     assert sorted(im["target_label"] for im in shown) == sorted(sets[0])  # one map per label given

@@ -14,8 +14,11 @@ from vitcli.cli import app, tables
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TERMINAL = {"TTY_COMPATIBLE": "1", "NO_COLOR": "1"}  # rich then treats stdout as a terminal
-LABELS = ["night snake, Hypsiglena torquata", "bald eagle, American eagle, Haliaeetus leucocephalus",
-          "porcupine, hedgehog"]
+LABELS = [
+    "night snake, Hypsiglena torquata",
+    "bald eagle, American eagle, Haliaeetus leucocephalus",
+    "porcupine, hedgehog",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +39,9 @@ def _lines(text: str) -> list[str]:
 
 def test_predict_table_fits_80_columns_one_line_per_image(long_label_model, deep_images):
     root, images = deep_images
-    result = CliRunner().invoke(app, ["predict", "-k", "1", "--model", str(long_label_model), str(root)],
-                                env={**TERMINAL, "COLUMNS": "80"})
+    result = CliRunner().invoke(
+        app, ["predict", "-k", "1", "--model", str(long_label_model), str(root)], env={**TERMINAL, "COLUMNS": "80"}
+    )
     assert result.exit_code == 0, result.output
     lines = _lines(result.stdout)
     assert all(len(line) <= 80 for line in lines), lines
@@ -61,17 +65,21 @@ def test_narrow_terminal_breaks_paths_after_a_slash_never_inside_a_name():
     assert sum(widths) + tables.GAP * 2 <= 50
     lines = tables._layout(columns, row, widths)
     assert [line.split("  ")[0].strip() for line in lines if line.split("  ")[0].strip()][:2] == [
-        "holidays/beach/", "sunset-over-the-water.jpg"]
+        "holidays/beach/",
+        "sunset-over-the-water.jpg",
+    ]
     assert "torquata" in "".join(lines) and all(len(line) <= 50 for line in lines)
     # narrower than the longest word: the line runs long rather than cutting a word
-    assert "sunset-over-the-water.jpg" in "\n".join(tables._layout(columns, row, tables.fit(
-        [c.wrap for c in columns], [row], 10)))
+    assert "sunset-over-the-water.jpg" in "\n".join(
+        tables._layout(columns, row, tables.fit([c.wrap for c in columns], [row], 10))
+    )
 
 
 def test_piped_output_is_tab_separated_whole_and_never_truncated(long_label_model, deep_images):
     root, images = deep_images
-    result = CliRunner().invoke(app, ["predict", "-k", "2", "--model", str(long_label_model), str(root)],
-                                env={"COLUMNS": "20"})
+    result = CliRunner().invoke(
+        app, ["predict", "-k", "2", "--model", str(long_label_model), str(root)], env={"COLUMNS": "20"}
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0] == "image\trank\tlabel\tindex\tscore"
@@ -85,8 +93,9 @@ def test_piped_output_is_tab_separated_whole_and_never_truncated(long_label_mode
 
 def test_results_on_stdout_messages_on_stderr(long_label_model, make_images):
     image = make_images(1)[0]
-    result = CliRunner().invoke(app, ["predict", "-k", "1", "--model", str(long_label_model), str(image),
-                                      str(image.parent / "missing.png")])
+    result = CliRunner().invoke(
+        app, ["predict", "-k", "1", "--model", str(long_label_model), str(image), str(image.parent / "missing.png")]
+    )
     assert result.exit_code == 1
     assert result.stdout.splitlines()[1].split("\t")[0] == str(image)  # the result
     assert " cpu " in result.stderr and "error:" in result.stderr and "warning:" in result.stderr
@@ -97,15 +106,26 @@ def test_a_result_table_goes_to_stdout(capsys, monkeypatch):
     """Tables of results (here visualize's faithfulness table) are printed on stdout, never stderr."""
     from vitcli.cli import visualize
 
-    result = {"faithfulness_setup": {"num_images": 2, "steps": 3},
-              "faithfulness": {"gradcam": {"deletion_auc": 0.1, "insertion_auc": 0.9}}}
+    result = {
+        "faithfulness_setup": {"num_images": 2, "steps": 3},
+        "faithfulness": {"gradcam": {"deletion_auc": 0.1, "insertion_auc": 0.9}},
+    }
     visualize._faithfulness_table(result)
     out, err = capsys.readouterr()
     assert "gradcam\t0.1000\t0.9000" in out and err == ""
 
 
-@pytest.mark.parametrize("args", [["predict", "--no-such-flag"], ["no-such-command"], ["predict", "-k", "0", "x"],
-                                  ["finetune", "--steps", "many"], ["--bogus"], ["predict", "--model"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["predict", "--no-such-flag"],
+        ["no-such-command"],
+        ["predict", "-k", "0", "x"],
+        ["finetune", "--steps", "many"],
+        ["--bogus"],
+        ["predict", "--model"],
+    ],
+)
 def test_usage_errors_are_one_error_line_exit_2_no_box(args):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output

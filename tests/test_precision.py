@@ -80,8 +80,11 @@ def test_bf16_kernels_fuse_bias_and_gelu_and_keep_the_parameters(monkeypatch):
     assert list(model.state_dict()) == keys and out.dtype == torch.float32
     assert torch.allclose(out, expected, atol=0.05)  # bf16 rounding apart
     # timm's own switch: the attention modules compute without the flash kernel
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
-                        lambda *a, **k: pytest.fail("the flash kernel ran in bf16 inference"))
+    monkeypatch.setattr(
+        torch.nn.functional,
+        "scaled_dot_product_attention",
+        lambda *a, **k: pytest.fail("the flash kernel ran in bf16 inference"),
+    )
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(model(x), out)
 
@@ -91,8 +94,21 @@ def test_eval_records_the_precision_and_how_to_get_fp32(tiny_vit_dir, make_image
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"{p.name} {i}\n" for i, p in enumerate(paths)))
     for precision in ("bf16", "fp32"):
-        result = runner.invoke(app, ["eval", "--model", str(tiny_vit_dir), "--data", str(tmp_path / "val"),
-                                     "--labels", str(labels), "--json", "--precision", precision])
+        result = runner.invoke(
+            app,
+            [
+                "eval",
+                "--model",
+                str(tiny_vit_dir),
+                "--data",
+                str(tmp_path / "val"),
+                "--labels",
+                str(labels),
+                "--json",
+                "--precision",
+                precision,
+            ],
+        )
         assert result.exit_code == 0, result.stderr
         summary = json.loads(result.stdout)
         assert summary["precision"] == precision and f"torch cpu {precision}" in result.stderr
@@ -110,12 +126,27 @@ def test_auto_keeps_the_answers_on_the_real_val_images(assets, monkeypatch):
     images = assets / "images" / "imagenet-val-100" / "images"
     top1 = {}
     for precision in ("auto", "fp32"):
-        result = runner.invoke(app, ["predict", "--model", model, "--json", "--device", "cpu", "-k", "1",
-                                     "--precision", precision, str(images)])
+        result = runner.invoke(
+            app,
+            [
+                "predict",
+                "--model",
+                model,
+                "--json",
+                "--device",
+                "cpu",
+                "-k",
+                "1",
+                "--precision",
+                precision,
+                str(images),
+            ],
+        )
         assert result.exit_code == 0, result.stderr
         assert ("cpu bf16" if precision == "auto" else "cpu fp32") in result.stderr  # the header says which
-        top1[precision] = {Path(r["path"]).name: r["predictions"][0]["index"]
-                           for r in map(json.loads, result.stdout.splitlines())}
+        top1[precision] = {
+            Path(r["path"]).name: r["predictions"][0]["index"] for r in map(json.loads, result.stdout.splitlines())
+        }
     assert len(top1["auto"]) == len(top1["fp32"]) == 100
     agree = sum(top1["auto"][name] == top1["fp32"][name] for name in top1["fp32"])
     assert agree >= 99, f"bf16 auto agrees with fp32 on {agree}/100 top-1 labels"

@@ -27,8 +27,20 @@ def run_dir(tiny_vit_dir, tmp_path_factory) -> Path:
 
     tmp = tmp_path_factory.mktemp("push")
     colours = make_colour_tree(tmp / "colours", {"train": 8, "val": 2, "test": 2})
-    cfg = resolve("finetune", dict(model=str(tiny_vit_dir), dataset=str(colours), recipe="quick", steps=3,
-                                   batch_size=8, workers=0, device="cpu", project=str(tmp / "runs"), name="colours"))
+    cfg = resolve(
+        "finetune",
+        dict(
+            model=str(tiny_vit_dir),
+            dataset=str(colours),
+            recipe="quick",
+            steps=3,
+            batch_size=8,
+            workers=0,
+            device="cpu",
+            project=str(tmp / "runs"),
+            name="colours",
+        ),
+    )
     return Path(finetune(cfg)["run_dir"])
 
 
@@ -40,8 +52,11 @@ def hub(monkeypatch, tmp_path):
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
         # timm's own download takes huggingface_hub's endpoint as read at import (HF_ENDPOINT then)
         monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", server.endpoint)
-        monkeypatch.setattr(huggingface_hub.constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                            server.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(
+            huggingface_hub.constants,
+            "HUGGINGFACE_CO_URL_TEMPLATE",
+            server.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        )
         yield server
 
 
@@ -61,8 +76,15 @@ def test_push_then_predict_and_timm_from_the_hub(hub, run_dir, tmp_path, monkeyp
     assert pushed["url"] == f"{hub.endpoint}/acme/colours-vit" and len(pushed["commit"]) == 40
     assert hub.created["acme/colours-vit"]["visibility"] == "private"
     files = set(hub.refs["acme/colours-vit"]["main"].files)
-    assert {"README.md", "config.json", "model.safetensors", "run.json", "metrics.jsonl", "results.csv",
-            "curves.png"} <= files
+    assert {
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "run.json",
+        "metrics.jsonl",
+        "results.csv",
+        "curves.png",
+    } <= files
     assert not any(f.startswith(("last/", "wandb/")) for f in files)  # no training state
     card = (hub.storage / "acme/colours-vit/main/README.md").read_text()
     assert "library_name: timm" in card and "pipeline_tag: image-classification" in card
@@ -76,8 +98,7 @@ def test_push_then_predict_and_timm_from_the_hub(hub, run_dir, tmp_path, monkeyp
     assert (remote["label"], remote["score"]) == (local["label"], local["score"])
     assert any("model.safetensors" in p for p in hub.downloads())  # it came from the Hub, not a cache
 
-    model = timm.create_model("hf-hub:acme/colours-vit", pretrained=True,
-                              cache_dir=str(tmp_path / "timm-cache")).eval()
+    model = timm.create_model("hf-hub:acme/colours-vit", pretrained=True, cache_dir=str(tmp_path / "timm-cache")).eval()
     assert model.num_classes == 3 and model.pretrained_cfg["label_names"] == ["c0", "c1", "c2"]
     reference = timm.create_model(f"local-dir:{run_dir}", pretrained=True).eval()
     x = torch.randn(2, 3, 32, 32)
@@ -108,9 +129,11 @@ def test_push_to_a_branch_and_a_users_own_card(hub, run_dir, tmp_path, monkeypat
 def test_push_errors_are_one_line(hub, run_dir, tmp_path, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
-    for args, text in (([str(empty), "acme/x"], "there is no model to push"),
-                       ([str(tmp_path / "nope"), "acme/x"], "no such run folder"),
-                       ([str(run_dir), "no-owner"], "is not of the form owner/name")):
+    for args, text in (
+        ([str(empty), "acme/x"], "there is no model to push"),
+        ([str(tmp_path / "nope"), "acme/x"], "no such run folder"),
+        ([str(run_dir), "no-owner"], "is not of the form owner/name"),
+    ):
         result = runner.invoke(app, ["push", *args])
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert text in result.stderr
@@ -127,8 +150,11 @@ def test_push_errors_are_one_line(hub, run_dir, tmp_path, monkeypatch):
 
 
 def test_hubserver_command_writable_without_repos(tmp_path):
-    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "hubserver.py"), "--port", "0", "--writable"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "hubserver.py"), "--port", "0", "--writable"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line.startswith("export HF_ENDPOINT=http://127.0.0.1:")

@@ -19,8 +19,17 @@ from vitcli.train.run import checkpoint
 from vitcli.train.run.config import resolve
 
 DC = dict(input_size=(3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic", crop_pct=1.0)
-EVERYTHING = dict(aa="rand-m9-mstd0.5-inc1", mixup=0.8, cutmix=1.0, reprob=0.25, label_smoothing=0.1, drop_path=0.1,
-                  model_ema=True, ema_decay=0.99, layer_decay=0.75)
+EVERYTHING = dict(
+    aa="rand-m9-mstd0.5-inc1",
+    mixup=0.8,
+    cutmix=1.0,
+    reprob=0.25,
+    label_smoothing=0.1,
+    drop_path=0.1,
+    model_ema=True,
+    ema_decay=0.99,
+    layer_decay=0.75,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +38,19 @@ def colour_ds(tmp_path_factory) -> Path:
 
 
 def cfg_for(tiny_vit_dir, ds, tmp_path, **kw):
-    base = dict(model=str(tiny_vit_dir), dataset=str(ds), recipe="quick", steps=6, batch_size=8, warmup=1,
-                lr=0.01, eval_every=3, project=str(tmp_path / "runs"), workers=0, device="cpu")
+    base = dict(
+        model=str(tiny_vit_dir),
+        dataset=str(ds),
+        recipe="quick",
+        steps=6,
+        batch_size=8,
+        warmup=1,
+        lr=0.01,
+        eval_every=3,
+        project=str(tmp_path / "runs"),
+        workers=0,
+        device="cpu",
+    )
     return resolve("finetune", {**base, **kw})
 
 
@@ -77,7 +97,8 @@ def test_no_augmentation_trains_on_the_eval_transform():
     dc, image = dict(DC, crop_pct=0.875), picture()
     assert seeded(train_transform(dc, crop_scale=(1.0, 1.0), hflip=0.0), image, 0).equal(eval_transform(dc)(image))
     assert not seeded(train_transform(dc, crop_scale=(1.0, 1.0), hflip=0.0, reprob=1.0), image, 0).equal(
-        eval_transform(dc)(image))
+        eval_transform(dc)(image)
+    )
 
 
 def test_reprob_erases_one_rectangle_with_noise_at_that_rate():
@@ -90,9 +111,9 @@ def test_reprob_erases_one_rectangle_with_noise_at_that_rate():
     erased = seeded(train_transform(DC, crop_scale=(1.0, 1.0), hflip=0.0, reprob=1.0), image, 0)
     diff = (erased != plain).any(0)  # (H, W)
     rows, cols = diff.any(1).nonzero().flatten(), diff.any(0).nonzero().flatten()
-    box = diff[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    box = diff[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     assert 0.02 * 32 * 32 <= box.numel() <= 0.34 * 32 * 32 and box.float().mean() > 0.99  # one filled rectangle
-    noise = erased[:, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    noise = erased[:, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     assert abs(noise.mean().item()) < 0.5 and 0.5 < noise.std().item() < 1.5  # per-pixel normal noise
     tf = train_transform(DC, crop_scale=(1.0, 1.0), hflip=0.0, reprob=0.25)
     rate = np.mean([not seeded(tf, image, s).equal(plain) for s in range(200)])
@@ -175,12 +196,14 @@ def test_drop_path_drops_residual_branches_per_sample_in_training_only(tiny_vit_
     from vitcli.train.run.build import build_finetune_model, build_scratch_model
     from vitcli.train.run.config import FinetuneConfig, TrainConfig
 
-    _, model = build_finetune_model(FinetuneConfig(model=str(tiny_vit_dir), dataset="x", drop_path=0.5), 3,
-                                    torch.device("cpu"))
+    _, model = build_finetune_model(
+        FinetuneConfig(model=str(tiny_vit_dir), dataset="x", drop_path=0.5), 3, torch.device("cpu")
+    )
     rates = [getattr(b.drop_path1, "drop_prob", 0.0) for b in model.blocks]  # rate 0: an Identity
     assert rates == pytest.approx([0.0, 0.5])  # timm's linear rule, up to the rate in the last block
-    _, scratch = build_scratch_model(TrainConfig(model="Ti/16", dataset="x", img_size=32, patch_size=8,
-                                                 drop_path=0.3), 3, torch.device("cpu"))
+    _, scratch = build_scratch_model(
+        TrainConfig(model="Ti/16", dataset="x", img_size=32, patch_size=8, drop_path=0.3), 3, torch.device("cpu")
+    )
     assert scratch.blocks[-1].drop_path1.drop_prob == pytest.approx(0.3)
     block = model.blocks[1]
     x = torch.randn(64, 65, 64)
@@ -212,7 +235,7 @@ def test_ema_is_the_moving_average_with_a_warmed_up_decay():
     for k, v in model.state_dict().items():
         if v.is_floating_point():
             assert torch.allclose(ema.module.state_dict()[k], decay * before[k] + (1 - decay) * v, atol=1e-6), k
-    assert ema.get_decay(10 ** 7) == 0.999
+    assert ema.get_decay(10**7) == 0.999
 
 
 def test_layer_decay_scales_each_layers_lr():
@@ -232,7 +255,6 @@ def test_layer_decay_scales_each_layers_lr():
     sched.step_update(1)
     lrs = {g["lr_scale"]: g["lr"] for g in opt.param_groups}
     assert lrs[0.25] == pytest.approx(0.25 * lrs[1.0]) and lrs[1.0] > 0
-
 
 
 def test_a_short_schedule_reaches_zero_without_timms_cosine_warning(caplog):
@@ -305,8 +327,12 @@ def test_the_probe_leaves_the_trained_model_as_it_was_built(tiny_vit_dir, colour
     cfg = FinetuneConfig(model=str(tiny_vit_dir), dataset=str(colour_ds), workers=0)
     _, model = build_finetune_model(cfg, 3, torch.device("cpu"))
     kinds = [type(m) for m in model.modules()]
-    assert probe_head(model, data_config_for(model), open_dataset(str(colour_ds)), cfg,
-                      Runtime(torch.device("cpu"), "bf16")) is not None
+    assert (
+        probe_head(
+            model, data_config_for(model), open_dataset(str(colour_ds)), cfg, Runtime(torch.device("cpu"), "bf16")
+        )
+        is not None
+    )
     assert [type(m) for m in model.modules()] == kinds and model.head.weight.abs().sum() > 0
 
 
@@ -335,8 +361,13 @@ def test_deit_recipe_scales_the_lr_with_the_batch_and_warms_up_in_epochs():
 
     deit = resolve("train", {"dataset": "x", "recipe": "deit"})
     assert (deit.batch_size, deit.lr, deit.weight_decay, deit.schedule) == (1024, 1e-3, 0.05, "cosine")
-    assert (deit.aa, deit.mixup, deit.cutmix, deit.reprob, deit.label_smoothing) == \
-        ("rand-m9-mstd0.5-inc1", 0.8, 1.0, 0.25, 0.1)
+    assert (deit.aa, deit.mixup, deit.cutmix, deit.reprob, deit.label_smoothing) == (
+        "rand-m9-mstd0.5-inc1",
+        0.8,
+        1.0,
+        0.25,
+        0.1,
+    )
     assert deit.model_ema and deit.drop_path == 0.1 and deit.warmup_epochs == 5
     assert resolve("train", {"dataset": "x", "recipe": "deit", "batch_size": 256}).lr == pytest.approx(2.5e-4)
     given = resolve("train", {"dataset": "x", "recipe": "deit", "lr": 0.01})
@@ -352,8 +383,25 @@ def test_deit_recipe_scales_the_lr_with_the_batch_and_warms_up_in_epochs():
 
 def test_smoothing_flag_and_its_alias_set_one_setting():
     for flag in ("--smoothing", "--label-smoothing"):
-        result = CliRunner().invoke(app, ["finetune", "--dataset", "x", "--steps", "3", flag, "0.1", "--mixup", "0.2",
-                                          "--model-ema", "--drop-path", "0.1", "--dry-run", "--json"])
+        result = CliRunner().invoke(
+            app,
+            [
+                "finetune",
+                "--dataset",
+                "x",
+                "--steps",
+                "3",
+                flag,
+                "0.1",
+                "--mixup",
+                "0.2",
+                "--model-ema",
+                "--drop-path",
+                "0.1",
+                "--dry-run",
+                "--json",
+            ],
+        )
         assert result.exit_code == 0, result.output
         cfg = json.loads(result.stdout)
         assert cfg["label_smoothing"] == 0.1 and cfg["mixup"] == 0.2 and cfg["model_ema"] and cfg["drop_path"] == 0.1
@@ -373,8 +421,9 @@ def test_ema_weights_are_evaluated_and_saved_as_what_they_are(tiny_vit_dir, colo
 
     from vitcli.train.run.start import finetune
 
-    summary = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, model_ema=True, ema_decay=0.5, head_init="zero",
-                               eval_every=6))
+    summary = finetune(
+        cfg_for(tiny_vit_dir, colour_ds, tmp_path, model_ema=True, ema_decay=0.5, head_init="zero", eval_every=6)
+    )
     run = Path(summary["run_dir"])
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {m["weights"] for m in lines if m.get("split") == "val"} == {"model", "ema"}
@@ -400,22 +449,42 @@ def test_a_run_with_everything_on_resumes_bit_for_bit(tiny_vit_dir, colour_ds, t
     stopped = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="all-b", **kw), stop_after=4)
     run_a, run_b = Path(a["run_dir"]), Path(stopped["run_dir"])
     b = finetune(resume_config("finetune", run_b, {"workers": 1}), resume=run_b)
-    assert (a["val_top1"], a["test_top1"], a["best_step"], a["weights"]) == \
-        (b["val_top1"], b["test_top1"], b["best_step"], b["weights"])
+    assert (a["val_top1"], a["test_top1"], a["best_step"], a["weights"]) == (
+        b["val_top1"],
+        b["test_top1"],
+        b["best_step"],
+        b["weights"],
+    )
     sa, sb = checkpoint.load(run_a / "last/state.pt"), checkpoint.load(run_b / "last/state.pt")
     for part in ("model", "ema"):
         assert all(sa[part][k].equal(sb[part][k]) for k in sa[part]), part
     wa, wb = weights(run_a / "model.safetensors"), weights(run_b / "model.safetensors")
     assert all(wa[k].equal(wb[k]) for k in wa)
-    strip = lambda run: [{k: v for k, v in json.loads(line).items() if k not in ("time", "img_s", "seconds")}  # noqa: E731
-                         for line in (run / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda run: [
+        {k: v for k, v in json.loads(line).items() if k not in ("time", "img_s", "seconds")}  # noqa: E731
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
     assert strip(run_a) == strip(run_b)
 
 
 def test_stop_after_flag_then_resume(tiny_vit_dir, colour_ds, tmp_path):
     runner = CliRunner()
-    args = ["finetune", "--model", str(tiny_vit_dir), "--dataset", str(colour_ds), "--steps", "4", "--batch-size", "8",
-            "--workers", "0", "--project", str(tmp_path / "runs"), "--json"]
+    args = [
+        "finetune",
+        "--model",
+        str(tiny_vit_dir),
+        "--dataset",
+        str(colour_ds),
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--project",
+        str(tmp_path / "runs"),
+        "--json",
+    ]
     result = runner.invoke(app, [*args, "--stop-after", "2"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

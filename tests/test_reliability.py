@@ -37,8 +37,24 @@ def one_line_error(result, code: int, *says: str) -> None:
 
 
 def train_args(model, data, tmp_path, *more):
-    return ["finetune", "--model", model, "--dataset", data, "--steps", "2", "--batch-size", "4", "--workers", "0",
-            "--device", "cpu", "--project", tmp_path / "runs", *more]
+    return [
+        "finetune",
+        "--model",
+        model,
+        "--dataset",
+        data,
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--project",
+        tmp_path / "runs",
+        *more,
+    ]
 
 
 # 1 ----------------------------------------------------------------------------------------- no hang
@@ -94,8 +110,24 @@ def test_no_checkpoint_or_model_is_written_unless_every_tensor_is_finite(tiny_vi
     from safetensors.torch import load_file
 
     ds = make_colour_tree(tmp_path / "ds", {"train": 8, "val": 2})
-    result = vit(*train_args(tiny_vit_dir, ds, tmp_path, "--lr", "1e38", "--clip-grad", "0", "--steps", "6",
-                             "--save-every", "1", "--eval-every", "1", "--json"))
+    result = vit(
+        *train_args(
+            tiny_vit_dir,
+            ds,
+            tmp_path,
+            "--lr",
+            "1e38",
+            "--clip-grad",
+            "0",
+            "--steps",
+            "6",
+            "--save-every",
+            "1",
+            "--eval-every",
+            "1",
+            "--json",
+        )
+    )
     assert result.exit_code in (0, 1)
     for line in result.stdout.splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"{c} in the JSON output"))
@@ -116,6 +148,7 @@ def test_json_output_never_holds_nan(tmp_path, make_images):
     folder = save_hub_layout(model, tmp_path / "nan")
     result = vit("predict", "--model", folder, "--json", make_images(1)[0])
     assert result.exit_code == 1
+
     def refuse(constant):
         raise AssertionError(f"{constant} in the JSON output")
 
@@ -131,8 +164,12 @@ def _png(path: Path) -> Path:
 
 
 def test_names_with_markup_and_brackets_are_shown_literally(tiny_vit_dir, tmp_path):
-    odd = [_png(tmp_path / "dir[" / "x]" / "y.png"), _png(tmp_path / "photo [edited].png"),
-           _png(tmp_path / "[bold]b.png"), _png(tmp_path / ":smile: e.png")]
+    odd = [
+        _png(tmp_path / "dir[" / "x]" / "y.png"),
+        _png(tmp_path / "photo [edited].png"),
+        _png(tmp_path / "[bold]b.png"),
+        _png(tmp_path / ":smile: e.png"),
+    ]
     result = vit("predict", "--model", tiny_vit_dir, "-k", "1", *odd)
     assert result.exit_code == 0, result.stderr
     flat = result.stdout.replace("\n", "")
@@ -165,8 +202,9 @@ def test_a_full_disk_while_writing_output_keeps_every_result(tiny_vit_dir, tmp_p
 
 def test_output_naming_a_folder_is_refused_before_any_work(tiny_vit_dir, tmp_path, make_images):
     (tmp_path / "results.csv").mkdir()
-    one_line_error(vit("predict", "--model", tiny_vit_dir, "-o", tmp_path / "results.csv", make_images(1)[0]),
-                   2, "is a folder")
+    one_line_error(
+        vit("predict", "--model", tiny_vit_dir, "-o", tmp_path / "results.csv", make_images(1)[0]), 2, "is a folder"
+    )
 
 
 # 5 -------------------------------------------------------------------------------- symlink loops
@@ -205,10 +243,13 @@ def test_a_damaged_safetensors_file_is_one_line_naming_it(tmp_path, make_images,
     weights = folder / "model.safetensors"
     data = weights.read_bytes()
     header = 8 + int.from_bytes(data[:8], "little")
-    weights.write_bytes({"truncated": data[: len(data) // 2], "random": os.urandom(4096),
-                         "header only": data[:header]}[damage])
-    for command in (["predict", "--model", folder, make_images(1)[0]],
-                    ["benchmark", "--model", folder, "--iters", "1", "--warmup-iters", "0", "--batch-size", "1"]):
+    weights.write_bytes(
+        {"truncated": data[: len(data) // 2], "random": os.urandom(4096), "header only": data[:header]}[damage]
+    )
+    for command in (
+        ["predict", "--model", folder, make_images(1)[0]],
+        ["benchmark", "--model", folder, "--iters", "1", "--warmup-iters", "0", "--batch-size", "1"],
+    ):
         one_line_error(vit(*command), 1, "model.safetensors", "damaged")
 
 
@@ -230,19 +271,23 @@ def test_a_full_cache_never_fails_a_command(tiny_vit_dir, make_images, monkeypat
 
 
 # 8 -------------------------------------------------------------------------- one line and a hint
-@pytest.mark.parametrize("model,says", [
-    ("vit_tiny_patch16_224.nosuchtag", "no pretrained tag 'nosuchtag'"),
-    ("hf-hub:../etc", "bad Hub id"),
-    ("hf-hub:timm/..", "bad Hub id"),
-])
+@pytest.mark.parametrize(
+    "model,says",
+    [
+        ("vit_tiny_patch16_224.nosuchtag", "no pretrained tag 'nosuchtag'"),
+        ("hf-hub:../etc", "bad Hub id"),
+        ("hf-hub:timm/..", "bad Hub id"),
+    ],
+)
 def test_bad_model_names(model, says, make_images):
     one_line_error(vit("predict", "--model", model, make_images(1)[0]), 1, says)
 
 
 @pytest.mark.parametrize("endpoint", ["http://127.0.0.1:99999", "notaurl"])
 def test_bad_hub_endpoints(endpoint, make_images):
-    result = vit("predict", "--model", "vit_tiny_patch16_224.augreg_in21k_ft_in1k", make_images(1)[0],
-                 HF_ENDPOINT=endpoint)
+    result = vit(
+        "predict", "--model", "vit_tiny_patch16_224.augreg_in21k_ft_in1k", make_images(1)[0], HF_ENDPOINT=endpoint
+    )
     one_line_error(result, 2, "HF_ENDPOINT", "not an http(s) URL")
 
 
@@ -257,8 +302,13 @@ def test_bad_numbers_and_an_image_size_that_is_not_whole_patches(tmp_path):
 def test_running_out_of_memory_is_one_line():
     from vitcli.errors import describe
 
-    for exc in (MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: can't "
-                                            "allocate memory: you tried to allocate 9999999 bytes")):
+    for exc in (
+        MemoryError(),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:116] DefaultCPUAllocator: can't "
+            "allocate memory: you tried to allocate 9999999 bytes"
+        ),
+    ):
         failure = describe(exc)
         assert failure is not None and failure.message == "out of memory" and "--batch-size" in failure.hint
 
@@ -279,12 +329,10 @@ def test_resuming_from_a_damaged_state_is_one_line(tmp_path, state):
     elif state == "random":
         target.write_bytes(os.urandom(2048))
     elif state == "pickled":
-        target.write_bytes(pickle.dumps({"model": {}, "optimizer": {}, "step": 1, "config": {},
-                                         "odd": Path("x")}))
+        target.write_bytes(pickle.dumps({"model": {}, "optimizer": {}, "step": 1, "config": {}, "odd": Path("x")}))
     else:
         target = _png(tmp_path / "photo.png")
-    one_line_error(vit("finetune", "--resume", target if state == "an image" else run), 2,
-                   "training state")
+    one_line_error(vit("finetune", "--resume", target if state == "an image" else run), 2, "training state")
 
 
 def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(tiny_vit_dir, tmp_path, monkeypatch):
@@ -312,14 +360,15 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(tiny_vit_dir, tmp_pa
 def test_bad_labels_and_real_files(tiny_vit_dir, tmp_path, make_images):
     images = make_images(2, folder=tmp_path / "val")
     (tmp_path / "bin.txt").write_bytes(b"img000.png 1\n\xff\xfe 2\n")
-    (tmp_path / "big.txt").write_text(f"img000.png {10 ** 23}\n")
+    (tmp_path / "big.txt").write_text(f"img000.png {10**23}\n")
     base = ["eval", "--model", tiny_vit_dir, "--data", tmp_path / "val"]
     one_line_error(vit(*base, "--labels", tmp_path / "bin.txt"), 1, "not UTF-8")
     one_line_error(vit(*base, "--labels", tmp_path / "big.txt"), 1, "expected 'FILENAME CLASS_INDEX'")
     (tmp_path / "ok.txt").write_text("".join(f"{p.name} 1\n" for p in images))
     (tmp_path / "real.json").write_text('[["x"]]')
-    one_line_error(vit(*base, "--labels", tmp_path / "ok.txt", "--real-labels", tmp_path / "real.json"), 1,
-                   "class indices")
+    one_line_error(
+        vit(*base, "--labels", tmp_path / "ok.txt", "--real-labels", tmp_path / "real.json"), 1, "class indices"
+    )
 
 
 # 9 ------------------------------------------------------------------------------------ smaller ones
@@ -336,12 +385,31 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_under_its_name(ti
 
 def test_resuming_a_train_run_with_finetune_names_the_command(tmp_path):
     ds = make_colour_tree(tmp_path / "ds", {"train": 8, "val": 2})
-    result = vit("train", "--model", "test_vit", "--img-size", "32", "--patch-size", "4", "--dataset", ds,
-                 "--steps", "1", "--batch-size", "4", "--workers", "0", "--project", tmp_path / "runs",
-                 "--name", "t")
+    result = vit(
+        "train",
+        "--model",
+        "test_vit",
+        "--img-size",
+        "32",
+        "--patch-size",
+        "4",
+        "--dataset",
+        ds,
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--project",
+        tmp_path / "runs",
+        "--name",
+        "t",
+    )
     assert result.exit_code == 0, result.stderr
-    one_line_error(vit("finetune", "--resume", tmp_path / "runs" / "train" / "t"), 2, "is a train run",
-                   "vit train --resume")
+    one_line_error(
+        vit("finetune", "--resume", tmp_path / "runs" / "train" / "t"), 2, "is a train run", "vit train --resume"
+    )
 
 
 def test_a_crashed_run_is_not_left_running(tiny_vit_dir, tmp_path, monkeypatch):
@@ -378,8 +446,7 @@ def test_eval_exits_1_with_unreadable_images_and_counts_them(tiny_vit_dir, tmp_p
     images = make_images(3, folder=tmp_path / "val")
     (tmp_path / "val" / "bad.png").write_bytes(b"")
     (tmp_path / "l.txt").write_text("".join(f"{p.name} 1\n" for p in images) + "bad.png 2\n")
-    result = vit("eval", "--model", tiny_vit_dir, "--data", tmp_path / "val", "--labels", tmp_path / "l.txt",
-                 "--json")
+    result = vit("eval", "--model", tiny_vit_dir, "--data", tmp_path / "val", "--labels", tmp_path / "l.txt", "--json")
     assert result.exit_code == 1
     summary = json.loads(result.stdout)
     assert summary["num_images"] == 3 and summary["num_failed"] == 1
@@ -393,8 +460,7 @@ def test_few_shot_reports_the_shots_it_used(tiny_vit_dir, tmp_path):
     largest = summary["num_train"] // 3  # 3 classes of equal size (minival carved from train/)
     assert sorted(summary["few_shot"]) == sorted(["2", str(largest)])
     assert summary["shots_reduced"] == {"1000": largest} and f"reported as {largest}-shot" in result.stderr
-    one_line_error(vit("eval", "--model", tiny_vit_dir, "--dataset", tree, "--few-shot", "1", "--l2", "nan"),
-                   2, "--l2")
+    one_line_error(vit("eval", "--model", tiny_vit_dir, "--dataset", tree, "--few-shot", "1", "--l2", "nan"), 2, "--l2")
 
 
 # 10 ------------------------------------------------------------------------------------- hardening

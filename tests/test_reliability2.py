@@ -45,15 +45,32 @@ def one_line_error(result, code: int, *says: str) -> None:
 
 
 def finetune(model, data, project, *more):
-    return ["finetune", "--model", model, "--dataset", data, "--steps", "1", "--batch-size", "4", "--workers", "0",
-            "--device", "cpu", "--project", project, *more]
+    return [
+        "finetune",
+        "--model",
+        model,
+        "--dataset",
+        data,
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--project",
+        project,
+        *more,
+    ]
 
 
 def python_vit(args: list[str], *, timeout: int = 120, **popen):
     """`python -m vitcli ARGS` in a fresh process (for what a CliRunner cannot show: real standard streams)."""
     env = {**os.environ, **popen.pop("env", {})}
-    return subprocess.run([sys.executable, "-m", "vitcli", *map(str, args)], cwd=REPO, env=env, timeout=timeout,
-                          check=False, **popen)
+    return subprocess.run(
+        [sys.executable, "-m", "vitcli", *map(str, args)], cwd=REPO, env=env, timeout=timeout, check=False, **popen
+    )
 
 
 @pytest.fixture
@@ -119,8 +136,10 @@ def test_check_name_refuses_every_path(tmp_path):
 
 
 # 2 --------------------------------------------------------------- one run folder, one process at a time
-HOLD = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
-        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('held', flush=True); time.sleep(120)")
+HOLD = (
+    "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+    "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print('held', flush=True); time.sleep(120)"
+)
 
 
 def test_a_second_run_of_one_name_is_refused_while_the_first_lives(tiny_vit_dir, tree, tmp_path):
@@ -143,12 +162,20 @@ def test_a_run_folder_is_claimed_once_and_released(tmp_path):
     from vitcli.train.run import runs
 
     folder = runs.create(tmp_path, "train", "x", "ds")
-    child = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(120)", "pass"), str(folder)],
-                           capture_output=True, text=True, check=False)
+    child = subprocess.run(
+        [sys.executable, "-c", HOLD.replace("time.sleep(120)", "pass"), str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert child.returncode != 0 and "BlockingIOError" in child.stderr  # held by this process
     runs.release(folder)
-    child = subprocess.run([sys.executable, "-c", HOLD.replace("time.sleep(120)", "pass"), str(folder)],
-                           capture_output=True, text=True, check=False)
+    child = subprocess.run(
+        [sys.executable, "-c", HOLD.replace("time.sleep(120)", "pass"), str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert child.returncode == 0, child.stderr
     runs.claim(folder)
     runs.release(folder)
@@ -166,8 +193,22 @@ def test_a_run_folder_is_claimed_once_and_released(tmp_path):
 def test_a_diverged_run_ends_diverged_and_keeps_no_model_with_non_finite_outputs(tiny_vit_dir, tree, tmp_path):
     from safetensors.torch import load_file
 
-    result = vit(*finetune(tiny_vit_dir, tree, tmp_path / "p", "--lr", "1e9", "--steps", "3", "--clip-grad", "0",
-                           "--name", "hot", "--json"))
+    result = vit(
+        *finetune(
+            tiny_vit_dir,
+            tree,
+            tmp_path / "p",
+            "--lr",
+            "1e9",
+            "--steps",
+            "3",
+            "--clip-grad",
+            "0",
+            "--name",
+            "hot",
+            "--json",
+        )
+    )
     one_line_error(result, 1, "diverged")
     run = tmp_path / "p" / "finetune" / "hot"
     assert json.loads((run / "run.json").read_text())["status"] == "diverged"
@@ -245,8 +286,7 @@ def test_a_labels_file_naming_one_image_twice_with_two_classes_is_refused(tiny_v
     result = vit("eval", "--model", tiny_vit_dir, "--data", tmp_path / "val", "--labels", tmp_path / "l.txt")
     one_line_error(result, 1, "l.txt:4", "class 3 here and class 1 at line 1")
     (tmp_path / "l.txt").write_text("img000.png 1\nimg001.png 2\nimg000.png 1\n")  # the same twice: read once
-    result = vit("eval", "--model", tiny_vit_dir, "--data", tmp_path / "val", "--labels", tmp_path / "l.txt",
-                 "--json")
+    result = vit("eval", "--model", tiny_vit_dir, "--data", tmp_path / "val", "--labels", tmp_path / "l.txt", "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["num_images"] == 2
 
 
@@ -290,13 +330,22 @@ def read_only(tmp_path, monkeypatch):
     return ro
 
 
-def test_a_read_only_file_system_is_one_line_in_every_command(tiny_vit_dir, colour_model, tree, read_only,
-                                                              make_images):
+def test_a_read_only_file_system_is_one_line_in_every_command(tiny_vit_dir, colour_model, tree, read_only, make_images):
     image = make_images(1)[0]
     commands = {
         "predict": ["predict", "--model", tiny_vit_dir, "-o", read_only / "out.csv", image],
-        "eval": ["eval", "--model", colour_model, "--dataset", tree, "--split", "val", "--out-dir",
-                 read_only / "ev", "--json"],
+        "eval": [
+            "eval",
+            "--model",
+            colour_model,
+            "--dataset",
+            tree,
+            "--split",
+            "val",
+            "--out-dir",
+            read_only / "ev",
+            "--json",
+        ],
         "train": finetune(tiny_vit_dir, tree, read_only / "runs"),
         "export": ["export", "--model", tiny_vit_dir, "-o", read_only / "m.onnx"],
         "visualize": ["visualize", "--attention-map", "--model", tiny_vit_dir, "--out-dir", read_only / "vis", image],
@@ -308,10 +357,19 @@ def test_a_read_only_file_system_is_one_line_in_every_command(tiny_vit_dir, colo
             assert json.loads(result.stdout)["num_images"] == 6
 
 
-@pytest.mark.parametrize("code,says", [(errno.EROFS, "read-only"), (errno.EACCES, "permission denied"),
-                                       (errno.ENOSPC, "no space left"), (errno.EMFILE, "too many open files"),
-                                       (errno.EIO, "input/output error"), (errno.ENAMETOOLONG, "too long"),
-                                       (errno.EXDEV, "across file systems"), (errno.ESTALE, "tale")])
+@pytest.mark.parametrize(
+    "code,says",
+    [
+        (errno.EROFS, "read-only"),
+        (errno.EACCES, "permission denied"),
+        (errno.ENOSPC, "no space left"),
+        (errno.EMFILE, "too many open files"),
+        (errno.EIO, "input/output error"),
+        (errno.ENAMETOOLONG, "too long"),
+        (errno.EXDEV, "across file systems"),
+        (errno.ESTALE, "tale"),
+    ],
+)
 def test_every_oserror_is_one_line_by_errno(code, says):
     from vitcli.errors import describe
 
@@ -341,14 +399,23 @@ def test_a_20_digit_seed_is_a_usage_error(tree, tmp_path):
 
 
 def test_closed_stderr_never_sends_a_message_to_stdout(tmp_path):
-    proc = python_vit(["predict", "--model", tmp_path / "no-such-model", tmp_path / "x.png"], stdout=subprocess.PIPE,
-                      stderr=subprocess.DEVNULL, pass_fds=(), preexec_fn=lambda: os.close(2))
+    proc = python_vit(
+        ["predict", "--model", tmp_path / "no-such-model", tmp_path / "x.png"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        pass_fds=(),
+        preexec_fn=lambda: os.close(2),
+    )
     assert proc.returncode == 1 and proc.stdout == b""
 
 
 def test_closed_stdout_is_an_error_on_stderr(tmp_path):
-    proc = python_vit(["models", "vit_tiny_patch16_224"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                      preexec_fn=lambda: os.close(1))
+    proc = python_vit(
+        ["models", "vit_tiny_patch16_224"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        preexec_fn=lambda: os.close(1),
+    )
     assert proc.returncode == 1 and b"error: stdout is closed" in proc.stderr, proc.stderr
 
 
@@ -359,8 +426,11 @@ def test_an_ascii_only_stdout_escapes_a_non_ascii_name(tiny_vit_dir, tmp_path, m
 
     image = tmp_path / "café ☕.png"
     Image.new("RGB", (36, 36), (10, 200, 10)).save(image)
-    proc = python_vit(["predict", "--model", tiny_vit_dir, "-k", "1", image], capture_output=True,
-                      env={"PYTHONIOENCODING": "ascii", "PYTHONUTF8": "0", "LC_ALL": "C"})
+    proc = python_vit(
+        ["predict", "--model", tiny_vit_dir, "-k", "1", image],
+        capture_output=True,
+        env={"PYTHONIOENCODING": "ascii", "PYTHONUTF8": "0", "LC_ALL": "C"},
+    )
     assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr
     assert b"caf\\xe9 \\u2615.png" in proc.stdout, proc.stdout
     ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
@@ -374,8 +444,10 @@ def test_an_ascii_only_stdout_escapes_a_non_ascii_name(tiny_vit_dir, tmp_path, m
 def test_resuming_from_a_state_of_another_architecture_is_one_line(tiny_vit_dir, tree, tmp_path):
     import torch
 
-    assert vit(*finetune(tiny_vit_dir, tree, tmp_path / "p", "--name", "a", "--steps", "2", "--stop-after", "1")
-               ).exit_code == 0
+    assert (
+        vit(*finetune(tiny_vit_dir, tree, tmp_path / "p", "--name", "a", "--steps", "2", "--stop-after", "1")).exit_code
+        == 0
+    )
     state_path = tmp_path / "p" / "finetune" / "a" / "last" / "state.pt"
     state = torch.load(state_path, weights_only=True)
     state["model"] = make_tiny_vit(3, embed_dim=32).state_dict()  # another architecture's weights
@@ -409,22 +481,26 @@ def _set(info: dict, **changes) -> str:
     return json.dumps(info)
 
 
-@pytest.mark.parametrize("change,says", [
-    (lambda i: _set(i, label_names=["a", "b"]), "names 2 labels but the graph gives 4 outputs"),
-    (lambda i: _set(i, data_config={**i["data_config"], "input_size": [3, 64, 64]}), "the graph takes [3, 32, 32]"),
-    (lambda i: json.dumps({k: v for k, v in i.items() if k != "data_config"}), "no valid data_config"),
-    (lambda i: _set(i, data_config={**i["data_config"], "input_size": [3, 0, -1]}), "no valid data_config"),
-    (lambda i: _set(i, data_config={**i["data_config"], "std": [0, 0, 0]}), "no valid data_config"),
-    ("{not json", "is not valid JSON"),
-])
-def test_an_onnx_file_whose_metadata_does_not_fit_its_graph_is_one_line(onnx_file, tmp_path, make_images, change,
-                                                                        says):
+@pytest.mark.parametrize(
+    "change,says",
+    [
+        (lambda i: _set(i, label_names=["a", "b"]), "names 2 labels but the graph gives 4 outputs"),
+        (lambda i: _set(i, data_config={**i["data_config"], "input_size": [3, 64, 64]}), "the graph takes [3, 32, 32]"),
+        (lambda i: json.dumps({k: v for k, v in i.items() if k != "data_config"}), "no valid data_config"),
+        (lambda i: _set(i, data_config={**i["data_config"], "input_size": [3, 0, -1]}), "no valid data_config"),
+        (lambda i: _set(i, data_config={**i["data_config"], "std": [0, 0, 0]}), "no valid data_config"),
+        ("{not json", "is not valid JSON"),
+    ],
+)
+def test_an_onnx_file_whose_metadata_does_not_fit_its_graph_is_one_line(onnx_file, tmp_path, make_images, change, says):
     bad = _onnx_with(onnx_file, tmp_path / "bad.onnx", change)
     one_line_error(vit("predict", "--model", bad, make_images(1)[0]), 1, says, "vit export")
 
 
-@pytest.mark.parametrize("key,value", [("input_size", [3, 0, 0]), ("input_size", [3, -32, 32]),
-                                       ("img_size", -1), ("img_size", 0), ("num_classes", -3)])
+@pytest.mark.parametrize(
+    "key,value",
+    [("input_size", [3, 0, 0]), ("input_size", [3, -32, 32]), ("img_size", -1), ("img_size", 0), ("num_classes", -3)],
+)
 def test_a_config_json_with_a_size_that_is_not_one_is_one_line(tmp_path, make_images, key, value):
     folder = save_hub_layout(make_tiny_vit(10), tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())
@@ -502,12 +578,14 @@ def test_a_url_that_drips_bytes_meets_a_total_deadline(monkeypatch):
 
 def test_a_yaml_alias_bomb_is_refused_before_it_expands(tree, tmp_path):
     levels = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
-        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8)]
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(8)
+    ]
     (tmp_path / "bomb.yaml").write_text("steps: 1\nnested:\n" + "".join(f"  {line}\n" for line in levels))
     (tmp_path / "self.yaml").write_text("x: &x [*x]\n")
     for config, says in (("bomb.yaml", "expand to more than"), ("self.yaml", "refers to itself")):
-        result = vit(*finetune("test_vit", tree, tmp_path / "p", "--config", tmp_path / config, "--dry-run"),
-                     timeout=20)
+        result = vit(
+            *finetune("test_vit", tree, tmp_path / "p", "--config", tmp_path / config, "--dry-run"), timeout=20
+        )
         one_line_error(result, 2, says)
 
 
@@ -518,8 +596,9 @@ def test_counting_many_architectures_shows_progress_without_a_terminal(monkeypat
     names = [f"arch{i}" for i in range(30)]
     monkeypatch.setattr(zoo, "architectures", lambda *a, **k: names)
     monkeypatch.setattr(zoo, "tags_by_architecture", dict)
-    monkeypatch.setattr(zoo, "profile", lambda name: (time.sleep(0.01), zoo.ZooEntry(name, 1, 1.0, (3, 8, 8), [],
-                                                                                      None))[1])
+    monkeypatch.setattr(
+        zoo, "profile", lambda name: (time.sleep(0.01), zoo.ZooEntry(name, 1, 1.0, (3, 8, 8), [], None))[1]
+    )
     monkeypatch.setattr(models_cli, "PROGRESS_EVERY_S", 0.05)
     result = vit("models", "**", "--json")
     assert result.exit_code == 0 and len(result.stdout.splitlines()) == 30
@@ -563,8 +642,9 @@ def test_eval_prints_its_metrics_before_a_full_disk_stops_the_artefacts(colour_m
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "ev" / "metrics.json"))
 
     monkeypatch.setattr(reports, "write_artefacts", full)
-    result = vit("eval", "--model", colour_model, "--dataset", tree, "--split", "val", "--out-dir",
-                 tmp_path / "ev", "--json")
+    result = vit(
+        "eval", "--model", colour_model, "--dataset", tree, "--split", "val", "--out-dir", tmp_path / "ev", "--json"
+    )
     one_line_error(result, 1, "no space left on the device")
     assert json.loads(result.stdout)["num_images"] == 6
 
@@ -575,15 +655,17 @@ def test_output_naming_one_of_the_inputs_is_refused(tiny_vit_dir, tmp_path, make
     listed.write_text(f"{images[0]}\n")
     before = images[1].read_bytes()
     renamed = images[1].rename(images[1].with_suffix(".csv"))  # an image named like a results file
-    one_line_error(vit("predict", "--model", tiny_vit_dir, "-o", renamed, renamed, images[0]), 2,
-                   "is one of the inputs")
+    one_line_error(
+        vit("predict", "--model", tiny_vit_dir, "-o", renamed, renamed, images[0]), 2, "is one of the inputs"
+    )
     assert renamed.read_bytes() == before
     one_line_error(vit("predict", "--model", tiny_vit_dir, "--list", listed, "-o", listed), 2, "is one of the inputs")
     assert listed.read_text() == f"{images[0]}\n"
 
 
-def test_a_full_disk_at_a_checkpoint_leaves_run_json_failed_and_no_temporary_file(tiny_vit_dir, tree, tmp_path,
-                                                                                 monkeypatch):
+def test_a_full_disk_at_a_checkpoint_leaves_run_json_failed_and_no_temporary_file(
+    tiny_vit_dir, tree, tmp_path, monkeypatch
+):
     import torch
 
     from vitcli.train.run import runs

@@ -25,9 +25,32 @@ def colours(tmp_path_factory) -> Path:
 
 
 def _finetune(tiny_vit_dir, colours, tmp_path, *extra):
-    return runner.invoke(app, ["finetune", "--model", str(tiny_vit_dir), "--dataset", str(colours), "--recipe",
-                               "quick", "--steps", "6", "--batch-size", "8", "--eval-every", "3", "-j", "0",
-                               "--device", "cpu", "--project", str(tmp_path / "runs"), "--json", *extra])
+    return runner.invoke(
+        app,
+        [
+            "finetune",
+            "--model",
+            str(tiny_vit_dir),
+            "--dataset",
+            str(colours),
+            "--recipe",
+            "quick",
+            "--steps",
+            "6",
+            "--batch-size",
+            "8",
+            "--eval-every",
+            "3",
+            "-j",
+            "0",
+            "--device",
+            "cpu",
+            "--project",
+            str(tmp_path / "runs"),
+            "--json",
+            *extra,
+        ],
+    )
 
 
 def _rows(run: Path) -> list[dict]:
@@ -36,24 +59,49 @@ def _rows(run: Path) -> list[dict]:
 
 
 def test_results_rows_a_row_per_logged_step_evaluation_and_test():
-    records = [{"step": 0, "event": "probe", "cv_top1": 90.0, "l2": 0.01},
-               {"step": 1, "epoch": 0.1, "loss": 2.0, "lr": 0.1, "img_s": 10.0, "grad_norm": 1.0, "seconds": 1.0},
-               {"step": 2, "event": "nonfinite", "loss": float("nan")},
-               {"step": 3, "epoch": 0.3, "loss": 1.5, "lr": 0.2, "img_s": 11.0, "grad_norm": 1.0, "seconds": 3.0},
-               {"step": 3, "split": "minival", "top1": 50.0, "loss": 1.4, "n": 8, "seconds": 4.0},
-               {"step": 6, "epoch": 0.6, "loss": 1.0, "lr": 0.0, "img_s": 12.0, "grad_norm": 1.0, "seconds": 7.0},
-               {"step": 6, "split": "minival", "top1": 75.0, "loss": 0.9, "n": 8, "seconds": 8.0},
-               {"step": 6, "split": "test", "top1": 70.0, "loss": 1.1, "n": 8}]
+    records = [
+        {"step": 0, "event": "probe", "cv_top1": 90.0, "l2": 0.01},
+        {"step": 1, "epoch": 0.1, "loss": 2.0, "lr": 0.1, "img_s": 10.0, "grad_norm": 1.0, "seconds": 1.0},
+        {"step": 2, "event": "nonfinite", "loss": float("nan")},
+        {"step": 3, "epoch": 0.3, "loss": 1.5, "lr": 0.2, "img_s": 11.0, "grad_norm": 1.0, "seconds": 3.0},
+        {"step": 3, "split": "minival", "top1": 50.0, "loss": 1.4, "n": 8, "seconds": 4.0},
+        {"step": 6, "epoch": 0.6, "loss": 1.0, "lr": 0.0, "img_s": 12.0, "grad_norm": 1.0, "seconds": 7.0},
+        {"step": 6, "split": "minival", "top1": 75.0, "loss": 0.9, "n": 8, "seconds": 8.0},
+        {"step": 6, "split": "test", "top1": 70.0, "loss": 1.1, "n": 8},
+    ]
     rows = reporting.results_rows(records)
     blank = dict.fromkeys(reporting.COLUMNS)
-    assert rows == [{**blank, "step": 1, "epoch": 0.1, "train_loss": 2.0, "lr": 0.1, "img_s": 10.0, "seconds": 1.0},
-                    {**blank, "step": 3, "epoch": 0.3, "train_loss": 1.5, "lr": 0.2, "val_top1": 50.0, "val_loss": 1.4,
-                     "img_s": 11.0, "seconds": 4.0},
-                    {**blank, "step": 6, "epoch": 0.6, "train_loss": 1.0, "lr": 0.0, "val_top1": 75.0, "val_loss": 0.9,
-                     "img_s": 12.0, "seconds": 8.0, "test_top1": 70.0, "test_loss": 1.1}]
+    assert rows == [
+        {**blank, "step": 1, "epoch": 0.1, "train_loss": 2.0, "lr": 0.1, "img_s": 10.0, "seconds": 1.0},
+        {
+            **blank,
+            "step": 3,
+            "epoch": 0.3,
+            "train_loss": 1.5,
+            "lr": 0.2,
+            "val_top1": 50.0,
+            "val_loss": 1.4,
+            "img_s": 11.0,
+            "seconds": 4.0,
+        },
+        {
+            **blank,
+            "step": 6,
+            "epoch": 0.6,
+            "train_loss": 1.0,
+            "lr": 0.0,
+            "val_top1": 75.0,
+            "val_loss": 0.9,
+            "img_s": 12.0,
+            "seconds": 8.0,
+            "test_top1": 70.0,
+            "test_loss": 1.1,
+        },
+    ]
     # the EMA's evaluation beside the model's: a row of its own at the same step
-    ema = reporting.results_rows(records[:7] + [{"step": 6, "split": "minival", "top1": 80.0, "loss": 0.8,
-                                                 "weights": "ema"}])
+    ema = reporting.results_rows(
+        records[:7] + [{"step": 6, "split": "minival", "top1": 80.0, "loss": 0.8, "weights": "ema"}]
+    )
     assert [(r["step"], r["val_top1"]) for r in ema] == [(1, None), (3, 50.0), (6, 75.0), (6, 80.0)]
     assert reporting.scalars(records[1])["train/loss"] == 2.0 and reporting.scalars(records[2]) == {}
     assert reporting.scalars(records[6]) == {"val/top1": 75.0, "val/loss": 0.9}
@@ -114,7 +162,9 @@ def test_report_to_tensorboard_and_wandb(tiny_vit_dir, colours, tmp_path, monkey
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/lr", "train/img_s", "val/top1", "val/loss", "test/top1"} <= tags
     assert [e.step for e in events.Scalars("val/top1")] == [0, 3, 6]  # 0: the LP-FT head
-    assert [e.value for e in events.Scalars("val/top1")] == pytest.approx([float(r["val_top1"]) for r in _rows(run) if r["val_top1"]])
+    assert [e.value for e in events.Scalars("val/top1")] == pytest.approx(
+        [float(r["val_top1"]) for r in _rows(run) if r["val_top1"]]
+    )
     assert [e.step for e in events.Scalars("train/loss")] == [1, 3, 6]
     assert events.Scalars("test/top1")[0].value == pytest.approx(summary["test_top1"])
     hparams = events.PluginTagToContent("hparams")

@@ -26,8 +26,20 @@ def colour_ds(tmp_path_factory) -> Path:
 
 
 def cfg_for(model, ds, tmp_path, **kw):
-    base = dict(model=str(model), dataset=str(ds), recipe="quick", steps=4, batch_size=8, warmup=1, lr=0.01,
-                project=str(tmp_path / "runs"), workers=0, device="cpu", head_init="zero", precision="fp32")
+    base = dict(
+        model=str(model),
+        dataset=str(ds),
+        recipe="quick",
+        steps=4,
+        batch_size=8,
+        warmup=1,
+        lr=0.01,
+        project=str(tmp_path / "runs"),
+        workers=0,
+        device="cpu",
+        head_init="zero",
+        precision="fp32",
+    )
     return resolve("finetune", {**base, **kw})
 
 
@@ -47,8 +59,9 @@ def test_grad_checkpointing_and_one_process_fsdp_train_the_same_model(tiny_vit_d
 
     plain = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="plain", accum=2))
     ckpt = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="ckpt", accum=2, grad_checkpointing=True))
-    sharded = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="fsdp", accum=2, fsdp=True,
-                               grad_checkpointing=True))
+    sharded = finetune(
+        cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="fsdp", accum=2, fsdp=True, grad_checkpointing=True)
+    )
     wp, wc, wf = weights(plain["run_dir"]), weights(ckpt["run_dir"]), weights(sharded["run_dir"])
     assert set(wp) == set(wc) == set(wf)  # the same names: a normal run folder
     # recomputed activations are the same numbers; FSDP's reduce-scatter of one rank the same sums
@@ -78,11 +91,13 @@ def test_distillation_logit_trains_and_token_uses_both_heads(tiny_vit_dir, colou
 
     teacher = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="teacher", steps=6))["run_dir"]
     plain = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="student"))
-    soft = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="soft", teacher=teacher, distill="logit",
-                            distill_temp=2.0))
+    soft = finetune(
+        cfg_for(tiny_vit_dir, colour_ds, tmp_path, name="soft", teacher=teacher, distill="logit", distill_temp=2.0)
+    )
     assert soft["test_top1"] is not None
-    assert any(not torch.equal(a, b) for a, b in zip(weights(plain["run_dir"]).values(),
-                                                     weights(soft["run_dir"]).values()))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(weights(plain["run_dir"]).values(), weights(soft["run_dir"]).values())
+    )
     lines = [json.loads(x) for x in (Path(soft["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in lines if "loss" in r)
 
@@ -104,28 +119,80 @@ def test_distillation_logit_trains_and_token_uses_both_heads(tiny_vit_dir, colou
 
 
 def test_torchrun_fsdp_grad_checkpointing_accum_stop_and_resume(tiny_vit_dir, colour_ds, tmp_path):
-    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
-                "-m", "vitcli", "finetune"]
+    torchrun = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "vitcli",
+        "finetune",
+    ]
     run = tmp_path / "runs" / "finetune" / "fsdp"
-    args = ["--model", str(tiny_vit_dir), "--dataset", str(colour_ds), "--steps", "4", "--batch-size", "8",
-            "--accum", "2", "--fsdp", "--grad-checkpointing", "--recipe", "quick", "--head-init", "zero",
-            "--precision", "fp32", "--project", str(tmp_path / "runs"), "--name", "fsdp", "--json"]
-    first = subprocess.run(torchrun + args + ["--stop-after", "2"], capture_output=True, text=True, env=_env(),
-                           timeout=240, cwd=tmp_path, check=False)
+    args = [
+        "--model",
+        str(tiny_vit_dir),
+        "--dataset",
+        str(colour_ds),
+        "--steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--accum",
+        "2",
+        "--fsdp",
+        "--grad-checkpointing",
+        "--recipe",
+        "quick",
+        "--head-init",
+        "zero",
+        "--precision",
+        "fp32",
+        "--project",
+        str(tmp_path / "runs"),
+        "--name",
+        "fsdp",
+        "--json",
+    ]
+    first = subprocess.run(
+        torchrun + args + ["--stop-after", "2"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=240,
+        cwd=tmp_path,
+        check=False,
+    )
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = subprocess.run(torchrun + ["--resume", str(run), "--json"], capture_output=True, text=True,
-                             env=_env(), timeout=240, cwd=tmp_path, check=False)
+    resumed = subprocess.run(
+        torchrun + ["--resume", str(run), "--json"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=240,
+        cwd=tmp_path,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads(next(x for x in resumed.stdout.splitlines() if x.startswith("{")))
     assert summary["world_size"] == 2 and summary["steps"] == 4 and summary["test_top1"] is not None
-    result = CliRunner().invoke(app, ["eval", "--model", str(run), "--dataset", str(colour_ds), "--device", "cpu",
-                                      "--json"])
+    result = CliRunner().invoke(
+        app, ["eval", "--model", str(run), "--dataset", str(colour_ds), "--device", "cpu", "--json"]
+    )
     assert result.exit_code == 0 and json.loads(result.stdout.splitlines()[-1])["top1"] == summary["test_top1"]
 
 
 def test_dry_run_prints_the_world_layout_from_torchrun_env(monkeypatch):
-    env = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1",
-           "MASTER_ADDR": "node0", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "job7"}
+    env = {
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "2",
+        "GROUP_RANK": "1",
+        "MASTER_ADDR": "node0",
+        "MASTER_PORT": "29500",
+        "TORCHELASTIC_RUN_ID": "job7",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     result = CliRunner().invoke(app, ["train", "--dataset", "x", "--model", "S/16", "--steps", "1", "--dry-run"])

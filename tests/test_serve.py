@@ -46,8 +46,9 @@ def client(model_dir):
 
 
 def _predict_json(model_dir, path) -> dict:
-    result = runner.invoke(app, ["predict", "--model", str(model_dir), "--json", "-k", "3", "--precision", "fp32",
-                                 str(path)])
+    result = runner.invoke(
+        app, ["predict", "--model", str(model_dir), "--json", "-k", "3", "--precision", "fp32", str(path)]
+    )
     assert result.exit_code == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -60,13 +61,16 @@ def test_predict_answers_as_vit_predict_json(client, model_dir, make_images):
     assert multipart.status_code == raw.status_code == 200
     for got in (multipart.json(), raw.json()):
         assert [p["index"] for p in got["predictions"]] == [p["index"] for p in expected["predictions"]]
-        assert [p["score"] for p in got["predictions"]] == pytest.approx([p["score"] for p in expected["predictions"]],
-                                                                         abs=1e-5)
+        assert [p["score"] for p in got["predictions"]] == pytest.approx(
+            [p["score"] for p in expected["predictions"]], abs=1e-5
+        )
         assert (got["backend"], got["precision"]) == ("torch", "fp32")
     assert multipart.json()["path"] == path.name
     top = raw.json()["predictions"][0]["score"]
-    assert [p["score"] for p in client.post(f"/v1/predict?k=5&threshold={top}", content=path.read_bytes()
-                                            ).json()["predictions"]] == [top]
+    assert [
+        p["score"]
+        for p in client.post(f"/v1/predict?k=5&threshold={top}", content=path.read_bytes()).json()["predictions"]
+    ] == [top]
 
 
 def test_the_rollout_is_one_value_per_patch(client, make_images):
@@ -77,14 +81,17 @@ def test_the_rollout_is_one_value_per_patch(client, make_images):
     assert 0.0 <= min(out["rollout"]["values"]) and max(out["rollout"]["values"]) <= 1.0
 
 
-@pytest.mark.parametrize("body, query, status, words", [
-    (b"", "", 400, "empty upload"),
-    (b"hello, not an image", "", 415, "not an image"),
-    (b"x" * 60_000, "", 413, "limit"),
-    (None, "?k=0", 422, "k=0"),
-    (None, "?k=abc", 422, "k"),
-    (None, "?threshold=2", 422, "threshold"),
-])
+@pytest.mark.parametrize(
+    "body, query, status, words",
+    [
+        (b"", "", 400, "empty upload"),
+        (b"hello, not an image", "", 415, "not an image"),
+        (b"x" * 60_000, "", 413, "limit"),
+        (None, "?k=0", 422, "k=0"),
+        (None, "?k=abc", 422, "k"),
+        (None, "?threshold=2", 422, "threshold"),
+    ],
+)
 def test_bad_uploads_are_4xx_with_a_message(client, make_images, body, query, status, words):
     data = make_images(1)[0].read_bytes() if body is None else body
     response = client.post("/v1/predict" + query, content=data)
@@ -124,9 +131,26 @@ def _free_port() -> int:
 def server(model_dir):
     """`vit serve` in a subprocess on a free loopback port; its base URL."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "vitcli", "serve", "--model", str(model_dir), "--port", str(port),
-                             "--precision", "fp32", "--max-wait-ms", "100"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vitcli",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--precision",
+            "fp32",
+            "--max-wait-ms",
+            "100",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
@@ -149,8 +173,9 @@ def test_concurrent_requests_are_batched_and_all_answered_alike(server, model_di
     answers, errors = [], []
 
     def post():
-        request = urllib.request.Request(server + "/v1/predict", data=path.read_bytes(), method="POST",
-                                         headers={"content-type": "image/png"})
+        request = urllib.request.Request(
+            server + "/v1/predict", data=path.read_bytes(), method="POST", headers={"content-type": "image/png"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 answers.append(json.loads(response.read())["predictions"][0]["index"])
@@ -167,8 +192,10 @@ def test_concurrent_requests_are_batched_and_all_answered_alike(server, model_di
     assert health["largest_batch"] > 1 and health["batches"] < 8  # one forward served several requests
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="headless Chromium (/usr/bin/chromium) is not installed: "
-                                                         "apt-get install -y chromium")
+@pytest.mark.skipif(
+    not Path(CHROMIUM).exists(),
+    reason="headless Chromium (/usr/bin/chromium) is not installed: apt-get install -y chromium",
+)
 def test_the_page_predicts_an_image_in_headless_chromium(server, make_images, tmp_path):
     from PIL import Image
 
@@ -183,10 +210,22 @@ def test_the_page_predicts_an_image_in_headless_chromium(server, make_images, tm
 def chromium(url: str, tmp_path: Path, *what: str) -> str:
     """Headless Chromium on `url` (what: --dump-dom, or --screenshot=PATH --window-size=W,H)."""
     profile = tmp_path / "chromium-profile"
-    args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--run-all-compositor-stages-before-draw",
-            *what, url]
+    args = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=20000",
+        "--run-all-compositor-stages-before-draw",
+        *what,
+        url,
+    ]
     proc = subprocess.run(args, check=False, capture_output=True, text=True, timeout=180)
     shutil.rmtree(profile, ignore_errors=True)
     return proc.stdout

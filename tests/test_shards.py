@@ -37,8 +37,9 @@ def test_shard_writes_whole_shards_and_a_description(shards, colour_ds):
     assert meta["split"] == "train" and meta["complete"] and meta["classes"] == ["c0", "c1", "c2"]
     assert meta["counts"] == {"c0": 16, "c1": 16, "c2": 16} and meta["samples"] == 48
     assert [s["samples"] for s in meta["shards"]] == [10, 10, 10, 10, 8]
-    assert sorted(p.name for p in shards.glob("*.tar")) == [f"test-00000{i}.tar" for i in range(2)] + \
-        [f"train-00000{i}.tar" for i in range(5)]
+    assert sorted(p.name for p in shards.glob("*.tar")) == [f"test-00000{i}.tar" for i in range(2)] + [
+        f"train-00000{i}.tar" for i in range(5)
+    ]
     import tarfile
 
     with tarfile.open(shards / "train-000000.tar") as tar:
@@ -53,7 +54,9 @@ def test_shard_writes_whole_shards_and_a_description(shards, colour_ds):
 def test_shard_resumes_and_refuses_another_plan(colour_ds, tmp_path):
     out = tmp_path / "s"
     runner = CliRunner()
-    assert runner.invoke(app, ["shard", str(colour_ds), str(out), "--shard-size", "16", "--split", "train"]).exit_code == 0
+    assert (
+        runner.invoke(app, ["shard", str(colour_ds), str(out), "--shard-size", "16", "--split", "train"]).exit_code == 0
+    )
     first = (out / "train-000001.tar").stat().st_mtime_ns
     (out / "train-000002.tar").unlink()  # as if killed before the last shard was renamed
     (out / ".train-000002.tmp-1-0.tar").write_bytes(b"half")
@@ -69,8 +72,9 @@ def test_shard_resumes_and_refuses_another_plan(colour_ds, tmp_path):
 def _batches(stream, *, rank, world, micro, workers, epoch=0, start=0):
     from vitcli.train.scale.distributed import Dist
 
-    loader = stream.loader(epoch=epoch, start=start, micro=micro, dist=Dist(rank, world), workers=workers,
-                           device=None, seed=3)
+    loader = stream.loader(
+        epoch=epoch, start=start, micro=micro, dist=Dist(rank, world), workers=workers, device=None, seed=3
+    )
     return [b.positions for b in loader]
 
 
@@ -103,10 +107,26 @@ def test_eval_and_finetune_on_shards_and_exact_resume(tiny_vit_dir, shards, colo
     from vitcli.train.run.start import finetune, resume_config
 
     def cfg(name):
-        return resolve("finetune", dict(model=str(tiny_vit_dir), dataset=f"wds:{shards}", recipe="quick", steps=6,
-                                        batch_size=8, warmup=1, lr=0.01, project=str(tmp_path / "runs"),
-                                        workers=0, device="cpu", name=name, accum=2, aa="rand-m9-mstd0.5",
-                                        head_init="zero", precision="fp32"))
+        return resolve(
+            "finetune",
+            dict(
+                model=str(tiny_vit_dir),
+                dataset=f"wds:{shards}",
+                recipe="quick",
+                steps=6,
+                batch_size=8,
+                warmup=1,
+                lr=0.01,
+                project=str(tmp_path / "runs"),
+                workers=0,
+                device="cpu",
+                name=name,
+                accum=2,
+                aa="rand-m9-mstd0.5",
+                head_init="zero",
+                precision="fp32",
+            ),
+        )
 
     a = finetune(cfg("a"))
     stopped = finetune(cfg("b"), stop_after=3)
@@ -119,10 +139,12 @@ def test_eval_and_finetune_on_shards_and_exact_resume(tiny_vit_dir, shards, colo
     assert all(wa[k].equal(wb[k]) for k in wa) and a["test_top1"] == b["test_top1"]
     # the run folder evaluates on the original folder, and on the shards, alike
     runner = CliRunner()
-    on_folder = runner.invoke(app, ["eval", "--model", a["run_dir"], "--dataset", str(colour_ds), "--device", "cpu",
-                                    "--json"])
-    on_shards = runner.invoke(app, ["eval", "--model", a["run_dir"], "--dataset", f"wds:{shards}", "--device", "cpu",
-                                    "--json"])
+    on_folder = runner.invoke(
+        app, ["eval", "--model", a["run_dir"], "--dataset", str(colour_ds), "--device", "cpu", "--json"]
+    )
+    on_shards = runner.invoke(
+        app, ["eval", "--model", a["run_dir"], "--dataset", f"wds:{shards}", "--device", "cpu", "--json"]
+    )
     assert on_folder.exit_code == 0 and on_shards.exit_code == 0, on_folder.output + on_shards.output
     top1 = [json.loads(r.stdout.splitlines()[-1])["top1"] for r in (on_folder, on_shards)]
     assert top1[0] == top1[1] == a["test_top1"]
@@ -132,10 +154,37 @@ def test_torchrun_two_processes_on_shards(tiny_vit_dir, shards, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = dict(os.environ, VIT_PROGRESS="0", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "vitcli", "finetune",
-         "--model", str(tiny_vit_dir), "--dataset", f"wds:{shards}", "--steps", "8", "--batch-size", "8",
-         "--recipe", "quick", "--project", str(tmp_path / "runs"), "--workers", "1", "--json"],
-        capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path, check=False)
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "vitcli",
+            "finetune",
+            "--model",
+            str(tiny_vit_dir),
+            "--dataset",
+            f"wds:{shards}",
+            "--steps",
+            "8",
+            "--batch-size",
+            "8",
+            "--recipe",
+            "quick",
+            "--project",
+            str(tmp_path / "runs"),
+            "--workers",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("{")))
     # 8 steps of 2 x 4 images cross the end of an epoch (48 images): no rank waits for the other

@@ -16,8 +16,12 @@ def test_parse_and_grid():
     axes = sweep.parse(["lr=0.001,0.003", "--token-mixer=pooling, attention"])
     assert axes == [sweep.Axis("lr", ("0.001", "0.003")), sweep.Axis("token-mixer", ("pooling", "attention"))]
     settings = sweep.grid(axes)
-    assert settings == [{"lr": "0.001", "token-mixer": "pooling"}, {"lr": "0.001", "token-mixer": "attention"},
-                        {"lr": "0.003", "token-mixer": "pooling"}, {"lr": "0.003", "token-mixer": "attention"}]
+    assert settings == [
+        {"lr": "0.001", "token-mixer": "pooling"},
+        {"lr": "0.001", "token-mixer": "attention"},
+        {"lr": "0.003", "token-mixer": "pooling"},
+        {"lr": "0.003", "token-mixer": "attention"},
+    ]
     assert sweep.folder_name(settings[0]) == "lr=0.001_token-mixer=pooling"
     assert sweep.folder_name({"model": "hf-hub:org/m"}) == "model=hf-hub-org-m"
     for bad in (["lr"], ["lr="], ["=1,2"], ["lr=1,1"], ["lr=1", "lr=2"], ["token_mixer=a", "token-mixer=b"]):
@@ -59,7 +63,8 @@ def test_sweep_runs_each_setting_picks_the_winner_and_saves_tables(tmp_path):
     result = sweep.run(axes, tmp_path / "sw", runner, tester=tester)
     assert len(runner.calls) == 6
     assert sorted(p.name for p in (tmp_path / "sw").iterdir() if p.is_dir()) == sorted(
-        sweep.folder_name(s) for s in sweep.grid(axes))
+        sweep.folder_name(s) for s in sweep.grid(axes)
+    )
     assert result.winner.setting == {"lr": "0.003", "mix": "b"} and result.winner.val_top1 == 85.0
     assert tested == ["lr=0.003_mix=b"]  # only the winner sees the test split
     assert result.winner.test_top1 == 77.5
@@ -120,13 +125,31 @@ def colours(tmp_path_factory):
     """train/ and test/ folders of noisy red, green and blue 36 px images (minival is carved from train)."""
     from tests.conftest import make_colour_tree
 
-    return make_colour_tree(tmp_path_factory.mktemp("colours"), {"train": 10, "test": 3},
-                            colours=((200, 40, 40), (40, 200, 40), (40, 40, 200)))
+    return make_colour_tree(
+        tmp_path_factory.mktemp("colours"),
+        {"train": 10, "test": 3},
+        colours=((200, 40, 40), (40, 200, 40), (40, 40, 200)),
+    )
 
 
 def _base(command, tiny_vit_dir, colours, tmp_path):
-    return [command, "--model", str(tiny_vit_dir), "--dataset", str(colours), "--steps", "1", "--batch-size", "6",
-            "--workers", "0", "--device", "cpu", "--project", str(tmp_path / "runs")]
+    return [
+        command,
+        "--model",
+        str(tiny_vit_dir),
+        "--dataset",
+        str(colours),
+        "--steps",
+        "1",
+        "--batch-size",
+        "6",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--project",
+        str(tmp_path / "runs"),
+    ]
 
 
 def test_a_2x2_sweep_of_1_step_runs(tiny_vit_dir, colours, tmp_path):
@@ -136,15 +159,25 @@ def test_a_2x2_sweep_of_1_step_runs(tiny_vit_dir, colours, tmp_path):
     from vitcli.models.resolver import load_model
 
     args = _base("train", tiny_vit_dir, colours, tmp_path) + [
-        "--sweep", "token-mixer=attention,pooling", "--sweep", "lr=0.001,0.01", "--name", "mixers"]
+        "--sweep",
+        "token-mixer=attention,pooling",
+        "--sweep",
+        "lr=0.001,0.01",
+        "--name",
+        "mixers",
+    ]
     result = CliRunner().invoke(app, args + ["--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     sweep_dir = tmp_path / "runs" / "train" / "mixers"
     assert out["sweep_dir"] == str(sweep_dir)
     folders = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
-    assert folders == ["token-mixer=attention_lr=0.001", "token-mixer=attention_lr=0.01",
-                       "token-mixer=pooling_lr=0.001", "token-mixer=pooling_lr=0.01"]
+    assert folders == [
+        "token-mixer=attention_lr=0.001",
+        "token-mixer=attention_lr=0.01",
+        "token-mixer=pooling_lr=0.001",
+        "token-mixer=pooling_lr=0.01",
+    ]
     for folder in folders:
         run = json.loads((sweep_dir / folder / "run.json").read_text())
         assert run["status"] == "finished" and run["summary"]["steps"] == 1
@@ -239,7 +272,18 @@ def test_a_sweep_winner_is_tested_as_a_single_run_is(tiny_vit_dir, colours, tmp_
     run_dir = Path(summary["run_dir"])
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     own = next(r for r in logged if r.get("split") == "test")
-    cfg = resolve("train", {"model": str(tiny_vit_dir), "dataset": str(colours), "steps": 3, "batch_size": 6,
-                            "workers": 0, "device": "cpu", "lr": float(winner["lr"]), "val_split": 0.1})
+    cfg = resolve(
+        "train",
+        {
+            "model": str(tiny_vit_dir),
+            "dataset": str(colours),
+            "steps": 3,
+            "batch_size": 6,
+            "workers": 0,
+            "device": "cpu",
+            "lr": float(winner["lr"]),
+            "val_split": 0.1,
+        },
+    )
     tested, split = test_run(run_dir, cfg)
     assert split == "test" and (tested["top1"], tested["loss"], tested["n"]) == (own["top1"], own["loss"], own["n"])

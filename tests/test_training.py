@@ -34,8 +34,19 @@ def colour_ds(tmp_path_factory) -> Path:
 
 
 def cfg_for(tiny_vit_dir, ds, tmp_path, **kw) -> FinetuneConfig:
-    base = dict(model=str(tiny_vit_dir), dataset=str(ds), recipe="quick", steps=6, batch_size=8, warmup=1,
-                lr=0.01, eval_every=3, project=str(tmp_path / "runs"), workers=0, device="cpu")
+    base = dict(
+        model=str(tiny_vit_dir),
+        dataset=str(ds),
+        recipe="quick",
+        steps=6,
+        batch_size=8,
+        warmup=1,
+        lr=0.01,
+        eval_every=3,
+        project=str(tmp_path / "runs"),
+        workers=0,
+        device="cpu",
+    )
     return resolve("finetune", {**base, **kw})
 
 
@@ -46,8 +57,10 @@ def weights(path: Path) -> dict:
 
 
 def metrics(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "img_s", "seconds")}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in ("time", "img_s", "seconds")}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def results(run: Path) -> list[dict]:
@@ -61,8 +74,13 @@ def results(run: Path) -> list[dict]:
 def test_recipe_layers_defaults_recipe_file_flags(tmp_path):
     cfg = resolve("finetune", {"dataset": "pets", "recipe": "paper"})
     assert (cfg.steps, cfg.warmup, cfg.lr, cfg.batch_size, cfg.img_size) == (500, 100, 0.003, 512, 384)
-    assert (cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.clip_grad, cfg.schedule) == \
-        ("sgd", 0.9, 0.0, 1.0, "cosine")
+    assert (cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.clip_grad, cfg.schedule) == (
+        "sgd",
+        0.9,
+        0.0,
+        1.0,
+        "cosine",
+    )
     cifar = resolve("finetune", {"dataset": "cifar10", "recipe": "paper"})
     assert (cifar.steps, cifar.warmup, cifar.lr) == (10_000, 500, 0.01)
     file = tmp_path / "c.toml"
@@ -70,8 +88,12 @@ def test_recipe_layers_defaults_recipe_file_flags(tmp_path):
     cfg = resolve("finetune", {"lr": 0.03}, file)
     assert cfg.lr == 0.03 and cfg.epochs == 2 and cfg.steps is None  # flags beat the file; epochs replace steps
     scratch = resolve("train", {"dataset": "x", "recipe": "paper"})
-    assert (scratch.optimizer, scratch.betas, scratch.weight_decay, scratch.schedule) == \
-        ("adamw", (0.9, 0.999), 0.1, "linear")
+    assert (scratch.optimizer, scratch.betas, scratch.weight_decay, scratch.schedule) == (
+        "adamw",
+        (0.9, 0.999),
+        0.1,
+        "linear",
+    )
     with pytest.raises(UsageError, match="unknown setting 'lrr'"):
         resolve("finetune", {"dataset": "pets", "lrr": 1.0})
     with pytest.raises(UsageError, match="both given"):
@@ -79,9 +101,30 @@ def test_recipe_layers_defaults_recipe_file_flags(tmp_path):
 
 
 def test_dry_run_prints_the_resolved_config():
-    result = CliRunner().invoke(app, ["train", "--dataset", "cifar10", "--model", "S/16", "--img-size", "32",
-                                      "--patch-size", "4", "--pos-embed", "sincos", "--pool", "avg",
-                                      "--recipe", "quick", "--steps", "7", "--dry-run", "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--dataset",
+            "cifar10",
+            "--model",
+            "S/16",
+            "--img-size",
+            "32",
+            "--patch-size",
+            "4",
+            "--pos-embed",
+            "sincos",
+            "--pool",
+            "avg",
+            "--recipe",
+            "quick",
+            "--steps",
+            "7",
+            "--dry-run",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     cfg = json.loads(result.stdout)
     assert cfg["command"] == "train" and cfg["model"] == "S/16" and cfg["steps"] == 7 and cfg["epochs"] is None
@@ -131,9 +174,27 @@ def test_finetune_cli_run_folder_then_predict(tiny_vit_dir, colour_ds, tmp_path)
     import timm
 
     runner = CliRunner()
-    result = runner.invoke(app, ["finetune", "--model", str(tiny_vit_dir), "--dataset", str(colour_ds),
-                                 "--recipe", "quick", "--steps", "2", "--batch-size", "8", "--workers", "0",
-                                 "--project", str(tmp_path / "runs"), "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--model",
+            str(tiny_vit_dir),
+            "--dataset",
+            str(colour_ds),
+            "--recipe",
+            "quick",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--project",
+            str(tmp_path / "runs"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     run = Path(summary["run_dir"])
@@ -158,9 +219,25 @@ def test_finetune_cli_run_folder_then_predict(tiny_vit_dir, colour_ds, tmp_path)
     labels = [p["label"] for p in json.loads(result.stdout)["predictions"]]
     assert sorted(labels) == ["c0", "c1", "c2"]
     # a second run is numbered, --name is honoured, an existing --name is refused
-    result = runner.invoke(app, ["finetune", "--model", str(tiny_vit_dir), "--dataset", str(colour_ds),
-                                 "--steps", "1", "--batch-size", "8", "--project", str(tmp_path / "runs"),
-                                 "--name", f"{colour_ds.name}-1", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--model",
+            str(tiny_vit_dir),
+            "--dataset",
+            str(colour_ds),
+            "--steps",
+            "1",
+            "--batch-size",
+            "8",
+            "--project",
+            str(tmp_path / "runs"),
+            "--name",
+            f"{colour_ds.name}-1",
+            "--json",
+        ],
+    )
     assert result.exit_code == 2 and "already exists" in result.stderr
 
 
@@ -183,13 +260,14 @@ def test_resume_equals_uninterrupted_bit_for_bit(tiny_vit_dir, colour_ds, tmp_pa
     wa, wb = weights(run_a / "model.safetensors"), weights(run_b / "model.safetensors")
     assert all(wa[k].equal(wb[k]) for k in wa)
     assert metrics(run_a) == metrics(run_b)
-    assert results(run_a) == results(run_b) and len(results(run_a)) == 5  # results.csv: the same rows (0: LP-FT head; 1, 3, 6, 7)
+    assert (
+        results(run_a) == results(run_b) and len(results(run_a)) == 5
+    )  # results.csv: the same rows (0: LP-FT head; 1, 3, 6, 7)
     with pytest.raises(UsageError, match="cannot change lr"):
         resume_config("finetune", run_b, {"lr": 0.5})
 
 
-def test_bf16_training_runs_timm_math_attention_and_a_resume_keeps_it(tiny_vit_dir, colour_ds, tmp_path,
-                                                                       monkeypatch):
+def test_bf16_training_runs_timm_math_attention_and_a_resume_keeps_it(tiny_vit_dir, colour_ds, tmp_path, monkeypatch):
     from vitcli.train.run.start import finetune, resume_config
 
     monkeypatch.setenv("VIT_KERNELS", "1")  # the math attention without measuring (as where it is faster)
@@ -236,6 +314,7 @@ def _poison(monkeypatch, calls: int):
             if count["n"] <= calls:
                 x[0, 0, 0] = float("inf")
             return x
+
         return apply
 
     monkeypatch.setattr(transforms, "train_transform", poisoned)
@@ -253,16 +332,14 @@ def test_nan_guard_skips_a_bad_step(tiny_vit_dir, colour_ds, tmp_path, monkeypat
     assert all(bool(v.isfinite().all()) for v in state["model"].values())
 
 
-def test_nan_guard_stops_the_run_keeping_the_last_good_checkpoint(tiny_vit_dir, colour_ds, tmp_path,
-                                                                  monkeypatch):
+def test_nan_guard_stops_the_run_keeping_the_last_good_checkpoint(tiny_vit_dir, colour_ds, tmp_path, monkeypatch):
     from vitcli.train.run.interrupts import Diverged
     from vitcli.train.run.start import finetune, resume_config
 
-    first = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, steps=8, name="nan2", max_bad_steps=2),
-                     stop_after=2)
+    first = finetune(cfg_for(tiny_vit_dir, colour_ds, tmp_path, steps=8, name="nan2", max_bad_steps=2), stop_after=2)
     run = Path(first["run_dir"])
     good = checkpoint.load(run / "last/state.pt")
-    _poison(monkeypatch, calls=10 ** 6)
+    _poison(monkeypatch, calls=10**6)
     with pytest.raises(Diverged, match="2 steps in a row") as info:
         finetune(resume_config("finetune", run), resume=run)
     assert info.value.exit_code == 1 and "last good checkpoint" in info.value.hint
@@ -283,10 +360,17 @@ def test_checkpoint_killed_mid_write_leaves_a_loadable_checkpoint(tmp_path):
     path = tmp_path / "state.pt"
     checkpoint.save({"step": 1, "w": torch.zeros(3)}, path)
     writer = subprocess.Popen(
-        [sys.executable, "-c", "import sys, torch\nfrom vitcli.train.run import checkpoint\n"
-         "big = {'step': 2, 'w': torch.randn(8_000_000)}\nprint('ready', flush=True)\n"
-         "while True:\n    checkpoint.save(big, sys.argv[1])\n", str(path)],
-        stdout=subprocess.PIPE, env=_env())
+        [
+            sys.executable,
+            "-c",
+            "import sys, torch\nfrom vitcli.train.run import checkpoint\n"
+            "big = {'step': 2, 'w': torch.randn(8_000_000)}\nprint('ready', flush=True)\n"
+            "while True:\n    checkpoint.save(big, sys.argv[1])\n",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        env=_env(),
+    )
     assert writer.stdout.readline().strip() == b"ready"
     deadline = time.time() + 20
     while not list(tmp_path.glob(".state.pt.tmp-*")) and time.time() < deadline:
@@ -302,10 +386,35 @@ def test_checkpoint_killed_mid_write_leaves_a_loadable_checkpoint(tmp_path):
 def test_sigint_finishes_the_step_saves_and_exits_130(tiny_vit_dir, colour_ds, tmp_path):
     run = tmp_path / "runs" / "finetune" / "sig"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vitcli", "finetune", "--model", str(tiny_vit_dir), "--dataset", str(colour_ds),
-         "--steps", "100000", "--batch-size", "8", "--workers", "1", "--eval-every", "100000",
-         "--project", str(tmp_path / "runs"), "--name", "sig", "--recipe", "quick"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "vitcli",
+            "finetune",
+            "--model",
+            str(tiny_vit_dir),
+            "--dataset",
+            str(colour_ds),
+            "--steps",
+            "100000",
+            "--batch-size",
+            "8",
+            "--workers",
+            "1",
+            "--eval-every",
+            "100000",
+            "--project",
+            str(tmp_path / "runs"),
+            "--name",
+            "sig",
+            "--recipe",
+            "quick",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+        start_new_session=True,
+    )
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
         if (run / "metrics.jsonl").is_file() and '"loss"' in (run / "metrics.jsonl").read_text():
@@ -324,10 +433,36 @@ def test_sigint_finishes_the_step_saves_and_exits_130(tiny_vit_dir, colour_ds, t
 def test_torchrun_two_processes_on_cpu(tiny_vit_dir, colour_ds, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "vitcli", "finetune",
-         "--model", str(tiny_vit_dir), "--dataset", str(colour_ds), "--steps", "3", "--batch-size", "8",
-         "--accum", "2", "--recipe", "quick", "--project", str(tmp_path / "runs"), "--json"],
-        capture_output=True, text=True, env=_env(), timeout=180, cwd=tmp_path)
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "vitcli",
+            "finetune",
+            "--model",
+            str(tiny_vit_dir),
+            "--dataset",
+            str(colour_ds),
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--accum",
+            "2",
+            "--recipe",
+            "quick",
+            "--project",
+            str(tmp_path / "runs"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=180,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 1  # rank 0 speaks for all

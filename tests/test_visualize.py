@@ -29,6 +29,7 @@ runner = CliRunner()
 
 # --- mean attention distance -------------------------------------------------------------------------
 
+
 def _uniform(tokens: int, heads: int = 2, batch: int = 1):
     return torch.full((batch, heads, tokens, tokens), 1.0 / tokens)
 
@@ -45,7 +46,7 @@ def test_distance_of_self_attention_is_zero():
 def test_distance_of_uniform_attention_is_the_mean_pairwise_distance(n):
     # Analytic: offsets (dy, dx) between two cells of an n x n grid occur (n - |dy|)(n - |dx|) times.
     offsets = range(-(n - 1), n)
-    expected = sum((n - abs(dy)) * (n - abs(dx)) * math.hypot(dy, dx) for dy in offsets for dx in offsets) / n ** 4
+    expected = sum((n - abs(dy)) * (n - abs(dx)) * math.hypot(dy, dx) for dy in offsets for dx in offsets) / n**4
     patch = 16
     # uniform over the class token too: dropping it and renormalising leaves uniform over the patches
     d = analysis.mean_attention_distance(_uniform(1 + n * n), (n, n), (patch, patch), num_prefix=1)
@@ -57,14 +58,13 @@ def test_distance_of_uniform_attention_is_the_mean_pairwise_distance(n):
 def test_distance_uses_patch_height_and_width_and_renormalises_prefix_weight():
     # grid 1 x 2 of 4 x 8 px patches: the two centres are 8 px apart.
     # Query patch 0 gives half its weight to the class token, half to patch 1 -> after renormalising: 8 px.
-    attn = torch.tensor([[1.0, 0.0, 0.0],
-                         [0.5, 0.0, 0.5],
-                         [0.0, 0.5, 0.5]])[None, None]
+    attn = torch.tensor([[1.0, 0.0, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5]])[None, None]
     d = analysis.mean_attention_distance(attn, (1, 2), (4, 8), num_prefix=1)
     assert d.item() == pytest.approx((8.0 + 4.0) / 2)  # query 0: 8 px, query 1: half on 0 px, half on 8 px
 
 
 # --- rollout -----------------------------------------------------------------------------------------
+
 
 def test_rollout_of_identity_attention():
     tokens = 1 + 9
@@ -98,6 +98,7 @@ def test_head_fusion_and_discard_ratio():
 
 # --- position embeddings and filters -----------------------------------------------------------------
 
+
 def test_pos_embed_similarity_has_unit_diagonal_and_finds_neighbours():
     sim = analysis.cosine_similarity_matrix(torch.randn(30, 16))
     assert torch.allclose(sim.diagonal(), torch.ones(30, dtype=sim.dtype))
@@ -127,6 +128,7 @@ def test_pca_recovers_constructed_filters():
 
 
 # --- attention extraction on tiny ViTs ----------------------------------------------------------------
+
 
 def test_fused_attention_outputs_equal_explicit_and_hooks_change_nothing():
     model = make_tiny_vit()
@@ -159,8 +161,15 @@ def test_prefix_tokens_and_grids(kind):
     if kind == "registers":
         model, size, prefix, cls = make_tiny_vit(reg_tokens=2, no_embed_class=True), (32, 32), 3, True
     elif kind == "distilled":
-        model = timm.create_model("deit_tiny_distilled_patch16_224", img_size=32, patch_size=4, embed_dim=64,
-                                  depth=2, num_heads=2, num_classes=10).eval()
+        model = timm.create_model(
+            "deit_tiny_distilled_patch16_224",
+            img_size=32,
+            patch_size=4,
+            embed_dim=64,
+            depth=2,
+            num_heads=2,
+            num_classes=10,
+        ).eval()
         size, prefix, cls = (32, 32), 2, True
     else:
         model = make_tiny_vit(img_size=(32, 48), class_token=False, global_pool="avg")
@@ -192,16 +201,37 @@ def test_poolformer_gets_a_clear_error():
 
 # --- the command ---------------------------------------------------------------------------------------
 
+
 def test_cli_writes_every_artefact(tiny_vit_dir, make_images, tmp_path):
     images = make_images(3, size=(48, 40))
     out = tmp_path / "out"
-    result = runner.invoke(app, ["visualize", "--attention-distance", "--attention-map", "--pos-embed-similarity", "--filters",
-                                 "--model", str(tiny_vit_dir), "--out-dir", str(out), "--num-components", "8",
-                                 "--json", *map(str, images)])
+    result = runner.invoke(
+        app,
+        [
+            "visualize",
+            "--attention-distance",
+            "--attention-map",
+            "--pos-embed-similarity",
+            "--filters",
+            "--model",
+            str(tiny_vit_dir),
+            "--out-dir",
+            str(out),
+            "--num-components",
+            "8",
+            "--json",
+            *map(str, images),
+        ],
+    )
     assert result.exit_code == 0, result.output + result.stderr
     report = json.loads(result.stdout)
-    names = {"attention_distance.png", "attention_distance.json", "pos_embed_similarity.png",
-             "pos_embed_similarity.npy", "filters.png"}
+    names = {
+        "attention_distance.png",
+        "attention_distance.json",
+        "pos_embed_similarity.png",
+        "pos_embed_similarity.npy",
+        "filters.png",
+    }
     names |= {f"rollout/img00{i}.{ext}" for i in range(3) for ext in ("png", "npy")}
     assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == names
     assert sorted(report["files"]) == sorted(str(out / n) for n in names)
@@ -236,8 +266,9 @@ def test_cli_reports_unreadable_images_and_keeps_going(tiny_vit_dir, make_images
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     out = tmp_path / "out"
-    result = runner.invoke(app, ["visualize", "--attention-map", str(good), str(bad), "--model", str(tiny_vit_dir),
-                                 "--out-dir", str(out)])
+    result = runner.invoke(
+        app, ["visualize", "--attention-map", str(good), str(bad), "--model", str(tiny_vit_dir), "--out-dir", str(out)]
+    )
     assert result.exit_code == 1
     assert "bad.jpg" in result.stderr and "Traceback" not in result.stderr
     assert (out / "rollout" / "img000.png").is_file() and not (out / "rollout" / "bad.png").exists()
@@ -246,8 +277,19 @@ def test_cli_reports_unreadable_images_and_keeps_going(tiny_vit_dir, make_images
 def test_cli_non_square_model(make_images, tmp_path):
     folder = save_hub_layout(make_tiny_vit(img_size=(32, 48)), tmp_path / "wide")
     out = tmp_path / "out"
-    result = runner.invoke(app, ["visualize", "--attention-map", "--pos-embed-similarity", str(make_images(1)[0]),
-                                 "--model", str(folder), "--out-dir", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "visualize",
+            "--attention-map",
+            "--pos-embed-similarity",
+            str(make_images(1)[0]),
+            "--model",
+            str(folder),
+            "--out-dir",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     assert np.load(out / "rollout" / "img000.npy").shape == (8, 12)
     assert np.load(out / "pos_embed_similarity.npy").shape == (96, 96)
@@ -260,21 +302,43 @@ def test_cli_poolformer_attention_is_a_one_line_error(make_images, tmp_path, mon
 
     model = MetaFormer(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), num_classes=10).eval()
     model.pretrained_cfg = {"architecture": "poolformer_s12"}
-    loaded = vitcli.models.resolver.LoadedModel(model, vitcli.models.resolver.parse_spec("poolformer_s12"), "poolformer_s12",
-                                       {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3,
-                                        "interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center"},
-                                       [str(i) for i in range(10)])
+    loaded = vitcli.models.resolver.LoadedModel(
+        model,
+        vitcli.models.resolver.parse_spec("poolformer_s12"),
+        "poolformer_s12",
+        {
+            "input_size": (3, 32, 32),
+            "mean": (0.5,) * 3,
+            "std": (0.5,) * 3,
+            "interpolation": "bicubic",
+            "crop_pct": 1.0,
+            "crop_mode": "center",
+        },
+        [str(i) for i in range(10)],
+    )
     monkeypatch.setattr(vitcli.models.resolver, "load_model", lambda *a, **k: loaded)
-    result = runner.invoke(app, ["visualize", "--attention-distance", str(make_images(1)[0]),
-                                 "--model", "poolformer_s12", "--out-dir", str(tmp_path / "out")])
+    result = runner.invoke(
+        app,
+        [
+            "visualize",
+            "--attention-distance",
+            str(make_images(1)[0]),
+            "--model",
+            "poolformer_s12",
+            "--out-dir",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 1
     assert "poolformer_s12 has no self-attention blocks" in result.stderr and "Traceback" not in result.stderr
-    result = runner.invoke(app, ["visualize", "--filters", "--model", "poolformer_s12", "--out-dir",
-                                 str(tmp_path / "out")])
+    result = runner.invoke(
+        app, ["visualize", "--filters", "--model", "poolformer_s12", "--out-dir", str(tmp_path / "out")]
+    )
     assert result.exit_code == 0 and (tmp_path / "out" / "filters.png").is_file()
 
 
 # --- the paper's observations on the real ViT-Ti ---------------------------------------------------------
+
 
 @pytest.mark.assets
 def test_real_vit_tiny_matches_the_paper(assets, tmp_path):
@@ -285,10 +349,26 @@ def test_real_vit_tiny_matches_the_paper(assets, tmp_path):
     from vitcli.cli.app import app
 
     images = assets / "images" / "imagenet-val-100" / "images"
-    invoked = CliRunner().invoke(app, [
-        "visualize", str(images), "--model", str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
-        "--attention-distance", "--pos-embed-similarity", "--num-images", "50", "--out-dir", str(tmp_path / "out"),
-        "--device", "cpu", "--batch-size", "25", "--json"])
+    invoked = CliRunner().invoke(
+        app,
+        [
+            "visualize",
+            str(images),
+            "--model",
+            str(assets / "models" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
+            "--attention-distance",
+            "--pos-embed-similarity",
+            "--num-images",
+            "50",
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "25",
+            "--json",
+        ],
+    )
     assert invoked.exit_code == 0, invoked.stderr
     result = json.loads(invoked.stdout)
     d = np.array(result["attention_distance"]["distance"])  # (12 layers, 3 heads)

@@ -52,8 +52,15 @@ def test_default_families():
     from vitcli.models import zoo
 
     names = zoo.architectures()
-    for name in ("vit_base_patch16_224", "vit_base_r50_s16_384", "deit_small_patch16_224",
-                 "deit3_base_patch16_224", "poolformer_s12", "poolformerv2_m48", "mixer_b16_224"):
+    for name in (
+        "vit_base_patch16_224",
+        "vit_base_r50_s16_384",
+        "deit_small_patch16_224",
+        "deit3_base_patch16_224",
+        "poolformer_s12",
+        "poolformerv2_m48",
+        "mixer_b16_224",
+    ):
         assert name in names
     assert "resnet50" not in names and "convnext_tiny" not in names
     assert "resnet50" in zoo.architectures(all_models=True)

@@ -149,8 +149,10 @@ def endpoint() -> str:
     except ValueError:
         port = -1
     if url.scheme not in ("http", "https") or not url.hostname or port == -1:
-        raise UsageError(f"HF_ENDPOINT={value!r} is not an http(s) URL with a host (and a port of 1-65535)",
-                         f"e.g. HF_ENDPOINT={DEFAULT_ENDPOINT}, or unset it")
+        raise UsageError(
+            f"HF_ENDPOINT={value!r} is not an http(s) URL with a host (and a port of 1-65535)",
+            f"e.g. HF_ENDPOINT={DEFAULT_ENDPOINT}, or unset it",
+        )
     return value
 
 
@@ -184,9 +186,15 @@ def torchrun() -> dict:
     and the job (TORCHELASTIC_RUN_ID, restarts); None for what is not set."""
     rank, world, local = dist()
     local_world = _int("LOCAL_WORLD_SIZE", 1)
-    return {"rank": rank, "world": world, "local_rank": local, "local_world": local_world,
-            "node": _int("GROUP_RANK", 0, minimum=0),
-            "nodes": _int("GROUP_WORLD_SIZE", max(1, world // max(local_world, 1))),
-            "master": f"{_get('MASTER_ADDR')}:{_get('MASTER_PORT')}" if _get("MASTER_ADDR") else None,
-            "run_id": _get("TORCHELASTIC_RUN_ID"), "restart": _int("TORCHELASTIC_RESTART_COUNT", 0, minimum=0),
-            "error_file": _get("TORCHELASTIC_ERROR_FILE")}
+    return {
+        "rank": rank,
+        "world": world,
+        "local_rank": local,
+        "local_world": local_world,
+        "node": _int("GROUP_RANK", 0, minimum=0),
+        "nodes": _int("GROUP_WORLD_SIZE", max(1, world // max(local_world, 1))),
+        "master": f"{_get('MASTER_ADDR')}:{_get('MASTER_PORT')}" if _get("MASTER_ADDR") else None,
+        "run_id": _get("TORCHELASTIC_RUN_ID"),
+        "restart": _int("TORCHELASTIC_RESTART_COUNT", 0, minimum=0),
+        "error_file": _get("TORCHELASTIC_ERROR_FILE"),
+    }

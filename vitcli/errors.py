@@ -94,28 +94,45 @@ def _hub_failure(exc: BaseException) -> Failure | None:
             1,
         )
     if e := find("RevisionNotFoundError"):
-        return Failure("that revision (branch, tag or commit) does not exist in the model repository",
-                       "check the part after '@' in the model id, or drop it to use 'main'", 1)
+        return Failure(
+            "that revision (branch, tag or commit) does not exist in the model repository",
+            "check the part after '@' in the model id, or drop it to use 'main'",
+            1,
+        )
     if e := find("RemoteEntryNotFoundError"):
-        return Failure(f"the model repository has no file {_url_file(e) or 'of that name'}",
-                       "the repository may not hold timm weights; try another revision or model", 1)
+        return Failure(
+            f"the model repository has no file {_url_file(e) or 'of that name'}",
+            "the repository may not hold timm weights; try another revision or model",
+            1,
+        )
     if e := find("ConnectError", "ConnectTimeout"):
-        return Failure(f"cannot connect: {_first_line(e)}",
-                       "check your network (and HF_ENDPOINT); with the model cached, add --offline", 1)
+        return Failure(
+            f"cannot connect: {_first_line(e)}",
+            "check your network (and HF_ENDPOINT); with the model cached, add --offline",
+            1,
+        )
     if e := find("RemoteProtocolError", "ReadError", "ReadTimeout", "TimeoutException", "NetworkError"):
-        return Failure(f"the download was interrupted: {_first_line(e)}",
-                       "run the command again: finished files are kept and the download resumes", 1)
+        return Failure(
+            f"the download was interrupted: {_first_line(e)}",
+            "run the command again: finished files are kept and the download resumes",
+            1,
+        )
     if find("LocalEntryNotFoundError"):
-        return Failure("the model could not be downloaded and is not in the cache",
-                       "check your network or HF_ENDPOINT, or run `vit download MODEL` while online", 1)
+        return Failure(
+            "the model could not be downloaded and is not in the cache",
+            "check your network or HF_ENDPOINT, or run `vit download MODEL` while online",
+            1,
+        )
     if e := find("HfHubHTTPError"):
-        return Failure(f"the Hub answered with an error: {_first_line(e)}",
-                       "try again later; set VIT_DEBUG=1 for details", 1)
-    if e := find("ConsistencyError") or (
-        isinstance(exc, OSError) and "Consistency check failed" in str(exc) and exc
-    ):
-        return Failure("a downloaded file is incomplete (the connection dropped)",
-                       "run the command again to resume the download", 1)
+        return Failure(
+            f"the Hub answered with an error: {_first_line(e)}", "try again later; set VIT_DEBUG=1 for details", 1
+        )
+    if e := find("ConsistencyError") or (isinstance(exc, OSError) and "Consistency check failed" in str(exc) and exc):
+        return Failure(
+            "a downloaded file is incomplete (the connection dropped)",
+            "run the command again to resume the download",
+            1,
+        )
     return None
 
 
@@ -151,18 +168,27 @@ def describe(exc: BaseException) -> Failure | None:
         return hub
     names = _names(exc)
     if "OutOfMemoryError" in names or "out of memory" in str(exc).lower() and "CUDA" in str(exc):
-        return Failure("the GPU ran out of memory",
-                       "lower --batch-size (training: raise --accum to keep the global batch), or use --precision bf16", 1)
+        return Failure(
+            "the GPU ran out of memory",
+            "lower --batch-size (training: raise --accum to keep the global batch), or use --precision bf16",
+            1,
+        )
     if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc) or "not enough memory" in str(exc):
-        return Failure("out of memory", "lower --batch-size (training: raise --accum to keep the global batch), "
-                                        "or close other programs", 1)
+        return Failure(
+            "out of memory",
+            "lower --batch-size (training: raise --accum to keep the global batch), or close other programs",
+            1,
+        )
     full = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)), None)
     rust = _rust_errno(exc)  # safetensors (Rust) says "I/O error: ... (os error 28)", not an OSError
     if full is not None or "PytorchStreamWriter failed writing" in str(exc) or rust in (errno.ENOSPC, errno.EDQUOT):
         where = f" while writing {full.filename}" if full is not None and full.filename else ""
-        return Failure(f"no space left on the device{where}",
-                       "free some space (or point VIT_CACHE, HF_HOME or --project elsewhere) and run again; "
-                       "files already finished are kept", 1)
+        return Failure(
+            f"no space left on the device{where}",
+            "free some space (or point VIT_CACHE, HF_HOME or --project elsewhere) and run again; "
+            "files already finished are kept",
+            1,
+        )
     if "DecompressionBombError" in names:
         return Failure(_first_line(exc), "raise the limit with VIT_MAX_IMAGE_PIXELS if you trust the file", 1)
     if "UnidentifiedImageError" in names:
@@ -233,8 +259,7 @@ def report(exc: BaseException, debug: bool = False, stream=None) -> int:
     if debug or failure is None:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=stream)
         if failure is None:
-            print("error: unexpected failure (a bug in vitcli; please report it with the traceback above)",
-                  file=stream)
+            print("error: unexpected failure (a bug in vitcli; please report it with the traceback above)", file=stream)
             return 1
     print(f"error: {failure.message}", file=stream)
     if failure.hint:

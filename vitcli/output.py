@@ -29,8 +29,14 @@ _counter = itertools.count()
 def _console(stderr: bool, file_id: int):
     from rich.console import Console
 
-    return Console(stderr=stderr, file=sys.stderr if stderr else sys.stdout, soft_wrap=not stderr,
-                   markup=False, emoji=False, highlight=False)
+    return Console(
+        stderr=stderr,
+        file=sys.stderr if stderr else sys.stdout,
+        soft_wrap=not stderr,
+        markup=False,
+        emoji=False,
+        highlight=False,
+    )
 
 
 def out():
@@ -123,8 +129,14 @@ def progress(description: str, total: int | None = None, unit: str = "it"):
         TimeRemainingColumn,
     )
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn(f"{unit}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(f"{unit}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=err(), transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
@@ -139,8 +151,7 @@ class RichTqdm:
     def named(cls, label: str) -> type[RichTqdm]:
         return type("RichTqdm", (cls,), {"label": label})
 
-    def __init__(self, *args, total=None, desc=None, initial=0, unit="B", unit_scale=True, disable=False,
-                 **kwargs):
+    def __init__(self, *args, total=None, desc=None, initial=0, unit="B", unit_scale=True, disable=False, **kwargs):
         desc = self.label or desc
         self.total = total
         self.n = initial or 0
@@ -156,9 +167,15 @@ class RichTqdm:
                 TransferSpeedColumn,
             )
 
-            self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-                                      TransferSpeedColumn(), TimeRemainingColumn(), console=err(),
-                                      transient=False)
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=err(),
+                transient=False,
+            )
             self._progress.start()
             self._task = self._progress.add_task(f"download {desc or ''}", total=total, completed=self.n)
 

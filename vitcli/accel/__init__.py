@@ -116,6 +116,9 @@ def describe(model, head_fp32: bool | None = None) -> Accel:
 
     fused = [m for m in model.modules() if isinstance(m, kernels.FusedLinear)]
     linears = "eager" if not fused else f"onednn {'bf16' if fused[0].dtype == torch.bfloat16 else 'fp32'}"
-    return Accel(linears=linears, attention="math" if attention.is_math(model) else "fused",
-                 layout="channels_last" if layout.is_channels_last(model) else "default",
-                 head_fp32=_has_fp32_head(model) if head_fp32 is None else head_fp32)
+    return Accel(
+        linears=linears,
+        attention="math" if attention.is_math(model) else "fused",
+        layout="channels_last" if layout.is_channels_last(model) else "default",
+        head_fp32=_has_fp32_head(model) if head_fp32 is None else head_fp32,
+    )

@@ -18,8 +18,9 @@ from vitcli.accel.cache import best_ms
 
 def _timm_attention(model, fused: bool) -> list:
     """The timm modules of `model` (attention, each with a `fused_attn` switch) whose switch is `fused`."""
-    return [m for m in model.modules()
-            if getattr(m, "fused_attn", None) is fused and type(m).__module__.startswith("timm.")]
+    return [
+        m for m in model.modules() if getattr(m, "fused_attn", None) is fused and type(m).__module__.startswith("timm.")
+    ]
 
 
 def use_math(model) -> int:
@@ -34,18 +35,20 @@ def is_math(model) -> bool:
     return bool(_timm_attention(model, False))
 
 
-def measure(training: bool, batch: int = 8, heads: int = 6, tokens: int = 197, head_dim: int = 64,
-            reps: int = 4) -> dict:
+def measure(
+    training: bool, batch: int = 8, heads: int = 6, tokens: int = 197, head_dim: int = 64, reps: int = 4
+) -> dict:
     """One ViT-S attention in bf16 both ways (the flash kernel, the math path), forward (and backward
     when `training`), alternating; best of `reps`."""
     import torch
     import torch.nn.functional as F
 
     gen = torch.Generator().manual_seed(0)
-    leaves = [torch.randn(batch, heads, tokens, head_dim, generator=gen).bfloat16().requires_grad_(training)
-              for _ in range(3)]
+    leaves = [
+        torch.randn(batch, heads, tokens, head_dim, generator=gen).bfloat16().requires_grad_(training) for _ in range(3)
+    ]
     grad_out = torch.randn(batch, heads, tokens, head_dim, generator=gen).bfloat16()
-    scale = head_dim ** -0.5
+    scale = head_dim**-0.5
 
     def flash(q, k, v):
         return F.scaled_dot_product_attention(q, k, v)
@@ -64,8 +67,11 @@ def measure(training: bool, batch: int = 8, heads: int = 6, tokens: int = 197, h
 
     close = torch.allclose(run(flash), run(math), atol=5e-2, rtol=5e-2)
     best = best_ms({"flash": lambda: run(flash), "math": lambda: run(math)}, reps)
-    return {"flash_ms": round(best["flash"], 3), "math_ms": round(best["math"], 3),
-            "math": bool(close and best["math"] < 0.9 * best["flash"])}
+    return {
+        "flash_ms": round(best["flash"], 3),
+        "math_ms": round(best["math"], 3),
+        "math": bool(close and best["math"] < 0.9 * best["flash"]),
+    }
 
 
 def math_faster_here(training: bool) -> bool:

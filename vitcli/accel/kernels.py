@@ -48,8 +48,9 @@ class FusedLinear(nn.Module):
         self.dtype = dtype
         if dtype != torch.float32:
             self.register_buffer("weight_lp", linear.weight.detach().to(dtype), persistent=False)
-            self.register_buffer("bias_lp", None if linear.bias is None else linear.bias.detach().to(dtype),
-                                 persistent=False)
+            self.register_buffer(
+                "bias_lp", None if linear.bias is None else linear.bias.detach().to(dtype), persistent=False
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)  # (..., in) -> (rows, in)
@@ -71,8 +72,9 @@ class FusedLinear(nn.Module):
         return (self.weight,) if self.bias is None else (self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
-                + (f", {str(self.dtype).replace('torch.', '')}" if self.dtype != torch.float32 else ""))
+        return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}" + (
+            f", {str(self.dtype).replace('torch.', '')}" if self.dtype != torch.float32 else ""
+        )
 
 
 class _TrainableLinear(torch.autograd.Function):
@@ -111,8 +113,11 @@ def fuse(model: nn.Module, dtype: torch.dtype = torch.float32) -> int:
     following exact GELU of timm's Mlp (fc1 -> act) into fc1. Returns how many linears were swapped."""
     swapped = 0
     for parent in list(model.modules()):
-        fold_act = (type(parent).__name__ == "Mlp" and type(getattr(parent, "fc1", None)) is nn.Linear
-                    and _is_exact_gelu(getattr(parent, "act", None) or nn.Identity()))
+        fold_act = (
+            type(parent).__name__ == "Mlp"
+            and type(getattr(parent, "fc1", None)) is nn.Linear
+            and _is_exact_gelu(getattr(parent, "act", None) or nn.Identity())
+        )
         for name, child in list(parent.named_children()):
             if type(child) is not nn.Linear or child.weight.dtype != torch.float32 or child.weight.device.type != "cpu":
                 continue

@@ -74,8 +74,9 @@ def apply(model, runtime) -> bool:
         return False
     architecture = cfg.get("architecture") or type(model).__name__
     detail = f"|{runtime.precision}|{architecture}|{'x'.join(map(str, input_size))}"
-    verdict = measured("channels-last", lambda: measure(model, runtime, input_size),
-                       lambda v: "channels_last" in v, detail)
+    verdict = measured(
+        "channels-last", lambda: measure(model, runtime, input_size), lambda v: "channels_last" in v, detail
+    )
     if verdict.get("channels_last"):
         convert(model)
         return True

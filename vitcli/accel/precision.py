@@ -65,7 +65,10 @@ def auto(device) -> tuple[str, str]:
     if device.type == "cpu":
         verdict = cpu_bf16_verdict()
         if verdict.get("bf16"):
-            return "bf16", f"native bf16 ({', '.join(verdict['flags'])}), bf16 matmul measured {verdict['speedup']}x fp32"
+            return (
+                "bf16",
+                f"native bf16 ({', '.join(verdict['flags'])}), bf16 matmul measured {verdict['speedup']}x fp32",
+            )
         if verdict.get("flags"):
             return "fp32", f"bf16 matmul measured only {verdict.get('speedup')}x fp32 (< {BF16_MIN_SPEEDUP}x)"
         return "fp32", verdict["why"]

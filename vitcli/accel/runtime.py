@@ -60,11 +60,12 @@ def resolve_device(spec: str = "auto"):
         raise UsageError(f"unknown device {spec!r}", "use auto, cpu, cuda, cuda:N (or just N) or mps") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError("CUDA was asked for but no CUDA device is available",
-                             "use --device auto or --device cpu")
+            raise UsageError("CUDA was asked for but no CUDA device is available", "use --device auto or --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"{spec} does not exist: {torch.cuda.device_count()} CUDA device(s) visible",
-                             "pick an index below the device count")
+            raise UsageError(
+                f"{spec} does not exist: {torch.cuda.device_count()} CUDA device(s) visible",
+                "pick an index below the device count",
+            )
     elif device.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise UsageError("MPS was asked for but is not available", "use --device auto or --device cpu")

@@ -86,7 +86,8 @@ def attention_modules(model) -> list:
         raise NotAViTError(
             f"{_arch(model)} has no self-attention blocks{mixer}: the attention figures need a ViT",
             "use a ViT (e.g. vit_base_patch16_224.augreg2_in21k_ft_in1k) for --attention-distance and "
-            "--attention-map; --filters works with this model too")
+            "--attention-map; --filters works with this model too",
+        )
     return modules
 
 
@@ -94,10 +95,14 @@ def _recomputable(attn) -> bool:
     """timm's standard qkv attention (no rotary embedding, no separate q/k/v projections)."""
     import torch
 
-    return (type(attn).__name__ == "Attention" and type(attn).__module__.startswith("timm.")
-            and isinstance(getattr(attn, "qkv", None), torch.nn.Linear)
-            and hasattr(attn, "num_heads") and hasattr(attn, "scale")
-            and getattr(attn, "rope", None) is None)
+    return (
+        type(attn).__name__ == "Attention"
+        and type(attn).__module__.startswith("timm.")
+        and isinstance(getattr(attn, "qkv", None), torch.nn.Linear)
+        and hasattr(attn, "num_heads")
+        and hasattr(attn, "scale")
+        and getattr(attn, "rope", None) is None
+    )
 
 
 def method_for(model) -> str:
@@ -135,8 +140,10 @@ class AttentionRecorder(contextlib.AbstractContextManager):
     def __init__(self, model):
         self.modules = attention_modules(model)
         if not all(_recomputable(m) for m in self.modules):
-            raise NotAViTError(f"{_arch(model)} uses an attention module the recompute hook does not know",
-                               "use attention_maps(), which falls back to hooking attn_drop")
+            raise NotAViTError(
+                f"{_arch(model)} uses an attention module the recompute hook does not know",
+                "use attention_maps(), which falls back to hooking attn_drop",
+            )
         self.maps: list = [None] * len(self.modules)
         self._handles = []
 
@@ -150,8 +157,7 @@ class AttentionRecorder(contextlib.AbstractContextManager):
 
     def __enter__(self):
         self.maps = [None] * len(self.modules)
-        self._handles = [m.register_forward_hook(self._hook(i), with_kwargs=True)
-                         for i, m in enumerate(self.modules)]
+        self._handles = [m.register_forward_hook(self._hook(i), with_kwargs=True) for i, m in enumerate(self.modules)]
         return self
 
     def __exit__(self, *exc):
@@ -179,8 +185,10 @@ def _extract(model, x) -> list:
     this pass. (timm's AttentionExtract does the same with hooks it gives no way to remove.)"""
     drops = [getattr(a, "attn_drop", None) for a in attention_modules(model)]
     if any(d is None for d in drops):
-        raise NotAViTError(f"cannot read the attention weights of {_arch(model)}",
-                           "its attention modules do not follow timm's layout (qkv or attn_drop)")
+        raise NotAViTError(
+            f"cannot read the attention weights of {_arch(model)}",
+            "its attention modules do not follow timm's layout (qkv or attn_drop)",
+        )
     maps: list = [None] * len(drops)
 
     def hook(index):
@@ -200,8 +208,10 @@ def _extract(model, x) -> list:
             handle.remove()
         model.train(was_training)
     if any(m is None or m.dim() != 4 or m.shape[-1] != m.shape[-2] for m in maps):
-        raise NotAViTError(f"cannot read the attention weights of {_arch(model)}",
-                           "its attn_drop does not receive the (B, heads, N, N) attention weights")
+        raise NotAViTError(
+            f"cannot read the attention weights of {_arch(model)}",
+            "its attn_drop does not receive the (B, heads, N, N) attention weights",
+        )
     return [m.float() for m in maps]
 
 

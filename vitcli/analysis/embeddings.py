@@ -19,8 +19,10 @@ def patch_position_embeddings(model):
 
     pe = getattr(model, "pos_embed", None)
     if not isinstance(pe, torch.Tensor):
-        raise VitError(f"{type(model).__name__} has no learned absolute position embedding (pos_embed)",
-                       "--pos-embed needs a ViT with learned position embeddings")
+        raise VitError(
+            f"{type(model).__name__} has no learned absolute position embedding (pos_embed)",
+            "--pos-embed needs a ViT with learned position embeddings",
+        )
     pe = pe.detach().float()
     if pe.dim() == 4:  # (1, rows, cols, C)
         return pe[0].reshape(-1, pe.shape[-1]), (pe.shape[1], pe.shape[2])
@@ -28,8 +30,9 @@ def patch_position_embeddings(model):
     layout = token_layout(model)
     extra = pe.shape[0] - layout.num_patches
     if extra not in (0, layout.num_prefix):
-        raise VitError(f"pos_embed has {pe.shape[0]} rows, which does not match a "
-                       f"{layout.grid[0]}x{layout.grid[1]} patch grid")
+        raise VitError(
+            f"pos_embed has {pe.shape[0]} rows, which does not match a {layout.grid[0]}x{layout.grid[1]} patch grid"
+        )
     return pe[extra:], layout.grid
 
 
@@ -46,8 +49,10 @@ def patch_embedding_weights(model):
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Conv2d) and module.in_channels in (1, 3):
             return module.weight.detach().float(), name
-    raise VitError(f"{type(model).__name__} has no convolutional patch embedding",
-                   "--filters needs a model whose first layer is a convolution on the image")
+    raise VitError(
+        f"{type(model).__name__} has no convolutional patch embedding",
+        "--filters needs a model whose first layer is a convolution on the image",
+    )
 
 
 def pos_embed_figure(loaded, out: Path, *, arch: str, result: dict) -> dict:
@@ -61,11 +66,14 @@ def pos_embed_figure(loaded, out: Path, *, arch: str, result: dict) -> dict:
     pe, grid = patch_position_embeddings(loaded.model)
     sim = cosine_similarity_matrix(pe)
     atomic_write(out / "pos_embed_similarity.npy", lambda tmp: np.save(tmp, sim.numpy().astype(np.float32)))
-    figures.pos_embed_similarity(sim.numpy(), grid, out / "pos_embed_similarity.png",
-                                 title=f"Position embedding similarity: {arch}")
+    figures.pos_embed_similarity(
+        sim.numpy(), grid, out / "pos_embed_similarity.png", title=f"Position embedding similarity: {arch}"
+    )
     result["files"] += [str(out / "pos_embed_similarity.png"), str(out / "pos_embed_similarity.npy")]
-    return {"grid": list(grid),
-            "neighbour_fraction": round(float(most_similar_is_neighbour(sim, grid).double().mean()), 4)}
+    return {
+        "grid": list(grid),
+        "neighbour_fraction": round(float(most_similar_is_neighbour(sim, grid).double().mean()), 4),
+    }
 
 
 def filters_figure(loaded, out: Path, num_components: int, *, arch: str, result: dict) -> dict:
@@ -76,8 +84,16 @@ def filters_figure(loaded, out: Path, num_components: int, *, arch: str, result:
 
     weights, layer = patch_embedding_weights(loaded.model)
     comps, explained = principal_components(weights, num_components)
-    figures.filters(comps.numpy(), out / "filters.png", explained=explained.tolist(),
-                    title=f"Principal components of the patch embedding ({layer}): {arch}")
+    figures.filters(
+        comps.numpy(),
+        out / "filters.png",
+        explained=explained.tolist(),
+        title=f"Principal components of the patch embedding ({layer}): {arch}",
+    )
     result["files"].append(str(out / "filters.png"))
-    return {"layer": layer, "num_components": int(comps.shape[0]), "filter_shape": list(weights.shape[1:]),
-            "explained_variance_ratio": [round(float(v), 5) for v in explained]}
+    return {
+        "layer": layer,
+        "num_components": int(comps.shape[0]),
+        "filter_shape": list(weights.shape[1:]),
+        "explained_variance_ratio": [round(float(v), 5) for v in explained],
+    }

@@ -123,9 +123,22 @@ def curves(model, x, ranks, categories, steps: int, ends: dict):
     return np.stack(deletion, axis=1), np.stack(insertion, axis=1)
 
 
-def faithfulness_figures(loaded, rt, paths, maps: dict, out: Path, *, grid, targets: dict | None,
-                         target: int | None, steps: int, batch_size: int, arch: str, result: dict,
-                         seed: int = 0) -> dict:
+def faithfulness_figures(
+    loaded,
+    rt,
+    paths,
+    maps: dict,
+    out: Path,
+    *,
+    grid,
+    targets: dict | None,
+    target: int | None,
+    steps: int,
+    batch_size: int,
+    arch: str,
+    result: dict,
+    seed: int = 0,
+) -> dict:
     """Deletion and insertion AUCs of each map in `maps` (name -> {image position -> map}) and of a random
     map, averaged over the readable `paths`; writes faithfulness.{png,json}. The class explained is
     `targets[position]` (Grad-CAM's), else `target`, else the predicted class."""
@@ -152,17 +165,26 @@ def faithfulness_figures(loaded, rt, paths, maps: dict, out: Path, *, grid, targ
                 size = tuple(x.shape[-2:])
                 with torch.inference_mode(), rt.autocast():
                     clean = model(x).float().softmax(-1)
-                    cats = [targets[i] if targets and i in targets else target if target is not None
-                            else int(clean[j].argmax()) for j, i in enumerate(batch.positions)]
+                    cats = [
+                        targets[i]
+                        if targets and i in targets
+                        else target
+                        if target is not None
+                        else int(clean[j].argmax())
+                        for j, i in enumerate(batch.positions)
+                    ]
                     rows = torch.arange(len(x), device=x.device)
                     idx = torch.tensor(cats, device=x.device)
-                    ends = {"clean": clean[rows, idx],
-                            "zero": model(torch.zeros_like(x[:1])).float().softmax(-1)[0, idx],
-                            "blurred": model(blur(x)).float().softmax(-1)[rows, idx]}
+                    ends = {
+                        "clean": clean[rows, idx],
+                        "zero": model(torch.zeros_like(x[:1])).float().softmax(-1)[0, idx],
+                        "blurred": model(blur(x)).float().softmax(-1)[rows, idx],
+                    }
                     ends = {k: v.cpu().double().numpy() for k, v in ends.items()}
                     for name in names:
-                        per_image = [random_map(grid, i, seed) if name == "random" else maps[name][i]
-                                     for i in batch.positions]
+                        per_image = [
+                            random_map(grid, i, seed) if name == "random" else maps[name][i] for i in batch.positions
+                        ]
                         ranks = np.stack([salience_ranks(at_size(m, size), seed) for m in per_image])
                         d, ins = curves(model, x, ranks, cats, steps, ends)
                         found[name][0].append(d)
@@ -176,22 +198,40 @@ def faithfulness_figures(loaded, rt, paths, maps: dict, out: Path, *, grid, targ
     for name in names:
         d, ins = (np.concatenate(found[name][0]), np.concatenate(found[name][1]))
         d_auc, i_auc = [auc(c) for c in d], [auc(c) for c in ins]
-        scores[name] = {"deletion_auc": round(float(np.mean(d_auc)), 4),
-                        "insertion_auc": round(float(np.mean(i_auc)), 4)}
-        table[name] = {**scores[name], "deletion_curve": [round(v, 5) for v in d.mean(0).tolist()],
-                       "insertion_curve": [round(v, 5) for v in ins.mean(0).tolist()],
-                       "per_image": [{"image": im, "deletion_auc": round(a, 4), "insertion_auc": round(b, 4)}
-                                     for im, a, b in zip(images, d_auc, i_auc)]}
-    setup = {"num_images": len(images), "steps": steps, "score": "softmax probability of the explained class",
-             "deletion": "pixels set to 0 in the normalised input (the mean colour), most salient first",
-             "insertion": f"pixels put back into a Gaussian blur (kernel {BLUR_KERNEL}, sigma {BLUR_SIGMA:g}), "
-                          "most salient first",
-             "random": f"uniform noise on the {grid[0]}x{grid[1]} grid, upsampled bilinearly, seed {seed}",
-             "json": str(out / "faithfulness.json"), "plot": str(out / "faithfulness.png")}
-    atomic_write(out / "faithfulness.json", dumps(
-        {"model": loaded.architecture, **setup, "fractions": fractions, "maps": table}, indent=1) + "\n")
-    figures.faithfulness_curves(fractions, table, out / "faithfulness.png",
-                                title=f"Deletion and insertion: {arch}, {len(images)} images, {steps} steps")
+        scores[name] = {
+            "deletion_auc": round(float(np.mean(d_auc)), 4),
+            "insertion_auc": round(float(np.mean(i_auc)), 4),
+        }
+        table[name] = {
+            **scores[name],
+            "deletion_curve": [round(v, 5) for v in d.mean(0).tolist()],
+            "insertion_curve": [round(v, 5) for v in ins.mean(0).tolist()],
+            "per_image": [
+                {"image": im, "deletion_auc": round(a, 4), "insertion_auc": round(b, 4)}
+                for im, a, b in zip(images, d_auc, i_auc)
+            ],
+        }
+    setup = {
+        "num_images": len(images),
+        "steps": steps,
+        "score": "softmax probability of the explained class",
+        "deletion": "pixels set to 0 in the normalised input (the mean colour), most salient first",
+        "insertion": f"pixels put back into a Gaussian blur (kernel {BLUR_KERNEL}, sigma {BLUR_SIGMA:g}), "
+        "most salient first",
+        "random": f"uniform noise on the {grid[0]}x{grid[1]} grid, upsampled bilinearly, seed {seed}",
+        "json": str(out / "faithfulness.json"),
+        "plot": str(out / "faithfulness.png"),
+    }
+    atomic_write(
+        out / "faithfulness.json",
+        dumps({"model": loaded.architecture, **setup, "fractions": fractions, "maps": table}, indent=1) + "\n",
+    )
+    figures.faithfulness_curves(
+        fractions,
+        table,
+        out / "faithfulness.png",
+        title=f"Deletion and insertion: {arch}, {len(images)} images, {steps} steps",
+    )
     result["files"] += [setup["plot"], setup["json"]]
     result["faithfulness_setup"] = setup
     return scores

@@ -36,8 +36,15 @@ def attention_distance(distance, path: Path, *, title: str, image_size=None) -> 
     ax = fig.add_subplot()
     cmap = _cmap("tab20" if heads > 10 else "tab10")
     for h in range(heads):
-        ax.scatter(np.arange(1, layers + 1), d[:, h], s=22, color=cmap(h % cmap.N), label=f"head {h + 1}",
-                   edgecolors="none", alpha=0.9)
+        ax.scatter(
+            np.arange(1, layers + 1),
+            d[:, h],
+            s=22,
+            color=cmap(h % cmap.N),
+            label=f"head {h + 1}",
+            edgecolors="none",
+            alpha=0.9,
+        )
     ax.set_xlabel("Network depth (layer)")
     ax.set_ylabel("Mean attention distance (pixels)")
     ax.set_title(title, fontsize=10)
@@ -67,16 +74,22 @@ def pos_embed_similarity(sim, grid: tuple[int, int], path: Path, *, title: str) 
     for r in range(rows):
         for c in range(cols):
             y, x = r * (rows + gap), c * (cols + gap)
-            mosaic[y:y + rows, x:x + cols] = s[r, c]
+            mosaic[y : y + rows, x : x + cols] = s[r, c]
     fig = _figure(7.4, 6.6 * rows / cols + 0.5)
     ax = fig.add_subplot()
     cmap = _cmap("viridis").with_extremes(bad="white")
     im = ax.imshow(mosaic, cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
     step = max(1, int(np.ceil(max(rows, cols) / 14)))
-    ax.set_xticks([c * (cols + gap) + (cols - 1) / 2 for c in range(0, cols, step)],
-                  [str(c + 1) for c in range(0, cols, step)], fontsize=7)
-    ax.set_yticks([r * (rows + gap) + (rows - 1) / 2 for r in range(0, rows, step)],
-                  [str(r + 1) for r in range(0, rows, step)], fontsize=7)
+    ax.set_xticks(
+        [c * (cols + gap) + (cols - 1) / 2 for c in range(0, cols, step)],
+        [str(c + 1) for c in range(0, cols, step)],
+        fontsize=7,
+    )
+    ax.set_yticks(
+        [r * (rows + gap) + (rows - 1) / 2 for r in range(0, rows, step)],
+        [str(r + 1) for r in range(0, rows, step)],
+        fontsize=7,
+    )
     ax.tick_params(length=0)
     for side in ax.spines.values():
         side.set_visible(False)
@@ -110,8 +123,11 @@ def filters(components, path: Path, *, title: str, explained=None, per_row: int 
         tile = np.moveaxis(tile, 0, -1) if tile.shape[0] in (1, 3) else tile[0][..., None]
         lo, hi = tile.min(), tile.max()
         tile = (tile - lo) / (hi - lo) if hi > lo else np.zeros_like(tile)
-        ax.imshow(tile.squeeze(-1) if tile.shape[-1] == 1 else tile, interpolation="nearest",
-                  cmap="gray" if tile.shape[-1] == 1 else None)
+        ax.imshow(
+            tile.squeeze(-1) if tile.shape[-1] == 1 else tile,
+            interpolation="nearest",
+            cmap="gray" if tile.shape[-1] == 1 else None,
+        )
         label = f"PC {i + 1}"
         if explained is not None:
             label += f" ({100 * float(explained[i]):.1f}%)"
@@ -120,8 +136,16 @@ def filters(components, path: Path, *, title: str, explained=None, per_row: int 
     return _save(fig, path)
 
 
-def map_overlay(image, mask, path: Path, *, title: str, name: str = "Attention rollout", short: str = "rollout",
-                bar_label: str = "Relative attention") -> Path:
+def map_overlay(
+    image,
+    mask,
+    path: Path,
+    *,
+    title: str,
+    name: str = "Attention rollout",
+    short: str = "rollout",
+    bar_label: str = "Relative attention",
+) -> Path:
     """Fig. 6 and its kin: the input as the model sees it, a saliency map over it (`name`), and the input
     weighted by the map ("Input x `short`").
 
@@ -168,8 +192,15 @@ def faithfulness_curves(fractions, maps: dict, path: Path, *, title: str) -> Pat
     for n, (name, m) in enumerate(maps.items()):
         style = dict(color="0.45", linestyle="--") if name == "random" else dict(color=colours(n % 10))
         for ax, kind in zip(axes, ("deletion", "insertion")):
-            ax.plot(x, m[f"{kind}_curve"], marker="o", markersize=2.5, linewidth=1.4,
-                    label=f"{name} (AUC {m[f'{kind}_auc']:.3f})", **style)
+            ax.plot(
+                x,
+                m[f"{kind}_curve"],
+                marker="o",
+                markersize=2.5,
+                linewidth=1.4,
+                label=f"{name} (AUC {m[f'{kind}_auc']:.3f})",
+                **style,
+            )
     for ax, kind, better in zip(axes, ("Deletion", "Insertion"), ("lower", "higher")):
         ax.set_title(f"{kind}: {better} AUC is more faithful", fontsize=9)
         ax.set_xlabel(f"Pixels {'removed' if kind == 'Deletion' else 'inserted'}, most salient first (%)")

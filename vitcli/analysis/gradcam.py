@@ -33,12 +33,26 @@ from vitcli.output import atomic_write, display
 # (ScoreCAM and AblationCAM run a forward per channel, too slow for a CPU; FullGrad needs conv biases).
 # gradcam++ and xgradcam divide by the sum of the activations, which assumes they are non-negative (post-ReLU);
 # a ViT's norm1 output is signed, so they can point at the wrong evidence there (tests/test_gradcam.py).
-METHODS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "hirescam": "HiResCAM", "xgradcam": "XGradCAM",
-           "layercam": "LayerCAM", "eigencam": "EigenCAM", "eigengradcam": "EigenGradCAM",
-           "gradcam-elementwise": "GradCAMElementWise"}
-TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "hirescam": "HiResCAM", "xgradcam": "XGrad-CAM",
-          "layercam": "LayerCAM", "eigencam": "EigenCAM", "eigengradcam": "EigenGradCAM",
-          "gradcam-elementwise": "Grad-CAM (element-wise)"}
+METHODS = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM",
+    "gradcam-elementwise": "GradCAMElementWise",
+}
+TITLES = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGrad-CAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM",
+    "gradcam-elementwise": "Grad-CAM (element-wise)",
+}
 
 
 class CamLayerError(VitError):
@@ -50,8 +64,10 @@ def engine():
     try:
         import pytorch_grad_cam
     except ImportError:
-        raise VitError("--gradcam and --faithfulness need the optional grad-cam package (pytorch-grad-cam)",
-                       "pip install 'vitcli[gradcam]'") from None
+        raise VitError(
+            "--gradcam and --faithfulness need the optional grad-cam package (pytorch-grad-cam)",
+            "pip install 'vitcli[gradcam]'",
+        ) from None
     return pytorch_grad_cam
 
 
@@ -71,17 +87,25 @@ def resolve_target(spec: str | None, label_names) -> int | None:
             return int(s)
         raise UsageError(f"--target {s}: the model has {n} classes (indices 0 to {n - 1})")
     fold = s.casefold()
-    for match in (lambda name: name == s, lambda name: name.casefold() == fold,
-                  lambda name: fold in (part.strip().casefold() for part in name.split(","))):
+    for match in (
+        lambda name: name == s,
+        lambda name: name.casefold() == fold,
+        lambda name: fold in (part.strip().casefold() for part in name.split(",")),
+    ):
         found = [i for i, name in enumerate(label_names) if match(name)]
         if len(found) == 1:
             return found[0]
         if found:
-            raise UsageError(f"--target {s!r} names {len(found)} classes ({', '.join(map(str, found))})",
-                             "give the class index instead")
-    raise UsageError(f"--target {s!r}: no class of the model has that name",
-                     f"give a class index (0 to {n - 1}) or a label name, e.g. {label_names[0]!r}"
-                     if n else "the model has no classes")
+            raise UsageError(
+                f"--target {s!r} names {len(found)} classes ({', '.join(map(str, found))})",
+                "give the class index instead",
+            )
+    raise UsageError(
+        f"--target {s!r}: no class of the model has that name",
+        f"give a class index (0 to {n - 1}) or a label name, e.g. {label_names[0]!r}"
+        if n
+        else "the model has no classes",
+    )
 
 
 class TokensToGrid:
@@ -94,9 +118,8 @@ class TokensToGrid:
         B, T, C = tokens.shape
         rows, cols = self.grid
         if T != self.num_prefix + rows * cols:
-            raise CamLayerError(f"{T} tokens do not match {self.num_prefix} prefix tokens + a {rows}x{cols} "
-                                f"patch grid")
-        return tokens[:, self.num_prefix:].reshape(B, rows, cols, C).permute(0, 3, 1, 2)
+            raise CamLayerError(f"{T} tokens do not match {self.num_prefix} prefix tokens + a {rows}x{cols} patch grid")
+        return tokens[:, self.num_prefix :].reshape(B, rows, cols, C).permute(0, 3, 1, 2)
 
 
 class ChannelsFirst:
@@ -150,9 +173,11 @@ def cam_layer(model) -> CamLayer:
         module = dict(model.named_modules()).get(last["module"])
         if module is not None:
             return CamLayer(module, last["module"], "feature map", channels=last.get("num_chs"))
-    raise CamLayerError(f"{_arch(model)}: no layer to take a Grad-CAM map from",
-                        "--gradcam takes ViT/DeiT (blocks + patch_embed) and models whose timm feature_info "
-                        "names a last feature map (PoolFormer/MetaFormer, CNNs)")
+    raise CamLayerError(
+        f"{_arch(model)}: no layer to take a Grad-CAM map from",
+        "--gradcam takes ViT/DeiT (blocks + patch_embed) and models whose timm feature_info "
+        "names a last feature map (PoolFormer/MetaFormer, CNNs)",
+    )
 
 
 @dataclass
@@ -164,8 +189,9 @@ class CamMaps:
     grid: tuple[int, int] | None = None  # the spatial size of the layer's map
 
 
-def gradcam_figures(loaded, rt, paths, stems, out: Path, *, method: str, target: int | None, batch_size: int,
-                    arch: str, result: dict) -> CamMaps:
+def gradcam_figures(
+    loaded, rt, paths, stems, out: Path, *, method: str, target: int | None, batch_size: int, arch: str, result: dict
+) -> CamMaps:
     """One pass over `paths`: a Grad-CAM map per image (its overlay PNG and its .npy), for `target` or the
     predicted class; records them in result["gradcam"] and returns them for the faithfulness pass."""
     import numpy as np
@@ -187,9 +213,14 @@ def gradcam_figures(loaded, rt, paths, stems, out: Path, *, method: str, target:
     mean = torch.tensor(loaded.data_config["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(loaded.data_config["std"]).view(1, 3, 1, 1)
     dataset = ImageDataset(Records.of_paths(paths), transform=eval_transform(loaded.data_config))
-    record = {"method": method, "layer": layer.name, "layer_kind": layer.kind, "grid": None,
-              "target": "predicted class" if target is None else {"index": target, "label": names[target]},
-              "images": []}
+    record = {
+        "method": method,
+        "layer": layer.name,
+        "layer_kind": layer.kind,
+        "grid": None,
+        "target": "predicted class" if target is None else {"index": target, "label": names[target]},
+        "images": [],
+    }
     if layer.kind == "tokens":
         record["num_prefix_tokens"] = layer.num_prefix
     result["gradcam"] = record
@@ -200,9 +231,11 @@ def gradcam_figures(loaded, rt, paths, stems, out: Path, *, method: str, target:
             result["errors"] += [{"path": s.path, "error": s.reason} for s in batch.skipped]
             if batch.images is not None:
                 x = batch.images.to(rt.device).float()
+
                 def make(x=x):
-                    return getattr(cams, METHODS[method])(model, [layer.module],
-                                                          reshape_transform=layer.reshape(model, tuple(x.shape[-2:])))
+                    return getattr(cams, METHODS[method])(
+                        model, [layer.module], reshape_transform=layer.reshape(model, tuple(x.shape[-2:]))
+                    )
 
                 cam = make()
                 try:
@@ -222,22 +255,41 @@ def gradcam_figures(loaded, rt, paths, stems, out: Path, *, method: str, target:
                     tgt = pred if target is None else target
                     m = maps[j].astype(np.float32)
                     found.maps[i], found.targets[i] = m, tgt
-                    extra = [d["index"] for d in head.labels(logits[j].numpy(), names)][1:] \
-                        if head and target is None else []  # the labels after the top one: their own maps
+                    extra = (
+                        [d["index"] for d in head.labels(logits[j].numpy(), names)][1:]
+                        if head and target is None
+                        else []
+                    )  # the labels after the top one: their own maps
                     first = [(tgt, m, "")]
-                    for tgt, m, suffix in first + [(c, _single(make, x[j:j + 1], c, model), f".{c}") for c in extra]:
+                    for tgt, m, suffix in first + [(c, _single(make, x[j : j + 1], c, model), f".{c}") for c in extra]:
                         png, npy = (out / "gradcam" / f"{stems[i]}{suffix}{ext}" for ext in (".png", ".npy"))
                         atomic_write(npy, lambda tmp: np.save(tmp, m))
-                        figures.map_overlay(view[j], m, png, name=f"{title}: {names[tgt].split(',')[0]}", short=title,
-                                            bar_label="Relative importance", title=(
-                                                f"{display(Path(paths[i]).name)}: {arch}, {title} at {layer.name} for class {tgt} "
-                                                f"({float(probs[j, tgt]):.3g})"))
+                        figures.map_overlay(
+                            view[j],
+                            m,
+                            png,
+                            name=f"{title}: {names[tgt].split(',')[0]}",
+                            short=title,
+                            bar_label="Relative importance",
+                            title=(
+                                f"{display(Path(paths[i]).name)}: {arch}, {title} at {layer.name} for class {tgt} "
+                                f"({float(probs[j, tgt]):.3g})"
+                            ),
+                        )
                         result["files"] += [display(png), display(npy)]
-                        record["images"].append({
-                            "image": display(paths[i]), "png": display(png), "npy": display(npy), "target": tgt,
-                            "target_label": names[tgt], "target_prob": round(float(probs[j, tgt]), 4),
-                            "predicted": pred, "predicted_label": names[pred],
-                            "predicted_prob": round(float(probs[j, pred]), 4)})
+                        record["images"].append(
+                            {
+                                "image": display(paths[i]),
+                                "png": display(png),
+                                "npy": display(npy),
+                                "target": tgt,
+                                "target_label": names[tgt],
+                                "target_prob": round(float(probs[j, tgt]), 4),
+                                "predicted": pred,
+                                "predicted_label": names[pred],
+                                "predicted_prob": round(float(probs[j, pred]), 4),
+                            }
+                        )
             advance(len(batch.positions) + len(batch.skipped))
     return found
 

@@ -27,10 +27,11 @@ def patch_distances(grid: tuple[int, int], patch_size: tuple[int, int] = (1, 1))
     import torch
 
     rows, cols = grid
-    r, c = torch.meshgrid(torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64),
-                          indexing="ij")
-    y = (r.reshape(-1) * patch_size[0])
-    x = (c.reshape(-1) * patch_size[1])
+    r, c = torch.meshgrid(
+        torch.arange(rows, dtype=torch.float64), torch.arange(cols, dtype=torch.float64), indexing="ij"
+    )
+    y = r.reshape(-1) * patch_size[0]
+    x = c.reshape(-1) * patch_size[1]
     return torch.sqrt((y[:, None] - y[None, :]) ** 2 + (x[:, None] - x[None, :]) ** 2)
 
 
@@ -86,8 +87,7 @@ def discard_weakest(a, ratio: float):
     return flat.masked_fill(drop, 0.0).reshape(B, T, T)
 
 
-def rollout(maps, num_prefix: int, has_class_token: bool = True, head_fusion: str = "mean",
-            discard_ratio: float = 0.0):
+def rollout(maps, num_prefix: int, has_class_token: bool = True, head_fusion: str = "mean", discard_ratio: float = 0.0):
     """Attention rollout over layers: list of (B, heads, T, T) -> (B, N) weights on the N patches.
 
     The class token's row (token 0) when there is one, else the mean of the patch tokens' rows.
@@ -150,6 +150,6 @@ def principal_components(filters, k: int):
     comps = vh[:k]
     signs = torch.where(comps.sum(dim=-1) < 0, -1.0, 1.0).to(comps.dtype)
     comps = comps * signs[:, None]
-    var = s ** 2
+    var = s**2
     ratio = var[:k] / var.sum().clamp_min(1e-30)
     return comps.reshape(k, *w.shape[1:]), ratio

@@ -92,17 +92,44 @@ class VisualizeOptions:
 def run(opts: VisualizeOptions) -> dict:
     """Make the asked-for figures for `model` from `images` (files, folders, globs; the first
     `num_images` of them); returns what was written and the numbers."""
-    (model, images, attention_distance, attention_map, pos_embed_similarity, filters, gradcam, method, target,
-     faithfulness, faithfulness_steps, num_images, head_fusion, discard_ratio, num_components, out_dir, batch_size,
-     device, precision, random_init) = (getattr(opts, f.name) for f in fields(opts))
+    (
+        model,
+        images,
+        attention_distance,
+        attention_map,
+        pos_embed_similarity,
+        filters,
+        gradcam,
+        method,
+        target,
+        faithfulness,
+        faithfulness_steps,
+        num_images,
+        head_fusion,
+        discard_ratio,
+        num_components,
+        out_dir,
+        batch_size,
+        device,
+        precision,
+        random_init,
+    ) = (getattr(opts, f.name) for f in fields(opts))
     from vitcli.analysis.maths import HEAD_FUSIONS
     from vitcli.data.inputs import expand_inputs
 
     if not (attention_distance or attention_map or pos_embed_similarity or filters or gradcam):
-        raise UsageError("nothing to draw", "give one or more of --attention-distance, --attention-map, "
-                                            "--pos-embed-similarity, --filters, --gradcam")
-    _check_options(gradcam=gradcam, method=method, target=target, faithfulness=faithfulness,
-                   attention_map=attention_map, steps=faithfulness_steps)
+        raise UsageError(
+            "nothing to draw",
+            "give one or more of --attention-distance, --attention-map, --pos-embed-similarity, --filters, --gradcam",
+        )
+    _check_options(
+        gradcam=gradcam,
+        method=method,
+        target=target,
+        faithfulness=faithfulness,
+        attention_map=attention_map,
+        steps=faithfulness_steps,
+    )
     if head_fusion not in HEAD_FUSIONS:
         raise UsageError(f"--head-fusion {head_fusion!r}: use one of {', '.join(HEAD_FUSIONS)}")
     if not 0.0 <= discard_ratio < 1.0:
@@ -113,10 +140,19 @@ def run(opts: VisualizeOptions) -> dict:
     paths, errors = [], []
     if attention or gradcam:
         if not images:
-            asked = [f for f, on in (("--attention-distance", attention_distance), ("--attention-map", attention_map),
-                                     ("--gradcam", gradcam)) if on]
-            raise UsageError(f"{' and '.join(asked)} {'need' if len(asked) > 1 else 'needs'} images",
-                             "give image files, folders or globs after the options")
+            asked = [
+                f
+                for f, on in (
+                    ("--attention-distance", attention_distance),
+                    ("--attention-map", attention_map),
+                    ("--gradcam", gradcam),
+                )
+                if on
+            ]
+            raise UsageError(
+                f"{' and '.join(asked)} {'need' if len(asked) > 1 else 'needs'} images",
+                "give image files, folders or globs after the options",
+            )
         paths, missing = expand_inputs(list(images))
         paths = paths[:num_images]
         errors = [{"path": display(p), "error": why} for p, why in missing]
@@ -143,37 +179,80 @@ def run(opts: VisualizeOptions) -> dict:
     _check(loaded, attention, pos_embed_similarity, filters, gradcam)
     out = Path(out_dir) if out_dir is not None else next_run_dir()
     out.mkdir(parents=True, exist_ok=True)
-    sink.info(f"{loaded.architecture}{' (random weights)' if random_init else ''} on {rt.describe()} -> {out}",
-              style="dim")
+    sink.info(
+        f"{loaded.architecture}{' (random weights)' if random_init else ''} on {rt.describe()} -> {out}", style="dim"
+    )
 
-    result: dict = {"model": model, "architecture": loaded.architecture, "random_init": random_init,
-                    "out_dir": str(out), "files": [], "errors": errors}
+    result: dict = {
+        "model": model,
+        "architecture": loaded.architecture,
+        "random_init": random_init,
+        "out_dir": str(out),
+        "files": [],
+        "errors": errors,
+    }
     stems = image_stems(paths)
     rollout_maps: dict | None = {} if faithfulness and attention_map else None
     if attention and paths:
         from vitcli.analysis.attention_figures import attention_figures
 
-        distance = attention_figures(loaded, rt, paths, out, distance=attention_distance, rollout=attention_map,
-                                     head_fusion=head_fusion, discard_ratio=discard_ratio, batch_size=batch_size,
-                                     arch=_arch_name(loaded), result=result, stems=stems, keep_rollout=rollout_maps)
+        distance = attention_figures(
+            loaded,
+            rt,
+            paths,
+            out,
+            distance=attention_distance,
+            rollout=attention_map,
+            head_fusion=head_fusion,
+            discard_ratio=discard_ratio,
+            batch_size=batch_size,
+            arch=_arch_name(loaded),
+            result=result,
+            stems=stems,
+            keep_rollout=rollout_maps,
+        )
         if distance is not None:
             result["attention_distance"] = distance
     cams = None  # the Grad-CAM maps and classes, for the faithfulness pass
     if gradcam and paths:
         from vitcli.analysis.gradcam import gradcam_figures
 
-        cams = gradcam_figures(loaded, rt, paths, stems, out, method=method, target=target_index,
-                               batch_size=batch_size, arch=_arch_name(loaded), result=result)
+        cams = gradcam_figures(
+            loaded,
+            rt,
+            paths,
+            stems,
+            out,
+            method=method,
+            target=target_index,
+            batch_size=batch_size,
+            arch=_arch_name(loaded),
+            result=result,
+        )
     if faithfulness and paths:
         from vitcli.analysis.attention import token_layout
         from vitcli.analysis.faithfulness import faithfulness_figures
 
         maps = {**({method: cams.maps} if cams else {}), **({"rollout": rollout_maps} if attention_map else {})}
-        grid = cams.grid if cams and cams.grid else token_layout(loaded.model,
-                                                                 tuple(loaded.data_config["input_size"][1:])).grid
+        grid = (
+            cams.grid
+            if cams and cams.grid
+            else token_layout(loaded.model, tuple(loaded.data_config["input_size"][1:])).grid
+        )
         result["faithfulness"] = faithfulness_figures(
-            loaded, rt, paths, maps, out, grid=grid, targets=cams.targets if cams else None, target=target_index,
-            steps=faithfulness_steps, batch_size=batch_size, arch=_arch_name(loaded), result=result)
+            loaded,
+            rt,
+            paths,
+            maps,
+            out,
+            grid=grid,
+            targets=cams.targets if cams else None,
+            target=target_index,
+            steps=faithfulness_steps,
+            batch_size=batch_size,
+            arch=_arch_name(loaded),
+            result=result,
+        )
     if pos_embed_similarity:
         from vitcli.analysis.embeddings import pos_embed_figure
 
@@ -186,14 +265,14 @@ def run(opts: VisualizeOptions) -> dict:
     return result
 
 
-def _check_options(*, gradcam: bool, method: str, target, faithfulness: bool, attention_map: bool,
-                   steps: int) -> None:
+def _check_options(*, gradcam: bool, method: str, target, faithfulness: bool, attention_map: bool, steps: int) -> None:
     from vitcli.analysis.gradcam import check_method
 
     check_method(method)
     if faithfulness and not (gradcam or attention_map):
-        raise UsageError("--faithfulness scores the maps of --gradcam and --attention-map",
-                         "add --gradcam and/or --attention-map")
+        raise UsageError(
+            "--faithfulness scores the maps of --gradcam and --attention-map", "add --gradcam and/or --attention-map"
+        )
     if target is not None and not (gradcam or faithfulness):
         raise UsageError("--target chooses the class of --gradcam and --faithfulness", "add --gradcam")
     if steps < 2:

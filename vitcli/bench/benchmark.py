@@ -29,9 +29,21 @@ from vitcli.bench.ceiling import GemmProbe, bf16_speedup, ceiling_gflop_s, gemm_
 from vitcli.bench.timing import Figures, Side, alternate, r
 
 # dense tensor-core peaks (TFLOP/s, bf16/fp16, no sparsity) from the vendors' data sheets
-GPU_PEAK_TFLOPS = {"H200": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.0,  # SXM / HBM3
-                   "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.0,
-                   "RTX 3090": 71.0, "V100": 125.0, "T4": 65.0}
+GPU_PEAK_TFLOPS = {
+    "H200": 989.0,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.0,  # SXM / HBM3
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10G": 70.0,
+    "A10": 125.0,
+    "RTX 4090": 165.0,
+    "RTX 3090": 71.0,
+    "V100": 125.0,
+    "T4": 65.0,
+}
 
 
 @dataclass
@@ -79,43 +91,67 @@ class BenchResult:
     def to_json(self) -> dict:
         """Flat figures first (the ones scripts read), then the details."""
         out = {
-            "model": self.model, "architecture": self.architecture, "batch_size": self.batch_size,
-            "img_size": self.img_size, "device": self.device, "precision": self.precision,
-            "threads": self.threads, "compile": self.compile, "params_m": r(self.params_m),
-            "img_s": r(self.inference.img_s), "timm_img_s": r(self.timm_inference.img_s),
-            "speedup": r(self.speedup, 3), "timm_fp32_img_s": r(self.timm_fp32.img_s),
+            "model": self.model,
+            "architecture": self.architecture,
+            "batch_size": self.batch_size,
+            "img_size": self.img_size,
+            "device": self.device,
+            "precision": self.precision,
+            "threads": self.threads,
+            "compile": self.compile,
+            "params_m": r(self.params_m),
+            "img_s": r(self.inference.img_s),
+            "timm_img_s": r(self.timm_inference.img_s),
+            "speedup": r(self.speedup, 3),
+            "timm_fp32_img_s": r(self.timm_fp32.img_s),
             "speedup_vs_timm_fp32": r(self.inference.img_s / self.timm_fp32.img_s, 3),
             "gflop_per_img": r(self.gflop_per_img, 3),
-            "gflop_s": r(self.inference.gflop_s), "timm_gflop_s": r(self.timm_inference.gflop_s),
-            "ceiling_gflop_s": r(self.ceiling_gflop_s), "ceiling_best_gflop_s": r(self.ceiling_best_gflop_s),
-            "ceiling_pct": r(self.inference.ceiling_pct), "timm_ceiling_pct": r(self.timm_inference.ceiling_pct),
-            "latency_ms": self.inference.latency_ms, "timm_latency_ms": self.timm_inference.latency_ms,
-            "peak_mem_mb": r(self.inference.peak_mem_mb), "timm_peak_mem_mb": r(self.timm_inference.peak_mem_mb),
+            "gflop_s": r(self.inference.gflop_s),
+            "timm_gflop_s": r(self.timm_inference.gflop_s),
+            "ceiling_gflop_s": r(self.ceiling_gflop_s),
+            "ceiling_best_gflop_s": r(self.ceiling_best_gflop_s),
+            "ceiling_pct": r(self.inference.ceiling_pct),
+            "timm_ceiling_pct": r(self.timm_inference.ceiling_pct),
+            "latency_ms": self.inference.latency_ms,
+            "timm_latency_ms": self.timm_inference.latency_ms,
+            "peak_mem_mb": r(self.inference.peak_mem_mb),
+            "timm_peak_mem_mb": r(self.timm_inference.peak_mem_mb),
         }
         if self.train is not None:
             timm_fp32_train = self.timm_fp32_train or self.timm_train
-            out.update({
-                "train_img_s": r(self.train.img_s), "timm_train_img_s": r(self.timm_train.img_s),
-                "timm_fp32_train_img_s": r(timm_fp32_train.img_s),
-                "train_speedup_vs_timm_fp32": r(self.train.img_s / timm_fp32_train.img_s, 3),
-                "train_speedup": r(self.train_speedup, 3), "train_gflop_per_img": r(self.train_gflop_per_img, 3),
-                "train_gflop_s": r(self.train.gflop_s), "timm_train_gflop_s": r(self.timm_train.gflop_s),
-                "train_ceiling_pct": r(self.train.ceiling_pct),
-                "timm_train_ceiling_pct": r(self.timm_train.ceiling_pct),
-                "train_latency_ms": self.train.latency_ms, "timm_train_latency_ms": self.timm_train.latency_ms,
-                "train_peak_mem_mb": r(self.train.peak_mem_mb),
-                "timm_train_peak_mem_mb": r(self.timm_train.peak_mem_mb),
-            })
+            out.update(
+                {
+                    "train_img_s": r(self.train.img_s),
+                    "timm_train_img_s": r(self.timm_train.img_s),
+                    "timm_fp32_train_img_s": r(timm_fp32_train.img_s),
+                    "train_speedup_vs_timm_fp32": r(self.train.img_s / timm_fp32_train.img_s, 3),
+                    "train_speedup": r(self.train_speedup, 3),
+                    "train_gflop_per_img": r(self.train_gflop_per_img, 3),
+                    "train_gflop_s": r(self.train.gflop_s),
+                    "timm_train_gflop_s": r(self.timm_train.gflop_s),
+                    "train_ceiling_pct": r(self.train.ceiling_pct),
+                    "timm_train_ceiling_pct": r(self.timm_train.ceiling_pct),
+                    "train_latency_ms": self.train.latency_ms,
+                    "timm_train_latency_ms": self.timm_train.latency_ms,
+                    "train_peak_mem_mb": r(self.train.peak_mem_mb),
+                    "timm_train_peak_mem_mb": r(self.timm_train.peak_mem_mb),
+                }
+            )
         if self.compile_s is not None:
             out["compile_s"] = r(self.compile_s)
         if self.peak_tflops is not None:
-            out.update({"peak_tflops": self.peak_tflops, "mfu_pct": r(self.mfu_pct),
-                        "train_mfu_pct": r(self.train_mfu_pct)})
+            out.update(
+                {"peak_tflops": self.peak_tflops, "mfu_pct": r(self.mfu_pct), "train_mfu_pct": r(self.train_mfu_pct)}
+            )
         if self.measured_peak_tflops:
             peak = self.measured_peak_tflops * 1e3  # GFLOP/s
-            out.update({"measured_peak_tflops": r(self.measured_peak_tflops),
-                        "mfu_measured_pct": r(100 * self.inference.gflop_s / peak),
-                        "train_mfu_measured_pct": r(100 * self.train.gflop_s / peak) if self.train else None})
+            out.update(
+                {
+                    "measured_peak_tflops": r(self.measured_peak_tflops),
+                    "mfu_measured_pct": r(100 * self.inference.gflop_s / peak),
+                    "train_mfu_measured_pct": r(100 * self.train.gflop_s / peak) if self.train else None,
+                }
+            )
         out["notes"] = self.notes
         return out
 
@@ -124,9 +160,21 @@ class BenchResult:
 # The benchmark
 
 
-def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: bool = False,
-        device: str = "auto", precision: str = "auto", compile: bool = False, iters: int = 10,
-        warmup_iters: int = 2, random_init: bool = False, rounds: int = 4, log=lambda msg: None) -> BenchResult:
+def run(
+    spec: str,
+    *,
+    batch_size: int = 32,
+    img_size: int | None = None,
+    train: bool = False,
+    device: str = "auto",
+    precision: str = "auto",
+    compile: bool = False,
+    iters: int = 10,
+    warmup_iters: int = 2,
+    random_init: bool = False,
+    rounds: int = 4,
+    log=lambda msg: None,
+) -> BenchResult:
     """Benchmark `spec` (any vit model spec) against a plain timm eager loop in this process."""
     import torch
 
@@ -146,8 +194,9 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     from vitcli.models.resolver import file_kind
 
     rt = runtime(device, "fp32" if precision == "auto" and (onnx.is_onnx(spec) or file_kind(spec)) else precision)
-    loaded = load_model(spec, pretrained=not random_init, device=rt.device,
-                        **({"img_size": img_size} if img_size else {}))
+    loaded = load_model(
+        spec, pretrained=not random_init, device=rt.device, **({"img_size": img_size} if img_size else {})
+    )
     model = loaded.model.eval()
     _, h, w = loaded.data_config["input_size"]
     if img_size and (h, w) != (img_size, img_size):
@@ -155,8 +204,10 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     served = model  # what vitcli runs: the model, or an ONNX file's onnxruntime session
     if getattr(model, "onnx", None) is not None:
         if train or compile or rt.device.type != "cpu" or rt.precision != "fp32":
-            raise UsageError("an ONNX model is benchmarked for inference on the CPU in fp32 (onnxruntime)",
-                             "drop --train, --compile, --device and --precision")
+            raise UsageError(
+                "an ONNX model is benchmarked for inference on the CPU in fp32 (onnxruntime)",
+                "drop --train, --compile, --device and --precision",
+            )
         # the plain timm loop: the same architecture (random weights: speed does not depend on them)
         args = {**model.onnx.model_args, "img_size": h, "num_classes": loaded.num_classes}
         model = load_model(loaded.architecture, pretrained=False, device=rt.device, **args).model.eval()
@@ -164,11 +215,15 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     if rt.device.type == "cpu" and rt.precision in ("bf16", "fp16"):
         verdict = cpu_bf16_verdict()
         if rt.precision == "bf16" and verdict.get("bf16"):
-            notes.append(f"bf16 autocast, the classifier in fp32 (this CPU has {', '.join(verdict['flags'])}; bf16 "
-                         f"matmuls measured {verdict['speedup']}x fp32): --precision fp32 for exact fp32")
+            notes.append(
+                f"bf16 autocast, the classifier in fp32 (this CPU has {', '.join(verdict['flags'])}; bf16 "
+                f"matmuls measured {verdict['speedup']}x fp32): --precision fp32 for exact fp32"
+            )
         else:
-            notes.append(f"{rt.precision} on this CPU is not measured faster than fp32 (no native bf16, or too "
-                         "little gain): --precision auto uses fp32 here")
+            notes.append(
+                f"{rt.precision} on this CPU is not measured faster than fp32 (no native bf16, or too "
+                "little gain): --precision auto uses fp32 here"
+            )
     dtype = rt.autocast_dtype or torch.float32
     threads = torch.get_num_threads()
     gen = torch.Generator().manual_seed(0)
@@ -211,8 +266,10 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
                 baseline(x)
 
         sides.append(Side("timm fp32", timm_fp32_step, rt.device, batch_size))
-    log(f"inference: {warmup} warm-up + {iters} timed batches of {batch_size} per side, alternating, "
-        "with the GEMM ceiling probe" + (" and the plain fp32 loop" if len(sides) > 3 else ""))
+    log(
+        f"inference: {warmup} warm-up + {iters} timed batches of {batch_size} per side, alternating, "
+        "with the GEMM ceiling probe" + (" and the plain fp32 loop" if len(sides) > 3 else "")
+    )
     start = time.perf_counter()
     with freezing(compile and rt.device.type == "cpu"):  # weights as constants: prepacked, bias/GELU fused
         a.run(max(warmup, 1 if compile else 0), record=False)  # compiles on the first call
@@ -230,13 +287,33 @@ def run(spec: str, *, batch_size: int = 32, img_size: int | None = None, train: 
     if rt.device.type == "cpu" and rt.precision == "fp32":
         faster = bf16_speedup(probe, rt.device, ceiling)
         if faster and faster >= 1.3:
-            notes.append(f"bf16 matrix multiplies run {faster:.1f}x faster than fp32 on this CPU: "
-                         + ("--precision auto (the default) uses bf16 here" if cpu_bf16_verdict().get("bf16")
-                            else "try --precision bf16"))
+            notes.append(
+                f"bf16 matrix multiplies run {faster:.1f}x faster than fp32 on this CPU: "
+                + (
+                    "--precision auto (the default) uses bf16 here"
+                    if cpu_bf16_verdict().get("bf16")
+                    else "try --precision bf16"
+                )
+            )
     ran = getattr(getattr(served, "onnx", None), "precision", None) or rt.precision  # an int8 / fp16 file: its own
-    result = BenchResult(spec, loaded.architecture, batch_size, h, str(rt.device), ran, threads,
-                         compile, params_m, flops / 1e9, ceiling, max(best, ceiling), a.figures(flops, ceiling),
-                         b.figures(flops, ceiling), compile_s=compile_s, notes=notes)
+    result = BenchResult(
+        spec,
+        loaded.architecture,
+        batch_size,
+        h,
+        str(rt.device),
+        ran,
+        threads,
+        compile,
+        params_m,
+        flops / 1e9,
+        ceiling,
+        max(best, ceiling),
+        a.figures(flops, ceiling),
+        b.figures(flops, ceiling),
+        compile_s=compile_s,
+        notes=notes,
+    )
     if len(sides) > 3:
         result.timm_fp32_inference = sides[3].figures(flops, 0.0)  # no share: the ceiling is the run's dtype's
     if train_sides is not None:

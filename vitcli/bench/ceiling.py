@@ -31,8 +31,9 @@ def gemm_shapes(model, example) -> dict[tuple[int, int, int], int]:
 
     handles = []
     for mod in model.modules():
-        if isinstance(mod, nn.Linear) or (isinstance(mod, nn.Conv2d) and mod.kernel_size == (1, 1)
-                                          and mod.stride == (1, 1) and mod.groups == 1):
+        if isinstance(mod, nn.Linear) or (
+            isinstance(mod, nn.Conv2d) and mod.kernel_size == (1, 1) and mod.stride == (1, 1) and mod.groups == 1
+        ):
             handles.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -58,9 +59,14 @@ class GemmProbe:
 
         self.shapes = shapes or {(2048, 2048, 2048): 1}
         gen = torch.Generator().manual_seed(2)
-        self.operands = [(torch.randn(m, k, generator=gen).to(device, dtype),
-                          torch.randn(n, k, generator=gen).to(device, dtype), count)
-                         for (m, k, n), count in self.shapes.items()]
+        self.operands = [
+            (
+                torch.randn(m, k, generator=gen).to(device, dtype),
+                torch.randn(n, k, generator=gen).to(device, dtype),
+                count,
+            )
+            for (m, k, n), count in self.shapes.items()
+        ]
         self.flops = sum(2.0 * m * k * n * count for (m, k, n), count in self.shapes.items())
         self.kernels = [self._fastest(x, w, device) for x, w, _ in self.operands]
 
@@ -155,4 +161,4 @@ def matmul_peak_tflops(device, dtype, n: int = 8192, min_seconds: float = 0.5) -
         sync(device)
     except (RuntimeError, TypeError):  # out of memory, or no matmul in this dtype
         return None
-    return 2.0 * n ** 3 * reps / (time.perf_counter() - start) / 1e12
+    return 2.0 * n**3 * reps / (time.perf_counter() - start) / 1e12

@@ -35,9 +35,17 @@ class FormatRow:
     notes: str = ""
 
     def to_json(self) -> dict:
-        return {"format": self.format, "backend": self.backend, "precision": self.precision,
-                "top1": r(self.top1, 4), "agreement": r(self.agreement, 4), "latency_ms_b1": r(self.latency_ms),
-                "img_s": r(self.img_s), "size_mb": r(self.size_mb), "notes": self.notes}
+        return {
+            "format": self.format,
+            "backend": self.backend,
+            "precision": self.precision,
+            "top1": r(self.top1, 4),
+            "agreement": r(self.agreement, 4),
+            "latency_ms_b1": r(self.latency_ms),
+            "img_s": r(self.img_s),
+            "size_mb": r(self.size_mb),
+            "notes": self.notes,
+        }
 
 
 @dataclass
@@ -51,15 +59,24 @@ class FormatsResult:
     rows: list[FormatRow] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"model": self.model, "architecture": self.architecture, "images": self.images, "on": self.on,
-                "batch_size": self.batch_size, "threads": self.threads, "rows": [row.to_json() for row in self.rows]}
+        return {
+            "model": self.model,
+            "architecture": self.architecture,
+            "images": self.images,
+            "on": self.on,
+            "batch_size": self.batch_size,
+            "threads": self.threads,
+            "rows": [row.to_json() for row in self.rows],
+        }
 
 
 def parse_formats(text: str) -> list[str]:
     asked = [f.strip().lower() for f in text.split(",") if f.strip()]
     wrong = [f for f in asked if f not in FORMATS]
     if wrong or not asked:
-        raise UsageError(f"--formats {text!r}: unknown {', '.join(wrong) or 'list'}", f"use some of {','.join(FORMATS)}")
+        raise UsageError(
+            f"--formats {text!r}: unknown {', '.join(wrong) or 'list'}", f"use some of {','.join(FORMATS)}"
+        )
     return list(dict.fromkeys(asked))
 
 
@@ -114,10 +131,18 @@ def _files(model, loaded, formats, folder: Path, calib, tune, log) -> dict:
 
             path, kind = folder / "model.int8.onnx", "onnx"
             log("quantizing to int8 (" + ("static, calibrated on --calib" if calib is not None else "dynamic") + ")")
-            report = quantize_int8(fp32, path, {**meta, "precision": "int8"}, calib=calib,
-                                   check=calib if calib is not None else tune, target=0.95, log=log)
-            notes = (f"{report.mode}, {report.quantized} linears int8, {len(report.kept_float)} kept float"
-                     + ("" if calib is not None else ", chosen on these images"))
+            report = quantize_int8(
+                fp32,
+                path,
+                {**meta, "precision": "int8"},
+                calib=calib,
+                check=calib if calib is not None else tune,
+                target=0.95,
+                log=log,
+            )
+            notes = f"{report.mode}, {report.quantized} linears int8, {len(report.kept_float)} kept float" + (
+                "" if calib is not None else ", chosen on these images"
+            )
         elif fmt == "onnx-fp16":
             from vitcli.export.quantize import to_fp16
 
@@ -156,9 +181,19 @@ def _numpy(run):
     return call
 
 
-def run(spec: str, formats: list[str], *, data: Path | None = None, labels: Path | None = None,
-        calib: Path | None = None, batch_size: int = 32, iters: int = 10, warmup_iters: int = 2, rounds: int = 4,
-        log=lambda m: None) -> FormatsResult:
+def run(
+    spec: str,
+    formats: list[str],
+    *,
+    data: Path | None = None,
+    labels: Path | None = None,
+    calib: Path | None = None,
+    batch_size: int = 32,
+    iters: int = 10,
+    warmup_iters: int = 2,
+    rounds: int = 4,
+    log=lambda m: None,
+) -> FormatsResult:
     """Benchmark `spec` in each of `formats` (see the module docstring)."""
     import numpy as np
     import torch
@@ -191,10 +226,14 @@ def run(spec: str, formats: list[str], *, data: Path | None = None, labels: Path
         sides = {}
         for fmt in order:
             fn = runs[fmt][0]
-            sides[fmt] = (Side(f"{fmt} b1", lambda fn=fn: fn(x1), cpu, 1, memory=False),
-                          Side(f"{fmt} b{batch_size}", lambda fn=fn: fn(xb), cpu, batch_size, memory=False))
-        log(f"timing {', '.join(order)}: {warmup_iters} warm-up + {iters} timed batches of 1 and of {batch_size} "
-            "each, alternating")
+            sides[fmt] = (
+                Side(f"{fmt} b1", lambda fn=fn: fn(x1), cpu, 1, memory=False),
+                Side(f"{fmt} b{batch_size}", lambda fn=fn: fn(xb), cpu, batch_size, memory=False),
+            )
+        log(
+            f"timing {', '.join(order)}: {warmup_iters} warm-up + {iters} timed batches of 1 and of {batch_size} "
+            "each, alternating"
+        )
         for pair in sides.values():
             for side in pair:
                 side.run(warmup_iters, record=False)
@@ -204,17 +243,26 @@ def run(spec: str, formats: list[str], *, data: Path | None = None, labels: Path
             fn, backend, precision, size, notes = runs[fmt]
             ours = reference if fmt == "torch" else _top1(fn, images)
             b1, bn = sides[fmt]
-            result.rows.append(FormatRow(
-                fmt, backend, precision, float((ours == targets).mean()) if targets is not None else None,
-                float((ours == reference).mean()), 1000 * float(np.median(b1.latencies)),
-                batch_size / float(np.median(bn.latencies)), size, notes))
+            result.rows.append(
+                FormatRow(
+                    fmt,
+                    backend,
+                    precision,
+                    float((ours == targets).mean()) if targets is not None else None,
+                    float((ours == reference).mean()),
+                    1000 * float(np.median(b1.latencies)),
+                    batch_size / float(np.median(bn.latencies)),
+                    size,
+                    notes,
+                )
+            )
     return result
 
 
 def _top1(run, images, batch_size: int = 25):
     import numpy as np
 
-    return np.concatenate([run(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+    return np.concatenate([run(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
 
 
 def _weights_mb(loaded) -> float | None:

@@ -108,8 +108,12 @@ class Side:
         img_s = self.n * len(self.latencies) / total
         gflop_s = img_s * flops_per_img / 1e9
         lat = sorted(x * 1000 for x in self.latencies)
-        latency = {"p50": r(_pct(lat, 50)), "p90": r(_pct(lat, 90)), "p99": r(_pct(lat, 99)),
-                   "mean": r(sum(lat) / len(lat))}
+        latency = {
+            "p50": r(_pct(lat, 50)),
+            "p90": r(_pct(lat, 90)),
+            "p99": r(_pct(lat, 99)),
+            "mean": r(sum(lat) / len(lat)),
+        }
         if self.sampler is not None:
             self.sampler.close()
             peak = self.sampler.peak / 2**20
@@ -136,6 +140,6 @@ def alternate(sides: list, iters: int, rounds: int) -> None:
     rounds = max(1, min(rounds, iters))
     chunks = [iters // rounds + (1 if i < iters % rounds else 0) for i in range(rounds)]
     for i, n in enumerate(chunks):
-        order = sides[i % len(sides):] + sides[:i % len(sides)]
+        order = sides[i % len(sides) :] + sides[: i % len(sides)]
         for side in order:
             side.run(n)

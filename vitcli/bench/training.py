@@ -10,8 +10,10 @@ import copy
 
 from vitcli.bench.timing import Side, alternate
 
-TRAINING_KERNELS = {"onednn": "the linears as oneDNN kernels",
-                    "math-attention": "attention through timm's math path (bf16 GEMMs), not the flash kernel"}
+TRAINING_KERNELS = {
+    "onednn": "the linears as oneDNN kernels",
+    "math-attention": "attention through timm's math path (bf16 GEMMs), not the flash kernel",
+}
 
 
 def train_phase(model, baseline, x, rt, iters, warmup, rounds, compile, ceiling_side, log):
@@ -62,8 +64,9 @@ def train_phase(model, baseline, x, rt, iters, warmup, rounds, compile, ceiling_
     b = Side("timm", _timm_train_step(timm_model, x, y, rt, autocast=True), rt.device, x.shape[0])
     sides = [a, b, ceiling_side]
     if timm_fp32_model is not None:
-        sides.append(Side("timm fp32", _timm_train_step(timm_fp32_model, x, y, rt, autocast=False), rt.device,
-                          x.shape[0]))
+        sides.append(
+            Side("timm fp32", _timm_train_step(timm_fp32_model, x, y, rt, autocast=False), rt.device, x.shape[0])
+        )
     log(f"training: {warmup} warm-up + {iters} timed steps of {x.shape[0]} per side")
     a.run(max(warmup, 1 if compile else 0), record=False)
     for side in sides[1:]:

@@ -76,8 +76,10 @@ def _term_as_interrupt():
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
         yield
         return
     signal.signal(signal.SIGTERM, _raise_terminated)
@@ -108,7 +110,7 @@ app = typer.Typer(
     name="vit",
     cls=VitGroup,
     help="Vision Transformers from the terminal: predict, fine-tune, train, evaluate and visualize "
-         "ViT and MetaFormer models with the papers' recipes.",
+    "ViT and MetaFormer models with the papers' recipes.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -123,8 +125,9 @@ def _version(value: bool):
 
 @app.callback()
 def _root(
-    version: Annotated[bool | None, typer.Option("--version", callback=_version, is_eager=True,
-                                                    help="Print the version and exit.")] = None,
+    version: Annotated[
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
 ) -> None:
     """Vision Transformers from the terminal."""
 
@@ -196,8 +199,10 @@ def _standard_streams() -> bool:
             stream.reconfigure(errors="backslashreplace")
     if 1 in closed or sys.stdout is None:
         print("error: stdout is closed: the results would have nowhere to go", file=sys.stderr)
-        print("hint: run it with stdout open (redirect it to a file, or to /dev/null to drop the results)",
-              file=sys.stderr)
+        print(
+            "hint: run it with stdout open (redirect it to a file, or to /dev/null to drop the results)",
+            file=sys.stderr,
+        )
         return False
     return True
 
@@ -223,8 +228,9 @@ def _fast_exit(code: int) -> None:
     """
     from vitcli import env
 
-    if ("torch" not in sys.modules or env.debug()
-            or sys.getprofile() is not None or sys.gettrace() is not None):  # profilers write at exit
+    if (
+        "torch" not in sys.modules or env.debug() or sys.getprofile() is not None or sys.gettrace() is not None
+    ):  # profilers write at exit
         raise SystemExit(code)
     import atexit
 

@@ -30,27 +30,45 @@ from vitcli.cli.options import (
 def eval_command(
     model: ModelOpt = DEFAULT_MODEL,
     dataset: DatasetOpt = None,
-    data: Annotated[Path | None, typer.Option(
-        "--data", help="A folder of images: with --labels, a flat folder (ImageNet's val layout); "
-                       "without, a folder of class folders, evaluated whole.")] = None,
-    labels: Annotated[Path | None, typer.Option(
-        "--labels", help="Labels file for --data: one 'FILENAME CLASS_INDEX' line per image, indices in the "
-                         "model's classes.")] = None,
-    split: Annotated[str | None, typer.Option(
-        "--split", help="train | minival | val | test (default: test, else val, else minival).")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="A folder of images: with --labels, a flat folder (ImageNet's val layout); "
+            "without, a folder of class folders, evaluated whole.",
+        ),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--labels",
+            help="Labels file for --data: one 'FILENAME CLASS_INDEX' line per image, indices in the model's classes.",
+        ),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", help="train | minival | val | test (default: test, else val, else minival)."),
+    ] = None,
     data_dir: DataDirOpt = None,
     image_column: ImageColumnOpt = None,
     label_column: LabelColumnOpt = None,
-    real_labels: Annotated[Path | None, typer.Option(
-        "--real-labels", help="ImageNet ReaL labels (real.json) for ReaL accuracy.")] = None,
-    few_shot: Annotated[str | None, typer.Option(
-        "--few-shot", help="Few-shot linear evaluation instead: shots per class, e.g. 1,5,10,25.")] = None,
+    real_labels: Annotated[
+        Path | None, typer.Option("--real-labels", help="ImageNet ReaL labels (real.json) for ReaL accuracy.")
+    ] = None,
+    few_shot: Annotated[
+        str | None,
+        typer.Option("--few-shot", help="Few-shot linear evaluation instead: shots per class, e.g. 1,5,10,25."),
+    ] = None,
     seeds: Annotated[int, typer.Option("--seeds", min=1, help="Few-shot draws per shot count.")] = 3,
-    l2: Annotated[str, typer.Option(
-        "--l2", help="Few-shot L2 strength; several (e.g. 256,1024,4096) for a sweep. The first is the headline.")]
-        = "1024",
-    no_cache: Annotated[bool, typer.Option(
-        "--no-cache", help="Few-shot: do not read or write the feature cache.")] = False,
+    l2: Annotated[
+        str,
+        typer.Option(
+            "--l2", help="Few-shot L2 strength; several (e.g. 256,1024,4096) for a sweep. The first is the headline."
+        ),
+    ] = "1024",
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Few-shot: do not read or write the feature cache.")
+    ] = False,
     threshold: ThresholdOpt = None,
     batch_size: BatchSizeOpt = 64,
     workers: WorkersOpt = None,
@@ -83,20 +101,41 @@ def eval_command(
             label_column = label_column or trained_on["label_column"]
             sink.info(f"dataset {dataset}: the one the run was trained on (run.json)", style="dim")
     if (dataset is None) == (data is None):
-        raise UsageError("give either --dataset NAME|PATH or --data DIR" if dataset is None
-                         else "give --dataset or --data, not both",
-                         "a training run folder as --model needs neither: it evaluates the run's own dataset"
-                         if dataset is None else None)
+        raise UsageError(
+            "give either --dataset NAME|PATH or --data DIR"
+            if dataset is None
+            else "give --dataset or --data, not both",
+            "a training run folder as --model needs neither: it evaluates the run's own dataset"
+            if dataset is None
+            else None,
+        )
     if labels is not None and data is None:
         raise UsageError("--labels needs --data (the folder the file names are relative to)")
     from vitcli import output as sink
     from vitcli.eval import evaluate, reports
 
     opts = evaluate.EvalOptions(
-        model=model, dataset=dataset, data=data, labels=labels, split=split, data_dir=data_dir,
-        image_column=image_column, label_column=label_column, real_labels=real_labels, batch_size=batch_size,
-        workers=workers, device=device, precision=precision, backend=backend, compile=compile, few_shot=few_shot,
-        seeds=seeds, l2=l2, use_cache=not no_cache, threshold=threshold)
+        model=model,
+        dataset=dataset,
+        data=data,
+        labels=labels,
+        split=split,
+        data_dir=data_dir,
+        image_column=image_column,
+        label_column=label_column,
+        real_labels=real_labels,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        precision=precision,
+        backend=backend,
+        compile=compile,
+        few_shot=few_shot,
+        seeds=seeds,
+        l2=l2,
+        use_cache=not no_cache,
+        threshold=threshold,
+    )
     announce = lambda text: sink.info(text, style="dim")  # noqa: E731
     progress_factory = lambda description, total: sink.progress(description, total=total, unit="img")  # noqa: E731
     if few_shot is not None:
@@ -144,13 +183,20 @@ def _multi_label(result, json_out, out_dir) -> None:
         table = Table(box=None, pad_edge=False, show_header=False)
         table.add_column("metric", style="bold")
         table.add_column("value", justify="right")
-        rows = [("images", f"{s['num_images']}" + (f" ({s['num_failed']} unreadable)" if s["num_failed"] else "")),
-                ("mAP", f"{s['mAP']:.2f} %"), ("loss (BCE)", f"{s['loss']:.4f}"),
-                (f"thresholds ({s['thresholds']})", ""), ("micro precision", f"{s['micro_precision']:.2f} %"),
-                ("micro recall", f"{s['micro_recall']:.2f} %"), ("micro F1", f"{s['micro_f1']:.2f} %"),
-                ("macro precision", f"{s['macro_precision']:.2f} %"), ("macro recall", f"{s['macro_recall']:.2f} %"),
-                ("macro F1", f"{s['macro_f1']:.2f} %"), ("exact label set", f"{s['exact_match']:.2f} %"),
-                ("throughput", f"{s['images_per_second']} img/s")]
+        rows = [
+            ("images", f"{s['num_images']}" + (f" ({s['num_failed']} unreadable)" if s["num_failed"] else "")),
+            ("mAP", f"{s['mAP']:.2f} %"),
+            ("loss (BCE)", f"{s['loss']:.4f}"),
+            (f"thresholds ({s['thresholds']})", ""),
+            ("micro precision", f"{s['micro_precision']:.2f} %"),
+            ("micro recall", f"{s['micro_recall']:.2f} %"),
+            ("micro F1", f"{s['micro_f1']:.2f} %"),
+            ("macro precision", f"{s['macro_precision']:.2f} %"),
+            ("macro recall", f"{s['macro_recall']:.2f} %"),
+            ("macro F1", f"{s['macro_f1']:.2f} %"),
+            ("exact label set", f"{s['exact_match']:.2f} %"),
+            ("throughput", f"{s['images_per_second']} img/s"),
+        ]
         for name, value in rows:
             table.add_row(name, value)
         sink.out().print(table)
@@ -158,8 +204,15 @@ def _multi_label(result, json_out, out_dir) -> None:
         for col in ("class", "support", "AP", "threshold", "precision", "recall", "F1"):
             classes.add_column(col, justify="left" if col == "class" else "right")
         for r in result.per_class:
-            classes.add_row(_short(str(r["name"])), str(r["support"]), "-" if r["ap"] is None else f"{r['ap']:.1f}",
-                            f"{r['threshold']:.3g}", f"{r['precision']:.1f}", f"{r['recall']:.1f}", f"{r['f1']:.1f}")
+            classes.add_row(
+                _short(str(r["name"])),
+                str(r["support"]),
+                "-" if r["ap"] is None else f"{r['ap']:.1f}",
+                f"{r['threshold']:.3g}",
+                f"{r['precision']:.1f}",
+                f"{r['recall']:.1f}",
+                f"{r['f1']:.1f}",
+            )
         sink.out().print(classes)
     if out_dir is not None:  # after the results: a folder that cannot be written never loses them
         written = multilabel_eval.write_artefacts(result, out_dir)
@@ -182,22 +235,30 @@ def _render(result) -> None:
     from vitcli.cli import tables
 
     s = result.summary
-    rows = [("images", f"{s['num_images']}" + (f" ({s['num_failed']} unreadable)" if s["num_failed"] else "")),
-            ("top-1", f"{s['top1']:.2f} %"), ("top-5", f"{s['top5']:.2f} %")]
+    rows = [
+        ("images", f"{s['num_images']}" + (f" ({s['num_failed']} unreadable)" if s["num_failed"] else "")),
+        ("top-1", f"{s['top1']:.2f} %"),
+        ("top-5", f"{s['top5']:.2f} %"),
+    ]
     if "real_top1" in s:
         rows += [("ReaL top-1", f"{s['real_top1']:.2f} %"), ("ReaL top-5", f"{s['real_top5']:.2f} %")]
-    rows += [("loss", f"{s['loss']:.4f}"), ("ECE (15 bins)", f"{s['ece']:.2f} %"),
-             ("macro precision", f"{s['macro_precision']:.2f} %"), ("macro recall", f"{s['macro_recall']:.2f} %"),
-             ("macro F1", f"{s['macro_f1']:.2f} %"), ("throughput", f"{s['images_per_second']} img/s")]
-    tables.print_table([tables.Column("metric"), tables.Column("value", right=True, wrap="none")], rows,
-                       header=False)
+    rows += [
+        ("loss", f"{s['loss']:.4f}"),
+        ("ECE (15 bins)", f"{s['ece']:.2f} %"),
+        ("macro precision", f"{s['macro_precision']:.2f} %"),
+        ("macro recall", f"{s['macro_recall']:.2f} %"),
+        ("macro F1", f"{s['macro_f1']:.2f} %"),
+        ("throughput", f"{s['images_per_second']} img/s"),
+    ]
+    tables.print_table([tables.Column("metric"), tables.Column("value", right=True, wrap="none")], rows, header=False)
     if s.get("precision_note"):
-        sink.info(s['precision_note'], style="dim")
+        sink.info(s["precision_note"], style="dim")
     if result.most_confused:
-        tables.print_table([tables.Column("true"), tables.Column("predicted"), tables.Column("images", right=True)],
-                           [(_short(row["true"]), _short(row["predicted"]), str(row["count"]))
-                            for row in result.most_confused[:5]],
-                           title="most confused (true -> predicted)")
+        tables.print_table(
+            [tables.Column("true"), tables.Column("predicted"), tables.Column("images", right=True)],
+            [(_short(row["true"]), _short(row["predicted"]), str(row["count"])) for row in result.most_confused[:5]],
+            title="most confused (true -> predicted)",
+        )
 
 
 def _render_few_shot(result: dict) -> None:
@@ -206,13 +267,22 @@ def _render_few_shot(result: dict) -> None:
 
     sweep = result.get("l2_sweep") or {_key(result["l2"]): result["few_shot"]}
     columns = [tables.Column("shots", right=True)] + [tables.Column(f"l2={l2}", right=True) for l2 in sweep]
-    rows = [(shots, *(f"{sweep[l2][shots]['mean']:.2f} ± {sweep[l2][shots]['std']:.2f}" for l2 in sweep))
-            for shots in result["few_shot"]]
-    tables.print_table(columns, rows, title=f"few-shot top-1 on {result['dataset']} {result['test_split']} "
-                                            f"({result['num_test']} images), mean ± std over seeds")
+    rows = [
+        (shots, *(f"{sweep[l2][shots]['mean']:.2f} ± {sweep[l2][shots]['std']:.2f}" for l2 in sweep))
+        for shots in result["few_shot"]
+    ]
+    tables.print_table(
+        columns,
+        rows,
+        title=f"few-shot top-1 on {result['dataset']} {result['test_split']} "
+        f"({result['num_test']} images), mean ± std over seeds",
+    )
     seeds = next(iter(result["few_shot"].values()))["seeds"]
-    sink.info(f"{seeds} seed(s), {result['feature_dim']}-d features, {result['forward_passes']} new forward pass(es), "
-              f"{result['seconds']} s", style="dim")
+    sink.info(
+        f"{seeds} seed(s), {result['feature_dim']}-d features, {result['forward_passes']} new forward pass(es), "
+        f"{result['seconds']} s",
+        style="dim",
+    )
 
 
 def _short(name: str) -> str:

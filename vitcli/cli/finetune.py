@@ -9,11 +9,19 @@ import typer
 from vitcli.cli.options import P
 from vitcli.cli.recipe_options import make_command
 
-Freeze = Annotated[bool | None, typer.Option(
-    "--freeze/--no-freeze", help="Train the head only.", rich_help_panel=P, show_default=False)]
-HeadInit = Annotated[str | None, typer.Option(
-    "--head-init", help="probe (LP-FT: a linear probe of the frozen features; quick) | zero (the paper).",
-    rich_help_panel=P, show_default=False)]
+Freeze = Annotated[
+    bool | None,
+    typer.Option("--freeze/--no-freeze", help="Train the head only.", rich_help_panel=P, show_default=False),
+]
+HeadInit = Annotated[
+    str | None,
+    typer.Option(
+        "--head-init",
+        help="probe (LP-FT: a linear probe of the frozen features; quick) | zero (the paper).",
+        rich_help_panel=P,
+        show_default=False,
+    ),
+]
 
 finetune = make_command(
     "finetune",
@@ -23,7 +31,8 @@ finetune = make_command(
     decay, a step budget by dataset size. The paper's: a zero-initialised head, SGD, 2-D resampled
     position embeddings.
     """,
-    recipe=[("freeze", Freeze), ("head_init", HeadInit)])
+    recipe=[("freeze", Freeze), ("head_init", HeadInit)],
+)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,9 +11,14 @@ from vitcli.cli.options import DeviceOpt, JsonOpt
 
 def info(
     device: DeviceOpt = "auto",
-    clear_cache: Annotated[bool, typer.Option(
-        "--clear-cache", help="Remove vitcli's cached measurements, fast-start copies, few-shot features, inductor "
-                              "artefacts and zoo counts (not the Hugging Face cache or datasets), then exit.")] = False,
+    clear_cache: Annotated[
+        bool,
+        typer.Option(
+            "--clear-cache",
+            help="Remove vitcli's cached measurements, fast-start copies, few-shot features, inductor "
+            "artefacts and zoo counts (not the Hugging Face cache or datasets), then exit.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Show versions, devices, CPU features, the speed choices made here and why, and the caches."""
@@ -28,8 +33,10 @@ def info(
         else:
             for row in removed:
                 sink.out().print(f"removed\t{row['path']}\t{_size(row['bytes'])}", soft_wrap=True)
-            sink.info(f"{len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} removed; the next run measures "
-                      "again", style="dim")
+            sink.info(
+                f"{len(removed)} cache entr{'y' if len(removed) == 1 else 'ies'} removed; the next run measures again",
+                style="dim",
+            )
         return
     from vitcli.accel.info import info as gather
 
@@ -57,19 +64,30 @@ def _render(result: dict) -> None:
     cpu, dev = result["cpu"], result["devices"]
     versions = [("vitcli", result["vitcli"]), ("python", result["python"]), ("platform", result["platform"])]
     versions += [(name, v or "not installed") for name, v in result["packages"].items()]
-    machine = [("cpu", f"{cpu['name']} ({cpu['cores']} cores, torch {cpu['torch_threads']} threads)"),
-               ("cpu features", f"{' '.join(cpu['features']) or '-'} (oneDNN {'yes' if cpu['onednn'] else 'no'})"),
-               ("cuda", ", ".join(dev["cuda_devices"]) if dev["cuda"] else "no"),
-               ("mps", "yes" if dev["mps"] else "no")]
-    measured = [(m["measured"], m["name"] + (f" {m['detail']}" if m["detail"] else ""),
-                 ", ".join(f"{k}={v}" for k, v in m["verdict"].items() if k != "flags") + (" (just now)" if m["new"] else ""))
-                for m in result["measurements"]] or [("-", "nothing recorded yet", "")]
+    machine = [
+        ("cpu", f"{cpu['name']} ({cpu['cores']} cores, torch {cpu['torch_threads']} threads)"),
+        ("cpu features", f"{' '.join(cpu['features']) or '-'} (oneDNN {'yes' if cpu['onednn'] else 'no'})"),
+        ("cuda", ", ".join(dev["cuda_devices"]) if dev["cuda"] else "no"),
+        ("mps", "yes" if dev["mps"] else "no"),
+    ]
+    measured = [
+        (
+            m["measured"],
+            m["name"] + (f" {m['detail']}" if m["detail"] else ""),
+            ", ".join(f"{k}={v}" for k, v in m["verdict"].items() if k != "flags")
+            + (" (just now)" if m["new"] else ""),
+        )
+        for m in result["measurements"]
+    ] or [("-", "nothing recorded yet", "")]
     caches = [(c["name"], c["path"], _size(c["bytes"]) if c["exists"] else "absent") for c in result["caches"]]
     sections = [
         ("versions", [Column("package"), Column("version")], versions),
         ("machine", [Column("item"), Column("value")], machine),
-        ("choices", [Column("choice"), Column("value"), Column("why")],
-         [(r["choice"], r["value"], r["why"]) for r in result["choices"]]),
+        (
+            "choices",
+            [Column("choice"), Column("value"), Column("why")],
+            [(r["choice"], r["value"], r["why"]) for r in result["choices"]],
+        ),
         ("measurements", [Column("measured"), Column("what", wrap="path"), Column("result")], measured),
         ("caches", [Column("cache"), Column("path", wrap="path"), Column("size", right=True)], caches),
         ("settings", [Column("setting"), Column("value", wrap="path")], list(result["settings"].items())),

@@ -24,9 +24,13 @@ from vitcli.cli.options import (
 
 
 def predict(
-    inputs: Annotated[list[str] | None, typer.Argument(
-        help="Image files, folders (searched recursively), globs, http(s) URLs, or - for an image on stdin.",
-        show_default=False)] = None,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Image files, folders (searched recursively), globs, http(s) URLs, or - for an image on stdin.",
+            show_default=False,
+        ),
+    ] = None,
     model: ModelOpt = DEFAULT_MODEL,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image (single-label models).")] = 5,
     threshold: ThresholdOpt = None,
@@ -38,9 +42,12 @@ def predict(
     workers: WorkersOpt = None,
     json_out: JsonOpt = False,
     output: OutputFileOpt = None,
-    list_file: Annotated[Path | None, typer.Option(
-        "--list", help="A text file of more inputs, one path or URL per line (for large jobs).",
-        show_default=False)] = None,
+    list_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--list", help="A text file of more inputs, one path or URL per line (for large jobs).", show_default=False
+        ),
+    ] = None,
     offline: OfflineOpt = False,
 ) -> None:
     """Predict the top-k labels of images with a pre-trained or fine-tuned model.
@@ -65,8 +72,9 @@ def predict(
 
     predictor = open_predictor(model, device, precision, backend, compile)
     ran = predictor.info()  # backend, device, precision, accel: named in every result
-    sink.info(f"{predictor.architecture} on {predictor.describe()} ({ran['accel']}), {len(paths)} image(s)",
-              style="dim")
+    sink.info(
+        f"{predictor.architecture} on {predictor.describe()} ({ran['accel']}), {len(paths)} image(s)", style="dim"
+    )
 
     writer = writer and writer.open()
     throughput = Throughput()  # the loader's and the model's img/s, said at the end
@@ -76,8 +84,15 @@ def predict(
             failed += 1
             _emit(Prediction(sink.display(item), error=reason), json_out, writer, rows, ran)
         with sink.progress("predict", total=len(paths), unit="img") as advance:
-            for pred in predictor.run(paths, top_k=top_k, batch_size=batch_size, workers=workers,
-                                      progress=advance, throughput=throughput, threshold=threshold):
+            for pred in predictor.run(
+                paths,
+                top_k=top_k,
+                batch_size=batch_size,
+                workers=workers,
+                progress=advance,
+                throughput=throughput,
+                threshold=threshold,
+            ):
                 failed += pred.error is not None
                 _emit(pred, json_out, writer, rows, ran)
     finally:  # whatever stops the run, the results already made are shown and kept
@@ -88,8 +103,10 @@ def predict(
     if throughput.images > 1:
         sink.info(f"{throughput.images} images: {throughput.describe()}", style="dim")
     if writer and writer.error:
-        sink.warn(f"the results were not all written to {sink.display(writer.path)} ({writer.error}); "
-                  "every result is on stdout")
+        sink.warn(
+            f"the results were not all written to {sink.display(writer.path)} ({writer.error}); "
+            "every result is on stdout"
+        )
     if failed:
         sink.warn(f"{failed} input(s) could not be read (listed above)")
     if failed or (writer and writer.error):
@@ -130,15 +147,21 @@ def _render_table(rows) -> None:
         return
     root, shown = tables.relative_paths([pred.path for pred in rows])
     ranks = max(len(pred.predictions or ()) for pred in rows) > 1  # no rank column for -k 1
-    columns = [tables.Column("image", wrap="path")] + ([tables.Column("#", right=True)] if ranks else []) + [
-        tables.Column("label"), tables.Column("index", right=True), tables.Column("score", right=True)]
+    columns = (
+        [tables.Column("image", wrap="path")]
+        + ([tables.Column("#", right=True)] if ranks else [])
+        + [tables.Column("label"), tables.Column("index", right=True), tables.Column("score", right=True)]
+    )
     cells = []
     for pred, path in zip(rows, shown):
         if not pred.predictions:  # a multi-label model: no label at or above its threshold
             cells.append([path] + ([""] if ranks else []) + ["(none)", "", ""])
         for rank, p in enumerate(pred.predictions, 1):
-            cells.append([path if rank == 1 else ""] + ([str(rank)] if ranks else [])
-                         + [p["label"], str(p["index"]), f"{p['score']:.4f}"])
+            cells.append(
+                [path if rank == 1 else ""]
+                + ([str(rank)] if ranks else [])
+                + [p["label"], str(p["index"]), f"{p['score']:.4f}"]
+            )
     if root:
         sink.info(f"images in {root}", style="dim")
     tables.print_table(columns, cells)
@@ -174,8 +197,9 @@ class _FileWriter:
 
         target = os.path.realpath(self.path)
         if any(isinstance(p, os.PathLike) and os.path.realpath(p) == target for p in inputs):
-            raise UsageError(f"--output {sink.display(self.path)} is one of the inputs",
-                             "write the results to another file")
+            raise UsageError(
+                f"--output {sink.display(self.path)} is one of the inputs", "write the results to another file"
+            )
 
     def open(self) -> _FileWriter:
         import csv
@@ -204,8 +228,13 @@ class _FileWriter:
         elif pred.error or not pred.predictions:  # an error, or no label at or above the thresholds
             self._guarded(self.csv.writerow, [pred.path, "", "", "", "", pred.error or ""])
         else:
-            self._guarded(self.csv.writerows, [[pred.path, rank, p["label"], p["index"], f"{p['score']:.6f}", ""]
-                                               for rank, p in enumerate(pred.predictions, 1)])
+            self._guarded(
+                self.csv.writerows,
+                [
+                    [pred.path, rank, p["label"], p["index"], f"{p['score']:.6f}", ""]
+                    for rank, p in enumerate(pred.predictions, 1)
+                ],
+            )
 
     def close(self) -> None:
         try:

@@ -32,16 +32,33 @@ from vitcli.cli.options import (
 )
 from vitcli.cli.scale_options import SCALE_OPTIONS
 
-RValSplit = Annotated[float | None, typer.Option(
-    "--val-split", help="Fraction of train held out as minival (default: Pets/Flowers 0.1, CIFAR 0.02, "
-                        "folders without val/ 0.1; a default one under 100 images is not carved: all of train/ trains "
-                        "and the last model is kept).", show_default=False)]
-RRecipe = Annotated[str | None, typer.Option(
-    "--recipe", help="paper (default with a GPU) | quick (laptop CPU, default without a GPU) | deit (DeiT's "
-                     "augmentation and regularisation).", show_default=False)]
-RConfig = Annotated[Path | None, typer.Option(
-    "--config", help="JSON, TOML or YAML file of settings (a run folder reruns that run); flags override it.",
-    show_default=False)]
+RValSplit = Annotated[
+    float | None,
+    typer.Option(
+        "--val-split",
+        help="Fraction of train held out as minival (default: Pets/Flowers 0.1, CIFAR 0.02, "
+        "folders without val/ 0.1; a default one under 100 images is not carved: all of train/ trains "
+        "and the last model is kept).",
+        show_default=False,
+    ),
+]
+RRecipe = Annotated[
+    str | None,
+    typer.Option(
+        "--recipe",
+        help="paper (default with a GPU) | quick (laptop CPU, default without a GPU) | deit (DeiT's "
+        "augmentation and regularisation).",
+        show_default=False,
+    ),
+]
+RConfig = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="JSON, TOML or YAML file of settings (a run folder reruns that run); flags override it.",
+        show_default=False,
+    ),
+]
 
 
 def _recipe(kind, flag: str, help: str, **kwargs):
@@ -57,8 +74,10 @@ RWarmup = _recipe(int, "--warmup", "Linear warmup steps.", min=0)
 RSchedule = _recipe(str, "--schedule", "cosine | linear | constant, after warmup.")
 RWd = _recipe(float, "--weight-decay", "Decoupled weight decay.")
 RClip = _recipe(float, "--clip-grad", "Global gradient-norm clip (0: off).")
-RSmooth = Annotated[float | None, typer.Option("--smoothing", "--label-smoothing", help="Label smoothing.",
-                                                  rich_help_panel=P, show_default=False)]
+RSmooth = Annotated[
+    float | None,
+    typer.Option("--smoothing", "--label-smoothing", help="Label smoothing.", rich_help_panel=P, show_default=False),
+]
 RLayerDecay = _recipe(float, "--layer-decay", "Layer-wise lr decay (BEiT/MAE; 1: off).")
 RPatience = _recipe(int, "--patience", "Stop after N evaluations without a better held-out top-1.", min=1)
 RAa = _recipe(str, "--aa", "RandAugment/AutoAugment policy, e.g. rand-m9-mstd0.5-inc1 (none: off).")
@@ -66,40 +85,92 @@ RMixup = _recipe(float, "--mixup", "Mixup alpha (0: off).")
 RCutmix = _recipe(float, "--cutmix", "CutMix alpha (0: off).")
 RReprob = _recipe(float, "--reprob", "Random-erasing probability.")
 RDropPath = _recipe(float, "--drop-path", "Stochastic depth rate.")
-RModelEma = Annotated[bool | None, typer.Option(
-    "--model-ema/--no-model-ema", help="Keep an EMA of the weights (evaluated beside them; the better is kept).",
-    rich_help_panel=P, show_default=False)]
+RModelEma = Annotated[
+    bool | None,
+    typer.Option(
+        "--model-ema/--no-model-ema",
+        help="Keep an EMA of the weights (evaluated beside them; the better is kept).",
+        rich_help_panel=P,
+        show_default=False,
+    ),
+]
 REmaDecay = _recipe(float, "--ema-decay", "The EMA's decay (default 0.9998; warmed up from 0).")
-RMultiLabel = Annotated[bool | None, typer.Option(
-    "--multi-label/--no-multi-label", help="Sets of labels per image: a sigmoid head, BCE, per-class thresholds "
-                                           "(default: from the data: a CSV folder or a Sequence(ClassLabel) column).",
-    rich_help_panel=P, show_default=False)]
+RMultiLabel = Annotated[
+    bool | None,
+    typer.Option(
+        "--multi-label/--no-multi-label",
+        help="Sets of labels per image: a sigmoid head, BCE, per-class thresholds "
+        "(default: from the data: a CSV folder or a Sequence(ClassLabel) column).",
+        rich_help_panel=P,
+        show_default=False,
+    ),
+]
 RLoss = _recipe(str, "--loss", "Multi-label loss: bce (default) | asl (timm's asymmetric loss).")
-RStopAfter = Annotated[int | None, typer.Option(
-    "--stop-after", min=1, show_default=False,
-    help="Save and stop after step N, as if interrupted (--resume continues).")]
+RStopAfter = Annotated[
+    int | None,
+    typer.Option(
+        "--stop-after",
+        min=1,
+        show_default=False,
+        help="Save and stop after step N, as if interrupted (--resume continues).",
+    ),
+]
 RSeed = Annotated[int | None, typer.Option("--seed", help="Random seed (default 0).", show_default=False)]
-REvalEvery = Annotated[int | None, typer.Option("--eval-every", min=1, show_default=False,
-                                                   help="Evaluate on minival/val every N steps (default: 5 times).")]
-RSaveEvery = Annotated[int | None, typer.Option("--save-every", min=1, show_default=False,
-                                                   help="Save the training state every N steps (default: at "
-                                                        "each evaluation).")]
-RMixer = Annotated[str | None, typer.Option(
-    "--token-mixer", help="attention | pooling | mlp | identity: the ViT with its token mixer replaced.",
-    show_default=False)]
-RMixers = Annotated[str | None, typer.Option(
-    "--token-mixers", help="Per-stage mixers for PoolFormer, e.g. pooling,pooling,attention,attention.",
-    show_default=False)]
-RName = Annotated[str | None, typer.Option("--name", help="Run folder name (default: <dataset>-<n>).",
-                                              show_default=False)]
-RProject = Annotated[Path | None, typer.Option("--project", help="Parent of the run folders (default: runs).",
-                                                  show_default=False)]
-RReportTo = Annotated[str | None, typer.Option(
-    "--report-to", help="tensorboard | wandb | tensorboard,wandb | none (default): also send the scalars there "
-                        "(extras vitcli\\[tensorboard], vitcli\\[wandb]).", show_default=False)]
-RResume = Annotated[Path | None, typer.Option(
-    "--resume", help="Continue the run in this run folder; with no folder (or `last`), the latest unfinished run of "
-                     "this command in --project.", show_default=False)]
+REvalEvery = Annotated[
+    int | None,
+    typer.Option(
+        "--eval-every", min=1, show_default=False, help="Evaluate on minival/val every N steps (default: 5 times)."
+    ),
+]
+RSaveEvery = Annotated[
+    int | None,
+    typer.Option(
+        "--save-every",
+        min=1,
+        show_default=False,
+        help="Save the training state every N steps (default: at each evaluation).",
+    ),
+]
+RMixer = Annotated[
+    str | None,
+    typer.Option(
+        "--token-mixer",
+        help="attention | pooling | mlp | identity: the ViT with its token mixer replaced.",
+        show_default=False,
+    ),
+]
+RMixers = Annotated[
+    str | None,
+    typer.Option(
+        "--token-mixers",
+        help="Per-stage mixers for PoolFormer, e.g. pooling,pooling,attention,attention.",
+        show_default=False,
+    ),
+]
+RName = Annotated[
+    str | None, typer.Option("--name", help="Run folder name (default: <dataset>-<n>).", show_default=False)
+]
+RProject = Annotated[
+    Path | None, typer.Option("--project", help="Parent of the run folders (default: runs).", show_default=False)
+]
+RReportTo = Annotated[
+    str | None,
+    typer.Option(
+        "--report-to",
+        help="tensorboard | wandb | tensorboard,wandb | none (default): also send the scalars there "
+        "(extras vitcli\\[tensorboard], vitcli\\[wandb]).",
+        show_default=False,
+    ),
+]
+RResume = Annotated[
+    Path | None,
+    typer.Option(
+        "--resume",
+        help="Continue the run in this run folder; with no folder (or `last`), the latest unfinished run of "
+        "this command in --project.",
+        show_default=False,
+    ),
+]
 RDryRun = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")]
 
 _NOT_FLAGS = ("config", "resume", "sweep", "dry_run", "json_out", "offline", "stop_after")
@@ -112,26 +183,58 @@ def _param(name: str, annotation, default=None) -> inspect.Parameter:
 def make_command(command: str, doc: str, *, first: list = (), recipe: list = ()):
     """The typer command function of `vit COMMAND`: the shared options, with the command's own `first`
     (after --recipe) and `recipe` (in the recipe panel) options, as (name, annotation) pairs."""
-    params = [_param("dataset", DatasetOpt), _param("model", RecipeModelOpt), _param("recipe", RRecipe),
-              *(_param(n, a) for n, a in first),
-              _param("steps", RSteps), _param("epochs", REpochs), _param("lr", RLr),
-              _param("batch_size", RecipeBatchSizeOpt), _param("accum", RAccum), _param("warmup", RWarmup),
-              _param("img_size", RecipeImgSizeOpt), _param("schedule", RSchedule), _param("weight_decay", RWd),
-              _param("clip_grad", RClip), _param("layer_decay", RLayerDecay), _param("patience", RPatience),
-              _param("aa", RAa), _param("mixup", RMixup), _param("cutmix", RCutmix), _param("reprob", RReprob),
-              _param("label_smoothing", RSmooth), _param("drop_path", RDropPath), _param("model_ema", RModelEma),
-              _param("ema_decay", REmaDecay), _param("multi_label", RMultiLabel), _param("loss", RLoss),
-              *(_param(n, a) for n, a in recipe),
-              *(_param(n, a) for n, a in SCALE_OPTIONS),
-              _param("seed", RSeed), _param("data_dir", DataDirOpt), _param("val_split", RValSplit),
-              _param("image_column", ImageColumnOpt), _param("label_column", LabelColumnOpt),
-              _param("token_mixer", RMixer), _param("token_mixers", RMixers), _param("workers", WorkersOpt),
-              _param("device", DeviceOpt, "auto"), _param("precision", PrecisionOpt, "auto"),
-              _param("eval_every", REvalEvery), _param("save_every", RSaveEvery), _param("name", RName),
-              _param("project", RProject), _param("report_to", RReportTo), _param("config", RConfig),
-              _param("resume", RResume), _param("stop_after", RStopAfter),
-              _param("sweep", SweepOpt), _param("dry_run", RDryRun, False), _param("json_out", JsonOpt, False),
-              _param("offline", OfflineOpt, False)]
+    params = [
+        _param("dataset", DatasetOpt),
+        _param("model", RecipeModelOpt),
+        _param("recipe", RRecipe),
+        *(_param(n, a) for n, a in first),
+        _param("steps", RSteps),
+        _param("epochs", REpochs),
+        _param("lr", RLr),
+        _param("batch_size", RecipeBatchSizeOpt),
+        _param("accum", RAccum),
+        _param("warmup", RWarmup),
+        _param("img_size", RecipeImgSizeOpt),
+        _param("schedule", RSchedule),
+        _param("weight_decay", RWd),
+        _param("clip_grad", RClip),
+        _param("layer_decay", RLayerDecay),
+        _param("patience", RPatience),
+        _param("aa", RAa),
+        _param("mixup", RMixup),
+        _param("cutmix", RCutmix),
+        _param("reprob", RReprob),
+        _param("label_smoothing", RSmooth),
+        _param("drop_path", RDropPath),
+        _param("model_ema", RModelEma),
+        _param("ema_decay", REmaDecay),
+        _param("multi_label", RMultiLabel),
+        _param("loss", RLoss),
+        *(_param(n, a) for n, a in recipe),
+        *(_param(n, a) for n, a in SCALE_OPTIONS),
+        _param("seed", RSeed),
+        _param("data_dir", DataDirOpt),
+        _param("val_split", RValSplit),
+        _param("image_column", ImageColumnOpt),
+        _param("label_column", LabelColumnOpt),
+        _param("token_mixer", RMixer),
+        _param("token_mixers", RMixers),
+        _param("workers", WorkersOpt),
+        _param("device", DeviceOpt, "auto"),
+        _param("precision", PrecisionOpt, "auto"),
+        _param("eval_every", REvalEvery),
+        _param("save_every", RSaveEvery),
+        _param("name", RName),
+        _param("project", RProject),
+        _param("report_to", RReportTo),
+        _param("config", RConfig),
+        _param("resume", RResume),
+        _param("stop_after", RStopAfter),
+        _param("sweep", SweepOpt),
+        _param("dry_run", RDryRun, False),
+        _param("json_out", JsonOpt, False),
+        _param("offline", OfflineOpt, False),
+    ]
 
     def command_function(**options) -> None:
         _run(command, options)
@@ -150,8 +253,12 @@ def _run(command: str, options: dict) -> None:
 
     env.set_offline(options["offline"])
     flags = {k: v for k, v in options.items() if k not in _NOT_FLAGS}
-    where = dict(config_file=options["config"], resume=options["resume"], sweep=options["sweep"],
-                 stop_after=options["stop_after"])
+    where = dict(
+        config_file=options["config"],
+        resume=options["resume"],
+        sweep=options["sweep"],
+        stop_after=options["stop_after"],
+    )
     if options["dry_run"]:
         from vitcli.train.recipe import budget
         from vitcli.train.run.config import dumps
@@ -183,20 +290,44 @@ def _run(command: str, options: dict) -> None:
     failed = [r for r in result.rows if r.status in ("failed", "diverged")]
     if failed:
         what = " or ".join(s for s in ("failed", "diverged") if any(r.status == s for r in failed))
-        output.warn(f"{len(failed)} of {len(result.rows)} settings {what} (shown in the table); the winner is "
-                    "the best of the others")
+        output.warn(
+            f"{len(failed)} of {len(result.rows)} settings {what} (shown in the table); the winner is "
+            "the best of the others"
+        )
 
 
 def render(summary: dict) -> None:
     from vitcli.cli import tables
 
     rows = []
-    labels = {"val_top1": f"{summary.get('selection_split') or 'val'} top-1 (best)", "test_top1": "test top-1",
-              "val_mAP": f"{summary.get('selection_split') or 'val'} mAP (best)", "test_mAP": "test mAP",
-              "img_s": "train img/s", "run_dir": "run folder", "best_step": "best at step"}
-    for key in ("run_dir", "model", "dataset", "steps", "stopped_early_at", "stopped_at", "epochs", "best_step",
-                "weights", "val_top1", "test_top1", "val_mAP", "test_mAP", "params", "img_s", "seconds",
-                "skipped_images"):
+    labels = {
+        "val_top1": f"{summary.get('selection_split') or 'val'} top-1 (best)",
+        "test_top1": "test top-1",
+        "val_mAP": f"{summary.get('selection_split') or 'val'} mAP (best)",
+        "test_mAP": "test mAP",
+        "img_s": "train img/s",
+        "run_dir": "run folder",
+        "best_step": "best at step",
+    }
+    for key in (
+        "run_dir",
+        "model",
+        "dataset",
+        "steps",
+        "stopped_early_at",
+        "stopped_at",
+        "epochs",
+        "best_step",
+        "weights",
+        "val_top1",
+        "test_top1",
+        "val_mAP",
+        "test_mAP",
+        "params",
+        "img_s",
+        "seconds",
+        "skipped_images",
+    ):
         if summary.get(key) is None:
             continue
         value = summary[key]
@@ -214,16 +345,22 @@ def render_sweep(result) -> None:
     from vitcli.cli import tables
     from vitcli.train.sweeps.sweep import COLUMNS, columns, label, table_rows
 
-    tables.print_table([tables.Column(name, right=c not in ("setting", "status"))
-                        for c, name in zip(COLUMNS, columns(result))], table_rows(result, reasons=False),
-                       styles=["bold green" if r is result.winner
-                               else ("red" if r.status in ("failed", "diverged") else None) for r in result.rows])
+    tables.print_table(
+        [tables.Column(name, right=c not in ("setting", "status")) for c, name in zip(COLUMNS, columns(result))],
+        table_rows(result, reasons=False),
+        styles=[
+            "bold green" if r is result.winner else ("red" if r.status in ("failed", "diverged") else None)
+            for r in result.rows
+        ],
+    )
     for r in result.rows:
         if r.status == "failed":
             sink.error(f"{label(r.setting)}: {r.error}", label="failed:")
     if result.winner is None:
         sink.warn("no run finished: there is no winner")
     else:
-        sink.info(f"winner (best {result.selection_split}): {label(result.winner.setting)} -> "
-                  f"{result.sweep_dir / result.winner.folder}")
+        sink.info(
+            f"winner (best {result.selection_split}): {label(result.winner.setting)} -> "
+            f"{result.sweep_dir / result.winner.folder}"
+        )
     sink.info(f"table saved to {', '.join(str(p) for p in result.table_files)}", style="dim")

@@ -59,8 +59,15 @@ def relative_paths(paths: Sequence[str]) -> tuple[str, list[str]]:
     return prefix, [p.removeprefix(prefix) for p in paths]
 
 
-def print_table(columns: Sequence[Column], rows: Sequence[Sequence], *, title: str | None = None,
-                header: bool = True, styles: Sequence[str | None] | None = None, width: int | None = None) -> None:
+def print_table(
+    columns: Sequence[Column],
+    rows: Sequence[Sequence],
+    *,
+    title: str | None = None,
+    header: bool = True,
+    styles: Sequence[str | None] | None = None,
+    width: int | None = None,
+) -> None:
     """`rows` (cells as text) under `columns` on stdout: fitted to the terminal, or tab-separated."""
     rows = [[str(c) for c in row] + [""] * (len(columns) - len(row)) for row in rows]
     if plain():
@@ -95,10 +102,15 @@ def fit(wraps: Sequence[str], rows: Sequence[Sequence[str]], width: int) -> list
     from rich.cells import cell_len
 
     n = len(wraps)
-    natural = [max((cell_len(line) for row in rows for line in row[i].splitlines() or [""]), default=0)
-               for i in range(n)]
-    least = [max((cell_len(piece) for row in rows for piece in _pieces(row[i], wraps[i])), default=0)
-             if wraps[i] != "none" else natural[i] for i in range(n)]
+    natural = [
+        max((cell_len(line) for row in rows for line in row[i].splitlines() or [""]), default=0) for i in range(n)
+    ]
+    least = [
+        max((cell_len(piece) for row in rows for piece in _pieces(row[i], wraps[i])), default=0)
+        if wraps[i] != "none"
+        else natural[i]
+        for i in range(n)
+    ]
     widths = list(natural)
     excess = sum(widths) + GAP * (n - 1) - width
     while excess > 0:

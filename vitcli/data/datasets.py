@@ -35,9 +35,16 @@ def default_val_split(spec: str) -> float:
     return MINIVAL_FRACTION.get(ALIASES.get(base, base), DEFAULT_VAL_SPLIT)
 
 
-def open_dataset(spec: str, *, data_dir: Path | None = None, val_split: float | None = None, seed: int = 0,
-                 download: bool = True, image_column: str | None = None,
-                 label_column: str | None = None) -> DatasetSource:
+def open_dataset(
+    spec: str,
+    *,
+    data_dir: Path | None = None,
+    val_split: float | None = None,
+    seed: int = 0,
+    download: bool = True,
+    image_column: str | None = None,
+    label_column: str | None = None,
+) -> DatasetSource:
     """Open a named dataset, an ImageFolder tree or a Hugging Face dataset. Named datasets are downloaded
     (by torchvision) into `data_dir` only when their files are not already there and `download` is set;
     `image_column` / `label_column` choose the columns of a Hugging Face dataset."""
@@ -51,13 +58,22 @@ def open_dataset(spec: str, *, data_dir: Path | None = None, val_split: float | 
     path = Path(spec).expanduser()
     if hf.is_hf(spec):
         opened = hf.open_parts(spec, image_column=image_column, label_column=label_column, download=download)
-        return from_parts(opened.name, opened.classes, opened.parts, root=opened.root, val_split=val_split,
-                          fraction=default_val_split(spec), seed=seed)
+        return from_parts(
+            opened.name,
+            opened.classes,
+            opened.parts,
+            root=opened.root,
+            val_split=val_split,
+            fraction=default_val_split(spec),
+            seed=seed,
+        )
     if image_column or label_column:
         from vitcli.errors import UsageError
 
-        raise UsageError("--image-column and --label-column choose the columns of a Hugging Face dataset",
-                         f"{spec} is not one: drop them, or give --dataset hf:NAME or a save_to_disk folder")
+        raise UsageError(
+            "--image-column and --label-column choose the columns of a Hugging Face dataset",
+            f"{spec} is not one: drop them, or give --dataset hf:NAME or a save_to_disk folder",
+        )
     if name in NAMED and not path.is_dir():
         root = Path(data_dir).expanduser() if data_dir else default_data_dir()
         return open_named(name, root, val_split, seed, download)
@@ -66,5 +82,7 @@ def open_dataset(spec: str, *, data_dir: Path | None = None, val_split: float | 
         return from_parts(opened.name, opened.classes, opened.parts, root=opened.root, val_split=val_split, seed=seed)
     if path.is_dir():
         return open_folder(path, val_split, seed)
-    raise DataError(f"dataset {spec!r} is neither a known name nor a folder",
-                    f"use one of {', '.join(NAMED)} or a path to an ImageFolder tree (train/ and val/ class folders)")
+    raise DataError(
+        f"dataset {spec!r} is neither a known name nor a folder",
+        f"use one of {', '.join(NAMED)} or a path to an ImageFolder tree (train/ and val/ class folders)",
+    )

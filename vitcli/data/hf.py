@@ -30,16 +30,20 @@ from vitcli.data.loader import Records
 from vitcli.errors import DataError, VitError
 
 PREFIX = "hf:"
-SPLIT_NAMES = {"train": ("train", "training"), "val": ("validation", "valid", "val", "dev"),
-               "test": ("test", "testing")}
+SPLIT_NAMES = {
+    "train": ("train", "training"),
+    "val": ("validation", "valid", "val", "dev"),
+    "test": ("test", "testing"),
+}
 LABEL_NAMES = ("label", "labels", "class", "target")
 
 
 def is_saved(path: Path) -> bool:
     """A folder written by `save_to_disk` (a DatasetDict, or one Dataset)."""
     path = Path(path)
-    return (path / "dataset_dict.json").is_file() or \
-        ((path / "dataset_info.json").is_file() and (path / "state.json").is_file())
+    return (path / "dataset_dict.json").is_file() or (
+        (path / "dataset_info.json").is_file() and (path / "state.json").is_file()
+    )
 
 
 def is_hf(spec: str) -> bool:
@@ -50,7 +54,7 @@ def base_name(spec: str) -> str:
     """The last part of a Hugging Face dataset's name (the Hub id's, or the saved folder's), lower case:
     what picks a named set's minival fraction (`hf:uoft-cs/cifar10` -> cifar10)."""
     spec = str(spec)
-    name = spec[len(PREFIX):].partition(":")[0] if spec.startswith(PREFIX) else Path(spec).expanduser().resolve().name
+    name = spec[len(PREFIX) :].partition(":")[0] if spec.startswith(PREFIX) else Path(spec).expanduser().resolve().name
     return name.rstrip("/").rsplit("/", 1)[-1].lower()
 
 
@@ -85,8 +89,9 @@ def _import():
     try:
         import datasets
     except ImportError:
-        raise VitError("Hugging Face datasets need the datasets package, which is not installed",
-                       "pip install 'vitcli[datasets]'") from None
+        raise VitError(
+            "Hugging Face datasets need the datasets package, which is not installed", "pip install 'vitcli[datasets]'"
+        ) from None
     from huggingface_hub import constants
 
     from vitcli import env, output
@@ -100,13 +105,14 @@ def _import():
     return datasets
 
 
-def open_parts(spec: str, *, image_column: str | None = None, label_column: str | None = None,
-               download: bool = True) -> Opened:
+def open_parts(
+    spec: str, *, image_column: str | None = None, label_column: str | None = None, download: bool = True
+) -> Opened:
     """The classes and the train / val / test `Records` of a Hugging Face dataset."""
     datasets = _import()
     spec = str(spec)
     if spec.startswith(PREFIX):
-        name, _, config = spec[len(PREFIX):].partition(":")
+        name, _, config = spec[len(PREFIX) :].partition(":")
         if not name:
             raise DataError(f"--dataset {spec}: no dataset name", "e.g. --dataset hf:beans or hf:NAME:CONFIG")
         loaded = _load(datasets, name, config or None, download)
@@ -117,8 +123,10 @@ def open_parts(spec: str, *, image_column: str | None = None, label_column: str 
         try:
             loaded = datasets.load_from_disk(str(path))
         except (OSError, ValueError) as e:
-            raise DataError(f"{path} looks like a saved Hugging Face dataset but cannot be read: {e}",
-                            "write it again with save_to_disk") from None
+            raise DataError(
+                f"{path} looks like a saved Hugging Face dataset but cannot be read: {e}",
+                "write it again with save_to_disk",
+            ) from None
         root = str(path)
     splits = _map_splits(loaded, name)
     first = next(iter(splits.values()))
@@ -131,9 +139,11 @@ def open_parts(spec: str, *, image_column: str | None = None, label_column: str 
         if labels.ndim == 1:
             bad = np.flatnonzero((labels < -1) | (labels >= len(classes)))
             if len(bad):  # checked when the dataset is opened, not as an index error deep in a loss
-                raise DataError(f"{name} {split}: row {int(bad[0])} has label {int(labels[bad[0]])}, outside the "
-                                f"{len(classes)} classes of its {label_col!r} column ({len(bad)} such rows)",
-                                "fix the dataset's labels (-1 marks a row without one)")
+                raise DataError(
+                    f"{name} {split}: row {int(bad[0])} has label {int(labels[bad[0]])}, outside the "
+                    f"{len(classes)} classes of its {label_col!r} column ({len(bad)} such rows)",
+                    "fix the dataset's labels (-1 marks a row without one)",
+                )
         keep = np.flatnonzero(labels >= 0) if labels.ndim == 1 else np.arange(len(labels))
         if len(keep) < len(labels):
             ds, labels = ds.select(keep), labels[keep]
@@ -149,18 +159,25 @@ def _load(datasets, name: str, config: str | None, download: bool):
     from vitcli import env
 
     try:
-        return datasets.load_dataset(name, config, cache_dir=env.datasets_cache_dir(),
-                                     download_mode=None if download else "reuse_cache_if_exists")
+        return datasets.load_dataset(
+            name,
+            config,
+            cache_dir=env.datasets_cache_dir(),
+            download_mode=None if download else "reuse_cache_if_exists",
+        )
     except VitError:
         raise
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; the first line says which
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         if env.offline():
-            raise DataError(f"Hugging Face dataset {name} is not in the cache and offline mode is on ({first})",
-                            "run it once online (it is then cached under HF_HOME/datasets), or drop --offline") \
-                from None
-        raise DataError(f"cannot load Hugging Face dataset {name}{f' ({config})' if config else ''}: {first}",
-                        "check the name (and :CONFIG) on the Hub, your network and HF_ENDPOINT") from None
+            raise DataError(
+                f"Hugging Face dataset {name} is not in the cache and offline mode is on ({first})",
+                "run it once online (it is then cached under HF_HOME/datasets), or drop --offline",
+            ) from None
+        raise DataError(
+            f"cannot load Hugging Face dataset {name}{f' ({config})' if config else ''}: {first}",
+            "check the name (and :CONFIG) on the Hub, your network and HF_ENDPOINT",
+        ) from None
 
 
 def _map_splits(loaded, name: str) -> dict:
@@ -172,9 +189,10 @@ def _map_splits(loaded, name: str) -> dict:
         if found is not None:
             out[split] = loaded[found]
     if not out:
-        raise DataError(f"Hugging Face dataset {name} has no train, validation or test split "
-                        f"(its splits: {', '.join(loaded)})",
-                        "save the split you want as its own dataset (save_to_disk) and give that folder")
+        raise DataError(
+            f"Hugging Face dataset {name} has no train, validation or test split (its splits: {', '.join(loaded)})",
+            "save the split you want as its own dataset (save_to_disk) and give that folder",
+        )
     return out
 
 
@@ -184,15 +202,20 @@ def _image_column(features, chosen: str | None, name: str) -> str:
     images = [c for c, f in features.items() if isinstance(f, datasets.Image)]
     if chosen is not None:
         if chosen not in features:
-            raise DataError(f"--image-column {chosen}: dataset {name} has no such column",
-                            f"its columns: {', '.join(features)}")
+            raise DataError(
+                f"--image-column {chosen}: dataset {name} has no such column", f"its columns: {', '.join(features)}"
+            )
         if not isinstance(features[chosen], datasets.Image):
-            raise DataError(f"--image-column {chosen} is a {type(features[chosen]).__name__} column, not images",
-                            f"image columns: {', '.join(images) or 'none'}")
+            raise DataError(
+                f"--image-column {chosen} is a {type(features[chosen]).__name__} column, not images",
+                f"image columns: {', '.join(images) or 'none'}",
+            )
         return chosen
     if not images:
-        raise DataError(f"dataset {name} has no Image column (its columns: {', '.join(features)})",
-                        "vitcli trains and evaluates on images; give --image-column for an Image feature")
+        raise DataError(
+            f"dataset {name} has no Image column (its columns: {', '.join(features)})",
+            "vitcli trains and evaluates on images; give --image-column for an Image feature",
+        )
     return images[0]
 
 
@@ -203,23 +226,33 @@ def _label_column(features, chosen: str | None, name: str) -> str:
 
     def usable(f) -> bool:
         kinds = ("int", "uint", "string", "large_string")
-        return isinstance(f, datasets.ClassLabel) or (isinstance(f, datasets.Value) and f.dtype.startswith(kinds)) \
+        return (
+            isinstance(f, datasets.ClassLabel)
+            or (isinstance(f, datasets.Value) and f.dtype.startswith(kinds))
             or multilabel.is_sequence_of_classes(f)
+        )
 
     if chosen is not None:
         if chosen not in features:
-            raise DataError(f"--label-column {chosen}: dataset {name} has no such column",
-                            f"its columns: {', '.join(features)}")
+            raise DataError(
+                f"--label-column {chosen}: dataset {name} has no such column", f"its columns: {', '.join(features)}"
+            )
         if not usable(features[chosen]):
-            raise DataError(f"--label-column {chosen} holds {features[chosen]}, not class labels",
-                            "give a ClassLabel, integer or string column")
+            raise DataError(
+                f"--label-column {chosen} holds {features[chosen]}, not class labels",
+                "give a ClassLabel, integer or string column",
+            )
         return chosen
-    found = next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)), None) or \
-        next((c for c, f in features.items() if multilabel.is_sequence_of_classes(f)), None) or \
-        next((c for c in LABEL_NAMES if c in features and usable(features[c])), None)
+    found = (
+        next((c for c, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
+        or next((c for c, f in features.items() if multilabel.is_sequence_of_classes(f)), None)
+        or next((c for c in LABEL_NAMES if c in features and usable(features[c])), None)
+    )
     if found is None:
-        raise DataError(f"dataset {name} has no label column (its columns: {', '.join(features)})",
-                        "give --label-column for the column that holds the class")
+        raise DataError(
+            f"dataset {name} has no label column (its columns: {', '.join(features)})",
+            "give --label-column for the column that holds the class",
+        )
     return found
 
 

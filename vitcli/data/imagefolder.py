@@ -49,8 +49,10 @@ def _real_class_dirs(folder: Path, classes: list[str]) -> dict[str, str]:
         path = real[cls]
         for other, other_path in [("the dataset root", root)] + [(f"class {o!r}", real[o]) for o in real if o != cls]:
             if path == other_path or _inside(other_path, path) or _inside(path, other_path) and other_path != root:
-                raise DataError(f"class folder {folder / cls} reaches {other} ({other_path}) through a link",
-                                "each class folder must hold only its own images: remove or replace that link")
+                raise DataError(
+                    f"class folder {folder / cls} reaches {other} ({other_path}) through a link",
+                    "each class folder must hold only its own images: remove or replace that link",
+                )
     return real
 
 
@@ -63,8 +65,10 @@ def _check_reach(folder: Path, cls: str, path: Path, real: str, real_dirs: dict[
     other = next((o for o, q in real_dirs.items() if o != cls and _inside(real, q)), None)
     if other is not None or os.path.dirname(real) == root:
         where = f"class {other!r}" if other is not None else "the dataset root"
-        raise DataError(f"{path} (class {cls!r}) is {real}, in {where}, through a link",
-                        "each class folder must hold only its own images: remove or replace that link")
+        raise DataError(
+            f"{path} (class {cls!r}) is {real}, in {where}, through a link",
+            "each class folder must hold only its own images: remove or replace that link",
+        )
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -72,18 +76,23 @@ def _inside(path: str, folder: str) -> bool:
 
 
 def open_folder(folder: Path, val_split: float | None, seed: int) -> DatasetSource:
-    found = {split: next((folder / n for n in names if (folder / n).is_dir()), None)
-             for split, names in SPLIT_DIRS.items()}
+    found = {
+        split: next((folder / n for n in names if (folder / n).is_dir()), None) for split, names in SPLIT_DIRS.items()
+    }
     train_dir = found["train"]
     if train_dir is None:
         if found["val"] or found["test"]:
-            raise DataError(f"{folder} has a val/ or test/ folder but no train/ folder",
-                            "put the training images in train/<class>/ beside them")
+            raise DataError(
+                f"{folder} has a val/ or test/ folder but no train/ folder",
+                "put the training images in train/<class>/ beside them",
+            )
         train_dir = folder  # one folder of class folders
     classes = _class_dirs(train_dir)
     if not classes:
-        raise DataError(f"{train_dir} holds no class folders",
-                        "lay the images out as <class>/<image> (ImageFolder), e.g. train/ants/1.jpg")
+        raise DataError(
+            f"{train_dir} holds no class folders",
+            "lay the images out as <class>/<image> (ImageFolder), e.g. train/ants/1.jpg",
+        )
     records = _scan(train_dir, classes)
     if len(records) == 0:
         raise DataError(f"{train_dir} holds no images", "lay the images out as <class>/<image>")
@@ -94,7 +103,9 @@ def open_folder(folder: Path, val_split: float | None, seed: int) -> DatasetSour
             continue
         extra = sorted(set(_class_dirs(d)) - set(classes))
         if extra:
-            raise DataError(f"{d} has class folders that train/ lacks: {', '.join(extra[:5])}",
-                            "every class needs training images; fix the folder names")
+            raise DataError(
+                f"{d} has class folders that train/ lacks: {', '.join(extra[:5])}",
+                "every class needs training images; fix the folder names",
+            )
         parts[split] = _scan(d, classes)
     return from_parts(folder.name or str(folder), classes, parts, root=str(folder), val_split=val_split, seed=seed)

@@ -64,8 +64,10 @@ def _register_heif() -> bool:
 
 
 def _is_heif(suffix: str, head: bytes) -> bool:
-    return (len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS) or \
-        suffix.lower() in {".heic", ".heif"}
+    return (len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS) or suffix.lower() in {
+        ".heic",
+        ".heif",
+    }
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -80,8 +82,11 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         arr = np.asarray(im, dtype=np.float64)
         scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
         return Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info) \
+    has_alpha = (
+        mode in ("RGBA", "LA", "PA", "La", "RGBa")
+        or (mode == "P" and "transparency" in im.info)
         or (mode in ("L", "RGB") and "transparency" in im.info)
+    )
     if has_alpha:
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
@@ -140,8 +145,7 @@ def _decode(source, shown: str, head: bytes, suffix: str, draft_size: int | None
     if not head:
         raise ImageError(shown, "empty file")
     if _is_heif(suffix, head) and not _register_heif():
-        raise ImageError(shown, "HEIC/HEIF images need the optional pillow-heif package",
-                         "pip install 'vitcli[heif]'")
+        raise ImageError(shown, "HEIC/HEIF images need the optional pillow-heif package", "pip install 'vitcli[heif]'")
     limit = env.max_image_pixels()
     try:
         with warnings.catch_warnings():
@@ -151,9 +155,11 @@ def _decode(source, shown: str, head: bytes, suffix: str, draft_size: int | None
             width, height = im.size
             if width * height > limit:
                 raise ImageError(
-                    shown, f"{width}x{height} = {width * height:,} pixels is over the limit of {limit:,} "
+                    shown,
+                    f"{width}x{height} = {width * height:,} pixels is over the limit of {limit:,} "
                     "(possible decompression bomb)",
-                    "raise VIT_MAX_IMAGE_PIXELS if you trust the file")
+                    "raise VIT_MAX_IMAGE_PIXELS if you trust the file",
+                )
             if getattr(im, "is_animated", False):
                 im.seek(0)  # animated GIF/WebP/APNG: the first frame
             if draft_size and im.format in ("JPEG", "MPO"):

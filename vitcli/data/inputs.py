@@ -19,8 +19,23 @@ from pathlib import Path
 from vitcli.errors import UsageError
 
 EMPTY_FOLDER = "the folder holds no image files"
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
-                    ".pbm", ".jfif", ".heic", ".heif", ".avif"}
+IMAGE_EXTENSIONS = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".jfif",
+    ".heic",
+    ".heif",
+    ".avif",
+}
 
 
 class StdinImage(str):

@@ -53,8 +53,14 @@ class Records:
     encoded images stored in dataset rows (a Hugging Face dataset's Image column: `encoded[j]` is the
     image file's bytes, or the path of a file, and `names[j]` names it)."""
 
-    def __init__(self, labels: Sequence[int], paths: Sequence | None = None, array=None, encoded=None,
-                 names: Sequence[str] | None = None):
+    def __init__(
+        self,
+        labels: Sequence[int],
+        paths: Sequence | None = None,
+        array=None,
+        encoded=None,
+        names: Sequence[str] | None = None,
+    ):
         labels = np.asarray(labels)
         self.labels = labels.astype(np.uint8 if labels.ndim > 1 else np.int64)  # (N,) or multi-hot (N, K)
         # paths: file paths (as str), http(s) URLs, or a StdinImage (vitcli.data.inputs)
@@ -104,8 +110,14 @@ class ImageDataset:
     their number, or where a resumed run restarted.
     """
 
-    def __init__(self, records: Records, indices: Sequence[int] | None = None, transform: Callable | None = None,
-                 augment_seed: int | None = None, positions: Sequence[int] | None = None):
+    def __init__(
+        self,
+        records: Records,
+        indices: Sequence[int] | None = None,
+        transform: Callable | None = None,
+        augment_seed: int | None = None,
+        positions: Sequence[int] | None = None,
+    ):
         self.records = records
         self.indices = np.arange(len(records)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.positions = np.arange(len(self.indices)) if positions is None else np.asarray(positions, dtype=np.int64)
@@ -130,8 +142,7 @@ class ImageDataset:
     def select(self, which: Sequence[int]) -> ImageDataset:
         """The items at places `which` of this dataset, keeping their positions (shards, subsets)."""
         which = np.asarray(which, dtype=np.int64)
-        return ImageDataset(self.records, self.indices[which], self.transform, self.augment_seed,
-                            self.positions[which])
+        return ImageDataset(self.records, self.indices[which], self.transform, self.augment_seed, self.positions[which])
 
     def __getitem__(self, i: int):
         j, position = int(self.indices[i]), int(self.positions[i])
@@ -152,12 +163,12 @@ def seeded_transform(transform: Callable, image, augment_seed: int, epoch: int, 
     for the call, and restored after: item j's augmentation in epoch `epoch`, wherever it is computed."""
     import torch
 
-    seed = (augment_seed * 1_000_003 + epoch * 1_000_033 + j) % (2 ** 63)
+    seed = (augment_seed * 1_000_003 + epoch * 1_000_033 + j) % (2**63)
     state, np_state = random.getstate(), np.random.get_state()  # RandAugment draws from numpy too
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         random.seed(seed)
-        np.random.seed(seed % (2 ** 32))
+        np.random.seed(seed % (2**32))
         try:
             return transform(image)
         finally:
@@ -200,8 +211,17 @@ def worker_init(_worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int | None = None, device=None,
-                sampler=None, shuffle: bool = False, drop_last: bool = False, seed: int = 0):
+def make_loader(
+    dataset: ImageDataset,
+    *,
+    batch_size: int,
+    workers: int | None = None,
+    device=None,
+    sampler=None,
+    shuffle: bool = False,
+    drop_last: bool = False,
+    seed: int = 0,
+):
     """The DataLoader every command uses: `collate`, workers that ignore Ctrl-C (`default_workers` when
     `workers` is None), pinned memory for CUDA, and its own generator (without one, creating an
     iterator draws from the global torch RNG and shifts it)."""
@@ -211,8 +231,17 @@ def make_loader(dataset: ImageDataset, *, batch_size: int, workers: int | None =
     workers = default_workers(len(dataset), device) if workers is None else workers
     generator = torch.Generator()
     generator.manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle if sampler is None else False,
-                      sampler=sampler, num_workers=workers, collate_fn=collate, drop_last=drop_last,
-                      pin_memory=getattr(device, "type", None) == "cuda",
-                      worker_init_fn=worker_init if workers else None, generator=generator,
-                      persistent_workers=False, prefetch_factor=4 if workers else None)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=drop_last,
+        pin_memory=getattr(device, "type", None) == "cuda",
+        worker_init_fn=worker_init if workers else None,
+        generator=generator,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )

@@ -56,15 +56,19 @@ def read_csv(path: Path) -> list[tuple[str, list[str]]]:
     except UnicodeDecodeError:
         raise DataError(f"{path} is not UTF-8 text", "save it as UTF-8 CSV with the header image,labels") from None
     if not rows or tuple(c.strip().lower() for c in rows[0][:2]) != HEADER:
-        raise DataError(f"{path}: the first line must be the header image,labels",
-                        "one row per image: its path under images/, then its labels separated by spaces")
+        raise DataError(
+            f"{path}: the first line must be the header image,labels",
+            "one row per image: its path under images/, then its labels separated by spaces",
+        )
     out = []
     for number, row in enumerate(rows[1:], 2):
         if not row or not any(c.strip() for c in row):
             continue
         if len(row) > 2 or not row[0].strip():
-            raise DataError(f"{path}:{number}: expected 'image,labels', got {','.join(row)[:80]!r}",
-                            "quote a labels cell that holds a comma; separate labels with spaces")
+            raise DataError(
+                f"{path}:{number}: expected 'image,labels', got {','.join(row)[:80]!r}",
+                "quote a labels cell that holds a comma; separate labels with spaces",
+            )
         out.append((row[0].strip(), (row[1] if len(row) > 1 else "").split()))
     return out
 
@@ -86,14 +90,18 @@ def open_csv_parts(folder: Path) -> Parts:
         raise DataError(f"{folder / CSV_SPLITS['train']} lists no images", "one 'image,labels' row per image")
     classes = sorted({name for _, labels in read["train"] for name in labels})
     if not classes:
-        raise DataError(f"{folder / CSV_SPLITS['train']} gives no image a label",
-                        "the labels column holds class names separated by spaces")
+        raise DataError(
+            f"{folder / CSV_SPLITS['train']} gives no image a label",
+            "the labels column holds class names separated by spaces",
+        )
     parts = {}
     for split, rows in read.items():
         unknown = sorted({n for _, labels in rows for n in labels} - set(classes))
         if unknown:
-            raise DataError(f"{folder / CSV_SPLITS[split]} has labels no training image has: {', '.join(unknown[:5])}",
-                            "every class needs training images; fix the names or add training images")
+            raise DataError(
+                f"{folder / CSV_SPLITS[split]} has labels no training image has: {', '.join(unknown[:5])}",
+                "every class needs training images; fix the names or add training images",
+            )
         paths = [folder / "images" / image for image, _ in rows]
         parts[split] = Records(multi_hot([labels for _, labels in rows], classes), paths=paths)
     return Parts(folder.resolve().name, classes, parts, str(folder))

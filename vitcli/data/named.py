@@ -15,21 +15,35 @@ from vitcli.errors import DataError
 
 NAMED = ("pets", "flowers102", "cifar10", "cifar100")
 MINIVAL_FRACTION = {"pets": 0.10, "flowers102": 0.10, "cifar10": 0.02, "cifar100": 0.02}
-ALIASES = {"oxford_iiit_pet": "pets", "oxford-iiit-pet": "pets", "pet": "pets", "flowers": "flowers102",
-           "oxford_flowers102": "flowers102", "cifar-10": "cifar10", "cifar-100": "cifar100"}
+ALIASES = {
+    "oxford_iiit_pet": "pets",
+    "oxford-iiit-pet": "pets",
+    "pet": "pets",
+    "flowers": "flowers102",
+    "oxford_flowers102": "flowers102",
+    "cifar-10": "cifar10",
+    "cifar-100": "cifar100",
+}
 
 # What torchvision leaves on disk under the data folder (and what a user puts there by hand).
 LAYOUTS = {
-    "pets": ("oxford-iiit-pet/images/*.jpg and oxford-iiit-pet/annotations/{trainval,test}.txt",
-             "https://www.robots.ox.ac.uk/~vgg/data/pets/data/{images,annotations}.tar.gz, "
-             "extracted into oxford-iiit-pet/"),
-    "flowers102": ("flowers-102/jpg/image_NNNNN.jpg, flowers-102/imagelabels.mat and flowers-102/setid.mat",
-                   "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ (102flowers.tgz extracted into "
-                   "flowers-102/, plus imagelabels.mat and setid.mat)"),
-    "cifar10": ("cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
-                "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, extracted in place"),
-    "cifar100": ("cifar-100-python/{train,test,meta}",
-                 "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz, extracted in place"),
+    "pets": (
+        "oxford-iiit-pet/images/*.jpg and oxford-iiit-pet/annotations/{trainval,test}.txt",
+        "https://www.robots.ox.ac.uk/~vgg/data/pets/data/{images,annotations}.tar.gz, extracted into oxford-iiit-pet/",
+    ),
+    "flowers102": (
+        "flowers-102/jpg/image_NNNNN.jpg, flowers-102/imagelabels.mat and flowers-102/setid.mat",
+        "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ (102flowers.tgz extracted into "
+        "flowers-102/, plus imagelabels.mat and setid.mat)",
+    ),
+    "cifar10": (
+        "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, extracted in place",
+    ),
+    "cifar100": (
+        "cifar-100-python/{train,test,meta}",
+        "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz, extracted in place",
+    ),
 }
 
 
@@ -54,8 +68,12 @@ def _tv_dataset(name: str, root: Path, split: str, download: bool):
     return cls(str(root), train=split == "train", download=download)
 
 
-_SPLITS = {"pets": ("trainval", "test"), "flowers102": (("train", "val"), "test"),
-           "cifar10": ("train", "test"), "cifar100": ("train", "test")}
+_SPLITS = {
+    "pets": ("trainval", "test"),
+    "flowers102": (("train", "val"), "test"),
+    "cifar10": ("train", "test"),
+    "cifar100": ("train", "test"),
+}
 
 
 def _load_named(name: str, root: Path, download: bool):
@@ -85,11 +103,13 @@ def open_named(name: str, root: Path, val_split: float | None, seed: int, downlo
     from vitcli import env
 
     where, url = LAYOUTS[name]
-    why = "offline mode is on" if env.offline() else "downloads are off" if not download else \
-        "it could not be downloaded"
+    why = (
+        "offline mode is on" if env.offline() else "downloads are off" if not download else "it could not be downloaded"
+    )
     missing = DataError(
         f"dataset {name} is not in {root} and {why}",
-        f"put {where} under {root} (download {url}), or pass --data-dir where they are")
+        f"put {where} under {root} (download {url}), or pass --data-dir where they are",
+    )
     try:
         trains, test = _load_named(name, root, download=False)
     except RuntimeError:  # torchvision: "Dataset not found ..."
@@ -104,11 +124,13 @@ def open_named(name: str, root: Path, val_split: float | None, seed: int, downlo
         except DataError:
             raise
         except Exception as e:  # URLError, socket errors, a corrupt archive
-            raise DataError(f"{missing.message}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                            missing.hint) from e
+            raise DataError(
+                f"{missing.message}: {str(e).splitlines()[0] if str(e) else type(e).__name__}", missing.hint
+            ) from e
     except (OSError, ValueError) as e:
-        raise DataError(f"dataset {name} in {root} is damaged: {e}",
-                        f"delete it and download again, or put {where} under {root}") from e
+        raise DataError(
+            f"dataset {name} in {root} is damaged: {e}", f"delete it and download again, or put {where} under {root}"
+        ) from e
     classes = list(trains[0].classes)
     source = DatasetSource(name, classes, ["train", "minival", "test"], str(root))
     fraction = MINIVAL_FRACTION[name] if val_split is None else val_split

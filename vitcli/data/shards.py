@@ -27,8 +27,20 @@ from vitcli.errors import DataError, UsageError
 
 FORMAT = 1
 SHUFFLE_SEED = 0
-EXTENSIONS = {"jpeg": "jpg", "jpg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp", "gif": "gif", "tif": "tiff",
-              "tiff": "tiff", "ppm": "ppm", "heic": "heic", "heif": "heif", "mpo": "jpg"}
+EXTENSIONS = {
+    "jpeg": "jpg",
+    "jpg": "jpg",
+    "png": "png",
+    "webp": "webp",
+    "bmp": "bmp",
+    "gif": "gif",
+    "tif": "tiff",
+    "tiff": "tiff",
+    "ppm": "ppm",
+    "heic": "heic",
+    "heif": "heif",
+    "mpo": "jpg",
+}
 
 
 def shard_name(split: str, index: int) -> str:
@@ -42,8 +54,10 @@ def _image_bytes(records, j: int) -> tuple[bytes, str]:
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise DataError(f"cannot read {path}: {e.strerror or e}", "fix or remove the file, then run again "
-                            "(the shards already written are kept)") from None
+            raise DataError(
+                f"cannot read {path}: {e.strerror or e}",
+                "fix or remove the file, then run again (the shards already written are kept)",
+            ) from None
         ext = EXTENSIONS.get(path.suffix.lower().lstrip("."))
         return data, ext or _sniff(data)
     if records.encoded is not None:
@@ -76,11 +90,19 @@ def plan_split(source, split: str, shard_size: int) -> dict:
     order = np.random.default_rng(SHUFFLE_SEED).permutation(len(labels))
     counts = np.bincount(labels, minlength=source.num_classes)
     sizes = [min(shard_size, len(labels) - start) for start in range(0, len(labels), shard_size)]
-    return {"format": FORMAT, "split": split, "source": source.name, "classes": list(source.classes),
-            "counts": {c: int(n) for c, n in zip(source.classes, counts)}, "samples": int(len(labels)),
-            "shard_size": shard_size, "shards": [{"name": shard_name(split, i), "samples": n}
-                                                 for i, n in enumerate(sizes)],
-            "order_seed": SHUFFLE_SEED, "complete": False, "_order": order}
+    return {
+        "format": FORMAT,
+        "split": split,
+        "source": source.name,
+        "classes": list(source.classes),
+        "counts": {c: int(n) for c, n in zip(source.classes, counts)},
+        "samples": int(len(labels)),
+        "shard_size": shard_size,
+        "shards": [{"name": shard_name(split, i), "samples": n} for i, n in enumerate(sizes)],
+        "order_seed": SHUFFLE_SEED,
+        "complete": False,
+        "_order": order,
+    }
 
 
 def _check_resumable(path: Path, planned: dict) -> None:
@@ -91,8 +113,10 @@ def _check_resumable(path: Path, planned: dict) -> None:
     keys = ("format", "split", "source", "classes", "counts", "samples", "shard_size", "order_seed")
     changed = [k for k in keys if old.get(k) != planned.get(k)]
     if changed:
-        raise UsageError(f"{path.parent} already holds {planned['split']} shards of another plan "
-                         f"({', '.join(changed)} differ)", "write to an empty folder, or delete the old shards")
+        raise UsageError(
+            f"{path.parent} already holds {planned['split']} shards of another plan ({', '.join(changed)} differ)",
+            "write to an empty folder, or delete the old shards",
+        )
 
 
 def write_split(source, split: str, out: Path, shard_size: int, advance=lambda n=1: None) -> dict:
@@ -113,7 +137,7 @@ def write_split(source, split: str, out: Path, shard_size: int, advance=lambda n
     written = kept = 0
     for i, shard in enumerate(planned["shards"]):
         target = out / shard["name"]
-        members = order[i * shard_size:i * shard_size + shard["samples"]]
+        members = order[i * shard_size : i * shard_size + shard["samples"]]
         if target.is_file():
             kept += 1
             advance(len(members))
@@ -123,8 +147,13 @@ def write_split(source, split: str, out: Path, shard_size: int, advance=lambda n
             with wds.TarWriter(str(tmp), encoder=False, mtime=0) as sink:
                 for k, m in enumerate(members):
                     data, ext = _image_bytes(records, int(indices[m]))
-                    sink.write({"__key__": f"{split}{i:06d}_{k:06d}", ext: data,
-                                "cls": str(records.labels[indices[m]]).encode()})
+                    sink.write(
+                        {
+                            "__key__": f"{split}{i:06d}_{k:06d}",
+                            ext: data,
+                            "cls": str(records.labels[indices[m]]).encode(),
+                        }
+                    )
                     advance()
 
         atomic_write(target, write)
@@ -134,9 +163,18 @@ def write_split(source, split: str, out: Path, shard_size: int, advance=lambda n
     return {**planned, "written": written, "kept": kept}
 
 
-def write_shards(spec: str, out: str | Path, *, shard_size: int = 1000, splits: list[str] | None = None,
-                 data_dir: Path | None = None, download: bool = True, image_column: str | None = None,
-                 label_column: str | None = None, val_split: float | None = None) -> dict:
+def write_shards(
+    spec: str,
+    out: str | Path,
+    *,
+    shard_size: int = 1000,
+    splits: list[str] | None = None,
+    data_dir: Path | None = None,
+    download: bool = True,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    val_split: float | None = None,
+) -> dict:
     """Shard the dataset `spec` (a folder, a named dataset, hf:NAME) into `out`: every split it has, or
     `splits`. Returns {"out": ..., "splits": {split: JSON + written/kept}}."""
     from vitcli import output
@@ -144,12 +182,20 @@ def write_shards(spec: str, out: str | Path, *, shard_size: int = 1000, splits: 
 
     if shard_size < 1:
         raise UsageError(f"--shard-size {shard_size}: expected at least 1")
-    source = open_dataset(spec, data_dir=data_dir, download=download, image_column=image_column,
-                          label_column=label_column, val_split=val_split)
+    source = open_dataset(
+        spec,
+        data_dir=data_dir,
+        download=download,
+        image_column=image_column,
+        label_column=label_column,
+        val_split=val_split,
+    )
     chosen = splits or list(source.splits)
     missing = [s for s in chosen if s not in source.splits]
     if missing:
-        raise UsageError(f"dataset {source.name} has no {missing[0]!r} split", f"its splits: {', '.join(source.splits)}")
+        raise UsageError(
+            f"dataset {source.name} has no {missing[0]!r} split", f"its splits: {', '.join(source.splits)}"
+        )
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     result = {"out": str(out), "source": source.name, "splits": {}}

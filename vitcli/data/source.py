@@ -62,12 +62,10 @@ class DatasetSource:
 
     def _part(self, split: str):
         if split not in self._parts:
-            raise DataError(f"dataset {self.name} has no {split!r} split",
-                            f"its splits are: {', '.join(self.splits)}")
+            raise DataError(f"dataset {self.name} has no {split!r} split", f"its splits are: {', '.join(self.splits)}")
         return self._parts[split]
 
-    def subset(self, split: str, transform: Callable | None = None,
-               augment_seed: int | None = None) -> ImageDataset:
+    def subset(self, split: str, transform: Callable | None = None, augment_seed: int | None = None) -> ImageDataset:
         records, indices = self._part(split)
         return ImageDataset(records, indices, transform, augment_seed)
 
@@ -114,8 +112,16 @@ def carve_minival(source: DatasetSource, records: Records, fraction: float, seed
         source._parts["minival"] = (records, held)
 
 
-def from_parts(name: str, classes: list[str], parts: dict, *, root: str = "", val_split: float | None = None,
-               fraction: float = DEFAULT_VAL_SPLIT, seed: int = 0) -> DatasetSource:
+def from_parts(
+    name: str,
+    classes: list[str],
+    parts: dict,
+    *,
+    root: str = "",
+    val_split: float | None = None,
+    fraction: float = DEFAULT_VAL_SPLIT,
+    seed: int = 0,
+) -> DatasetSource:
     """A source from the `Records` of its train, val and test parts (an ImageFolder tree's folders, a
     Hugging Face dataset's splits): a val part selects the model; without one (or with `val_split`) a
     minival of `val_split`, else `fraction`, is carved from train. Empty parts are left out."""

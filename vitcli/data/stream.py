@@ -69,8 +69,9 @@ def loader_workers(asked: int, streams: int) -> int:
 class ShardStream:
     """The training split of a ShardSource: `len`, `set_epoch` and `loader(...)` for vitcli.train.run.batches."""
 
-    def __init__(self, urls: list, counts: list, *, transform=None, augment_seed: int | None = None,
-                 buffer: int = SHUFFLE_BUFFER):
+    def __init__(
+        self, urls: list, counts: list, *, transform=None, augment_seed: int | None = None, buffer: int = SHUFFLE_BUFFER
+    ):
         self.urls, self.counts = list(urls), [int(c) for c in counts]
         self.offsets = [sum(self.counts[:i]) for i in range(len(self.counts))]
         self.transform, self.augment_seed, self.buffer = transform, augment_seed, buffer
@@ -92,18 +93,23 @@ class ShardStream:
 
         lay = self.layout(dist.world, micro)
         asked = default_workers(len(self) // dist.world, device) if workers is None else workers
-        epoch_stream = EpochStream(self, lay, epoch=epoch, start=start, micro=micro, rank=dist.rank,
-                                   world=dist.world, seed=seed)
+        epoch_stream = EpochStream(
+            self, lay, epoch=epoch, start=start, micro=micro, rank=dist.rank, world=dist.world, seed=seed
+        )
         used = loader_workers(asked, lay.streams)
         if used < asked and dist.main and not getattr(self, "told", False):
             from vitcli import output
 
             self.told = True
-            output.info(f"{len(self.urls)} shards over {dist.world} rank(s): {lay.streams} stream(s) per rank, so "
-                        f"{used} of the {asked} DataLoader workers read them (write at least world size x "
-                        f"{MAX_STREAMS} shards to use more)", style="dim")
-        return make_loader(epoch_stream, batch_size=micro, workers=used,
-                           device=device, drop_last=True, seed=seed * 7919 + epoch)
+            output.info(
+                f"{len(self.urls)} shards over {dist.world} rank(s): {lay.streams} stream(s) per rank, so "
+                f"{used} of the {asked} DataLoader workers read them (write at least world size x "
+                f"{MAX_STREAMS} shards to use more)",
+                style="dim",
+            )
+        return make_loader(
+            epoch_stream, batch_size=micro, workers=used, device=device, drop_last=True, seed=seed * 7919 + epoch
+        )
 
     # ------------------------------------------------------------------------------ one stream
     def raw(self, shard_ids: list, keep: tuple | None):
@@ -122,8 +128,10 @@ class ShardStream:
                 continue
             ext = next((e for e in IMAGE_KEYS if e in sample), None)
             if ext is None or "cls" not in sample:
-                raise DataError(f"{url}: sample {sample.get('__key__')} lacks its image or class",
-                                "write the shard again with `vit shard`")
+                raise DataError(
+                    f"{url}: sample {sample.get('__key__')} lacks its image or class",
+                    "write the shard again with `vit shard`",
+                )
             name = f"{url.rsplit('/', 1)[-1]}:{sample['__key__']}.{ext}"
             yield (self.offsets[where[url]] + index, name, ext, sample[ext], int(sample["cls"].decode()))
 
@@ -146,8 +154,10 @@ class ShardStream:
                 if given == lay.per_stream:
                     return
             if got == 0:
-                raise DataError(f"stream {t} of the training shards holds no samples",
-                                "check the shards: every one should hold samples")
+                raise DataError(
+                    f"stream {t} of the training shards holds no samples",
+                    "check the shards: every one should hold samples",
+                )
             repeat += 1  # padded: the stream's shards again, in another order
 
     def decode(self, item, repeat: int, epoch: int):
@@ -163,15 +173,17 @@ class ShardStream:
         if self.augment_seed is None:
             return Sample(j, self.transform(image), label)
         # a padding repeat of sample j is augmented afresh: (j + repeat x N) is another draw
-        return Sample(j, seeded_transform(self.transform, image, self.augment_seed, epoch,
-                                          j + repeat * len(self)), label)
+        return Sample(
+            j, seeded_transform(self.transform, image, self.augment_seed, epoch, j + repeat * len(self)), label
+        )
 
 
 class EpochStream(torch.utils.data.IterableDataset):
     """One rank's batches of one epoch from batch start // micro on, split among DataLoader workers."""
 
-    def __init__(self, data: ShardStream, lay: Layout, *, epoch: int, start: int, micro: int, rank: int,
-                 world: int, seed: int):
+    def __init__(
+        self, data: ShardStream, lay: Layout, *, epoch: int, start: int, micro: int, rank: int, world: int, seed: int
+    ):
         super().__init__()
         self.data, self.lay, self.epoch, self.micro = data, lay, epoch, micro
         self.rank, self.world, self.seed = rank, world, seed

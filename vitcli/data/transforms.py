@@ -94,10 +94,14 @@ class EvalTransform:
 
 def supports(data_config: dict) -> bool:
     try:
-        return (len(data_config["input_size"]) == 3 and data_config["input_size"][0] == 3
-                and (data_config.get("crop_mode") or "center") in {"center", "squash"}
-                and (data_config.get("interpolation") or "bilinear") in _PIL_INTERP
-                and len(data_config["mean"]) == 3 and len(data_config["std"]) == 3)
+        return (
+            len(data_config["input_size"]) == 3
+            and data_config["input_size"][0] == 3
+            and (data_config.get("crop_mode") or "center") in {"center", "squash"}
+            and (data_config.get("interpolation") or "bilinear") in _PIL_INTERP
+            and len(data_config["mean"]) == 3
+            and len(data_config["std"]) == 3
+        )
     except (KeyError, TypeError):
         return False
 
@@ -126,11 +130,22 @@ def train_transform(data_config: dict, *, crop_scale, hflip: float, aa: str | No
     from vitcli.errors import UsageError
 
     try:
-        return create_transform(input_size=data_config["input_size"], is_training=True, scale=tuple(crop_scale),
-                                hflip=hflip, color_jitter=None, auto_augment=None if aa in (None, "none") else aa,
-                                re_prob=reprob, re_mode="pixel", re_count=1,
-                                interpolation=data_config.get("interpolation", "bicubic"),
-                                mean=data_config["mean"], std=data_config["std"])
+        return create_transform(
+            input_size=data_config["input_size"],
+            is_training=True,
+            scale=tuple(crop_scale),
+            hflip=hflip,
+            color_jitter=None,
+            auto_augment=None if aa in (None, "none") else aa,
+            re_prob=reprob,
+            re_mode="pixel",
+            re_count=1,
+            interpolation=data_config.get("interpolation", "bicubic"),
+            mean=data_config["mean"],
+            std=data_config["std"],
+        )
     except (AssertionError, ValueError, KeyError, IndexError) as e:  # timm's parse of the policy string
-        raise UsageError(f"--aa {aa!r}: timm cannot read this policy ({e or type(e).__name__})",
-                         "e.g. rand-m9-mstd0.5-inc1 (RandAugment: magnitude 9, its std 0.5, increasing)") from None
+        raise UsageError(
+            f"--aa {aa!r}: timm cannot read this policy ({e or type(e).__name__})",
+            "e.g. rand-m9-mstd0.5-inc1 (RandAugment: magnitude 9, its std 0.5, increasing)",
+        ) from None

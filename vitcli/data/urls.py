@@ -43,8 +43,11 @@ def _read(response, url: str, max_bytes: int, limit: float) -> bytes:
     while size <= max_bytes:
         if time.monotonic() > deadline:
             raise ImageError(url, f"cannot fetch (the download took over {limit:g} s; {size:,} bytes came)")
-        chunk = response.read1(min(CHUNK, max_bytes + 1 - size)) if hasattr(response, "read1") else \
-            response.read(min(CHUNK, max_bytes + 1 - size))
+        chunk = (
+            response.read1(min(CHUNK, max_bytes + 1 - size))
+            if hasattr(response, "read1")
+            else response.read(min(CHUNK, max_bytes + 1 - size))
+        )
         if not chunk:
             break
         chunks.append(chunk)

@@ -40,8 +40,9 @@ def require():
     try:
         import webdataset
     except ImportError:
-        raise VitError("WebDataset shards need the webdataset package, which is not installed",
-                       "pip install 'vitcli[wds]'") from None
+        raise VitError(
+            "WebDataset shards need the webdataset package, which is not installed", "pip install 'vitcli[wds]'"
+        ) from None
     return webdataset
 
 
@@ -80,29 +81,37 @@ def _read_json(location: str) -> dict:
         else:
             meta = json.loads(Path(location).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise DataError(f"cannot read the shards' description {location}: {e}",
-                        "write the shards with `vit shard SRC OUT` (it puts SPLIT.json beside them)") from None
+        raise DataError(
+            f"cannot read the shards' description {location}: {e}",
+            "write the shards with `vit shard SRC OUT` (it puts SPLIT.json beside them)",
+        ) from None
     if not isinstance(meta, dict) or not {"split", "classes", "shards"} <= set(meta):
-        raise DataError(f"{location} is not a shards description written by vit shard",
-                        "write the shards with `vit shard SRC OUT`")
+        raise DataError(
+            f"{location} is not a shards description written by vit shard", "write the shards with `vit shard SRC OUT`"
+        )
     if not meta.get("complete", True):
-        raise DataError(f"the {meta['split']} shards described by {location} are not all written yet",
-                        "run the same `vit shard` command again: it resumes")
+        raise DataError(
+            f"the {meta['split']} shards described by {location} are not all written yet",
+            "run the same `vit shard` command again: it resumes",
+        )
     return meta
 
 
 def _expand(pattern: str) -> list[str]:
     from braceexpand import braceexpand
 
-    urls = [u for part in braceexpand(pattern) for u in ([part] if is_remote(part) or not glob.has_magic(part)
-                                                         else sorted(glob.glob(part)))]
+    urls = [
+        u
+        for part in braceexpand(pattern)
+        for u in ([part] if is_remote(part) or not glob.has_magic(part) else sorted(glob.glob(part)))
+    ]
     return urls
 
 
 def parse(spec: str) -> dict:
     """split -> SplitShards for `wds:DIR` or `wds:PATTERN`."""
     require()
-    body = str(spec)[len(PREFIX):]
+    body = str(spec)[len(PREFIX) :]
     if not body:
         raise UsageError("--dataset wds: needs a folder or a shard pattern", "e.g. --dataset wds:shards/")
     folder = Path(body).expanduser()
@@ -112,13 +121,17 @@ def parse(spec: str) -> dict:
             meta = _read_json(str(path))
             found[meta["split"]] = SplitShards(meta, [str(folder / s["name"]) for s in meta["shards"]])
         if not found:
-            raise DataError(f"{folder} holds no shards description (SPLIT.json)",
-                            f"write shards there with `vit shard SRC {folder}`")
+            raise DataError(
+                f"{folder} holds no shards description (SPLIT.json)",
+                f"write shards there with `vit shard SRC {folder}`",
+            )
         return found
     urls = _expand(os.path.expanduser(body) if not is_remote(body) else body)
     if not urls:
-        raise DataError(f"no shards match {body}", "give a folder written by vit shard, or a pattern such as "
-                                                   "shards/train-{000000..000009}.tar")
+        raise DataError(
+            f"no shards match {body}",
+            "give a folder written by vit shard, or a pattern such as shards/train-{000000..000009}.tar",
+        )
     first = urls[0]
     split = _basename(first).rsplit("-", 1)[0]
     where = first[: len(first) - len(_basename(first))]
@@ -126,8 +139,10 @@ def parse(spec: str) -> dict:
     known = {s["name"] for s in meta["shards"]}
     unknown = [u for u in urls if _basename(u) not in known]
     if unknown:
-        raise DataError(f"{_basename(unknown[0])} is not a shard of {where}{split}.json",
-                        "give shards of one split, written by one `vit shard`")
+        raise DataError(
+            f"{_basename(unknown[0])} is not a shard of {where}{split}.json",
+            "give shards of one split, written by one `vit shard`",
+        )
     return {meta["split"]: SplitShards(meta, urls)}
 
 
@@ -153,8 +168,10 @@ def index(shards: SplitShards) -> Records:
     labels, entries, names = [], [], []
     for url in shards.urls:
         if is_remote(url):
-            raise DataError(f"{url} is remote: only the training split is streamed",
-                            "copy the evaluation shards to a local folder (they are read at random)")
+            raise DataError(
+                f"{url} is remote: only the training split is streamed",
+                "copy the evaluation shards to a local folder (they are read at random)",
+            )
         try:
             with tarfile.open(url, "r:") as tar:
                 samples: dict = {}
@@ -168,8 +185,9 @@ def index(shards: SplitShards) -> Records:
                     else:
                         item["image"] = (url, m.offset_data, m.size)
         except (OSError, tarfile.TarError, ValueError) as e:
-            raise DataError(f"cannot read the shard {url}: {e}", "write it again with `vit shard` "
-                                                                 "(delete the file first)") from None
+            raise DataError(
+                f"cannot read the shard {url}: {e}", "write it again with `vit shard` (delete the file first)"
+            ) from None
         for key, item in samples.items():
             if "cls" not in item or "image" not in item:
                 raise DataError(f"{url}: sample {key} lacks its image or class", "write the shard again")
@@ -195,8 +213,10 @@ class ShardSource:
     @property
     def _parts(self):
         """What a folder source keeps per split; shards have none to convert (multi-hot labels)."""
-        raise UsageError("--multi-label on WebDataset shards: shards hold one class index per image",
-                         "train multi-label on the folder or Hugging Face dataset itself")
+        raise UsageError(
+            "--multi-label on WebDataset shards: shards hold one class index per image",
+            "train multi-label on the folder or Hugging Face dataset itself",
+        )
 
     @property
     def num_classes(self) -> int:
@@ -247,7 +267,9 @@ def open_shards(spec: str) -> ShardSource:
     classes = found[splits[0]].meta["classes"]
     for s in splits[1:]:
         if found[s].meta["classes"] != classes:
-            raise DataError(f"{spec}: the {s} shards have other classes than the {splits[0]} shards",
-                            "shard every split of one dataset with one `vit shard`")
-    name = found[splits[0]].meta.get("source") or _basename(spec[len(PREFIX):]) or "shards"
-    return ShardSource(f"{name} (wds)", list(classes), splits, spec[len(PREFIX):], {s: found[s] for s in splits})
+            raise DataError(
+                f"{spec}: the {s} shards have other classes than the {splits[0]} shards",
+                "shard every split of one dataset with one `vit shard`",
+            )
+    name = found[splits[0]].meta.get("source") or _basename(spec[len(PREFIX) :]) or "shards"
+    return ShardSource(f"{name} (wds)", list(classes), splits, spec[len(PREFIX) :], {s: found[s] for s in splits})

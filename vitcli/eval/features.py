@@ -33,11 +33,15 @@ def weights_digest(model) -> str:
     return h.hexdigest()
 
 
-def cache_key(model_digest: str, dataset_identity: str, split: str, data_config: dict,
-              precision: str = "fp32") -> str:
+def cache_key(model_digest: str, dataset_identity: str, split: str, data_config: dict, precision: str = "fp32") -> str:
     """Features differ by model, images, preprocessing and precision (fp32 keys stay as they were)."""
-    fields = {"v": FEATURE_CACHE_VERSION, "model": model_digest, "dataset": dataset_identity, "split": split,
-              "preprocessing": _jsonable(data_config)}
+    fields = {
+        "v": FEATURE_CACHE_VERSION,
+        "model": model_digest,
+        "dataset": dataset_identity,
+        "split": split,
+        "preprocessing": _jsonable(data_config),
+    }
     if precision != "fp32":
         fields["precision"] = precision
     payload = json.dumps(fields, sort_keys=True)
@@ -91,10 +95,12 @@ class FeatureStore:
         if self.path is None:
             return
         indices = sorted(self.features)
-        data = {"indices": torch.tensor(indices, dtype=torch.long),
-                "features": torch.stack([self.features[i] for i in indices]) if indices else torch.zeros(0, 0),
-                "failed_indices": torch.tensor(sorted(self.failed), dtype=torch.long),
-                "failed_reasons": [self.failed[i] for i in sorted(self.failed)]}
+        data = {
+            "indices": torch.tensor(indices, dtype=torch.long),
+            "features": torch.stack([self.features[i] for i in indices]) if indices else torch.zeros(0, 0),
+            "failed_indices": torch.tensor(sorted(self.failed), dtype=torch.long),
+            "failed_reasons": [self.failed[i] for i in sorted(self.failed)],
+        }
         atomic_write(self.path, lambda tmp: torch.save(data, tmp))
 
     def gather(self, indices) -> tuple[object, list[int]]:
@@ -107,8 +113,17 @@ class FeatureStore:
         return torch.stack([self.features[i] for i in kept]), kept
 
 
-def extract(store: FeatureStore, loaded, runtime, split, indices, *, batch_size: int, workers: int | None,
-            progress=lambda n=1: None) -> int:
+def extract(
+    store: FeatureStore,
+    loaded,
+    runtime,
+    split,
+    indices,
+    *,
+    batch_size: int,
+    workers: int | None,
+    progress=lambda n=1: None,
+) -> int:
     """Run the images of `indices` that the store lacks through the model; returns how many ran."""
     from vitcli import accel
     from vitcli.data.transforms import eval_transform

@@ -24,11 +24,12 @@ import numpy as np
 from vitcli.errors import DataError, UsageError
 from vitcli.eval.features import FeatureStore, cache_key, extract, features_dir, weights_digest
 
-DEFAULT_L2 = 2.0 ** 10
+DEFAULT_L2 = 2.0**10
 BIAS_CONSTANT = 100.0  # big_vision: large, so the bias is almost unregularised
 
 
 # ----------------------------------------------------------------------------- the solver (pure torch)
+
 
 @dataclass
 class RidgeCache:
@@ -119,7 +120,9 @@ def parse_l2_list(text: str) -> list[float]:
             else:
                 values.append(float(part))
         except (ValueError, OverflowError):
-            raise UsageError(f"--l2 {text!r}: expected numbers separated by commas", "e.g. 1024 or 256,1024,4096") from None
+            raise UsageError(
+                f"--l2 {text!r}: expected numbers separated by commas", "e.g. 1024 or 256,1024,4096"
+            ) from None
     if not values or any(not math.isfinite(v) or v < 0 for v in values):
         raise UsageError(f"--l2 {text!r}: expected finite non-negative numbers", "e.g. 1024 or 256,1024,4096")
     return values
@@ -127,8 +130,21 @@ def parse_l2_list(text: str) -> list[float]:
 
 # ----------------------------------------------------------------------------- the evaluation
 
-def run(loaded, runtime, train, test, *, shots, seeds: int, l2, batch_size: int, workers: int | None,
-        use_cache: bool, progress_factory=None) -> dict:
+
+def run(
+    loaded,
+    runtime,
+    train,
+    test,
+    *,
+    shots,
+    seeds: int,
+    l2,
+    batch_size: int,
+    workers: int | None,
+    use_cache: bool,
+    progress_factory=None,
+) -> dict:
     """Few-shot accuracy (percent) per shot count: mean and std over `seeds` draws, for each L2 strength.
 
     `train` and `test` are `vitcli.eval.splits.Split`s of one dataset (same classes).
@@ -146,8 +162,10 @@ def run(loaded, runtime, train, test, *, shots, seeds: int, l2, batch_size: int,
     if test.classes != classes:
         raise DataError(f"{train.name}: the {train.split} and {test.split} splits have different classes")
     if not hasattr(loaded.model, "forward_head"):
-        raise UsageError(f"few-shot evaluation needs the model's pre-logit features, which {loaded.source.spec} does "
-                         "not expose", "use the torch model (timm name, hf-hub: id or folder), not an export")
+        raise UsageError(
+            f"few-shot evaluation needs the model's pre-logit features, which {loaded.source.spec} does not expose",
+            "use the torch model (timm name, hf-hub: id or folder), not an export",
+        )
     num_classes = len(classes)
     largest = int(np.bincount(np.asarray(train.targets), minlength=num_classes).max())
     reduced = {str(k): largest for k in shots if k > largest}  # more shots than any class has: all of them
@@ -158,8 +176,12 @@ def run(loaded, runtime, train, test, *, shots, seeds: int, l2, batch_size: int,
     digest = weights_digest(loaded.model)
     stores = {}
     for split in (train, test):
-        path = features_dir() / f"{cache_key(digest, split.identity, split.split, loaded.data_config, runtime.precision)}.pt" \
-            if use_cache else None
+        path = (
+            features_dir()
+            / f"{cache_key(digest, split.identity, split.split, loaded.data_config, runtime.precision)}.pt"
+            if use_cache
+            else None
+        )
         stores[split.split] = FeatureStore.open(path)
     train_store, test_store = stores[train.split], stores[test.split]
 
@@ -169,10 +191,12 @@ def run(loaded, runtime, train, test, *, shots, seeds: int, l2, batch_size: int,
     todo = len(train_store.missing(needed_train)) + len(test_store.missing(needed_test))
     computed = 0
     with progress_factory("features", todo) as advance:
-        computed += extract(train_store, loaded, runtime, train, needed_train, batch_size=batch_size,
-                            workers=workers, progress=advance)
-        computed += extract(test_store, loaded, runtime, test, needed_test, batch_size=batch_size,
-                            workers=workers, progress=advance)
+        computed += extract(
+            train_store, loaded, runtime, train, needed_train, batch_size=batch_size, workers=workers, progress=advance
+        )
+        computed += extract(
+            test_store, loaded, runtime, test, needed_test, batch_size=batch_size, workers=workers, progress=advance
+        )
 
     x_test, kept_test = test_store.gather(needed_test)
     if not kept_test:
@@ -198,20 +222,39 @@ def run(loaded, runtime, train, test, *, shots, seeds: int, l2, batch_size: int,
             results[value][str(k)] = {
                 "mean": round(float(accs.mean()), 2),
                 "std": round(float(accs.std(ddof=1)) if len(accs) > 1 else 0.0, 2),
-                "seeds": seeds, "l2": value, "accuracies": [round(float(a), 2) for a in accs]}
+                "seeds": seeds,
+                "l2": value,
+                "accuracies": [round(float(a), 2) for a in accs],
+            }
 
     used = set(needed_train)
-    failed = [{"split": train.split, "path": train.describe(i), "error": r}
-              for i, r in sorted(train_store.failed.items()) if i in used]
-    failed += [{"split": test.split, "path": test.describe(i), "error": r} for i, r in sorted(test_store.failed.items())]
+    failed = [
+        {"split": train.split, "path": train.describe(i), "error": r}
+        for i, r in sorted(train_store.failed.items())
+        if i in used
+    ]
+    failed += [
+        {"split": test.split, "path": test.describe(i), "error": r} for i, r in sorted(test_store.failed.items())
+    ]
     summary = {
-        "model": loaded.source.spec, "architecture": loaded.architecture, "dataset": train.name,
-        "train_split": train.split, "test_split": test.split, "num_classes": num_classes,
-        "num_train": len(train.targets), "num_test": len(kept_test), "feature_dim": int(x_test.shape[1]),
-        "l2": l2[0] if len(l2) == 1 else l2, "few_shot": results[l2[0]],
-        "forward_passes": computed, "num_failed": len(failed), "failed": failed,
+        "model": loaded.source.spec,
+        "architecture": loaded.architecture,
+        "dataset": train.name,
+        "train_split": train.split,
+        "test_split": test.split,
+        "num_classes": num_classes,
+        "num_train": len(train.targets),
+        "num_test": len(kept_test),
+        "feature_dim": int(x_test.shape[1]),
+        "l2": l2[0] if len(l2) == 1 else l2,
+        "few_shot": results[l2[0]],
+        "forward_passes": computed,
+        "num_failed": len(failed),
+        "failed": failed,
         "seconds": round(time.perf_counter() - started, 2),
-        "backend": "torch", "device": str(runtime.device), "precision": runtime.precision,
+        "backend": "torch",
+        "device": str(runtime.device),
+        "precision": runtime.precision,
     }
     if len(l2) > 1:
         summary["l2_sweep"] = {_l2_key(value): results[value] for value in l2}

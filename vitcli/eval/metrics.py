@@ -45,14 +45,15 @@ def topk_correct(logits, targets, ks=(1, 5)) -> dict[int, int]:
     targets = torch.as_tensor(targets).reshape(-1, 1)
     top = topk_indices(logits, max(ks))
     hits = top == targets  # (N, K)
-    return {k: int(hits[:, :min(k, top.shape[1])].any(dim=1).sum()) for k in ks}
+    return {k: int(hits[:, : min(k, top.shape[1])].any(dim=1).sum()) for k in ks}
 
 
 def confusion_matrix(preds, targets, num_classes: int) -> np.ndarray:
     """(C, C) counts, rows = true class, columns = predicted class."""
     preds, targets = _np(preds).astype(np.int64).ravel(), _np(targets).astype(np.int64).ravel()
-    return np.bincount(targets * num_classes + preds, minlength=num_classes * num_classes) \
-        .reshape(num_classes, num_classes)
+    return np.bincount(targets * num_classes + preds, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
 
 
 def calibration_bins(confidence, correct, n_bins: int = ECE_BINS):
@@ -95,8 +96,14 @@ def per_class_stats(cm: np.ndarray) -> dict[str, np.ndarray]:
     both = precision + np.nan_to_num(recall)
     f1 = np.divide(2 * precision * np.nan_to_num(recall), both, out=np.zeros_like(tp), where=both > 0)
     f1[support == 0] = np.nan
-    return {"support": support.astype(np.int64), "correct": tp.astype(np.int64), "predicted": predicted.astype(np.int64),
-            "precision": precision, "recall": recall, "f1": f1}
+    return {
+        "support": support.astype(np.int64),
+        "correct": tp.astype(np.int64),
+        "predicted": predicted.astype(np.int64),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+    }
 
 
 def per_class_rows(cm: np.ndarray, names: list[str]) -> list[dict]:
@@ -114,10 +121,19 @@ def per_class_rows(cm: np.ndarray, names: list[str]) -> list[dict]:
             continue
         off = cm[c].copy()
         off[c] = 0
-        rows.append({"index": c, "name": names[c], "support": int(stats["support"][c]),
-                     "correct": int(stats["correct"][c]), "predicted": int(stats["predicted"][c]),
-                     "accuracy": pct(stats["recall"][c]), "precision": pct(stats["precision"][c]),
-                     "f1": pct(stats["f1"][c]), "most_confused_with": names[int(off.argmax())] if off.max() > 0 else ""})
+        rows.append(
+            {
+                "index": c,
+                "name": names[c],
+                "support": int(stats["support"][c]),
+                "correct": int(stats["correct"][c]),
+                "predicted": int(stats["predicted"][c]),
+                "accuracy": pct(stats["recall"][c]),
+                "precision": pct(stats["precision"][c]),
+                "f1": pct(stats["f1"][c]),
+                "most_confused_with": names[int(off.argmax())] if off.max() > 0 else "",
+            }
+        )
     return rows
 
 

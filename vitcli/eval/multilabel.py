@@ -62,8 +62,13 @@ def counts(scores, targets, thresholds) -> dict[str, np.ndarray]:
     """Per class: true positives, false positives, false negatives, support at the thresholds."""
     predicted = np.asarray(scores) >= np.asarray(thresholds, dtype=np.float64)[None, :]
     truth = np.asarray(targets).astype(bool)
-    return {"tp": (predicted & truth).sum(0), "fp": (predicted & ~truth).sum(0), "fn": (~predicted & truth).sum(0),
-            "support": truth.sum(0), "predicted": predicted.sum(0)}
+    return {
+        "tp": (predicted & truth).sum(0),
+        "fp": (predicted & ~truth).sum(0),
+        "fn": (~predicted & truth).sum(0),
+        "support": truth.sum(0),
+        "predicted": predicted.sum(0),
+    }
 
 
 def _prf(tp, fp, fn):
@@ -84,9 +89,16 @@ def threshold_scores(scores, targets, thresholds) -> dict:
     predicted = np.asarray(scores) >= np.asarray(thresholds)[None, :]
     exact = float(np.mean((predicted == np.asarray(targets).astype(bool)).all(1))) if len(predicted) else 0.0
     pct = lambda v: round(100.0 * float(v), 4)
-    return {"micro_precision": pct(micro[0]), "micro_recall": pct(micro[1]), "micro_f1": pct(micro[2]),
-            "macro_precision": pct(macro[0]), "macro_recall": pct(macro[1]), "macro_f1": pct(macro[2]),
-            "exact_match": pct(exact), "per_class": {"precision": precision, "recall": recall, "f1": f1, **c}}
+    return {
+        "micro_precision": pct(micro[0]),
+        "micro_recall": pct(micro[1]),
+        "micro_f1": pct(micro[2]),
+        "macro_precision": pct(macro[0]),
+        "macro_recall": pct(macro[1]),
+        "macro_f1": pct(macro[2]),
+        "exact_match": pct(exact),
+        "per_class": {"precision": precision, "recall": recall, "f1": f1, **c},
+    }
 
 
 def choose_thresholds(scores, targets, default: float = DEFAULT_THRESHOLD, prior: float = PRIOR) -> list[float]:

@@ -46,8 +46,16 @@ def model_targets(loaded, split: Split) -> np.ndarray:
     return out
 
 
-def run(loaded, runtime, split: Split, *, batch_size: int, workers: int | None, threshold: float | None,
-        progress=lambda n=1: None) -> MultiLabelResult:
+def run(
+    loaded,
+    runtime,
+    split: Split,
+    *,
+    batch_size: int,
+    workers: int | None,
+    threshold: float | None,
+    progress=lambda n=1: None,
+) -> MultiLabelResult:
     from vitcli import accel, output
     from vitcli.data.transforms import eval_transform
     from vitcli.inference.forward import Throughput, forward
@@ -71,34 +79,64 @@ def run(loaded, runtime, split: Split, *, batch_size: int, workers: int | None, 
         progress(len(batch.positions) + len(batch.skipped))
     seconds = time.perf_counter() - started
     if not order:
-        raise DataError(f"none of the {len(split)} images of {split.name} could be read",
-                        f"first failure: {failed[0]['path']}: {failed[0]['error']}" if failed else None)
+        raise DataError(
+            f"none of the {len(split)} images of {split.name} could be read",
+            f"first failure: {failed[0]['path']}: {failed[0]['error']}" if failed else None,
+        )
     logits = np.concatenate(logits)
     scores, truth = ml.sigmoid(logits), targets[order]
     ap = ml.per_class_ap(scores, truth)
     at = ml.threshold_scores(scores, truth, thresholds)
     names = list(loaded.label_names)
-    summary = {"model": loaded.source.spec, "architecture": loaded.architecture, "dataset": split.name,
-               "split": split.split, "multi_label": True, "num_images": len(order), "mAP": round(100 * ml.mean_ap(ap), 4),
-               "loss": round(ml.bce(logits, truth), 6),
-               **{k: v for k, v in at.items() if k != "per_class"},
-               "thresholds": "given" if threshold is not None else "chosen" if loaded.config.get("thresholds") else "0.5",
-               "num_classes": loaded.num_classes, "num_failed": len(failed), "failed": failed,
-               "seconds": round(seconds, 2), "images_per_second": round(len(order) / seconds, 1) if seconds else None,
-               **throughput.to_json(), "device": runtime.describe(), "precision": runtime.precision}
+    summary = {
+        "model": loaded.source.spec,
+        "architecture": loaded.architecture,
+        "dataset": split.name,
+        "split": split.split,
+        "multi_label": True,
+        "num_images": len(order),
+        "mAP": round(100 * ml.mean_ap(ap), 4),
+        "loss": round(ml.bce(logits, truth), 6),
+        **{k: v for k, v in at.items() if k != "per_class"},
+        "thresholds": "given" if threshold is not None else "chosen" if loaded.config.get("thresholds") else "0.5",
+        "num_classes": loaded.num_classes,
+        "num_failed": len(failed),
+        "failed": failed,
+        "seconds": round(seconds, 2),
+        "images_per_second": round(len(order) / seconds, 1) if seconds else None,
+        **throughput.to_json(),
+        "device": runtime.describe(),
+        "precision": runtime.precision,
+    }
     c = at["per_class"]
-    per_class = [{"index": k, "name": names[k], "support": int(c["support"][k]), "predicted": int(c["predicted"][k]),
-                  "ap": None if np.isnan(ap[k]) else round(100 * float(ap[k]), 4), "threshold": thresholds[k],
-                  "precision": round(100 * float(c["precision"][k]), 4), "recall": round(100 * float(c["recall"][k]), 4),
-                  "f1": round(100 * float(c["f1"][k]), 4)} for k in range(loaded.num_classes)]
+    per_class = [
+        {
+            "index": k,
+            "name": names[k],
+            "support": int(c["support"][k]),
+            "predicted": int(c["predicted"][k]),
+            "ap": None if np.isnan(ap[k]) else round(100 * float(ap[k]), 4),
+            "threshold": thresholds[k],
+            "precision": round(100 * float(c["precision"][k]), 4),
+            "recall": round(100 * float(c["recall"][k]), 4),
+            "f1": round(100 * float(c["f1"][k]), 4),
+        }
+        for k in range(loaded.num_classes)
+    ]
     predicted = scores >= np.asarray(thresholds)[None, :]
-    predictions = [{"path": split.describe(pos), "true": " ".join(names[k] for k in np.flatnonzero(truth[i])),
-                    "predicted": " ".join(names[k] for k in np.flatnonzero(predicted[i]))}
-                   for i, pos in enumerate(order)]
+    predictions = [
+        {
+            "path": split.describe(pos),
+            "true": " ".join(names[k] for k in np.flatnonzero(truth[i])),
+            "predicted": " ".join(names[k] for k in np.flatnonzero(predicted[i])),
+        }
+        for i, pos in enumerate(order)
+    ]
     return MultiLabelResult(summary, names, per_class, predictions, scores, truth)
 
 
 # ----------------------------------------------------------------------------- --out-dir
+
 
 def pr_curves_png(result: MultiLabelResult, path: Path, title: str = "", most: int = 20) -> Path:
     """Precision-recall curves of (up to `most`) classes, labelled with their AP."""
@@ -111,8 +149,13 @@ def pr_curves_png(result: MultiLabelResult, path: Path, title: str = "", most: i
     ax = fig.subplots()
     for r in rows:
         recall, precision = ml.pr_curve(result.scores[:, r["index"]], result.targets[:, r["index"]])
-        ax.step(np.r_[0.0, recall], np.r_[1.0, precision], where="post", linewidth=1.2,
-                label=f"{str(r['name'])[:20]} (AP {r['ap']:.1f})")
+        ax.step(
+            np.r_[0.0, recall],
+            np.r_[1.0, precision],
+            where="post",
+            linewidth=1.2,
+            label=f"{str(r['name'])[:20]} (AP {r['ap']:.1f})",
+        )
     ax.set_xlim(0, 1.0)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")
@@ -137,10 +180,13 @@ def write_artefacts(result: MultiLabelResult, out_dir: Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     cols = ["index", "name", "support", "predicted", "ap", "threshold", "precision", "recall", "f1"]
-    files = {"metrics.json": dumps({**result.summary, "per_class": result.per_class}, indent=2) + "\n",
-             "per_class.csv": table([cols] + [["" if r[c] is None else r[c] for c in cols] for r in result.per_class]),
-             "predictions.csv": table([["path", "true", "predicted"]]
-                                      + [[p["path"], p["true"], p["predicted"]] for p in result.predictions])}
+    files = {
+        "metrics.json": dumps({**result.summary, "per_class": result.per_class}, indent=2) + "\n",
+        "per_class.csv": table([cols] + [["" if r[c] is None else r[c] for c in cols] for r in result.per_class]),
+        "predictions.csv": table(
+            [["path", "true", "predicted"]] + [[p["path"], p["true"], p["predicted"]] for p in result.predictions]
+        ),
+    }
     written = [atomic_write(out_dir / name, text) for name, text in files.items()]
     s = result.summary
     title = f"{s['architecture']} on {s['dataset']} ({s['split']}): mAP {s['mAP']:.2f} %"

@@ -47,8 +47,15 @@ def _heatmap(ax, cm: np.ndarray, labels: list[str], annotate: bool) -> None:
         for i in range(cm.shape[0]):
             for j in range(cm.shape[1]):
                 if cm[i, j]:
-                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=6,
-                            color="white" if share[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(int(cm[i, j])),
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if share[i, j] > 0.5 else "black",
+                    )
 
 
 def confusion_png(cm, class_names: list[str], path: Path, title: str = "") -> Path:
@@ -80,9 +87,11 @@ def confusion_png(cm, class_names: list[str], path: Path, title: str = "") -> Pa
             ax.set_title(f"{len(chosen)} most confused of {n} classes (rows normalised)", fontsize=9)
             top = pairs[:TOP_PAIRS][::-1]
             bars.barh(range(len(top)), [c for _, _, c in top], color="tab:red")
-            bars.set_yticks(range(len(top)),
-                            [f"{_short(class_names[t], 20)} → {_short(class_names[p], 20)}" for t, p, _ in top],
-                            fontsize=7)
+            bars.set_yticks(
+                range(len(top)),
+                [f"{_short(class_names[t], 20)} → {_short(class_names[p], 20)}" for t, p, _ in top],
+                fontsize=7,
+            )
             bars.xaxis.set_major_locator(MaxNLocator(integer=True))
             bars.set_xlabel("images")
             bars.set_title(f"top {len(top)} confusions (true → predicted)", fontsize=9)
@@ -104,9 +113,10 @@ def write_artefacts(result, out_dir: Path) -> list[Path]:
         PER_CLASS: _per_class_csv(result.per_class),
         CONFUSION_CSV: _confusion_csv(result.confusion, result.class_names),
         # one row per readable image, as timm's inference script writes them
-        PREDICTIONS: _csv([["path", "true_index", "top1_index", "top1_score"]]
-                                + [[p["path"], p["true_index"], p["top1_index"], f"{p['top1_score']:.6f}"]
-                                   for p in result.predictions]),
+        PREDICTIONS: _csv(
+            [["path", "true_index", "top1_index", "top1_score"]]
+            + [[p["path"], p["true_index"], p["top1_index"], f"{p['top1_score']:.6f}"] for p in result.predictions]
+        ),
     }
     written = [atomic_write(out_dir / name, text) for name, text in files.items()]
     title = f"{result.summary['architecture']} on {result.summary['dataset']} ({result.summary['split']})"
@@ -121,9 +131,11 @@ def write_confusion(cm, class_names: list[str], out_dir: Path, title: str = "") 
 
     out_dir = Path(out_dir)
     cm = np.asarray(cm)
-    return [atomic_write(out_dir / PER_CLASS, _per_class_csv(per_class_rows(cm, class_names))),
-            atomic_write(out_dir / CONFUSION_CSV, _confusion_csv(cm, class_names)),
-            confusion_png(cm, class_names, out_dir / CONFUSION_PNG, title=title)]
+    return [
+        atomic_write(out_dir / PER_CLASS, _per_class_csv(per_class_rows(cm, class_names))),
+        atomic_write(out_dir / CONFUSION_CSV, _confusion_csv(cm, class_names)),
+        confusion_png(cm, class_names, out_dir / CONFUSION_PNG, title=title),
+    ]
 
 
 def _per_class_csv(per_class: list[dict]) -> str:
@@ -133,8 +145,10 @@ def _per_class_csv(per_class: list[dict]) -> str:
 
 def _confusion_csv(cm, class_names: list[str]) -> str:
     # rows = true class, columns = predicted class
-    return _csv([["true \\ predicted"] + list(class_names)] + [[name] + list(map(int, row))
-                                                               for name, row in zip(class_names, np.asarray(cm))])
+    return _csv(
+        [["true \\ predicted"] + list(class_names)]
+        + [[name] + list(map(int, row)) for name, row in zip(class_names, np.asarray(cm))]
+    )
 
 
 def _csv(rows) -> str:

@@ -63,8 +63,10 @@ def read_images(where: Path | str, data_config: dict, limit: int | None = None):
         except ImageError:
             continue
     if not arrays:
-        raise DataError(f"{where}: no readable image to calibrate or check the export on",
-                        "give a folder of images the model is meant for")
+        raise DataError(
+            f"{where}: no readable image to calibrate or check the export on",
+            "give a folder of images the model is meant for",
+        )
     return np.stack(arrays)
 
 
@@ -82,7 +84,7 @@ def torch_top1(model, images, batch_size: int = 25):
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
-            out.append(model(torch.from_numpy(images[i:i + batch_size])).float().argmax(1).numpy())
+            out.append(model(torch.from_numpy(images[i : i + batch_size])).float().argmax(1).numpy())
     return np.concatenate(out)
 
 
@@ -92,7 +94,7 @@ def file_top1(run, images, batch_size: int = 25):
 
     out = []
     for i in range(0, len(images), batch_size):
-        logits = run(images[i:i + batch_size])
+        logits = run(images[i : i + batch_size])
         out.append(np.asarray(logits.detach() if hasattr(logits, "detach") else logits).argmax(1))
     return np.concatenate(out)
 

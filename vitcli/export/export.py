@@ -53,12 +53,21 @@ class ExportResult:
     size_bytes: int = 0
 
     def to_json(self) -> dict:
-        return {"path": display(self.path), "format": self.format, "architecture": self.architecture,
-                "input_size": self.input_size, "dynamic_batch": self.dynamic_batch, "precision": self.precision,
-                "max_abs_diff": self.max_abs_diff, "seconds": self.seconds,
-                **(self.agreement.to_json() if self.agreement else {}), "min_agreement": self.min_agreement,
-                "forced": self.forced, "size_bytes": self.size_bytes,
-                **({"quantization": self.quantization} if self.quantization else {})}
+        return {
+            "path": display(self.path),
+            "format": self.format,
+            "architecture": self.architecture,
+            "input_size": self.input_size,
+            "dynamic_batch": self.dynamic_batch,
+            "precision": self.precision,
+            "max_abs_diff": self.max_abs_diff,
+            "seconds": self.seconds,
+            **(self.agreement.to_json() if self.agreement else {}),
+            "min_agreement": self.min_agreement,
+            "forced": self.forced,
+            "size_bytes": self.size_bytes,
+            **({"quantization": self.quantization} if self.quantization else {}),
+        }
 
 
 def default_path(spec: str, fmt: str, precision: str = "fp32") -> Path:
@@ -89,11 +98,24 @@ def _check_options(fmt: str, output: Path, quantize: str | None, half: bool, cal
     return "int8" if quantize else "fp16" if half else "fp32"
 
 
-def export(spec: str, fmt: str = "onnx", output: Path | None = None, *, img_size: int | None = None,
-           dynamic_batch: bool = True, opset: int = DEFAULT_OPSET, tolerance: float = TOLERANCE,
-           quantize: str | None = None, half: bool = False, calib: Path | None = None, check: Path | None = None,
-           min_agreement: float | None = None, force: bool = False, log=lambda message: None,
-           warn=lambda message: None) -> ExportResult:
+def export(
+    spec: str,
+    fmt: str = "onnx",
+    output: Path | None = None,
+    *,
+    img_size: int | None = None,
+    dynamic_batch: bool = True,
+    opset: int = DEFAULT_OPSET,
+    tolerance: float = TOLERANCE,
+    quantize: str | None = None,
+    half: bool = False,
+    calib: Path | None = None,
+    check: Path | None = None,
+    min_agreement: float | None = None,
+    force: bool = False,
+    log=lambda message: None,
+    warn=lambda message: None,
+) -> ExportResult:
     """Export `spec` (any model spec) to `output` in `fmt`, checked against the torch model."""
     import tempfile
     import time
@@ -103,8 +125,9 @@ def export(spec: str, fmt: str = "onnx", output: Path | None = None, *, img_size
     from vitcli.export import check as checks
     from vitcli.models.resolver import data_config_for, load_model
 
-    precision = _check_options(fmt, Path(output) if output is not None else Path("x" + SUFFIX.get(fmt, "")),
-                               quantize, half, calib)
+    precision = _check_options(
+        fmt, Path(output) if output is not None else Path("x" + SUFFIX.get(fmt, "")), quantize, half, calib
+    )
     output = Path(output) if output is not None else default_path(spec, fmt, precision)
     threshold = checks.min_agreement(precision, min_agreement)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -116,15 +139,20 @@ def export(spec: str, fmt: str = "onnx", output: Path | None = None, *, img_size
         data_config["input_size"] = (3, img_size, img_size)
     _, h, w = data_config["input_size"]
     example = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(0))
-    meta = {**metadata(loaded, data_config), "precision": precision,
-            "config": {k: v for k, v in (loaded.config or {}).items() if k == "multi_label"}}
+    meta = {
+        **metadata(loaded, data_config),
+        "precision": precision,
+        "config": {k: v for k, v in (loaded.config or {}).items() if k == "multi_label"},
+    }
     calib_images = checks.read_images(calib, data_config, limit=checks.CALIB_LIMIT) if calib is not None else None
     check_images = checks.read_images(check, data_config) if check is not None else calib_images
     on = "images" if check_images is not None else "random inputs"
     if check_images is None:
         check_images = checks.random_inputs(data_config)
-    log(f"exporting {loaded.architecture} ({h}x{w}) to {fmt}" + (" (the dynamo exporter takes 10-40 s)" if fmt != "pt2"
-                                                                 else ""))
+    log(
+        f"exporting {loaded.architecture} ({h}x{w}) to {fmt}"
+        + (" (the dynamo exporter takes 10-40 s)" if fmt != "pt2" else "")
+    )
     with tempfile.TemporaryDirectory(prefix=".vit-export-", dir=output.parent) as staging:
         staged = Path(staging) / output.name  # the file to check; moved to `output` once it passes
         quantization = None
@@ -136,18 +164,28 @@ def export(spec: str, fmt: str = "onnx", output: Path | None = None, *, img_size
             to_onnx(model, example, fp32, {**meta, "precision": "fp32"}, dynamic_batch=dynamic_batch, opset=opset)
             diff = check_onnx(model, fp32, example, dynamic_batch)
         if not diff <= tolerance:
-            raise ModelError(f"the exported {fmt} model differs from the torch model by {diff:.3g} (more than "
-                             f"{tolerance:g})", "nothing was kept; set VIT_DEBUG=1 and report it with the model name")
+            raise ModelError(
+                f"the exported {fmt} model differs from the torch model by {diff:.3g} (more than {tolerance:g})",
+                "nothing was kept; set VIT_DEBUG=1 and report it with the model name",
+            )
         if precision == "int8":
             from vitcli.export.quantize import quantize_int8
 
-            log("quantizing to int8 (" + ("static, calibrated on " + f"{len(calib_images)} images" if calib_images
-                                          is not None else "dynamic: no --calib images") + ")")
+            log(
+                "quantizing to int8 ("
+                + (
+                    "static, calibrated on " + f"{len(calib_images)} images"
+                    if calib_images is not None
+                    else "dynamic: no --calib images"
+                )
+                + ")"
+            )
             # which linears stay float is chosen on the calibration images when there are some, so that the
             # final check on --check images is a held-out measurement
             tune = calib_images if calib_images is not None else check_images
-            quantization = quantize_int8(fp32, staged, meta, calib=calib_images, check=tune, target=threshold,
-                                         log=log).to_json()
+            quantization = quantize_int8(
+                fp32, staged, meta, calib=calib_images, check=tune, target=threshold, log=log
+            ).to_json()
         elif (fmt, precision) == ("onnx", "fp16"):
             from vitcli.export.quantize import to_fp16
 
@@ -160,13 +198,17 @@ def export(spec: str, fmt: str = "onnx", output: Path | None = None, *, img_size
         agreed = checks.agreement(reference, checks.file_top1(checks.open_file_model(staged, fmt), check_images), on)
         log(f"top-1 agreement with the torch model: {agreed.describe()}")
         if agreed.rate < threshold and not force:
-            raise ModelError(f"the {precision} {fmt} export agrees with the torch model on {agreed.describe()}, "
-                             f"below --min-agreement {threshold:g}: nothing was kept",
-                             "keep it anyway with --force" + (", or calibrate on images like the ones it will see "
-                                                              "(--calib DIR)" if precision == "int8" else ""))
+            raise ModelError(
+                f"the {precision} {fmt} export agrees with the torch model on {agreed.describe()}, "
+                f"below --min-agreement {threshold:g}: nothing was kept",
+                "keep it anyway with --force"
+                + (", or calibrate on images like the ones it will see (--calib DIR)" if precision == "int8" else ""),
+            )
         if agreed.rate < threshold:
-            warn(f"KEPT BELOW THE THRESHOLD (--force): top-1 agreement {agreed.describe()} < {threshold:g}: "
-                 "this file does not predict as the torch model does")
+            warn(
+                f"KEPT BELOW THE THRESHOLD (--force): top-1 agreement {agreed.describe()} < {threshold:g}: "
+                "this file does not predict as the torch model does"
+            )
         if on == "random inputs":
             warn("checked on random inputs only: give --check DIR (or --calib DIR) to check the export on real images")
         size = _move_into_place(staged, output, fmt)
@@ -174,9 +216,21 @@ def export(spec: str, fmt: str = "onnx", output: Path | None = None, *, img_size
         from vitcli.export import faststart
 
         faststart.save(spec, loaded, onnx_file=output)
-    return ExportResult(output, fmt, loaded.architecture, [3, h, w], dynamic_batch, float(diff),
-                        round(time.perf_counter() - started, 1), precision, agreed, threshold,
-                        agreed.rate < threshold, quantization, size)
+    return ExportResult(
+        output,
+        fmt,
+        loaded.architecture,
+        [3, h, w],
+        dynamic_batch,
+        float(diff),
+        round(time.perf_counter() - started, 1),
+        precision,
+        agreed,
+        threshold,
+        agreed.rate < threshold,
+        quantization,
+        size,
+    )
 
 
 def _move_into_place(staged: Path, output: Path, fmt: str) -> int:

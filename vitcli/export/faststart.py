@@ -107,8 +107,9 @@ def identify(spec: str, index: dict) -> Identity | None:
     if source.kind == "local":
         if source.weights is None or source.weights.suffix != ".safetensors":
             return None
-        return Identity(source.weights, weights_sha256(source.weights, index),
-                        _config_identity(source.folder / "config.json"))
+        return Identity(
+            source.weights, weights_sha256(source.weights, index), _config_identity(source.folder / "config.json")
+        )
     if source.kind == "hf-hub":
         weights = _hub_cached_file(source.name, source.revision, "model.safetensors")
         config = _hub_cached_file(source.name, source.revision, "config.json")
@@ -171,8 +172,11 @@ def _identity_of_loaded(spec: str, loaded, index: dict) -> Identity | None:
     if source is None or source.weights is None or Path(source.weights).suffix != ".safetensors":
         return None
     if source.kind in ("local", "hf-hub"):
-        return Identity(Path(source.weights), weights_sha256(Path(source.weights), index),
-                        _config_identity(Path(source.folder) / "config.json"))
+        return Identity(
+            Path(source.weights),
+            weights_sha256(Path(source.weights), index),
+            _config_identity(Path(source.folder) / "config.json"),
+        )
     # a timm name: remember which Hub file holds its weights, so the next lookup needs no timm
     real = Path(source.weights)
     parts = real.parts
@@ -182,15 +186,14 @@ def _identity_of_loaded(spec: str, loaded, index: dict) -> Identity | None:
     repo_dir = parts[i - 1]
     if not repo_dir.startswith("models--"):
         return None
-    repo_id = repo_dir[len("models--"):].replace("--", "/", 1)
+    repo_id = repo_dir[len("models--") :].replace("--", "/", 1)
     import timm
 
     cfg = timm.models.get_pretrained_cfg(loaded.architecture if "." in loaded.architecture else spec)
     revision = None
     if cfg is not None and cfg.hf_hub_id and "@" in cfg.hf_hub_id:
         revision = cfg.hf_hub_id.split("@", 1)[1]
-    where = {"name": loaded.architecture, "repo": repo_id, "revision": revision,
-             "filename": "/".join(parts[i + 2:])}
+    where = {"name": loaded.architecture, "repo": repo_id, "revision": revision, "filename": "/".join(parts[i + 2 :])}
     if _hub_cached_file(repo_id, revision, where["filename"]) is None:
         return None
     return Identity(real, weights_sha256(real, index), "timm:" + loaded.architecture, where)
@@ -248,10 +251,18 @@ def _save(spec: str, loaded, onnx_file: Path | None) -> Path | None:
     if not diff <= export.TOLERANCE:
         (folder / "model.onnx").unlink(missing_ok=True)
         return None
-    meta = {"format": FORMAT, "spec": spec, "architecture": loaded.architecture, "weights": str(ident.weights),
-            "weights_sha256": ident.weights_sha256, "model": ident.model, "timm": timm_version,
-            "max_abs_diff": diff,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - started, 1)}
+    meta = {
+        "format": FORMAT,
+        "spec": spec,
+        "architecture": loaded.architecture,
+        "weights": str(ident.weights),
+        "weights_sha256": ident.weights_sha256,
+        "model": ident.model,
+        "timm": timm_version,
+        "max_abs_diff": diff,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     atomic_write(folder / "meta.json", json.dumps(meta))  # last: a folder with meta.json is complete
     return folder / "model.onnx"
 

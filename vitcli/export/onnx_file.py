@@ -22,11 +22,15 @@ def metadata(loaded, data_config: dict) -> dict:
     """What a predictor needs besides the graph."""
     from vitcli import __version__
 
-    return {"architecture": loaded.architecture, "data_config": json.loads(json.dumps(data_config, default=list)),
-            "label_names": list(loaded.label_names), "source": loaded.source.spec if loaded.source else None,
-            "model_args": json.loads(json.dumps((loaded.config or {}).get("model_args") or {}, default=list)),
-            "vitcli": __version__,  # a multi-label head: its flag and chosen thresholds (vitcli.inference.multilabel)
-            **{k: (loaded.config or {})[k] for k in ("multi_label", "thresholds") if k in (loaded.config or {})}}
+    return {
+        "architecture": loaded.architecture,
+        "data_config": json.loads(json.dumps(data_config, default=list)),
+        "label_names": list(loaded.label_names),
+        "source": loaded.source.spec if loaded.source else None,
+        "model_args": json.loads(json.dumps((loaded.config or {}).get("model_args") or {}, default=list)),
+        "vitcli": __version__,  # a multi-label head: its flag and chosen thresholds (vitcli.inference.multilabel)
+        **{k: (loaded.config or {})[k] for k in ("multi_label", "thresholds") if k in (loaded.config or {})},
+    }
 
 
 def to_onnx(model, example, path: Path, meta: dict, *, dynamic_batch: bool = True, opset: int = DEFAULT_OPSET) -> Path:
@@ -40,9 +44,16 @@ def to_onnx(model, example, path: Path, meta: dict, *, dynamic_batch: bool = Tru
     batch = torch.export.Dim("batch", min=1, max=4096) if dynamic_batch else None
     with warnings.catch_warnings(), _quiet(logging.getLogger("torch.onnx")):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, input_names=["input"],
-                                    output_names=["logits"], verbose=False,
-                                    dynamic_shapes=({0: batch},) if dynamic_batch else None)
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["logits"],
+            verbose=False,
+            dynamic_shapes=({0: batch},) if dynamic_batch else None,
+        )
     proto = program.model_proto
     entry = proto.metadata_props.add()
     entry.key, entry.value = "vitcli", json.dumps(meta)

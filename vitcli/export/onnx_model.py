@@ -29,7 +29,10 @@ class OnnxModel:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise ModelError("serving an ONNX model needs onnxruntime", "onnxruntime is one of vitcli's dependencies: pip install onnxruntime") from None
+            raise ModelError(
+                "serving an ONNX model needs onnxruntime",
+                "onnxruntime is one of vitcli's dependencies: pip install onnxruntime",
+            ) from None
         self.path = Path(path).expanduser()
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings of the graph optimiser are not the user's
@@ -37,11 +40,15 @@ class OnnxModel:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
             meta = self.session.get_modelmeta().custom_metadata_map
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidProtobuf types
-            raise ModelError(f"{display(self.path)} is not a readable ONNX model ({str(e).splitlines()[0][:160]})",
-                             "export it again with `vit export`") from None
+            raise ModelError(
+                f"{display(self.path)} is not a readable ONNX model ({str(e).splitlines()[0][:160]})",
+                "export it again with `vit export`",
+            ) from None
         if META_KEY not in meta:
-            raise ModelError(f"{display(self.path)} has no vitcli metadata (preprocessing and label names)",
-                             "export the model with `vit export --format onnx`, which stores them in the file")
+            raise ModelError(
+                f"{display(self.path)} has no vitcli metadata (preprocessing and label names)",
+                "export the model with `vit export --format onnx`, which stores them in the file",
+            )
         info = _check_metadata(meta[META_KEY], self.session, display(self.path))
         self.architecture: str = info["architecture"]
         self.data_config: dict = info["data_config"]
@@ -50,7 +57,10 @@ class OnnxModel:
         self.model_args: dict = info.get("model_args") or {}  # what rebuilds the architecture in timm
         self.input_name = self.session.get_inputs()[0].name
         # e.g. multi_label and its thresholds, from the model folder's config.json
-        self.config: dict = {**{k: info[k] for k in ("multi_label", "thresholds") if k in info}, **(info.get("config") or {})}
+        self.config: dict = {
+            **{k: info[k] for k in ("multi_label", "thresholds") if k in info},
+            **(info.get("config") or {}),
+        }
         self.precision: str = info.get("precision") or "fp32"  # int8 / fp16 files say so (vit export)
         self.backend = "onnxruntime"
 
@@ -69,6 +79,7 @@ class OnnxModel:
 def _check_metadata(text: str, session, shown: str) -> dict:
     """vitcli's metadata, checked against the graph when the file is opened (not in a forward pass): the
     preprocessing it names, one label per output, the input size the graph takes."""
+
     def bad(why: str) -> ModelError:
         return ModelError(f"{shown}: its vitcli metadata {why}", "export the model again with `vit export`")
 
@@ -80,14 +91,20 @@ def _check_metadata(text: str, session, shown: str) -> dict:
     if not isinstance(info, dict) or not isinstance(info.get("architecture"), str):
         raise bad("names no architecture")
     size = config.get("input_size") if isinstance(config, dict) else None
-    if not (isinstance(size, (list, tuple)) and len(size) == 3
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+    if not (
+        isinstance(size, (list, tuple))
+        and len(size) == 3
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
         raise bad(f"has no valid data_config (input_size {size!r})")
     for key in ("mean", "std"):
         values = config.get(key)
-        if not (isinstance(values, (list, tuple)) and len(values) == size[0]
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-                and (key != "std" or all(v > 0 for v in values))):
+        if not (
+            isinstance(values, (list, tuple))
+            and len(values) == size[0]
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+            and (key != "std" or all(v > 0 for v in values))
+        ):
             raise bad(f"has no valid data_config ({key} {values!r})")
     labels = info.get("label_names")
     if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):

@@ -28,8 +28,9 @@ def _core():
     try:
         import openvino as ov
     except ImportError:
-        raise ModelError("running an OpenVINO model needs the openvino package",
-                         "pip install 'vitcli[openvino]'") from None
+        raise ModelError(
+            "running an OpenVINO model needs the openvino package", "pip install 'vitcli[openvino]'"
+        ) from None
     return ov.Core()
 
 
@@ -55,8 +56,10 @@ class OpenVinoModel:
         core = _core()
         self.path = Path(path).expanduser()
         if not self.path.with_suffix(".bin").is_file():
-            raise ModelError(f"{display(self.path)} has no {self.path.with_suffix('.bin').name} beside it",
-                             "an OpenVINO model is two files, .xml and .bin: keep them together")
+            raise ModelError(
+                f"{display(self.path)} has no {self.path.with_suffix('.bin').name} beside it",
+                "an OpenVINO model is two files, .xml and .bin: keep them together",
+            )
         try:
             model = core.read_model(str(self.path))
             info = read_meta(self.path, model)
@@ -64,12 +67,16 @@ class OpenVinoModel:
         except ModelError:
             raise
         except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError with its own text
-            raise ModelError(f"{display(self.path)} is not a readable OpenVINO model "
-                             f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})",
-                             "export it again with `vit export --format openvino`") from None
+            raise ModelError(
+                f"{display(self.path)} is not a readable OpenVINO model "
+                f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})",
+                "export it again with `vit export --format openvino`",
+            ) from None
         if info is None:
-            raise ModelError(f"{display(self.path)} has no vitcli metadata (preprocessing and label names)",
-                             "export the model with `vit export --format openvino`, which stores them in the file")
+            raise ModelError(
+                f"{display(self.path)} has no vitcli metadata (preprocessing and label names)",
+                "export the model with `vit export --format openvino`, which stores them in the file",
+            )
         self.architecture: str = info["architecture"]
         self.data_config: dict = info["data_config"]
         self.label_names: list[str] = info["label_names"]

@@ -32,12 +32,16 @@ def load(path: str | os.PathLike):
     try:
         program = torch.export.load(str(path), extra_files=extra)
     except Exception as e:  # noqa: BLE001 - zip, pickle and schema errors alike: one line naming the file
-        raise ModelError(f"{display(path)} is not a readable pt2 model "
-                         f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})",
-                         "export it again with `vit export --format pt2` (with this torch version)") from None
+        raise ModelError(
+            f"{display(path)} is not a readable pt2 model "
+            f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})",
+            "export it again with `vit export --format pt2` (with this torch version)",
+        ) from None
     if not extra[META_FILE]:
-        raise ModelError(f"{display(path)} has no vitcli metadata (preprocessing and label names)",
-                         "export the model with `vit export --format pt2`, which stores them in the file")
+        raise ModelError(
+            f"{display(path)} has no vitcli metadata (preprocessing and label names)",
+            "export the model with `vit export --format pt2`, which stores them in the file",
+        )
     meta = json.loads(extra[META_FILE])
     graph = program.module()
 

@@ -31,8 +31,13 @@ class Int8Report:
     agreement: float | None = None  # top-1 agreement with the fp32 file on the check images
 
     def to_json(self) -> dict:
-        return {"mode": self.mode, "quantized_linears": self.quantized, "kept_float": self.kept_float,
-                "head": self.head, "agreement_with_fp32_file": self.agreement}
+        return {
+            "mode": self.mode,
+            "quantized_linears": self.quantized,
+            "kept_float": self.kept_float,
+            "head": self.head,
+            "agreement_with_fp32_file": self.agreement,
+        }
 
 
 def weight_linears(proto) -> tuple[list[tuple[str, str, str]], str | None]:
@@ -41,8 +46,12 @@ def weight_linears(proto) -> tuple[list[tuple[str, str, str]], str | None]:
     inits = {i.name for i in proto.graph.initializer}
     found = []
     for node in proto.graph.node:
-        if node.op_type in QUANTIZED_OPS and len(node.input) >= 2 and node.input[1] in inits \
-                and node.input[0] not in inits:
+        if (
+            node.op_type in QUANTIZED_OPS
+            and len(node.input) >= 2
+            and node.input[1] in inits
+            and node.input[0] not in inits
+        ):
             found.append((node.name, node.input[0], node.input[1]))
     return found, (found[-1][0] if found else None)
 
@@ -70,7 +79,7 @@ class _Reader:
     """onnxruntime's CalibrationDataReader over an (N, 3, H, W) float32 array, in batches of 8."""
 
     def __init__(self, input_name: str, images):
-        self.batches = [{input_name: images[i:i + 8]} for i in range(0, len(images), 8)]
+        self.batches = [{input_name: images[i : i + 8]} for i in range(0, len(images), 8)]
         self.at = 0
 
     def get_next(self):
@@ -96,11 +105,12 @@ def _reader(input_name: str, images):
 def top1(run, images, batch_size: int = 25):
     import numpy as np
 
-    return np.concatenate([run(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+    return np.concatenate([run(images[i : i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
 
 
-def quantize_int8(fp32_file: Path, output: Path, meta: dict, *, calib=None, check=None, target: float = 0.95,
-                  log=lambda m: None) -> Int8Report:
+def quantize_int8(
+    fp32_file: Path, output: Path, meta: dict, *, calib=None, check=None, target: float = 0.95, log=lambda m: None
+) -> Int8Report:
     """Write the int8 copy of `fp32_file` to `output` (see the module docstring). `calib`: images to
     calibrate on (static) or None (dynamic); `check`: images the kept-float set is chosen on."""
     import tempfile
@@ -130,13 +140,27 @@ def quantize_int8(fp32_file: Path, output: Path, meta: dict, *, calib=None, chec
         def make(excluded: list[str]):
             nodes = [n for n in body if n not in excluded]
             if calib is not None:
-                quantize_static(str(pre), str(trial), _reader(input_name, calib), quant_format=QuantFormat.QDQ,
-                                op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=nodes,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                                reduce_range=True, **_cache_arg(cache))
+                quantize_static(
+                    str(pre),
+                    str(trial),
+                    _reader(input_name, calib),
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(QUANTIZED_OPS),
+                    nodes_to_quantize=nodes,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    reduce_range=True,
+                    **_cache_arg(cache),
+                )
             else:  # uint8 weights: measured 86 against 82 (int8) and 77 (int8, reduce_range) of 100 on ViT-Ti
-                quantize_dynamic(str(pre), str(trial), op_types_to_quantize=list(QUANTIZED_OPS),
-                                 nodes_to_quantize=nodes, weight_type=QuantType.QUInt8)
+                quantize_dynamic(
+                    str(pre),
+                    str(trial),
+                    op_types_to_quantize=list(QUANTIZED_OPS),
+                    nodes_to_quantize=nodes,
+                    weight_type=QuantType.QUInt8,
+                )
 
         groups = groups_by_shape(proto, linears, head)
 
@@ -159,8 +183,10 @@ def quantize_int8(fp32_file: Path, output: Path, meta: dict, *, calib=None, chec
                 excluded += groups[shape]
                 make(excluded)
                 agreement = agree()
-                log(f"int8 with {len(body) - len(excluded)} of {len(body)} linears quantized "
-                    f"({'x'.join(map(str, shape))} kept float): {agreement:.2%}")
+                log(
+                    f"int8 with {len(body) - len(excluded)} of {len(body)} linears quantized "
+                    f"({'x'.join(map(str, shape))} kept float): {agreement:.2%}"
+                )
                 if agreement >= target or len(excluded) == len(body):
                     break
         elif reference is None:
@@ -168,8 +194,9 @@ def quantize_int8(fp32_file: Path, output: Path, meta: dict, *, calib=None, chec
         quantized = onnx.load(str(trial))
         set_metadata(quantized, meta)
         atomic_write(output, lambda tmp_path: onnx.save(quantized, str(tmp_path)))
-    return Int8Report("static" if calib is not None else "dynamic", len(body) - len(excluded), excluded, head,
-                      agreement)
+    return Int8Report(
+        "static" if calib is not None else "dynamic", len(body) - len(excluded), excluded, head, agreement
+    )
 
 
 def _runner(path: str, input_name: str):
@@ -183,8 +210,11 @@ def _cache_arg(cache: Path) -> dict:
 
     from onnxruntime.quantization import quantize_static
 
-    return {"calibration_cache_path": str(cache)} \
-        if "calibration_cache_path" in inspect.signature(quantize_static).parameters else {}
+    return (
+        {"calibration_cache_path": str(cache)}
+        if "calibration_cache_path" in inspect.signature(quantize_static).parameters
+        else {}
+    )
 
 
 def set_metadata(proto, meta: dict) -> None:

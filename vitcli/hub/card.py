@@ -17,10 +17,34 @@ from vitcli.train import files
 from vitcli.train.run import runs
 
 MARK = "<!-- model card written by vit push; edit it freely: vit push then leaves it as it is -->"
-RECIPE_KEYS = ("model", "dataset", "recipe", "steps", "epochs", "batch_size", "optimizer", "lr", "momentum",
-               "weight_decay", "schedule", "warmup", "clip_grad", "label_smoothing", "img_size", "crop_scale",
-               "hflip", "freeze", "patch_size", "pos_embed", "pool", "drop_path", "token_mixer", "token_mixers",
-               "precision", "seed")
+RECIPE_KEYS = (
+    "model",
+    "dataset",
+    "recipe",
+    "steps",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "warmup",
+    "clip_grad",
+    "label_smoothing",
+    "img_size",
+    "crop_scale",
+    "hflip",
+    "freeze",
+    "patch_size",
+    "pos_embed",
+    "pool",
+    "drop_path",
+    "token_mixer",
+    "token_mixers",
+    "precision",
+    "seed",
+)
 
 
 def base_model(spec: str | None) -> str | None:
@@ -29,7 +53,7 @@ def base_model(spec: str | None) -> str | None:
     if not spec:
         return None
     if spec.startswith("hf-hub:"):
-        return spec[len("hf-hub:"):].split("@", 1)[0]
+        return spec[len("hf-hub:") :].split("@", 1)[0]
     if Path(spec).expanduser().exists():
         cached = [p for p in Path(spec).expanduser().resolve().parts if p.startswith("models--")]
         return "/".join(cached[-1].split("--")[1:]) if cached else None
@@ -51,8 +75,9 @@ def public(value) -> str:
     if "=" in text and text.startswith("--"):  # --dataset=/data/x
         flag, _, rest = text.partition("=")
         return f"{flag}={public(rest)}"
-    local = text.startswith(("/", "./", "../", "~")) or ("/" in text and ":" not in text
-                                                          and Path(text).expanduser().exists())
+    local = text.startswith(("/", "./", "../", "~")) or (
+        "/" in text and ":" not in text and Path(text).expanduser().exists()
+    )
     return (Path(text.rstrip("/")).name or text) if local else text
 
 
@@ -78,8 +103,14 @@ def _results_table(folder: Path) -> list[str]:
     head = ["step", "epoch", "train loss", "lr", "val top-1", "val loss", "img/s", "seconds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join(r.get(k) or "-" for k in ("step", "epoch", "train_loss", "lr", "val_top1",
-                                                                "val_loss", "img_s", "seconds")) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                r.get(k) or "-"
+                for k in ("step", "epoch", "train_loss", "lr", "val_top1", "val_loss", "img_s", "seconds")
+            )
+            + " |"
+        )
     return lines
 
 
@@ -94,18 +125,33 @@ def model_card(folder: Path, repo_id: str) -> str:
     command = run.get("command") or (model_config.get("vitcli") or {}).get("command")
     summary = run.get("summary") or {}
     dataset = str(cfg.get("dataset") or "")
-    hub_dataset = dataset[len("hf:"):].split(":", 1)[0] if dataset.startswith("hf:") else None
+    hub_dataset = dataset[len("hf:") :].split(":", 1)[0] if dataset.startswith("hf:") else None
     base = base_model(cfg.get("model")) if command == "finetune" else None
-    data = ModelCardData(library_name="timm", pipeline_tag="image-classification", license=None,
-                         tags=["image-classification", "timm", "vitcli"], base_model=base,
-                         datasets=[hub_dataset] if hub_dataset else None, metrics=["accuracy"])
+    data = ModelCardData(
+        library_name="timm",
+        pipeline_tag="image-classification",
+        license=None,
+        tags=["image-classification", "timm", "vitcli"],
+        base_model=base,
+        datasets=[hub_dataset] if hub_dataset else None,
+        metrics=["accuracy"],
+    )
     arch = model_config.get("architecture", "a timm model")
     labels = model_config.get("label_names") or []
     how = f"fine-tuned from `{public(cfg.get('model'))}`" if command == "finetune" else "trained from scratch"
-    lines = ["---", data.to_yaml(), "---", MARK, "", f"# {repo_id.rsplit('/', 1)[-1]}", "",
-             f"`{arch}` ({summary.get('params', 0) / 1e6:.2f} M parameters, {summary.get('img_size', '?')} px) "
-             f"{how} on `{public(dataset or '?')}` ({len(labels)} classes) with vitcli's `vit {command or 'finetune'}` (on "
-             "top of [timm](https://github.com/huggingface/pytorch-image-models)).", ""]
+    lines = [
+        "---",
+        data.to_yaml(),
+        "---",
+        MARK,
+        "",
+        f"# {repo_id.rsplit('/', 1)[-1]}",
+        "",
+        f"`{arch}` ({summary.get('params', 0) / 1e6:.2f} M parameters, {summary.get('img_size', '?')} px) "
+        f"{how} on `{public(dataset or '?')}` ({len(labels)} classes) with vitcli's `vit {command or 'finetune'}` (on "
+        "top of [timm](https://github.com/huggingface/pytorch-image-models)).",
+        "",
+    ]
     split = summary.get("selection_split") or "val"
     best = summary.get("best_step")
     chosen = f"selects the model; best at step {best}" if best is not None else "the last model is kept"
@@ -117,8 +163,11 @@ def model_card(folder: Path, repo_id: str) -> str:
     if run.get("status") and run["status"] != "finished":
         lines += ["", f"The run did not finish (status: {run['status']}); this is its best model so far."]
     lines += ["", "## Recipe", "", "| setting | value |", "|---|---|"]
-    lines += [f"| {k} | `{json.dumps(public(cfg[k]) if k in ('model', 'dataset') else cfg[k])}` |"
-              for k in RECIPE_KEYS if cfg.get(k) is not None]
+    lines += [
+        f"| {k} | `{json.dumps(public(cfg[k]) if k in ('model', 'dataset') else cfg[k])}` |"
+        for k in RECIPE_KEYS
+        if cfg.get(k) is not None
+    ]
     table = _results_table(folder)
     if table:
         lines += ["", "## Training", "", *table]
@@ -130,9 +179,21 @@ def model_card(folder: Path, repo_id: str) -> str:
     versions = run.get("versions") or (model_config.get("vitcli") or {}).get("versions") or {}
     if versions:
         lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "."]
-    lines += ["", "## Use", "", "```bash", f"vit predict --model hf-hub:{repo_id} image.jpg", "```", "",
-              "```python", "import timm", "", f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()',
-              "```", ""]
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```bash",
+        f"vit predict --model hf-hub:{repo_id} image.jpg",
+        "```",
+        "",
+        "```python",
+        "import timm",
+        "",
+        f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()',
+        "```",
+        "",
+    ]
     if labels:
         lines += ["Classes: " + ", ".join(f"`{n}`" for n in labels[:50]) + (" ..." if len(labels) > 50 else ""), ""]
     return "\n".join(lines)

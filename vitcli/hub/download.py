@@ -18,8 +18,9 @@ def download(spec: str, *, fast_start: bool, log=lambda message: None) -> dict:
 
     source = parse_spec(spec)
     if source.kind == "local":
-        raise UsageError(f"{spec} is a local folder: nothing to download",
-                         "`vit export --model FOLDER` makes an ONNX file of it")
+        raise UsageError(
+            f"{spec} is a local folder: nothing to download", "`vit export --model FOLDER` makes an ONNX file of it"
+        )
     source = fetch(source, refresh=True)
     copy = None
     if fast_start and env.export_enabled():
@@ -34,6 +35,9 @@ def download(spec: str, *, fast_start: bool, log=lambda message: None) -> dict:
             from vitcli import output
 
             output.warn(f"no fast-start copy: {e.message}")
-    return {"model": spec, "weights": display(source.weights) if source.weights else None,
-            "folder": display(source.folder) if source.folder else None,
-            "fast_start": display(copy) if copy else None}
+    return {
+        "model": spec,
+        "weights": display(source.weights) if source.weights else None,
+        "folder": display(source.folder) if source.folder else None,
+        "fast_start": display(copy) if copy else None,
+    }

@@ -47,15 +47,18 @@ def _explained(fn):
         except HubError:
             raise
         except Exception as e:
-            if env.offline() and caused_by(e, "OfflineModeIsEnabled", "LocalEntryNotFoundError",
-                                           "IncompleteSnapshotError"):
+            if env.offline() and caused_by(
+                e, "OfflineModeIsEnabled", "LocalEntryNotFoundError", "IncompleteSnapshotError"
+            ):
                 import inspect
 
                 call = inspect.signature(fn).bind(*args, **kwargs).arguments
                 raise _offline_error(call["repo_id"], call.get("revision"), call.get("refresh", False)) from e
             if caused_by(e, "ConnectError", "ConnectTimeout"):
-                raise HubError(f"cannot connect to the Hugging Face Hub at {env.endpoint()}",
-                               "check your network or HF_ENDPOINT; with the model cached, add --offline") from e
+                raise HubError(
+                    f"cannot connect to the Hugging Face Hub at {env.endpoint()}",
+                    "check your network or HF_ENDPOINT; with the model cached, add --offline",
+                ) from e
             raise
 
     return wrapper
@@ -65,10 +68,14 @@ def _offline_error(repo_id: str, revision: str | None, refresh: bool) -> HubErro
     """Offline and not cached: name the model; `vit download` itself (refresh) is told it needs the network."""
     model = f"hf-hub:{repo_id}" + (f"@{revision}" if revision else "")
     if refresh:
-        return HubError(f"offline mode is on and {model} is not in the cache: downloading it needs the network",
-                        "unset HF_HUB_OFFLINE (or set it to 0) and run it again while online")
-    return HubError(f"offline mode is on and {model} is not in the cache",
-                    f"run `vit download {model}` once while online (or unset HF_HUB_OFFLINE / drop --offline)")
+        return HubError(
+            f"offline mode is on and {model} is not in the cache: downloading it needs the network",
+            "unset HF_HUB_OFFLINE (or set it to 0) and run it again while online",
+        )
+    return HubError(
+        f"offline mode is on and {model} is not in the cache",
+        f"run `vit download {model}` once while online (or unset HF_HUB_OFFLINE / drop --offline)",
+    )
 
 
 @_explained
@@ -79,16 +86,21 @@ def download_file(repo_id: str, filename: str, revision: str | None = None, refr
 
 def _download_file(repo_id: str, filename: str, revision: str | None, refresh: bool) -> str:
     hf = _prepare()
-    kwargs = dict(repo_id=repo_id, filename=filename, revision=revision, cache_dir=env.hub_cache_dir(),
-                  library_name="vitcli", library_version=__version__)
+    kwargs = dict(
+        repo_id=repo_id,
+        filename=filename,
+        revision=revision,
+        cache_dir=env.hub_cache_dir(),
+        library_name="vitcli",
+        library_version=__version__,
+    )
     if not refresh or env.offline():
         try:
             return hf.hf_hub_download(**kwargs, local_files_only=True)
         except Exception as e:  # not cached: fall through to a real download
             if env.offline():
                 raise
-            if type(e).__name__ not in {"LocalEntryNotFoundError", "IncompleteSnapshotError",
-                                        "OfflineModeIsEnabled"}:
+            if type(e).__name__ not in {"LocalEntryNotFoundError", "IncompleteSnapshotError", "OfflineModeIsEnabled"}:
                 raise
     from vitcli.output import RichTqdm
 
@@ -144,8 +156,10 @@ def check_reachable(timeout: float = 5.0) -> None:
             reason = f"no answer within {timeout:g} s"
         else:
             reason = str(e) if not isinstance(e, socket.gaierror) else f"unknown host {url.hostname}: {e.strerror}"
-        raise HubError(f"cannot connect to the Hugging Face Hub at {endpoint} ({reason})",
-                       "check your network or HF_ENDPOINT; with the model cached, add --offline") from e
+        raise HubError(
+            f"cannot connect to the Hugging Face Hub at {endpoint} ({reason})",
+            "check your network or HF_ENDPOINT; with the model cached, add --offline",
+        ) from e
 
 
 @_explained
@@ -169,4 +183,5 @@ def _is_missing_entry(e: BaseException) -> bool:
     if "RemoteEntryNotFoundError" in names:
         return True
     return "LocalEntryNotFoundError" in names and not caused_by(
-        e, "ConnectError", "TimeoutException", "NetworkError", "HfHubHTTPError")
+        e, "ConnectError", "TimeoutException", "NetworkError", "HfHubHTTPError"
+    )

@@ -24,8 +24,17 @@ from vitcli.output import atomic_write
 from vitcli.train import files
 from vitcli.train.run import runs
 
-UPLOADED = [files.CARD, files.CONFIG, files.WEIGHTS, files.RUN_JSON, files.METRICS, files.RESULTS, files.CURVES,
-            *CONFUSION_FILES, files.TENSORBOARD]
+UPLOADED = [
+    files.CARD,
+    files.CONFIG,
+    files.WEIGHTS,
+    files.RUN_JSON,
+    files.METRICS,
+    files.RESULTS,
+    files.CURVES,
+    *CONFUSION_FILES,
+    files.TENSORBOARD,
+]
 
 
 def check_run_folder(run: Path) -> Path:
@@ -34,8 +43,10 @@ def check_run_folder(run: Path) -> Path:
         raise UsageError(f"{folder}: no such run folder", "give a run folder, e.g. runs/finetune/pets-3")
     missing = [n for n in (files.CONFIG, files.WEIGHTS) if not (folder / n).is_file()]
     if missing:
-        raise UsageError(f"{folder} has no {' and no '.join(missing)}: there is no model to push",
-                         "push a run folder whose run has evaluated at least once (its best model is saved then)")
+        raise UsageError(
+            f"{folder} has no {' and no '.join(missing)}: there is no model to push",
+            "push a run folder whose run has evaluated at least once (its best model is saved then)",
+        )
     return folder
 
 
@@ -47,8 +58,9 @@ def write_card(folder: Path, repo_id: str) -> tuple[Path, bool]:
     return atomic_write(path, card.model_card(folder, repo_id)), True
 
 
-def push(run: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
-         message: str | None = None) -> dict:
+def push(
+    run: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None, message: str | None = None
+) -> dict:
     folder = check_run_folder(Path(run))
     if "/" not in repo_id or repo_id.count("/") > 1 or not all(repo_id.split("/")):
         raise UsageError(f"REPO_ID {repo_id!r} is not of the form owner/name", "e.g. vit push RUN my-user/vit-pets")
@@ -74,21 +86,33 @@ def push(run: str | Path, repo_id: str, *, private: bool = False, revision: str 
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         files = sorted(p.name for pattern in UPLOADED for p in folder.glob(pattern) if p.is_file())
         output.info(f"uploading {len(files)} files to {repo_id}" + (f" ({revision})" if revision else ""))
-        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
-                                 allow_patterns=UPLOADED, commit_message=message or f"vit push {folder.name}")
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            revision=revision,
+            allow_patterns=UPLOADED,
+            commit_message=message or f"vit push {folder.name}",
+        )
     except VitError:
         raise
     except Exception as e:
         raise _explained(e, repo_id) from e
-    return {"url": str(url), "repo_id": repo_id, "revision": revision or "main", "commit": info.oid,
-            "files": files, "model": f"hf-hub:{repo_id}" + (f"@{revision}" if revision else "")}
+    return {
+        "url": str(url),
+        "repo_id": repo_id,
+        "revision": revision or "main",
+        "commit": info.oid,
+        "files": files,
+        "model": f"hf-hub:{repo_id}" + (f"@{revision}" if revision else ""),
+    }
 
 
 def _explained(e: Exception, repo_id: str) -> Exception:
     """The Hub's answers a user can act on; anything else is left to vitcli.errors."""
     status = getattr(getattr(e, "response", None), "status_code", None)
     if status in (401, 403):
-        return VitError(f"the Hub refused to create or write {repo_id} (HTTP {status})",
-                        "log in with `hf auth login` (or set HF_TOKEN) with a token that may write to that "
-                        "owner")
+        return VitError(
+            f"the Hub refused to create or write {repo_id} (HTTP {status})",
+            "log in with `hf auth login` (or set HF_TOKEN) with a token that may write to that owner",
+        )
     return e

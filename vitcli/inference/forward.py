@@ -33,12 +33,15 @@ class Throughput:
 
     def describe(self) -> str:
         j = self.to_json()
-        return (f"model {j['model_img_s']} img/s, loader {j['loader_img_s']} img/s "
-                f"({self.workers} worker{'s' if self.workers != 1 else ''})")
+        return (
+            f"model {j['model_img_s']} img/s, loader {j['loader_img_s']} img/s "
+            f"({self.workers} worker{'s' if self.workers != 1 else ''})"
+        )
 
 
-def forward(fn: Callable, dataset, runtime, *, batch_size: int, workers: int | None = None,
-            throughput: Throughput | None = None) -> Iterator[tuple]:
+def forward(
+    fn: Callable, dataset, runtime, *, batch_size: int, workers: int | None = None, throughput: Throughput | None = None
+) -> Iterator[tuple]:
     """Yield (Batch, fn(images) or None) for the batches of `dataset`, in order."""
     import torch
 

@@ -18,8 +18,17 @@ from vitcli.export.onnx_model import OnnxModel
 from vitcli.output import display
 
 
-def predict(paths: list, model: OnnxModel, *, top_k: int, batch_size: int, workers: int | None,
-            threshold: float | None, progress=lambda n=1: None, throughput=None) -> Iterator:
+def predict(
+    paths: list,
+    model: OnnxModel,
+    *,
+    top_k: int,
+    batch_size: int,
+    workers: int | None,
+    threshold: float | None,
+    progress=lambda n=1: None,
+    throughput=None,
+) -> Iterator:
     """One `Prediction` per path, in order, as vitcli.inference.predict.run gives them."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -33,8 +42,10 @@ def predict(paths: list, model: OnnxModel, *, top_k: int, batch_size: int, worke
     from vitcli.inference.prediction import NON_FINITE, Prediction
 
     if not supports(model.data_config):
-        raise ModelError(f"{display(model.path)}: its preprocessing ({model.data_config}) needs timm's transform",
-                         "predict with the torch model instead")
+        raise ModelError(
+            f"{display(model.path)}: its preprocessing ({model.data_config}) needs timm's transform",
+            "predict with the torch model instead",
+        )
     transform = EvalTransform(model.data_config)
     records = Records.of_paths(paths)
     top_k = max(1, min(top_k, model.num_classes))
@@ -74,7 +85,13 @@ def predict(paths: list, model: OnnxModel, *, top_k: int, batch_size: int, worke
                     yield Prediction(name, error=NON_FINITE)
                 else:
                     k = row[i]
-                    yield Prediction(name, head.labels(logits[k], model.label_names) if head else
-                                     [{"label": model.label_names[int(c)], "index": int(c),
-                                       "score": round(float(s), 6)} for s, c in zip(scores[k], classes[k])])
+                    yield Prediction(
+                        name,
+                        head.labels(logits[k], model.label_names)
+                        if head
+                        else [
+                            {"label": model.label_names[int(c)], "index": int(c), "score": round(float(s), 6)}
+                            for s, c in zip(scores[k], classes[k])
+                        ],
+                    )
             progress(len(batch))

@@ -28,8 +28,12 @@ class Opened:
 
     def info(self) -> dict:
         accel = self.accel.describe() if self.accel is not None else self.backend
-        return {"backend": self.backend, "device": str(self.runtime.device), "precision": self.precision,
-                "accel": accel}
+        return {
+            "backend": self.backend,
+            "device": str(self.runtime.device),
+            "precision": self.precision,
+            "accel": accel,
+        }
 
     def describe(self) -> str:
         return f"{self.backend} {self.runtime.device} {self.precision}"
@@ -49,8 +53,10 @@ def onnx_runtime_flags_ok(device: str, precision: str, what: str = "an ONNX mode
     from vitcli.errors import UsageError
 
     if device not in ("auto", "cpu") or precision not in ("auto", "fp32"):
-        raise UsageError(f"{what} on the CPU, in the precision the file holds",
-                         "drop --device/--precision, or use --backend torch with a torch model")
+        raise UsageError(
+            f"{what} on the CPU, in the precision the file holds",
+            "drop --device/--precision, or use --backend torch with a torch model",
+        )
 
 
 def fast_start_copy(spec: str):
@@ -61,8 +67,10 @@ def fast_start_copy(spec: str):
 
     copy = faststart.lookup(spec)
     if copy is None:
-        raise UsageError(f"{spec} has no fast-start ONNX copy on this machine",
-                         f"make one with `vit download {spec}` (or `vit export`), or use --backend torch")
+        raise UsageError(
+            f"{spec} has no fast-start ONNX copy on this machine",
+            f"make one with `vit download {spec}` (or `vit export`), or use --backend torch",
+        )
     return copy
 
 
@@ -72,8 +80,9 @@ def file_precision(model) -> str:
     return getattr(inner, "precision", None) or "fp32"
 
 
-def open_model(spec: str, *, device: str, precision: str, backend: str = "torch", pretrained: bool = True,
-               **overrides) -> Opened:
+def open_model(
+    spec: str, *, device: str, precision: str, backend: str = "torch", pretrained: bool = True, **overrides
+) -> Opened:
     """Open `spec` for inference (see the module docstring)."""
     import torch
 
@@ -86,8 +95,9 @@ def open_model(spec: str, *, device: str, precision: str, backend: str = "torch"
     if kind in ("pt2", "openvino"):
         onnx_runtime_flags_ok(device, precision, f"a {kind} model runs in {FILE_KINDS[kind]}")
         loaded = load_model(spec, device=torch.device("cpu"))
-        return Opened(loaded, Runtime(torch.device("cpu"), "fp32"), FILE_KINDS[kind], None,
-                      file_precision(loaded.model))
+        return Opened(
+            loaded, Runtime(torch.device("cpu"), "fp32"), FILE_KINDS[kind], None, file_precision(loaded.model)
+        )
     if kind == "onnx" or backend == "onnx":
         onnx_runtime_flags_ok(device, precision)
         if kind != "onnx":

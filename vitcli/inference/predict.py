@@ -73,9 +73,11 @@ def open_predictor(spec: str, device: str, precision: str, backend: str, compile
     if kind is not None or backend == "onnx":
         runs = FILE_KINDS[kind or "onnx"]
         if device not in ("auto", "cpu") or precision not in ("auto", "fp32") or compile:
-            raise UsageError(f"a{'n ONNX' if runs == 'onnxruntime' else ' ' + kind} model runs in {runs} on the CPU, "
-                             "in the precision the file holds",
-                             "drop --device/--precision/--compile, or predict with --backend torch")
+            raise UsageError(
+                f"a{'n ONNX' if runs == 'onnxruntime' else ' ' + kind} model runs in {runs} on the CPU, "
+                "in the precision the file holds",
+                "drop --device/--precision/--compile, or predict with --backend torch",
+            )
         if kind == "onnx":
             return OnnxPredictor(onnx_model.OnnxModel(spec))
         if kind == "openvino":
@@ -88,9 +90,19 @@ def open_predictor(spec: str, device: str, precision: str, backend: str, compile
     return TorchPredictor(open_model(spec, device=device, precision=precision, backend="torch"), compile)
 
 
-def run(paths: list[Path], loaded, runtime, *, top_k: int, batch_size: int, workers: int | None,
-        threshold: float | None, compile: bool = False, progress=lambda n=1: None,
-        throughput=None) -> Iterator[Prediction]:
+def run(
+    paths: list[Path],
+    loaded,
+    runtime,
+    *,
+    top_k: int,
+    batch_size: int,
+    workers: int | None,
+    threshold: float | None,
+    compile: bool = False,
+    progress=lambda n=1: None,
+    throughput=None,
+) -> Iterator[Prediction]:
     """Yield one Prediction per path, in the order of `paths` (`throughput`: a
     vitcli.inference.forward.Throughput to add the loader's and the model's time to). A multi-label
     model gives every label at or above its threshold instead of the top-k (vitcli.inference.multilabel)."""
@@ -106,20 +118,23 @@ def run(paths: list[Path], loaded, runtime, *, top_k: int, batch_size: int, work
     head = MultiLabelHead.of(loaded.config, loaded.num_classes, threshold)
     model = loaded.model
     top_k = max(1, min(top_k, loaded.num_classes))
-    fast = compiled.wrap(model, runtime, compile=compile, batch_size=batch_size,
-                         log=lambda m: output.info(m, style="dim"))
+    fast = compiled.wrap(
+        model, runtime, compile=compile, batch_size=batch_size, log=lambda m: output.info(m, style="dim")
+    )
     dataset = ImageDataset(Records.of_paths(paths), transform=eval_transform(loaded.data_config))
     names, shown = loaded.label_names, [display(p) for p in paths]
-    for batch, out in forward(fast, dataset, runtime, batch_size=batch_size, workers=workers,
-                              throughput=throughput):
+    for batch, out in forward(fast, dataset, runtime, batch_size=batch_size, workers=workers, throughput=throughput):
         results = {s.position: Prediction(shown[s.position], error=s.reason) for s in batch.skipped}
         if out is not None:
             out = out.float()
             finite = torch.isfinite(out).all(dim=-1).tolist()
             scores, classes = out.softmax(dim=-1).topk(top_k, dim=-1)
             for i, ok, srow, crow, row in zip(batch.positions, finite, scores.tolist(), classes.tolist(), out.cpu()):
-                labels = head.labels(row.numpy(), names) if head else \
-                    [{"label": names[c], "index": c, "score": round(s, 6)} for s, c in zip(srow, crow)]
+                labels = (
+                    head.labels(row.numpy(), names)
+                    if head
+                    else [{"label": names[c], "index": c, "score": round(s, 6)} for s, c in zip(srow, crow)]
+                )
                 results[i] = Prediction(shown[i], labels) if ok else Prediction(shown[i], error=NON_FINITE)
         for i in sorted(results):
             yield results[i]

@@ -46,20 +46,26 @@ def load_config(folder: Path) -> dict:
 def _check_sizes(cfg: dict, path: Path) -> None:
     """Sizes a model is built from are positive whole numbers: checked when config.json is read, not deep in
     timm's constructor or a forward pass."""
+
     def positive(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
     pretrained = cfg.get("pretrained_cfg") if isinstance(cfg.get("pretrained_cfg"), dict) else {}
     args = cfg.get("model_args") if isinstance(cfg.get("model_args"), dict) else {}
-    checks = [("pretrained_cfg.input_size", pretrained.get("input_size"), 3),
-              ("model_args.img_size", args.get("img_size"), None), ("model_args.patch_size", args.get("patch_size"), None)]
+    checks = [
+        ("pretrained_cfg.input_size", pretrained.get("input_size"), 3),
+        ("model_args.img_size", args.get("img_size"), None),
+        ("model_args.patch_size", args.get("patch_size"), None),
+    ]
     for name, value, length in checks:
         if value is None:
             continue
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         if not values or not all(positive(v) for v in values) or length is not None and len(values) != length:
-            raise ModelError(f"{path}: {name} {value!r} is not a size (positive whole numbers)",
-                             "fix config.json, or save the model again")
+            raise ModelError(
+                f"{path}: {name} {value!r} is not a size (positive whole numbers)",
+                "fix config.json, or save the model again",
+            )
     for name in ("num_classes",):
         for where in (cfg, args):
             value = where.get(name)

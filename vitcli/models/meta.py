@@ -28,8 +28,13 @@ def skip_init():
     class SkipInit(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             name = getattr(func, "__name__", "")
-            if (name.endswith("_") and not name.endswith("__") and args and isinstance(args[0], torch.Tensor)
-                    and args[0].is_meta):
+            if (
+                name.endswith("_")
+                and not name.endswith("__")
+                and args
+                and isinstance(args[0], torch.Tensor)
+                and args[0].is_meta
+            ):
                 return args[0]
             return func(*args, **(kwargs or {}))
 
@@ -53,11 +58,13 @@ def _sdpa_cpu() -> dict:
     aten = torch.ops.aten
     mapping = {}
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = \
-            lambda q, k, v, *a, out_shape=None, **kw: fc.sdpa_flop_count(q, k, v)
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = lambda q, k, v, *a, out_shape=None, **kw: (
+            fc.sdpa_flop_count(q, k, v)
+        )
     if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward"):
-        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = \
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
             lambda g, q, k, v, *a, out_shape=None, **kw: fc.sdpa_backward_flop_count(g, q, k, v)
+        )
     return mapping
 
 
@@ -76,8 +83,17 @@ def _fvcore_norms() -> dict:
     def batch_norm_eval(input_shape, weight_shape=None, *args, out_shape=None, **kwargs):
         return 2 * math.prod(input_shape) * (2 if weight_shape is not None else 1)
 
-    def batch_norm(input_shape, weight_shape=None, bias_shape=None, mean_shape=None, var_shape=None,
-                   training=False, *args, out_shape=None, **kwargs):
+    def batch_norm(
+        input_shape,
+        weight_shape=None,
+        bias_shape=None,
+        mean_shape=None,
+        var_shape=None,
+        training=False,
+        *args,
+        out_shape=None,
+        **kwargs,
+    ):
         if training:
             return norm(input_shape, weight_shape)
         return batch_norm_eval(input_shape, weight_shape)

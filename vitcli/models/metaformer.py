@@ -41,6 +41,7 @@ HIERARCHY_MIXERS = ("attention", "pooling", "identity")  # mlp needs a fixed tok
 # ---------------------------------------------------------------------------------------------
 # Token mixers for a token sequence (B, N, C) whose first `num_prefix_tokens` are not on the grid.
 
+
 class Pooling(nn.Module):
     """PoolFormer's mixer on the patch grid: avgpool(x) - x (the block adds x back)."""
 
@@ -51,7 +52,7 @@ class Pooling(nn.Module):
         self.pool = nn.AvgPool2d(pool_size, stride=1, padding=pool_size // 2, count_include_pad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        prefix, patches = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]  # (B, P, C), (B, HW, C)
+        prefix, patches = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]  # (B, P, C), (B, HW, C)
         B, L, C = patches.shape
         grid = patches.transpose(1, 2).reshape(B, C, *self.grid_size)  # (B, C, H, W)
         mixed = (self.pool(grid) - grid).flatten(2).transpose(1, 2)  # (B, HW, C)
@@ -70,14 +71,14 @@ class Identity(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.num_prefix_tokens:
             return x
-        prefix, patches = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
+        prefix, patches = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
         return torch.cat([patches.mean(1, keepdim=True) - prefix, patches], dim=1)
 
 
 class TokenMlp(nn.Module):
     """MLP-Mixer's token mixing: one MLP across the N tokens, shared by every channel."""
 
-    def __init__(self, num_tokens: int, hidden: int, act_layer=nn.GELU, drop: float = 0., device=None, dtype=None):
+    def __init__(self, num_tokens: int, hidden: int, act_layer=nn.GELU, drop: float = 0.0, device=None, dtype=None):
         super().__init__()
         self.mlp = Mlp(num_tokens, hidden, act_layer=act_layer, drop=drop, device=device, dtype=dtype)
 
@@ -92,22 +93,48 @@ class MetaFormerBlock(nn.Module):
     its `block_fn`, so the block is a drop-in for timm's Block (same names for norms, MLP, scales).
     """
 
-    def __init__(self, dim: int, num_heads: int = 1, mlp_ratio: float = 4., qkv_bias: bool = False,
-                 qk_norm: bool = False, scale_attn_norm: bool = False, scale_mlp_norm: bool = False,
-                 proj_bias: bool = True, proj_drop: float = 0., attn_drop: float = 0., init_values=None,
-                 drop_path: float = 0., act_layer=nn.GELU, norm_layer=nn.LayerNorm, mlp_layer=Mlp,
-                 attn_layer=None, depth: int = 0, device=None, dtype=None, *, mixer):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 1,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        qk_norm: bool = False,
+        scale_attn_norm: bool = False,
+        scale_mlp_norm: bool = False,
+        proj_bias: bool = True,
+        proj_drop: float = 0.0,
+        attn_drop: float = 0.0,
+        init_values=None,
+        drop_path: float = 0.0,
+        act_layer=nn.GELU,
+        norm_layer=nn.LayerNorm,
+        mlp_layer=Mlp,
+        attn_layer=None,
+        depth: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        mixer,
+    ):
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         self.norm1 = norm_layer(dim, **dd)
         self.token_mixer = mixer(dim, **dd)
         self.ls1 = LayerScale(dim, init_values=init_values, **dd) if init_values else nn.Identity()
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim, **dd)
-        self.mlp = mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer,
-                             norm_layer=norm_layer if scale_mlp_norm else None, bias=proj_bias, drop=proj_drop, **dd)
+        self.mlp = mlp_layer(
+            in_features=dim,
+            hidden_features=int(dim * mlp_ratio),
+            act_layer=act_layer,
+            norm_layer=norm_layer if scale_mlp_norm else None,
+            bias=proj_bias,
+            drop=proj_drop,
+            **dd,
+        )
         self.ls2 = LayerScale(dim, init_values=init_values, **dd) if init_values else nn.Identity()
-        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:  # (B, N, C)
         x = x + self.drop_path1(self.ls1(self.token_mixer(self.norm1(x))))
@@ -132,10 +159,11 @@ def vit_mixer(name: str, grid_size: tuple[int, int], num_prefix_tokens: int):
 # ---------------------------------------------------------------------------------------------
 # Mixers for PoolFormer's stages (NCHW feature maps).
 
+
 class AttentionNCHW(nn.Module):
     """Self-attention over the positions of an NCHW map (PoolFormer's hybrid stages keep NCHW norms)."""
 
-    def __init__(self, dim: int, proj_drop: float = 0., device=None, dtype=None, **kwargs):
+    def __init__(self, dim: int, proj_drop: float = 0.0, device=None, dtype=None, **kwargs):
         super().__init__()
         from timm.models.metaformer import Attention
 
@@ -153,13 +181,16 @@ def stage_mixer(name: str):
 
     classes = {"pooling": PoolFormerPooling, "attention": AttentionNCHW, "identity": nn.Identity}
     if name not in classes:
-        raise ValueError(f"token mixer {name!r} is not available per stage: choose from "
-                         f"{', '.join(HIERARCHY_MIXERS)} (mlp needs a fixed token count)")
+        raise ValueError(
+            f"token mixer {name!r} is not available per stage: choose from "
+            f"{', '.join(HIERARCHY_MIXERS)} (mlp needs a fixed token count)"
+        )
     return classes[name]
 
 
 # ---------------------------------------------------------------------------------------------
 # The registered entrypoint.
+
 
 def split_mixers(value) -> list[str]:
     """'pooling,attention' or ['pooling', 'attention'] -> ['pooling', 'attention'] (lower case)."""
@@ -177,13 +208,22 @@ def _base_kind(base_arch: str) -> str:
         return "poolformer"
     if module.endswith(("vision_transformer", "vision_transformer_hybrid", "deit")):
         return "vit"
-    raise ValueError(f"{base_arch} is not an isotropic ViT or a PoolFormer: the token-mixer swap supports "
-                     "timm's VisionTransformer family and poolformer/poolformerv2")
+    raise ValueError(
+        f"{base_arch} is not an isotropic ViT or a PoolFormer: the token-mixer swap supports "
+        "timm's VisionTransformer family and poolformer/poolformerv2"
+    )
 
 
 @register_model
-def vitcli_metaformer(pretrained: bool = False, base: str = "vit_small_patch16_224", token_mixer=None,
-                      token_mixers=None, pretrained_cfg=None, pretrained_cfg_overlay=None, **kwargs):
+def vitcli_metaformer(
+    pretrained: bool = False,
+    base: str = "vit_small_patch16_224",
+    token_mixer=None,
+    token_mixers=None,
+    pretrained_cfg=None,
+    pretrained_cfg_overlay=None,
+    **kwargs,
+):
     """A timm model (`base`) with its token mixer swapped: `token_mixer` for all blocks/stages, or
     `token_mixers` per PoolFormer stage. Names: attention, pooling, mlp (ViT only), identity."""
     from timm.models import model_entrypoint, resolve_pretrained_cfg, split_model_name_tag
@@ -204,8 +244,10 @@ def vitcli_metaformer(pretrained: bool = False, base: str = "vit_small_patch16_2
         if not pretrained:
             cfg["tag"] = None  # no weights of that tag are in this model
     if pretrained and foreign and set(mixers) != {"attention" if kind == "vit" else "pooling"}:
-        raise ValueError(f"the pre-trained weights of {base} were learned with its own token mixer; "
-                         f"a swapped mixer ({','.join(mixers)}) must be trained from scratch (vit train)")
+        raise ValueError(
+            f"the pre-trained weights of {base} were learned with its own token mixer; "
+            f"a swapped mixer ({','.join(mixers)}) must be trained from scratch (vit train)"
+        )
     cfg["architecture"] = ARCH
     fn = model_entrypoint(base_arch)
 

@@ -25,9 +25,14 @@ from vitcli.output import display
 
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 PAPER_CODES = {  # the paper's model codes -> timm architectures (width/depth/heads as in Table 1)
-    "Ti/16": "vit_tiny_patch16_224", "S/16": "vit_small_patch16_224", "S/32": "vit_small_patch32_224",
-    "B/16": "vit_base_patch16_224", "B/32": "vit_base_patch32_224", "L/16": "vit_large_patch16_224",
-    "L/32": "vit_large_patch32_224", "H/14": "vit_huge_patch14_224",
+    "Ti/16": "vit_tiny_patch16_224",
+    "S/16": "vit_small_patch16_224",
+    "S/32": "vit_small_patch32_224",
+    "B/16": "vit_base_patch16_224",
+    "B/32": "vit_base_patch32_224",
+    "L/16": "vit_large_patch16_224",
+    "L/32": "vit_large_patch32_224",
+    "H/14": "vit_huge_patch14_224",
 }
 
 
@@ -47,7 +52,7 @@ FILE_KINDS = {"onnx": "onnxruntime", "pt2": "torch.export", "openvino": "openvin
 
 
 def file_kind(spec: str) -> str | None:
-    """"onnx" / "pt2" / "openvino" for an exported model file (by its suffix; it must exist), else None."""
+    """ "onnx" / "pt2" / "openvino" for an exported model file (by its suffix; it must exist), else None."""
     from vitcli.export.onnx_model import is_onnx
     from vitcli.export.openvino_model import is_openvino
     from vitcli.export.pt2_model import is_pt2
@@ -76,13 +81,15 @@ def parse_spec(spec: str) -> ModelSource:
     if spec.startswith("hf-hub:"):
         from vitcli.hub.files import split_revision
 
-        repo_id, revision = split_revision(spec[len("hf-hub:"):])
+        repo_id, revision = split_revision(spec[len("hf-hub:") :])
         if not HUB_ID.fullmatch(repo_id) or ".." in repo_id or any(p in (".", "..") for p in repo_id.split("/")):
-            raise ModelError(f"bad Hub id {spec!r}: expected org/name of letters, digits, '-', '_' and '.'",
-                             "use hf-hub:org/name or hf-hub:org/name@revision")
+            raise ModelError(
+                f"bad Hub id {spec!r}: expected org/name of letters, digits, '-', '_' and '.'",
+                "use hf-hub:org/name or hf-hub:org/name@revision",
+            )
         return ModelSource(spec, "hf-hub", repo_id, revision)
     if spec.startswith("local-dir:"):
-        spec = spec[len("local-dir:"):]
+        spec = spec[len("local-dir:") :]
     kind = file_kind(spec)
     if kind is not None:
         return ModelSource(spec, kind, spec, weights=Path(spec).expanduser())
@@ -90,8 +97,10 @@ def parse_spec(spec: str) -> ModelSource:
     if path.is_dir():
         folder = model_folder(path)
         if folder is None:
-            raise ModelError(f"{path} holds no model: expected config.json and model.safetensors",
-                             "point --model at a folder in Hub layout or a vit run folder")
+            raise ModelError(
+                f"{path} holds no model: expected config.json and model.safetensors",
+                "point --model at a folder in Hub layout or a vit run folder",
+            )
         return ModelSource(spec, "local", str(path), folder=folder, weights=weights_in(folder))
     if path.exists() or spec.startswith((".", "/", "~")):
         raise ModelError(f"{spec} is not a model folder", "give a folder with config.json + model.safetensors")
@@ -135,11 +144,15 @@ def fetch(source: ModelSource, refresh: bool = False) -> ModelSource:
     except RuntimeError:  # "Invalid pretrained tag (x) for arch"
         arch, _, tag = name.partition(".")
         tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
-        raise ModelError(f"timm has no pretrained tag {tag!r} for {arch}",
-                         f"its tags: {', '.join(tags)}" if tags else f"{arch} has no pretrained weights in timm") from None
+        raise ModelError(
+            f"timm has no pretrained tag {tag!r} for {arch}",
+            f"its tags: {', '.join(tags)}" if tags else f"{arch} has no pretrained weights in timm",
+        ) from None
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
-        raise ModelError(f"timm has no pretrained weights for {name!r}",
-                         "pick a name with a pretrained tag (`vit models` lists them), or train it with `vit train`")
+        raise ModelError(
+            f"timm has no pretrained weights for {name!r}",
+            "pick a name with a pretrained tag (`vit models` lists them), or train it with `vit train`",
+        )
     if cfg.hf_hub_id:
         repo_id, revision = hub.split_revision(cfg.hf_hub_id)
         filename = getattr(cfg, "hf_hub_filename", None)
@@ -180,8 +193,9 @@ def create(source: ModelSource, *, pretrained: bool = True, **overrides):
         # head that does not match num_classes and make a random one); with overrides (a new head, another
         # size) timm's loader adapts the checkpoint, as fine-tuning wants
         strict = pretrained and not overrides
-        model = timm.create_model(arch, pretrained=pretrained and not strict, pretrained_cfg=pretrained_cfg,
-                                  **model_args)
+        model = timm.create_model(
+            arch, pretrained=pretrained and not strict, pretrained_cfg=pretrained_cfg, **model_args
+        )
         if strict:
             from vitcli.models.weights import load_strict
 
@@ -191,8 +205,9 @@ def create(source: ModelSource, *, pretrained: bool = True, **overrides):
         arch, overrides = _route_token_mixers(resolve_timm_name(source.name), overrides)
         overrides = _supported_sizes(arch, overrides)
         if pretrained and source.weights is not None:
-            model = timm.create_model(arch, pretrained=True,
-                                      pretrained_cfg_overlay={"file": str(source.weights)}, **overrides)
+            model = timm.create_model(
+                arch, pretrained=True, pretrained_cfg_overlay={"file": str(source.weights)}, **overrides
+            )
         else:
             model = timm.create_model(arch, pretrained=pretrained, **overrides)
     return model, arch, config
@@ -201,8 +216,11 @@ def create(source: ModelSource, *, pretrained: bool = True, **overrides):
 def _open_file(source: ModelSource, overrides: dict):
     """An exported file as (torch module, architecture, config): its own metadata, no timm model code."""
     if overrides:
-        raise ModelError(f"{display(source.name)} is an exported {source.kind} model: it cannot be rebuilt with "
-                         f"{', '.join(overrides)}", "use the model it was exported from")
+        raise ModelError(
+            f"{display(source.name)} is an exported {source.kind} model: it cannot be rebuilt with "
+            f"{', '.join(overrides)}",
+            "use the model it was exported from",
+        )
     if source.kind == "pt2":
         from vitcli.export.pt2_model import load
 
@@ -250,8 +268,10 @@ def _check_label_names(model, config: dict) -> None:
     names = config.get("label_names")
     num_classes = getattr(model, "num_classes", 0) or 0
     if names is not None and len(names) != num_classes:
-        raise ModelError(f"config.json lists {len(names)} label_names for a model of {num_classes} classes",
-                         "the names and the weights belong to different models: fix label_names in config.json")
+        raise ModelError(
+            f"config.json lists {len(names)} label_names for a model of {num_classes} classes",
+            "the names and the weights belong to different models: fix label_names in config.json",
+        )
 
 
 def label_names_for(model, config: dict) -> list[str]:
@@ -282,8 +302,7 @@ def data_config_for(model) -> dict:
     return resolve_model_data_config(model)
 
 
-def load_model(spec: str, *, pretrained: bool = True, device=None, refresh: bool = False,
-               **overrides) -> LoadedModel:
+def load_model(spec: str, *, pretrained: bool = True, device=None, refresh: bool = False, **overrides) -> LoadedModel:
     """Resolve `spec`, download what is missing, build the model in eval mode on `device`."""
     source = parse_spec(spec)
     if pretrained:
@@ -297,12 +316,15 @@ def load_model(spec: str, *, pretrained: bool = True, device=None, refresh: bool
             from vitcli.models.weights import DAMAGED_HINT
 
             where = display(source.weights) if source.weights else spec
-            raise ModelError(f"the weights file {where} is damaged ({str(e).splitlines()[0][:160] if str(e) else ''})",
-                             DAMAGED_HINT) from None
+            raise ModelError(
+                f"the weights file {where} is damaged ({str(e).splitlines()[0][:160] if str(e) else ''})", DAMAGED_HINT
+            ) from None
         if not isinstance(e, (RuntimeError, KeyError, ValueError, TypeError)):
             raise
-        raise ModelError(f"could not build {spec}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                         "check the model's config.json and weights match; set VIT_DEBUG=1 for details") from e
+        raise ModelError(
+            f"could not build {spec}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+            "check the model's config.json and weights match; set VIT_DEBUG=1 for details",
+        ) from e
     model.eval()
     if device is not None:
         model.to(device)

@@ -15,8 +15,7 @@ from pathlib import Path
 from vitcli.errors import ModelError
 from vitcli.output import display
 
-DAMAGED_HINT = ("delete it and fetch the model again (`vit download MODEL` for a Hub model), or train the run "
-                "again")
+DAMAGED_HINT = "delete it and fetch the model again (`vit download MODEL` for a Hub model), or train the run again"
 
 
 def read_state_dict(path: Path) -> dict:
@@ -59,22 +58,29 @@ def load_strict(model, path: Path, config_name: str = "config.json") -> None:
             f"{config_name} describes {own[head].shape[0]} classes but the weights' head "
             f"({display(Path(path).name)}) has {state[head].shape[0]}",
             "the config and the weights belong to different models: fix num_classes in config.json, or use "
-            "the folder the weights came with")
+            "the folder the weights came with",
+        )
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-              if k in state and state[k].shape != own[k].shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}"
-                         f"{', ...' if len(unexpected) > 3 else ''})")
+            parts.append(
+                f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})"
+            )
         if shapes:
             parts.append(f"{len(shapes)} of another shape ({'; '.join(shapes[:2])})")
-        raise ModelError(f"the weights {display(Path(path).name)} do not fit the architecture of {config_name}: "
-                         + ", ".join(parts) + " tensors",
-                         "the config and the weights belong to different models; use the folder the weights came "
-                         "with")
+        raise ModelError(
+            f"the weights {display(Path(path).name)} do not fit the architecture of {config_name}: "
+            + ", ".join(parts)
+            + " tensors",
+            "the config and the weights belong to different models; use the folder the weights came with",
+        )
     model.load_state_dict(state, strict=True)

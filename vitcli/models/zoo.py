@@ -15,7 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 COUNTER_VERSION = 2  # part of the cache file name: bump when the counting rules change
-DEFAULT_FAMILIES = ("vit_*", "deit*", "poolformer*", "mixer_*")  # ViT (incl. R50+ViT hybrids), DeiT, PoolFormer v1/v2, MLP-Mixer
+DEFAULT_FAMILIES = (
+    "vit_*",
+    "deit*",
+    "poolformer*",
+    "mixer_*",
+)  # ViT (incl. R50+ViT hybrids), DeiT, PoolFormer v1/v2, MLP-Mixer
 
 
 @dataclass
@@ -42,6 +47,7 @@ class ZooEntry:
 
 # ---------------------------------------------------------------------------------------------
 # Counting
+
 
 def profile(name: str, **model_args) -> ZooEntry:
     """Params and GMACs of a timm architecture (or vitcli_metaformer) at its default input size."""
@@ -73,13 +79,18 @@ def profile(name: str, **model_args) -> ZooEntry:
 # ---------------------------------------------------------------------------------------------
 # Listing
 
+
 def _cache_path() -> Path:
     import timm
     import torch
 
     from vitcli.env import vit_cache_dir
 
-    return Path(vit_cache_dir()) / "zoo" / f"v{COUNTER_VERSION}-timm-{timm.__version__}-torch-{torch.__version__.split('+')[0]}.json"
+    return (
+        Path(vit_cache_dir())
+        / "zoo"
+        / f"v{COUNTER_VERSION}-timm-{timm.__version__}-torch-{torch.__version__.split('+')[0]}.json"
+    )
 
 
 def _load_cache(path: Path) -> dict:
@@ -134,9 +145,14 @@ def tags_by_architecture() -> dict[str, list[str]]:
     return tags
 
 
-def models(pattern: str | None = None, all_models: bool = False, pretrained_only: bool = False,
-           progress: Callable[[int], None] | None = None, on_total: Callable[[int], None] | None = None,
-           use_cache: bool = True) -> list[ZooEntry]:
+def models(
+    pattern: str | None = None,
+    all_models: bool = False,
+    pretrained_only: bool = False,
+    progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+    use_cache: bool = True,
+) -> list[ZooEntry]:
     """The `vit models` listing. `on_total(n)` is told how many models need counting, `progress(1)` each."""
     names = architectures(pattern, all_models, pretrained_only)
     path = _cache_path() if use_cache else None
@@ -155,8 +171,14 @@ def models(pattern: str | None = None, all_models: bool = False, pretrained_only
     out = []
     for name in names:
         c = cache[name]
-        out.append(ZooEntry(name, c.get("params"), c.get("gmacs"),
-                            tuple(c["input_size"]) if c.get("input_size") else None,
-                            sorted(tags.get(name, [])), c.get("error")))
+        out.append(
+            ZooEntry(
+                name,
+                c.get("params"),
+                c.get("gmacs"),
+                tuple(c["input_size"]) if c.get("input_size") else None,
+                sorted(tags.get(name, [])),
+                c.get("error"),
+            )
+        )
     return out
-

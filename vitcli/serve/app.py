@@ -63,8 +63,10 @@ def create_app(served, *, max_bytes: int = MAX_BYTES, max_batch: int = 16, max_w
 
     @app.exception_handler(Exception)
     async def internal(_request, exc: Exception):
-        return JSONResponse({"error": f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"},
-                            status_code=500)
+        return JSONResponse(
+            {"error": f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"},
+            status_code=500,
+        )
 
     async def read_upload(request: Request) -> tuple[bytes, str]:
         length = request.headers.get("content-length")
@@ -97,8 +99,12 @@ def create_app(served, *, max_bytes: int = MAX_BYTES, max_batch: int = 16, max_w
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", **served.info(), "batches": len(batcher.batches),
-                "largest_batch": max(batcher.batches, default=0)}
+        return {
+            "status": "ok",
+            **served.info(),
+            "batches": len(batcher.batches),
+            "largest_batch": max(batcher.batches, default=0),
+        }
 
     @app.get("/", response_class=HTMLResponse)
     async def index():
@@ -118,12 +124,17 @@ def create_app(served, *, max_bytes: int = MAX_BYTES, max_batch: int = 16, max_w
             image = decode_image(data, name, served.draft_size)
             array = served.preprocess(image)
         except ImageError as e:
-            raise BadRequest(415 if "not an image" in e.reason or "format" in e.reason else 400,
-                             f"{name}: {e.reason}") from None
+            raise BadRequest(
+                415 if "not an image" in e.reason or "format" in e.reason else 400, f"{name}: {e.reason}"
+            ) from None
         logits = await batcher.submit(array)
         cut = threshold if threshold is not None else (0.5 if served.multi_label else 0.0)
-        out = {"path": name, "predictions": served.answer(logits, k, cut), "backend": served.backend,
-               "precision": served.precision}
+        out = {
+            "path": name,
+            "predictions": served.answer(logits, k, cut),
+            "backend": served.backend,
+            "precision": served.precision,
+        }
         if rollout and served.can_rollout():
             out["rollout"] = await batcher.exclusive(served.rollout, array)
         return out
@@ -131,15 +142,27 @@ def create_app(served, *, max_bytes: int = MAX_BYTES, max_batch: int = 16, max_w
     return app
 
 
-def serve(spec: str, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto", precision: str = "auto",
-          max_batch: int = 16, max_wait_ms: float = 5.0, max_bytes: int = MAX_BYTES, log=lambda m: None) -> None:
+def serve(
+    spec: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    precision: str = "auto",
+    max_batch: int = 16,
+    max_wait_ms: float = 5.0,
+    max_bytes: int = MAX_BYTES,
+    log=lambda m: None,
+) -> None:
     """Open `spec` and serve it until interrupted."""
     import uvicorn
 
     from vitcli.serve.model import open_served
 
     served = open_served(spec, device=device, precision=precision)
-    log(f"{served.architecture} on {served.backend} {served.device} {served.precision}: http://{host}:{port}/ "
-        f"(POST /v1/predict; batches of up to {max_batch} within {max_wait_ms:g} ms)")
+    log(
+        f"{served.architecture} on {served.backend} {served.device} {served.precision}: http://{host}:{port}/ "
+        f"(POST /v1/predict; batches of up to {max_batch} within {max_wait_ms:g} ms)"
+    )
     app = create_app(served, max_bytes=max_bytes, max_batch=max_batch, max_wait_ms=max_wait_ms)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -26,11 +26,17 @@ class ServedModel:
     runtime: object | None = None
 
     def info(self) -> dict:
-        return {"architecture": self.architecture, "backend": self.backend, "device": self.device,
-                "precision": self.precision, "classes": len(self.label_names), "multi_label": self.multi_label,
-                "input_size": list(self.data_config["input_size"]),
-                "crop_pct": 1.0 if self.data_config.get("crop_mode") == "squash" else self.data_config.get("crop_pct"),
-                "rollout": self.can_rollout()}
+        return {
+            "architecture": self.architecture,
+            "backend": self.backend,
+            "device": self.device,
+            "precision": self.precision,
+            "classes": len(self.label_names),
+            "multi_label": self.multi_label,
+            "input_size": list(self.data_config["input_size"]),
+            "crop_pct": 1.0 if self.data_config.get("crop_mode") == "squash" else self.data_config.get("crop_pct"),
+            "rollout": self.can_rollout(),
+        }
 
     def can_rollout(self) -> bool:
         if self.torch_model is None:
@@ -71,8 +77,11 @@ class ServedModel:
         else:
             exp = np.exp(logits - logits.max())
             scores = exp / exp.sum()
-            order = [int(i) for i in np.argsort(-scores, kind="stable")[:max(1, min(k, len(scores)))]
-                     if scores[i] >= threshold]
+            order = [
+                int(i)
+                for i in np.argsort(-scores, kind="stable")[: max(1, min(k, len(scores)))]
+                if scores[i] >= threshold
+            ]
         return [{"label": self.label_names[i], "index": i, "score": round(float(scores[i]), 6)} for i in order]
 
     def rollout(self, array) -> dict:
@@ -99,8 +108,12 @@ def open_served(spec: str, *, device: str = "auto", precision: str = "auto") -> 
     if kind in ("onnx", "openvino"):  # numpy in, numpy out: no torch on the request path
         from vitcli.inference.opened import onnx_runtime_flags_ok
 
-        onnx_runtime_flags_ok(device, precision, f"a{'n ONNX' if kind == 'onnx' else ' openvino'} model runs in "
-                                                 f"{'onnxruntime' if kind == 'onnx' else 'openvino'}")
+        onnx_runtime_flags_ok(
+            device,
+            precision,
+            f"a{'n ONNX' if kind == 'onnx' else ' openvino'} model runs in "
+            f"{'onnxruntime' if kind == 'onnx' else 'openvino'}",
+        )
         if kind == "onnx":
             from vitcli.export.onnx_model import OnnxModel
 
@@ -109,8 +122,16 @@ def open_served(spec: str, *, device: str = "auto", precision: str = "auto") -> 
             from vitcli.export.openvino_model import OpenVinoModel
 
             model = OpenVinoModel(spec)
-        return ServedModel(model.architecture, list(model.label_names), model.data_config, model.backend, "cpu",
-                           model.precision, bool(model.config.get("multi_label")), model)
+        return ServedModel(
+            model.architecture,
+            list(model.label_names),
+            model.data_config,
+            model.backend,
+            "cpu",
+            model.precision,
+            bool(model.config.get("multi_label")),
+            model,
+        )
     import torch
 
     from vitcli.inference.opened import open_model
@@ -124,6 +145,15 @@ def open_served(spec: str, *, device: str = "auto", precision: str = "auto") -> 
             return module(torch.from_numpy(batch).to(rt.device)).float().cpu().numpy()
 
     is_torch = opened.backend == "torch"
-    return ServedModel(loaded.architecture, list(loaded.label_names), dict(loaded.data_config), opened.backend,
-                       str(rt.device), opened.precision, bool((loaded.config or {}).get("multi_label")), run,
-                       module if is_torch else None, rt if is_torch else None)
+    return ServedModel(
+        loaded.architecture,
+        list(loaded.label_names),
+        dict(loaded.data_config),
+        opened.backend,
+        str(rt.device),
+        opened.precision,
+        bool((loaded.config or {}).get("multi_label")),
+        run,
+        module if is_torch else None,
+        rt if is_torch else None,
+    )

@@ -76,9 +76,14 @@ function draw(file, rollout) {
 
 
 def page(info: dict) -> str:
-    what = (f"{info['backend']} {info['device']} {info['precision']}, {info['classes']} classes"
-            + (", multi-label" if info.get("multi_label") else "")
-            + (": the overlay is the attention rollout" if info.get("rollout") else ""))
+    what = (
+        f"{info['backend']} {info['device']} {info['precision']}, {info['classes']} classes"
+        + (", multi-label" if info.get("multi_label") else "")
+        + (": the overlay is the attention rollout" if info.get("rollout") else "")
+    )
     data = {"rollout": bool(info.get("rollout")), "crop_pct": float(info.get("crop_pct") or 0.875)}
-    return (_PAGE.replace("__ARCH__", html.escape(info["architecture"])).replace("__WHAT__", html.escape(what))
-            .replace("__INFO__", json.dumps(data)))
+    return (
+        _PAGE.replace("__ARCH__", html.escape(info["architecture"]))
+        .replace("__WHAT__", html.escape(what))
+        .replace("__INFO__", json.dumps(data))
+    )

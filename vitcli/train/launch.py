@@ -49,8 +49,14 @@ def _is_sweep(sweep, resume) -> bool:
     return bool(sweep) or is_sweep_dir(resume)
 
 
-def configs(command: str, flags: dict, *, config_file: Path | None = None, resume: Path | None = None,
-            sweep: list[str] | None = None) -> list[tuple[dict | None, object]]:
+def configs(
+    command: str,
+    flags: dict,
+    *,
+    config_file: Path | None = None,
+    resume: Path | None = None,
+    sweep: list[str] | None = None,
+) -> list[tuple[dict | None, object]]:
     """(setting, resolved config) of every run the flags describe; setting is None for a single run."""
     flags = _flags(flags)
     resume = _resume_folder(command, flags, resume)
@@ -75,20 +81,30 @@ def _single(command: str, flags: dict, config_file, resume):
     return resume_point.config(point, command, flags), point
 
 
-def launch(command: str, flags: dict, *, config_file: Path | None = None, resume: Path | None = None,
-           sweep: list[str] | None = None, stop_after: int | None = None):
+def launch(
+    command: str,
+    flags: dict,
+    *,
+    config_file: Path | None = None,
+    resume: Path | None = None,
+    sweep: list[str] | None = None,
+    stop_after: int | None = None,
+):
     """Run what the flags describe: the summary dict of one run, or a vitcli.train.sweeps.sweep.SweepResult.
     stop_after: a single run saves and stops after this step, as if interrupted."""
     flags = _flags(flags)
     resume = _resume_folder(command, flags, resume)
     if _is_sweep(sweep, resume):
         if stop_after is not None:
-            raise UsageError("--stop-after applies to a single run, not to a sweep",
-                             "a sweep resumes setting by setting: interrupt it, then --resume the sweep folder")
+            raise UsageError(
+                "--stop-after applies to a single run, not to a sweep",
+                "a sweep resumes setting by setting: interrupt it, then --resume the sweep folder",
+            )
         from vitcli.train.sweeps import sweep_run
 
-        return sweep_run.run_plan(command, sweep_run.plan(command, flags, sweep, config_file=config_file,
-                                                          resume=resume))
+        return sweep_run.run_plan(
+            command, sweep_run.plan(command, flags, sweep, config_file=config_file, resume=resume)
+        )
     from vitcli.train.run import start as training
 
     cfg, point = _single(command, flags, config_file, resume)

@@ -63,8 +63,10 @@ def after_probe(cfg, probe: dict | None, source):
     cap = cap_steps(cfg, source.size("train"), source.num_classes)
     steps = probed_steps(cap, probe["cv_top1"])
     warmup = warmup_for(cfg, steps)
-    output.info(f"budget: {steps} of the auto budget's {cap} steps (the probe leaves {100 - probe['cv_top1']:.2f} % "
-                f"cross-validated error; all {cap} from {FULL_AT:g} %), warmup {warmup}")
+    output.info(
+        f"budget: {steps} of the auto budget's {cap} steps (the probe leaves {100 - probe['cv_top1']:.2f} % "
+        f"cross-validated error; all {cap} from {FULL_AT:g} %), warmup {warmup}"
+    )
     return cfg.replace(steps=steps, warmup=warmup)
 
 
@@ -82,9 +84,16 @@ def record(cfg, summary: dict) -> None:
     if not summary.get("img_s") or summary.get("world_size", 1) != 1 or "stopped_at" in summary:
         return
     eval_img_s = (summary.get("probe") or {}).get("features_img_s") or (measured(cfg) or {}).get("eval_img_s")
-    cache.record(THROUGHPUT, _key(cfg, cfg.img_size), {
-        "train_img_s": summary["img_s"], "eval_img_s": eval_img_s, "measured": time.strftime("%Y-%m-%d %H:%M"),
-        "run": summary.get("run_dir")})
+    cache.record(
+        THROUGHPUT,
+        _key(cfg, cfg.img_size),
+        {
+            "train_img_s": summary["img_s"],
+            "eval_img_s": eval_img_s,
+            "measured": time.strftime("%Y-%m-%d %H:%M"),
+            "run": summary.get("run_dir"),
+        },
+    )
 
 
 def measured(cfg) -> dict | None:
@@ -104,19 +113,29 @@ def plan_of(cfg) -> dict:
     try:
         source = open_run_dataset(cfg, download=False)
     except VitError as e:
-        return {"steps": cfg.steps, "note": f"the dataset is not here yet ({e.message}): the budget is fixed when "
-                                            "the run opens it"}
+        return {
+            "steps": cfg.steps,
+            "note": f"the dataset is not here yet ({e.message}): the budget is fixed when the run opens it",
+        }
     n_train, k = source.size("train"), source.num_classes
     cap = cap_steps(cfg, n_train, k)
     probed = is_auto(cfg) and getattr(cfg, "head_init", None) == "probe"
     low = probed_steps(cap, 100.0) if probed else cap
-    out = {"steps": cap, "train_images": n_train, "classes": k, "batch_size": cfg.batch_size,
-           "per_epoch": max(n_train // max(cfg.batch_size, 1), 1)}
+    out = {
+        "steps": cap,
+        "train_images": n_train,
+        "classes": k,
+        "batch_size": cfg.batch_size,
+        "per_epoch": max(n_train // max(cfg.batch_size, 1), 1),
+    }
     if probed:
-        out.update(steps_min=low, warmup=[warmup_for(cfg, low), warmup_for(cfg, cap)],
-                   rule=f"the auto budget max(3 epochs, 100 + 5 x classes) = {cap} steps, cut in proportion to "
-                        f"the LP-FT probe's cross-validated error (all of it from {FULL_AT:g} %; at least "
-                        f"{low}); fixed once the probe is fitted")
+        out.update(
+            steps_min=low,
+            warmup=[warmup_for(cfg, low), warmup_for(cfg, cap)],
+            rule=f"the auto budget max(3 epochs, 100 + 5 x classes) = {cap} steps, cut in proportion to "
+            f"the LP-FT probe's cross-validated error (all of it from {FULL_AT:g} %; at least "
+            f"{low}); fixed once the probe is fitted",
+        )
     else:
         out["warmup"] = cfg.warmup if cfg.warmup_epochs is None else round(cfg.warmup_epochs * out["per_epoch"])
     held = [s for s in ("minival", "val") if s in source.splits][:1]
@@ -138,8 +157,11 @@ def plan_of(cfg) -> dict:
         return round(total)
 
     out["estimated_seconds"] = [seconds(low), seconds(cap)] if probed else seconds(cap)
-    out["estimate_from"] = f"this machine's run of {speed['measured']}: {speed['train_img_s']} img/s training" + (
-        f", {speed['eval_img_s']} img/s evaluating" if speed.get("eval_img_s") else "") + " (start-up not included)"
+    out["estimate_from"] = (
+        f"this machine's run of {speed['measured']}: {speed['train_img_s']} img/s training"
+        + (f", {speed['eval_img_s']} img/s evaluating" if speed.get("eval_img_s") else "")
+        + " (start-up not included)"
+    )
     return out
 
 
@@ -153,8 +175,10 @@ def describe(plan: dict) -> str:
     if "train_images" not in plan:
         return f"plan: {plan.get('note')}"
     steps = f"{plan['steps_min']}-{plan['steps']}" if "steps_min" in plan else f"{plan['steps']}"
-    text = f"plan: {steps} steps of {plan['batch_size']} images ({plan['train_images']} training images, " \
-           f"{plan['classes']} classes)"
+    text = (
+        f"plan: {steps} steps of {plan['batch_size']} images ({plan['train_images']} training images, "
+        f"{plan['classes']} classes)"
+    )
     if "rule" in plan:
         text += f": {plan['rule']}"
     est = plan.get("estimated_seconds")

@@ -34,18 +34,24 @@ def check(cfg) -> None:
     if teacher is None and mode is None:
         return
     if mode is None:
-        raise UsageError("--teacher given without --distill", "add --distill logit (soft KL) or --distill token "
-                                                              "(DeiT's distillation token)")
+        raise UsageError(
+            "--teacher given without --distill",
+            "add --distill logit (soft KL) or --distill token (DeiT's distillation token)",
+        )
     if mode not in MODES:
         raise UsageError(f"unknown --distill {mode!r}", f"use {', '.join(MODES)}")
     if not teacher:
         raise UsageError(f"--distill {mode} needs --teacher MODEL", "e.g. a fine-tuned run folder of the same classes")
     plain_name = "/" not in str(cfg.model) and ":" not in str(cfg.model)  # a timm name (folders: checked at the start)
     if mode == "token" and plain_name and "distilled" not in str(cfg.model):
-        raise UsageError(f"--distill token needs a distilled architecture, not {cfg.model}",
-                         "e.g. --model deit_tiny_distilled_patch16_224 (or use --distill logit)")
-    for name, value, ok in (("--distill-temp", cfg.distill_temp, lambda v: v > 0),
-                            ("--distill-alpha", cfg.distill_alpha, lambda v: 0 <= v <= 1)):
+        raise UsageError(
+            f"--distill token needs a distilled architecture, not {cfg.model}",
+            "e.g. --model deit_tiny_distilled_patch16_224 (or use --distill logit)",
+        )
+    for name, value, ok in (
+        ("--distill-temp", cfg.distill_temp, lambda v: v > 0),
+        ("--distill-alpha", cfg.distill_alpha, lambda v: 0 <= v <= 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
             raise UsageError(f"{name} {value!r}: expected {'a number > 0' if 'temp' in name else 'a number in [0, 1]'}")
 
@@ -69,22 +75,30 @@ class Distiller:
         self.teacher = loaded.model.eval().requires_grad_(False)
         classes = getattr(self.teacher, "num_classes", None)
         if classes != len(label_names):
-            raise UsageError(f"the teacher {cfg.teacher} has {classes} classes, the dataset {len(label_names)}",
-                             "distil from a teacher of the dataset's classes (e.g. a run folder fine-tuned on it)")
+            raise UsageError(
+                f"the teacher {cfg.teacher} has {classes} classes, the dataset {len(label_names)}",
+                "distil from a teacher of the dataset's classes (e.g. a run folder fine-tuned on it)",
+            )
         names = list(loaded.label_names or [])
         if names and names != list(label_names):
             if sorted(names) == sorted(label_names):
-                raise UsageError(f"the teacher {cfg.teacher} has the dataset's classes in another order",
-                                 "distil from a teacher fine-tuned on this dataset (its run folder)")
+                raise UsageError(
+                    f"the teacher {cfg.teacher} has the dataset's classes in another order",
+                    "distil from a teacher fine-tuned on this dataset (its run folder)",
+                )
             if dist.main:
                 from vitcli import output
 
-                output.warn(f"the teacher's class names are not the dataset's ({names[0]!r}... vs "
-                            f"{label_names[0]!r}...): taking its class i as the dataset's class i")
+                output.warn(
+                    f"the teacher's class names are not the dataset's ({names[0]!r}... vs "
+                    f"{label_names[0]!r}...): taking its class i as the dataset's class i"
+                )
         if self.mode == "token":
             if not hasattr(student, "set_distilled_training"):
-                raise UsageError(f"--distill token needs a model with a distillation token, not {cfg.model}",
-                                 "e.g. --model deit_tiny_distilled_patch16_224")
+                raise UsageError(
+                    f"--distill token needs a model with a distillation token, not {cfg.model}",
+                    "e.g. --model deit_tiny_distilled_patch16_224",
+                )
             student.set_distilled_training(True)
         s, t = data_config_for(student), loaded.data_config or data_config_for(self.teacher)
         self.size = tuple(t["input_size"][-2:]) if tuple(t["input_size"]) != tuple(s["input_size"]) else None
@@ -124,8 +138,12 @@ class Distiller:
         else:
             base = self.criterion(output.float(), targets)
             t = self.temp
-            kd = F.kl_div(F.log_softmax(output.float() / t, -1), F.log_softmax(teacher / t, -1), reduction="batchmean",
-                          log_target=True) * (t * t)
+            kd = F.kl_div(
+                F.log_softmax(output.float() / t, -1),
+                F.log_softmax(teacher / t, -1),
+                reduction="batchmean",
+                log_target=True,
+            ) * (t * t)
         return (1 - self.alpha) * base + self.alpha * kd
 
 

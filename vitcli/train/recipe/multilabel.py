@@ -33,8 +33,10 @@ def resolve(cfg, source):
     if cfg.multi_label is None:
         cfg = cfg.replace(multi_label=data)
     elif cfg.multi_label is False and data:
-        raise UsageError(f"{cfg.dataset} is multi-label data (sets of labels per image): --no-multi-label cannot "
-                         "train it", "drop --no-multi-label")
+        raise UsageError(
+            f"{cfg.dataset} is multi-label data (sets of labels per image): --no-multi-label cannot train it",
+            "drop --no-multi-label",
+        )
     elif cfg.multi_label and not data:
         source = as_multi_hot(source)
     if cfg.loss is not None and not cfg.multi_label:
@@ -64,8 +66,9 @@ def criterion(cfg):
         return AsymmetricLossMultiLabel()  # Ridnik et al. 2021: gamma- 4, gamma+ 1, clip 0.05 (timm's defaults)
 
     def bce(logits, targets):
-        return torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, targets.float(), reduction="sum") / max(len(logits), 1)
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets.float(), reduction="sum") / max(
+            len(logits), 1
+        )
 
     return bce
 
@@ -85,13 +88,22 @@ def fit_ovr(x, y, num_classes: int, l2: float, iters: int = 200):
     w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
     prior = y.mean(0).clamp(1e-3, 1 - 1e-3)
     b = torch.log(prior / (1 - prior)).detach().requires_grad_(True)  # start at the class frequencies
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, tolerance_grad=1e-9, tolerance_change=1e-12,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=iters,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, reduction="sum") / len(x) \
+        loss = (
+            torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, reduction="sum") / len(x)
             + l2 * (w * w).sum()
+        )
         loss.backward()
         return loss
 
@@ -118,7 +130,8 @@ def choose_l2(z, y, num_classes: int, grid=(1e-4, 1e-3, 1e-2, 1e-1), folds: int 
             w, b = fit_ovr(z[train], y[train.numpy()], num_classes, l2)
             logits[held] = z[held] @ w + b
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, torch.as_tensor(y, dtype=torch.float64), reduction="sum").item() / len(y)
+            logits, torch.as_tensor(y, dtype=torch.float64), reduction="sum"
+        ).item() / len(y)
         scores[l2] = (loss, 100.0 * mean_ap(per_class_ap(logits.numpy(), y)))
     return min(scores, key=lambda v: scores[v][0]), scores
 
@@ -141,12 +154,20 @@ def finish(job, summary: dict) -> dict:
     thresholds = [DEFAULT_THRESHOLD] * job.source.num_classes
     if selection in job.eval_sets and path.is_file():
         job.model.load_state_dict(load_file(str(Path(job.run_dir) / files.WEIGHTS)))
-        scores, targets = multilabel_scores(job.model, job.eval_sets[selection], job.runtime,
-                                    batch_size=eval_batch_size(job.cfg, 1, job.accum), workers=job.workers)
+        scores, targets = multilabel_scores(
+            job.model,
+            job.eval_sets[selection],
+            job.runtime,
+            batch_size=eval_batch_size(job.cfg, 1, job.accum),
+            workers=job.workers,
+        )
         if len(scores):
             thresholds = choose_thresholds(scores, targets)
-            output.info(f"per-class thresholds (best F1 on {selection}, shrunk towards 0.5): "
-                        f"{', '.join(f'{n} {t:.2f}' for n, t in zip(job.label_names, thresholds))}", style="dim")
+            output.info(
+                f"per-class thresholds (best F1 on {selection}, shrunk towards 0.5): "
+                f"{', '.join(f'{n} {t:.2f}' for n, t in zip(job.label_names, thresholds))}",
+                style="dim",
+            )
     if path.is_file():
         config = json.loads(path.read_text())
         config.update({"multi_label": True, "thresholds": thresholds})

@@ -39,8 +39,14 @@ def create_scheduler(optimizer, cfg, total: int, warmup: int | None = None):
 
     warmup = cfg.warmup if warmup is None else warmup
     warmup = min(warmup, total - 1) if total > 1 else 0
-    common = dict(t_initial=max(total - warmup, 1), warmup_t=warmup, warmup_lr_init=0.0, warmup_prefix=True,
-                  t_in_epochs=False, lr_min=0.0)
+    common = dict(
+        t_initial=max(total - warmup, 1),
+        warmup_t=warmup,
+        warmup_lr_init=0.0,
+        warmup_prefix=True,
+        t_in_epochs=False,
+        lr_min=0.0,
+    )
     with _quiet("timm.scheduler.cosine_lr", "timm.scheduler.poly_lr"):
         if cfg.schedule == "cosine":
             return CosineLRScheduler(optimizer, **common)

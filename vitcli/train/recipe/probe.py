@@ -33,8 +33,15 @@ def fit_logistic(x, y, num_classes: int, l2: float, iters: int = 200):
     y = torch.as_tensor(y, dtype=torch.long)
     w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=iters, tolerance_grad=1e-9, tolerance_change=1e-12,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1.0,
+        max_iter=iters,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
@@ -90,11 +97,18 @@ def _features(loaded, runtime, split, cfg):
     indices = list(range(len(split.targets)))
     todo, started = len(store.missing(indices)), time.perf_counter()
     if todo:  # the longest start-up work of an LP-FT run: said even where no progress bar is drawn (logs)
-        output.info(f"probe: features of {todo} training images (one forward pass, cached for later runs)",
-                    style="dim")
+        output.info(f"probe: features of {todo} training images (one forward pass, cached for later runs)", style="dim")
     with output.progress("probe: features of the training images", total=todo, unit="img") as advance:
-        features.extract(store, loaded, runtime, split, indices, batch_size=eval_batch_size(cfg), workers=cfg.workers,
-                         progress=advance)
+        features.extract(
+            store,
+            loaded,
+            runtime,
+            split,
+            indices,
+            batch_size=eval_batch_size(cfg),
+            workers=cfg.workers,
+            progress=advance,
+        )
     img_s = round(todo / (time.perf_counter() - started), 2) if todo else None
     x, kept = store.gather(indices)
     return x.to(torch.float64), np.asarray(split.targets)[kept], img_s
@@ -110,8 +124,10 @@ def probe_head(model, data_config: dict, source, cfg, runtime) -> dict | None:
 
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if not isinstance(head, torch.nn.Linear) or not hasattr(model, "forward_head"):
-        output.warn(f"--head-init probe: {cfg.model} has no single linear head on pre-logit features; "
-                    "the head stays zero-initialised")
+        output.warn(
+            f"--head-init probe: {cfg.model} has no single linear head on pre-logit features; "
+            "the head stays zero-initialised"
+        )
         return None
     import copy
 

@@ -16,9 +16,18 @@ RECIPES = ("paper", "quick", "deit")
 
 # The paper's fine-tuning (Sec. 3.1, App. B.1.1): SGD momentum 0.9, no weight decay, clip 1.0,
 # batch 512, 384 px, cosine decay after a linear warmup; steps and lr per dataset; a zero-initialised head.
-_FT_PAPER = dict(model="vit_base_patch16_224.augreg_in21k", optimizer="sgd", momentum=0.9,
-                 weight_decay=0.0, clip_grad=1.0, schedule="cosine", batch_size=512, img_size=384,
-                 crop_scale=(0.05, 1.0), head_init="zero")
+_FT_PAPER = dict(
+    model="vit_base_patch16_224.augreg_in21k",
+    optimizer="sgd",
+    momentum=0.9,
+    weight_decay=0.0,
+    clip_grad=1.0,
+    schedule="cosine",
+    batch_size=512,
+    img_size=384,
+    crop_scale=(0.05, 1.0),
+    head_init="zero",
+)
 _FT_PAPER_DATA = {
     "small": dict(steps=500, warmup=100, lr=0.003),  # Pets, Flowers, small folders
     "cifar": dict(steps=10_000, warmup=500, lr=0.01),
@@ -28,31 +37,94 @@ _FT_PAPER_DATA = {
 # benchmarks/recipes.py): the model's own resolution, a small batch, a budget in steps from the table of
 # `auto_steps`, the head first (LP-FT: a linear probe on cached frozen features initialises it, and is
 # the step-0 candidate of the model selection), layer-wise lr decay, early stopping on minival.
-_FT_QUICK = dict(model="vit_tiny_patch16_224.augreg_in21k", optimizer="sgd", momentum=0.9,
-                 weight_decay=0.0, clip_grad=1.0, schedule="cosine", batch_size=32, img_size=None,
-                 budget="auto", steps=None, epochs=None, warmup=10, lr=0.01, crop_scale=(0.25, 1.0),
-                 eval_every=None, head_init="probe", layer_decay=0.75, patience=None)
+_FT_QUICK = dict(
+    model="vit_tiny_patch16_224.augreg_in21k",
+    optimizer="sgd",
+    momentum=0.9,
+    weight_decay=0.0,
+    clip_grad=1.0,
+    schedule="cosine",
+    batch_size=32,
+    img_size=None,
+    budget="auto",
+    steps=None,
+    epochs=None,
+    warmup=10,
+    lr=0.01,
+    crop_scale=(0.25, 1.0),
+    eval_every=None,
+    head_init="probe",
+    layer_decay=0.75,
+    patience=None,
+)
 # Pre-training (Sec. 3.1, App. B.1): Adam (0.9, 0.999), decoupled weight decay 0.1, batch 4096,
 # linear warmup (10k steps) then linear decay.
-_TRAIN_PAPER = dict(model="B/16", optimizer="adamw", betas=(0.9, 0.999), weight_decay=0.1, lr=0.001,
-                    schedule="linear", batch_size=4096, warmup=10_000, epochs=300, clip_grad=1.0,
-                    crop_scale=(0.08, 1.0))
+_TRAIN_PAPER = dict(
+    model="B/16",
+    optimizer="adamw",
+    betas=(0.9, 0.999),
+    weight_decay=0.1,
+    lr=0.001,
+    schedule="linear",
+    batch_size=4096,
+    warmup=10_000,
+    epochs=300,
+    clip_grad=1.0,
+    crop_scale=(0.08, 1.0),
+)
 # The paper's optimiser on a laptop budget; the augmentation follows the budget (`augmentation`).
-_TRAIN_QUICK = dict(model="Ti/16", optimizer="adamw", betas=(0.9, 0.999), weight_decay=0.1, lr=0.001,
-                    schedule="linear", batch_size=64, warmup=10, epochs=30, clip_grad=1.0,
-                    crop_scale=None, hflip=None, img_size=64, patch_size=8)
+_TRAIN_QUICK = dict(
+    model="Ti/16",
+    optimizer="adamw",
+    betas=(0.9, 0.999),
+    weight_decay=0.1,
+    lr=0.001,
+    schedule="linear",
+    batch_size=64,
+    warmup=10,
+    epochs=30,
+    clip_grad=1.0,
+    crop_scale=None,
+    hflip=None,
+    img_size=64,
+    patch_size=8,
+)
 # DeiT (Touvron et al. 2021, Table 9): ViT on ImageNet-1k alone. AdamW lr 5e-4 x batch/512, wd 0.05,
 # cosine, 5 warmup epochs, RandAugment m9, mixup 0.8 / cutmix 1.0, random erasing 0.25, label
 # smoothing 0.1, stochastic depth 0.1, EMA 0.99996, no gradient clipping, 300 epochs at batch 1024.
-_DEIT = dict(optimizer="adamw", betas=(0.9, 0.999), lr_base=5e-4, weight_decay=0.05, schedule="cosine",
-             warmup=0, warmup_epochs=5, clip_grad=None, crop_scale=(0.08, 1.0), hflip=0.5,
-             aa="rand-m9-mstd0.5-inc1", mixup=0.8, cutmix=1.0, reprob=0.25, label_smoothing=0.1, drop_path=0.1,
-             model_ema=True, ema_decay=0.99996)
+_DEIT = dict(
+    optimizer="adamw",
+    betas=(0.9, 0.999),
+    lr_base=5e-4,
+    weight_decay=0.05,
+    schedule="cosine",
+    warmup=0,
+    warmup_epochs=5,
+    clip_grad=None,
+    crop_scale=(0.08, 1.0),
+    hflip=0.5,
+    aa="rand-m9-mstd0.5-inc1",
+    mixup=0.8,
+    cutmix=1.0,
+    reprob=0.25,
+    label_smoothing=0.1,
+    drop_path=0.1,
+    model_ema=True,
+    ema_decay=0.99996,
+)
 _TRAIN_DEIT = dict(_DEIT, model="Ti/16", batch_size=1024, epochs=300)
 # Fine-tuning with DeiT's regularisation, as BEiT and MAE fine-tune ViTs: the same augmentation,
 # layer-wise lr decay 0.75, the paper's durations and model, a zero-initialised head.
-_FT_DEIT = dict(_DEIT, model="vit_base_patch16_224.augreg_in21k", batch_size=512, img_size=None,
-                layer_decay=0.75, head_init="zero", warmup_epochs=None)
+_FT_DEIT = dict(
+    _DEIT,
+    model="vit_base_patch16_224.augreg_in21k",
+    batch_size=512,
+    img_size=None,
+    layer_decay=0.75,
+    head_init="zero",
+    warmup_epochs=None,
+)
+
 
 def dataset_kind(dataset: str) -> str:
     name = (dataset or "").strip().lower()

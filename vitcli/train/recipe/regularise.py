@@ -23,7 +23,7 @@ def numpy_seeded(seed: int):
     import numpy as np
 
     state = np.random.get_state()
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     try:
         yield
     finally:
@@ -38,15 +38,24 @@ class Regularisation:
 
         self.num_classes, self.seed, self.rank = num_classes, seed, rank
         self.smoothing = cfg.label_smoothing
-        self.multi_label = bool(getattr(cfg, "multi_label", False))  # multi-hot targets (vitcli.train.recipe.multilabel)
+        self.multi_label = bool(
+            getattr(cfg, "multi_label", False)
+        )  # multi-hot targets (vitcli.train.recipe.multilabel)
         self.mixup = None
         if cfg.mixup > 0 or cfg.cutmix > 0:
             from timm.data import Mixup
             from timm.loss import SoftTargetCrossEntropy
 
-            self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=1.0, switch_prob=0.5,
-                               mode="batch", label_smoothing=cfg.label_smoothing, num_classes=num_classes,
-                               **({"multi_label": True} if self.multi_label else {}))
+            self.mixup = Mixup(
+                mixup_alpha=cfg.mixup,
+                cutmix_alpha=cfg.cutmix,
+                prob=1.0,
+                switch_prob=0.5,
+                mode="batch",
+                label_smoothing=cfg.label_smoothing,
+                num_classes=num_classes,
+                **({"multi_label": True} if self.multi_label else {}),
+            )
             self.criterion = SoftTargetCrossEntropy()
         else:
             self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)

@@ -39,8 +39,9 @@ def _steps(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def run_curves(train: list[dict], held: list[dict], test: list[dict], path: Path, title: str = "",
-               probe: dict | None = None) -> Path:
+def run_curves(
+    train: list[dict], held: list[dict], test: list[dict], path: Path, title: str = "", probe: dict | None = None
+) -> Path:
     """curves.png of one run, from its training, selection-split and test records (and the LP-FT probe's
     record): loss, top-1 and learning rate against step. Without a held-out split the top-1 panel still
     says what the run reached: the test top-1 of the kept model, beside the probe's cross-validated top-1
@@ -55,14 +56,23 @@ def run_curves(train: list[dict], held: list[dict], test: list[dict], path: Path
         loss_ax.plot([r["step"] for r in held], [r["loss"] for r in held], "o-", label=split, color="tab:orange")
         top1_ax.plot([r["step"] for r in held], [r["top1"] for r in held], "o-", label=split, color="tab:orange")
     if probe is not None and probe.get("cv_top1") is not None:
-        top1_ax.axhline(probe["cv_top1"], linestyle="--", color="tab:gray",
-                        label=f"linear probe, cross-validated {probe['cv_top1']:.2f} %")
+        top1_ax.axhline(
+            probe["cv_top1"],
+            linestyle="--",
+            color="tab:gray",
+            label=f"linear probe, cross-validated {probe['cv_top1']:.2f} %",
+        )
     for r in test[-1:]:
-        top1_ax.plot([r["step"]], [r["top1"]], "*", markersize=12, label=f"test {r['top1']:.2f} %",
-                     color="tab:green")
+        top1_ax.plot([r["step"]], [r["top1"]], "*", markersize=12, label=f"test {r['top1']:.2f} %", color="tab:green")
     if not held:
-        top1_ax.text(0.02, 0.02, "no held-out split during the run: the last model is kept",
-                     transform=top1_ax.transAxes, fontsize=7, color="tab:gray")
+        top1_ax.text(
+            0.02,
+            0.02,
+            "no held-out split during the run: the last model is kept",
+            transform=top1_ax.transAxes,
+            fontsize=7,
+            color="tab:gray",
+        )
     if test or held:
         low, high = top1_ax.get_ylim()
         if high - low < 2:  # a probe at 99.7 % and a test at 99.6 %: two points apart, not stuck to the frame
@@ -94,8 +104,14 @@ def sweep_plot(settings: list[dict], split: str, path: Path) -> Path:
     curve_ax, bar_ax = fig.subplots(1, 2, width_ratios=[3, 2])
     for i, s in enumerate(settings):
         if s["curve"]:
-            curve_ax.plot([r["step"] for r in s["curve"]], [r["top1"] for r in s["curve"]], "o-", color=f"C{i % 10}",
-                          linewidth=2.5 if s["winner"] else 1.2, label=s["label"] + (" *" if s["winner"] else ""))
+            curve_ax.plot(
+                [r["step"] for r in s["curve"]],
+                [r["top1"] for r in s["curve"]],
+                "o-",
+                color=f"C{i % 10}",
+                linewidth=2.5 if s["winner"] else 1.2,
+                label=s["label"] + (" *" if s["winner"] else ""),
+            )
     curve_ax.set(xlabel="step", ylabel=f"{split} top-1 (%)", title=f"{split} top-1 during training")
     _percent(curve_ax)
     _steps(curve_ax)
@@ -104,8 +120,9 @@ def sweep_plot(settings: list[dict], split: str, path: Path) -> Path:
         curve_ax.legend(fontsize=7)
     positions = list(range(len(settings)))
     best = [s["best"] or 0.0 for s in settings]
-    bars = bar_ax.barh(positions, best, color=["lightgrey" if s["failed"] else f"C{i % 10}"
-                                               for i, s in enumerate(settings)])
+    bars = bar_ax.barh(
+        positions, best, color=["lightgrey" if s["failed"] else f"C{i % 10}" for i, s in enumerate(settings)]
+    )
     for bar, s in zip(bars, settings):
         text = "failed" if s["failed"] else "-" if s["best"] is None else f"{s['best']:.2f}"
         if s["winner"] and s["test"] is not None:

@@ -38,8 +38,14 @@ class Display:
 
             from vitcli import output
 
-            self._progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.fields[text]}"), console=output.err(), transient=False)
+            self._progress = Progress(
+                TextColumn("[bold]train[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[text]}"),
+                console=output.err(),
+                transient=False,
+            )
             self._progress.start()
             self._task = self._progress.add_task("train", total=self.total, completed=self.step, text="")
         return self

@@ -51,8 +51,9 @@ def backends(report_to: str | None) -> list[str]:
         return []
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
-        raise UsageError(f"--report-to {unknown[0]!r} is not a backend",
-                         "use tensorboard, wandb, both (tensorboard,wandb) or none")
+        raise UsageError(
+            f"--report-to {unknown[0]!r} is not a backend", "use tensorboard, wandb, both (tensorboard,wandb) or none"
+        )
     return list(dict.fromkeys(names))
 
 
@@ -64,8 +65,9 @@ def require(name: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise VitError(f"--report-to {name} needs the {module} package, which is not installed",
-                       f"pip install 'vitcli[{extra}]'") from None
+        raise VitError(
+            f"--report-to {name} needs the {module} package, which is not installed", f"pip install 'vitcli[{extra}]'"
+        ) from None
 
 
 def check(report_to: str | None) -> None:
@@ -123,8 +125,9 @@ def results_rows(records: list[dict]) -> list[dict]:
             continue
         if is_train(record):
             r = row(step)
-            r.update(epoch=record.get("epoch"), train_loss=record.get("loss"), lr=record.get("lr"),
-                     img_s=record.get("img_s"))
+            r.update(
+                epoch=record.get("epoch"), train_loss=record.get("loss"), lr=record.get("lr"), img_s=record.get("img_s")
+            )
             if record.get("seconds") is not None:
                 r["seconds"] = record["seconds"]
         elif is_selection(record):
@@ -152,9 +155,14 @@ def write_curves(run_dir: Path, records: list[dict] | None = None) -> Path:
 
     records = read_records(run_dir) if records is None else records
     probe = next((r for r in records if r.get("event") == "probe"), None)
-    return run_curves([r for r in records if is_train(r)], [r for r in records if is_selection(r)],
-                      [r for r in records if is_test(r)], Path(run_dir) / CURVES, title=Path(run_dir).name,
-                      probe=probe)
+    return run_curves(
+        [r for r in records if is_train(r)],
+        [r for r in records if is_selection(r)],
+        [r for r in records if is_test(r)],
+        Path(run_dir) / CURVES,
+        title=Path(run_dir).name,
+        probe=probe,
+    )
 
 
 def write_confusion(run_dir: Path, confusion, split: str) -> list[Path]:
@@ -180,9 +188,17 @@ def write_sweep_plot(result, labels: list[str]) -> Path:
     selection-split curve from its own metrics.jsonl, and its best top-1."""
     from vitcli.train.report.curves import sweep_plot
 
-    settings = [{"label": text, "curve": [r for r in read_records(result.sweep_dir / row.folder) if is_selection(r)],
-                 "best": row.val_top1, "failed": row.status == "failed", "winner": row is result.winner,
-                 "test": row.test_top1} for row, text in zip(result.rows, labels)]
+    settings = [
+        {
+            "label": text,
+            "curve": [r for r in read_records(result.sweep_dir / row.folder) if is_selection(r)],
+            "best": row.val_top1,
+            "failed": row.status == "failed",
+            "winner": row is result.winner,
+            "test": row.test_top1,
+        }
+        for row, text in zip(result.rows, labels)
+    ]
     return sweep_plot(settings, result.selection_split, result.sweep_dir / SWEEP_PLOT)
 
 
@@ -240,9 +256,15 @@ class WandB:
         wandb = require("wandb")
         ident = runs.read_run_json(run_dir).get("wandb_id") or uuid.uuid4().hex[:12]
         runs.write_run_json(run_dir, wandb_id=ident)
-        self.run = wandb.init(dir=str(run_dir), name=Path(run_dir).name, id=ident, resume="allow",
-                              job_type=cfg.command, config={"command": cfg.command, **cfg.to_dict()},
-                              mode="offline" if env.offline() else None)
+        self.run = wandb.init(
+            dir=str(run_dir),
+            name=Path(run_dir).name,
+            id=ident,
+            resume="allow",
+            job_type=cfg.command,
+            config={"command": cfg.command, **cfg.to_dict()},
+            mode="offline" if env.offline() else None,
+        )
 
     def log(self, step: int, values: dict) -> None:
         self.run.log(values, step=step)

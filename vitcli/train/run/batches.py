@@ -30,8 +30,8 @@ class EpochSampler:
         g = torch.Generator()
         g.manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(self.n, generator=g)
-        mine = perm[self.dist.rank::self.dist.world][:self.per_rank]
-        return iter(mine[self.start:].tolist())
+        mine = perm[self.dist.rank :: self.dist.world][: self.per_rank]
+        return iter(mine[self.start :].tolist())
 
     def __len__(self) -> int:
         return max(self.per_rank - self.start, 0)
@@ -40,8 +40,7 @@ class EpochSampler:
 class TrainBatches:
     """Micro-batches from epoch to epoch, tracking (epoch, position) for exact resume."""
 
-    def __init__(self, dataset, source, *, micro: int, seed: int, dist, runtime, workers, epoch: int = 0,
-                 pos: int = 0):
+    def __init__(self, dataset, source, *, micro: int, seed: int, dist, runtime, workers, epoch: int = 0, pos: int = 0):
         self.dataset, self.source, self.micro, self.seed = dataset, source, micro, seed
         self.dist, self.runtime, self.workers = dist, runtime, workers
         self.epoch, self.pos = epoch, pos
@@ -50,21 +49,40 @@ class TrainBatches:
         self.empty_run = 0  # micro-batches in a row with no readable image
         n = len(dataset)
         if (n // dist.world) // micro < 1:
-            raise VitError(f"the training split has {n} images, fewer than one batch per process "
-                           f"({micro} x {dist.world})", "lower --batch-size")
+            raise VitError(
+                f"the training split has {n} images, fewer than one batch per process ({micro} x {dist.world})",
+                "lower --batch-size",
+            )
 
     def _open(self):
         from vitcli.data.loader import make_loader
 
         self.dataset.set_epoch(self.epoch)
         if hasattr(self.dataset, "loader"):  # streamed shards (vitcli.data.stream): the stream splits itself
-            self.it = iter(self.dataset.loader(epoch=self.epoch, start=self.pos, micro=self.micro, dist=self.dist,
-                                               workers=self.workers, device=self.runtime.device, seed=self.seed))
+            self.it = iter(
+                self.dataset.loader(
+                    epoch=self.epoch,
+                    start=self.pos,
+                    micro=self.micro,
+                    dist=self.dist,
+                    workers=self.workers,
+                    device=self.runtime.device,
+                    seed=self.seed,
+                )
+            )
             return
         sampler = EpochSampler(len(self.dataset), self.seed, self.epoch, self.dist, self.pos)
-        self.it = iter(make_loader(self.dataset, batch_size=self.micro, sampler=sampler, drop_last=True,
-                                   workers=self.workers, seed=self.seed * 7919 + self.epoch,
-                                   device=self.runtime.device))
+        self.it = iter(
+            make_loader(
+                self.dataset,
+                batch_size=self.micro,
+                sampler=sampler,
+                drop_last=True,
+                workers=self.workers,
+                seed=self.seed * 7919 + self.epoch,
+                device=self.runtime.device,
+            )
+        )
 
     def next(self):
         """(images, labels) of the next micro-batch with at least one readable image."""
@@ -91,13 +109,18 @@ class TrainBatches:
 
     def _unreadable(self):
         """Batch after batch without an image: say how many images could be read, and why not."""
-        mine = {self.dataset.path(i) for i in range(len(self.dataset))} if hasattr(self.dataset, "path") else \
-            set(self.source.unreadable)  # a stream names its samples as it reads them
+        mine = (
+            {self.dataset.path(i) for i in range(len(self.dataset))}
+            if hasattr(self.dataset, "path")
+            else set(self.source.unreadable)
+        )  # a stream names its samples as it reads them
         reasons = Counter(_kind(r) for path, r in self.source.unreadable.items() if path in mine)
         read = len(self.dataset) - sum(reasons.values())
         why = ", ".join(f"{n} {kind}" for kind, n in reasons.most_common())
-        raise DataError(f"{read} of {len(self.dataset)} training images could be read: {why}",
-                        "check the files of the training split (the first ones are named above)")
+        raise DataError(
+            f"{read} of {len(self.dataset)} training images could be read: {why}",
+            "check the files of the training split (the first ones are named above)",
+        )
 
     def close(self):
         self.it = None
@@ -105,8 +128,14 @@ class TrainBatches:
 
 def _kind(reason: str) -> str:
     """A short name for why an image could not be read, to count them."""
-    for key, kind in (("empty", "empty"), ("not an image", "not an image"), ("pillow-heif", "HEIC without pillow-heif"),
-                      ("truncated", "truncated"), ("no such file", "missing"), ("decompression bomb", "too large")):
+    for key, kind in (
+        ("empty", "empty"),
+        ("not an image", "not an image"),
+        ("pillow-heif", "HEIC without pillow-heif"),
+        ("truncated", "truncated"),
+        ("no such file", "missing"),
+        ("decompression bomb", "too large"),
+    ):
         if key in reason:
             return kind
     return reason.split("(")[0].strip()[:40] or "unreadable"

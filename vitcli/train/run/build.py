@@ -20,9 +20,14 @@ def open_run_dataset(cfg, download: bool | None = None):
     """The run's dataset, its minival carved as every part of a run (and a sweep's test) carves it."""
     from vitcli.data.datasets import open_dataset
 
-    return open_dataset(cfg.dataset, data_dir=cfg.data_dir and Path(cfg.data_dir), val_split=cfg.val_split,
-                        download=cfg.download if download is None else download, image_column=cfg.image_column,
-                        label_column=cfg.label_column)
+    return open_dataset(
+        cfg.dataset,
+        data_dir=cfg.data_dir and Path(cfg.data_dir),
+        val_split=cfg.val_split,
+        download=cfg.download if download is None else download,
+        image_column=cfg.image_column,
+        label_column=cfg.label_column,
+    )
 
 
 def _mixers(cfg) -> dict:

@@ -22,7 +22,8 @@ def save(obj, path: Path) -> None:
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # closed whatever happens: a full disk gets its blocks back when the
-            torch.save(obj, fh)      # temporary file is removed
+            torch.save(obj, fh)  # temporary file is removed
+
     atomic_write(path, write)
 
 
@@ -40,8 +41,11 @@ def load(path: Path) -> dict:
     except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError (zip), EOFError, ValueError
         if isinstance(e, OSError) and e.errno is not None:
             raise
-        reason = "it holds pickled objects" if "weights_only" in str(e) else \
-            (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        reason = (
+            "it holds pickled objects"
+            if "weights_only" in str(e)
+            else (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        )
         raise UsageError(f"cannot read the training state {display(path)}: {reason}", hint) from None
     return state
 
@@ -53,8 +57,9 @@ def load_training_state(path: Path) -> dict:
 
     state = load(path)
     if not isinstance(state, dict) or not {"model", "optimizer", "step", "config"} <= set(state):
-        raise UsageError(f"{display(path)} is not a vit training state",
-                         "give --resume a run folder (or its last/state.pt)")
+        raise UsageError(
+            f"{display(path)} is not a vit training state", "give --resume a run folder (or its last/state.pt)"
+        )
     return state
 
 
@@ -67,10 +72,16 @@ def load_model_state(model, state: dict, name: str) -> None:
     missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(getattr(state[k], "shape", ()))]
     if missing or extra or shapes:
-        first = (f"{shapes[0]} is {list(state[shapes[0]].shape)} in the state, {list(own[shapes[0]].shape)} in "
-                 "the model") if shapes else f"{len(missing)} tensor(s) missing, {len(extra)} unexpected"
-        raise ModelError(f"the training state does not fit the model {name} ({first}): it was saved by a run "
-                         "of another architecture", "resume the run that saved it, or start a new run")
+        first = (
+            (f"{shapes[0]} is {list(state[shapes[0]].shape)} in the state, {list(own[shapes[0]].shape)} in the model")
+            if shapes
+            else f"{len(missing)} tensor(s) missing, {len(extra)} unexpected"
+        )
+        raise ModelError(
+            f"the training state does not fit the model {name} ({first}): it was saved by a run "
+            "of another architecture",
+            "resume the run that saved it, or start a new run",
+        )
     model.load_state_dict(state)
 
 
@@ -98,10 +109,14 @@ def rng_state() -> dict:
     version, py_state, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
-        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
-                   "gauss": gauss},
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -115,11 +130,12 @@ def set_rng_state(state: dict) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
     npy = state["numpy"]
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached"]))
+    np.random.set_state(
+        (npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        states = state["cuda"][:torch.cuda.device_count()]
+        states = state["cuda"][: torch.cuda.device_count()]
         torch.cuda.set_rng_state_all(states)
 
 
@@ -156,8 +172,9 @@ def all_finite(model, optimizer) -> bool:
     import torch
 
     tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
-    tensors += [v for s in optimizer.state.values() for v in s.values()
-                if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    tensors += [
+        v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.is_floating_point()
+    ]
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
 
 
@@ -168,14 +185,32 @@ def pack(trainer, model_state: dict, optimizer_state: dict, rng) -> dict:
 
     t = trainer.tally
     return {
-            "format": 1, "command": trainer.cfg.command, "config": trainer.cfg.to_dict(), "step": t.step,
-            "epoch": trainer.batches.epoch, "pos": trainer.batches.pos, "accum": trainer.accum, "micro": trainer.micro,
-            "total": trainer.total, "model": model_state, "optimizer": optimizer_state,
-            "scheduler": trainer.scheduler.state_dict(), "scaler": trainer.scaler.state_dict() if trainer.scaler else None,
-            "rng": rng, "best": {"top1": t.best_top1, "step": t.best_step, "loss": t.best_loss,
-                                 "weights": t.best_weights, "stale": t.stale}, "bad_steps": t.bad_steps,
-            "ema": trainer.ema.module.state_dict() if trainer.ema is not None else None,
-            "images_seen": t.images_seen, "train_seconds": t.train_seconds,
-            "elapsed": t.elapsed + time.time() - trainer.started, "unreadable": dict(trainer.job.source.unreadable),
-            "kernels": trainer.kernels,
+        "format": 1,
+        "command": trainer.cfg.command,
+        "config": trainer.cfg.to_dict(),
+        "step": t.step,
+        "epoch": trainer.batches.epoch,
+        "pos": trainer.batches.pos,
+        "accum": trainer.accum,
+        "micro": trainer.micro,
+        "total": trainer.total,
+        "model": model_state,
+        "optimizer": optimizer_state,
+        "scheduler": trainer.scheduler.state_dict(),
+        "scaler": trainer.scaler.state_dict() if trainer.scaler else None,
+        "rng": rng,
+        "best": {
+            "top1": t.best_top1,
+            "step": t.best_step,
+            "loss": t.best_loss,
+            "weights": t.best_weights,
+            "stale": t.stale,
+        },
+        "bad_steps": t.bad_steps,
+        "ema": trainer.ema.module.state_dict() if trainer.ema is not None else None,
+        "images_seen": t.images_seen,
+        "train_seconds": t.train_seconds,
+        "elapsed": t.elapsed + time.time() - trainer.started,
+        "unreadable": dict(trainer.job.source.unreadable),
+        "kernels": trainer.kernels,
     }

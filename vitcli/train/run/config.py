@@ -28,7 +28,9 @@ class RunConfig:
     val_split: float | None = None
     image_column: str | None = None  # Hugging Face datasets: None finds it from the features
     label_column: str | None = None
-    multi_label: bool | None = None  # sets of labels: sigmoid head and BCE (vitcli.train.recipe.multilabel); None: from the data
+    multi_label: bool | None = (
+        None  # sets of labels: sigmoid head and BCE (vitcli.train.recipe.multilabel); None: from the data
+    )
     loss: str | None = None  # multi-label: bce (None) | asl (timm's asymmetric loss)
     recipe: str = "quick"
     # duration: steps, or epochs (converted to steps once the dataset size is known), or "auto": the
@@ -120,6 +122,7 @@ class TrainConfig(RunConfig):
 
 CONFIGS = {"finetune": FinetuneConfig, "train": TrainConfig}
 
+
 # ------------------------------------------------------------------------------------------ layers
 def _check_keys(cls, values: dict, origin: str) -> dict:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
@@ -128,8 +131,10 @@ def _check_keys(cls, values: dict, origin: str) -> dict:
         import difflib
 
         close = difflib.get_close_matches(unknown[0], names, n=1)
-        raise UsageError(f"{origin}: unknown setting {unknown[0]!r}",
-                         f"did you mean {close[0]!r}?" if close else f"settings: {', '.join(sorted(names))}")
+        raise UsageError(
+            f"{origin}: unknown setting {unknown[0]!r}",
+            f"did you mean {close[0]!r}?" if close else f"settings: {', '.join(sorted(names))}",
+        )
     return {k: v for k, v in values.items() if k in names}
 
 
@@ -194,20 +199,45 @@ def with_minival(cfg):
 
 # setting: (whole number?, lowest, highest, highest excluded?); None: no bound
 _NUMBERS = {
-    "steps": (True, 1, None, False), "epochs": (False, 0, None, False), "warmup": (True, 0, None, False),
-    "lr": (False, 0, None, False), "momentum": (False, 0, 1, False), "weight_decay": (False, 0, None, False),
-    "clip_grad": (False, 0, None, False), "label_smoothing": (False, 0, 1, True), "batch_size": (True, 1, None, False),
-    "accum": (True, 1, None, False), "img_size": (True, 8, None, False), "seed": (True, 0, 2 ** 32 - 1, False),
-    "workers": (True, 0, None, False), "eval_every": (True, 1, None, False), "save_every": (True, 1, None, False),
-    "log_every": (True, 1, None, False), "max_bad_steps": (True, 1, None, False), "val_split": (False, 0, 1, True),
-    "patch_size": (True, 1, None, False), "drop_path": (False, 0, 1, True), "patience": (True, 1, None, False),
-    "warmup_epochs": (False, 0, None, False), "lr_base": (False, 0, None, False), "hflip": (False, 0, 1, False),
-    "layer_decay": (False, 0, 1, False), "reprob": (False, 0, 1, False), "mixup": (False, 0, None, False),
-    "cutmix": (False, 0, None, False), "ema_decay": (False, 0, 1, True),
+    "steps": (True, 1, None, False),
+    "epochs": (False, 0, None, False),
+    "warmup": (True, 0, None, False),
+    "lr": (False, 0, None, False),
+    "momentum": (False, 0, 1, False),
+    "weight_decay": (False, 0, None, False),
+    "clip_grad": (False, 0, None, False),
+    "label_smoothing": (False, 0, 1, True),
+    "batch_size": (True, 1, None, False),
+    "accum": (True, 1, None, False),
+    "img_size": (True, 8, None, False),
+    "seed": (True, 0, 2**32 - 1, False),
+    "workers": (True, 0, None, False),
+    "eval_every": (True, 1, None, False),
+    "save_every": (True, 1, None, False),
+    "log_every": (True, 1, None, False),
+    "max_bad_steps": (True, 1, None, False),
+    "val_split": (False, 0, 1, True),
+    "patch_size": (True, 1, None, False),
+    "drop_path": (False, 0, 1, True),
+    "patience": (True, 1, None, False),
+    "warmup_epochs": (False, 0, None, False),
+    "lr_base": (False, 0, None, False),
+    "hflip": (False, 0, 1, False),
+    "layer_decay": (False, 0, 1, False),
+    "reprob": (False, 0, 1, False),
+    "mixup": (False, 0, None, False),
+    "cutmix": (False, 0, None, False),
+    "ema_decay": (False, 0, 1, True),
 }
-CHOICES = {"budget": ("fixed", "auto"), "schedule": ("cosine", "linear", "constant"), "head_init": ("zero", "probe"),
-           "pos_embed": ("learn", "sincos", "none"), "pool": ("token", "avg"), "loss": ("bce", "asl"),
-           "precision": ("auto", "fp32", "bf16", "fp16")}
+CHOICES = {
+    "budget": ("fixed", "auto"),
+    "schedule": ("cosine", "linear", "constant"),
+    "head_init": ("zero", "probe"),
+    "pos_embed": ("learn", "sincos", "none"),
+    "pool": ("token", "avg"),
+    "loss": ("bce", "asl"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+}
 AA_POLICIES = ("rand", "augmix", "original", "originalr", "v0", "v0r", "3a")  # timm's auto_augment names
 
 
@@ -239,15 +269,21 @@ def _check_numbers(cfg: RunConfig) -> None:
         kind = "a whole number" if whole else "a number"
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not float(value).is_integer()):
             raise UsageError(f"{flag} {value!r}: expected {kind}")
-        if not math.isfinite(value) or value < low or (high is not None and (value >= high if open_high else value > high)):
+        if (
+            not math.isfinite(value)
+            or value < low
+            or (high is not None and (value >= high if open_high else value > high))
+        ):
             bounds = f"at least {low}" if high is None else f"in [{low}, {high}{')' if open_high else ']'}"
             raise UsageError(f"{flag} {value!r}: expected a finite {kind[2:] if whole else 'number'} {bounds}")
     for name, (low, high) in (("crop_scale", (0, 1)), ("betas", (0, 1))):
         pair = getattr(cfg, name)
         if pair is None and name == "crop_scale":
             continue
-        if (len(pair) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                                      and low <= v <= high for v in pair)):
+        if len(pair) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high
+            for v in pair
+        ):
             raise UsageError(f"{name} {list(pair)!r}: expected two numbers in [{low}, {high}]")
 
 
@@ -269,15 +305,21 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.steps is not None and cfg.steps < 1 or cfg.epochs is not None and cfg.epochs <= 0:
         raise UsageError("the duration must be positive")
     if cfg.aa and cfg.aa != "none" and cfg.aa.split("-")[0] not in AA_POLICIES:
-        raise UsageError(f"unknown --aa {cfg.aa!r}", "e.g. rand-m9-mstd0.5-inc1 (RandAugment), augmix-m5-w4-d2, "
-                                                     "original, v0 (AutoAugment), 3a, or none")
+        raise UsageError(
+            f"unknown --aa {cfg.aa!r}",
+            "e.g. rand-m9-mstd0.5-inc1 (RandAugment), augmix-m5-w4-d2, original, v0 (AutoAugment), 3a, or none",
+        )
     if cfg.accum is not None and (cfg.accum < 1 or cfg.batch_size % cfg.accum):
-        raise UsageError(f"--batch-size {cfg.batch_size} is not divisible by --accum {cfg.accum}",
-                         "the global batch is split into --accum equal micro-batches")
+        raise UsageError(
+            f"--batch-size {cfg.batch_size} is not divisible by --accum {cfg.accum}",
+            "the global batch is split into --accum equal micro-batches",
+        )
     if isinstance(cfg, TrainConfig):
         if cfg.img_size and cfg.patch_size and cfg.img_size % cfg.patch_size:
-            raise UsageError(f"--img-size {cfg.img_size} is not a multiple of --patch-size {cfg.patch_size}",
-                             "a ViT cuts the image into whole patches: e.g. --img-size 32 --patch-size 4")
+            raise UsageError(
+                f"--img-size {cfg.img_size} is not a multiple of --patch-size {cfg.patch_size}",
+                "a ViT cuts the image into whole patches: e.g. --img-size 32 --patch-size 4",
+            )
     from vitcli.train.recipe import distill
     from vitcli.train.report.reporting import backends
     from vitcli.train.scale import fsdp

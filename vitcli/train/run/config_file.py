@@ -39,8 +39,10 @@ def read_config_file(path: Path) -> dict:
     except ValueError as e:
         raise UsageError(f"config file {path} is not valid {kind}: {e}") from None
     if not isinstance(values, dict):
-        raise UsageError(f"config file {path} does not hold a table of settings",
-                         "write one `key: value` (YAML), `key = value` (TOML) or JSON object entry per setting")
+        raise UsageError(
+            f"config file {path} does not hold a table of settings",
+            "write one `key: value` (YAML), `key = value` (TOML) or JSON object entry per setting",
+        )
     if isinstance(values.get("vitcli"), dict):  # a run folder's model config.json
         values = values["vitcli"].get("config", {})
     elif isinstance(values.get("config"), dict):  # run.json
@@ -87,7 +89,7 @@ def _check_expansion(root) -> None:
             inner = active | {id(node)}
             total = 1
             for child in children:
-                for part in (child if isinstance(child, tuple) else (child,)):
+                for part in child if isinstance(child, tuple) else (child,):
                     total += size(part, inner)
                     if total > MAX_YAML_NODES:
                         raise ValueError(f"its aliases expand to more than {MAX_YAML_NODES:,} values")

@@ -20,8 +20,9 @@ def eval_batch_size(cfg, world: int = 1, accum: int | None = None) -> int:
     return max(1, min(256, 2 * micro))
 
 
-def evaluate(model, dataset, runtime, dist, *, batch_size: int, workers: int | None = None, source=None,
-             confusion: bool = False) -> dict:
+def evaluate(
+    model, dataset, runtime, dist, *, batch_size: int, workers: int | None = None, source=None, confusion: bool = False
+) -> dict:
     """{"top1": %, "loss": mean cross-entropy, "n": images} of `model` on `dataset` (an ImageDataset with
     the eval transform). Unreadable images are left out and handed to `source.note_skipped`. confusion:
     also "confusion", the (C, C) matrix of counts (rows = true class; every rank's summed)."""
@@ -34,8 +35,9 @@ def evaluate(model, dataset, runtime, dist, *, batch_size: int, workers: int | N
     if dataset.records.labels.ndim > 1:  # multi-label (vitcli.train.recipe.multilabel): mAP selects
         from vitcli.eval.multilabel import bce, mean_ap, per_class_ap
 
-        logits, targets = multilabel_logits(model, shard, runtime, dist, batch_size=batch_size, workers=workers,
-                                            source=source)
+        logits, targets = multilabel_logits(
+            model, shard, runtime, dist, batch_size=batch_size, workers=workers, source=source
+        )
         m = round(100.0 * mean_ap(per_class_ap(logits, targets)), 4) if len(logits) else 0.0
         return {"top1": m, "mAP": m, "loss": round(bce(logits, targets), 6), "n": len(logits)}
     totals = torch.zeros(3, dtype=torch.float64)  # correct, loss sum, count
@@ -61,8 +63,11 @@ def evaluate(model, dataset, runtime, dist, *, batch_size: int, workers: int | N
         model.train(was_training)
     distributed.all_sum(totals, dist)
     n = int(totals[2])
-    result = {"top1": round(100.0 * totals[0].item() / max(n, 1), 4),
-              "loss": round(totals[1].item() / max(n, 1), 6), "n": n}
+    result = {
+        "top1": round(100.0 * totals[0].item() / max(n, 1), 4),
+        "loss": round(totals[1].item() / max(n, 1), 6),
+        "n": n,
+    }
     if confusion:
         k = int(getattr(model, "num_classes", 0) or 0) or (matrix.shape[0] if matrix is not None else 0)
         matrix = torch.zeros(k, k, dtype=torch.float64) if matrix is None else matrix
@@ -136,6 +141,7 @@ def test_run(run_dir: Path, cfg) -> tuple[dict, str] | None:
     loaded = load_model(str(run_dir), device=rt.device)
     accel.prepare(loaded.model, rt, "training")  # the kernels the run's own evaluation used (decided alike here)
     dataset = source.subset(split, eval_transform(loaded.data_config))
-    result = evaluate(loaded.model, dataset, rt, Dist(), batch_size=eval_batch_size(cfg), workers=cfg.workers,
-                      source=source)
+    result = evaluate(
+        loaded.model, dataset, rt, Dist(), batch_size=eval_batch_size(cfg), workers=cfg.workers, source=source
+    )
     return result, split

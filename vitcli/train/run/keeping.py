@@ -27,8 +27,16 @@ class Keeping:
 
     # ----------------------------------------------------------------------------------- selection
     def evaluate_split(self, split: str, model=None, **options) -> dict:
-        result = evaluate(self.model if model is None else model, self.job.eval_sets[split], self.rt, self.dist,
-                          batch_size=self.eval_bs, workers=self.job.workers, source=self.job.source, **options)
+        result = evaluate(
+            self.model if model is None else model,
+            self.job.eval_sets[split],
+            self.rt,
+            self.dist,
+            batch_size=self.eval_bs,
+            workers=self.job.workers,
+            source=self.job.source,
+            **options,
+        )
         return {"split": split, **result}
 
     def evaluate_and_select(self) -> None:
@@ -37,18 +45,32 @@ class Keeping:
         t, results = self.tally, {}
         for which, module in self.candidates().items():
             results[which] = self.evaluate_split(self.selection, module)
-            self.metrics.log({"step": t.step, **results[which], **({"weights": which} if self.ema else {}),
-                              "skipped_images": self.job.source.skipped_count,
-                              "seconds": round(t.elapsed + time.time() - self.started, 2)})
+            self.metrics.log(
+                {
+                    "step": t.step,
+                    **results[which],
+                    **({"weights": which} if self.ema else {}),
+                    "skipped_images": self.job.source.skipped_count,
+                    "seconds": round(t.elapsed + time.time() - self.started, 2),
+                }
+            )
         result = results[which := max(results, key=lambda w: (results[w]["top1"], -results[w]["loss"]))]
         better = t.best_top1 is None or (result["top1"], -result["loss"]) > (t.best_top1, -(t.best_loss or math.inf))
         if better and self.save_best(self.candidates()[which], which):
-            t.best_top1, t.best_step, t.best_loss, t.best_weights, t.stale = result["top1"], t.step, result["loss"], which, 0
+            t.best_top1, t.best_step, t.best_loss, t.best_weights, t.stale = (
+                result["top1"],
+                t.step,
+                result["loss"],
+                which,
+                0,
+            )
         else:
             t.stale += 1
         self.display.update(t.step, val=t.best_top1)
         best = f"best {t.best_top1:.2f} % at step {t.best_step}" if t.best_top1 is not None else "no model kept yet"
-        metric = "mAP" if "mAP" in result else "top-1"  # a multi-label run selects on mAP (vitcli.train.recipe.multilabel)
+        metric = (
+            "mAP" if "mAP" in result else "top-1"
+        )  # a multi-label run selects on mAP (vitcli.train.recipe.multilabel)
         self.display.message(f"step {t.step}/{self.total}: {self.selection} {metric} {result['top1']:.2f} % ({best})")
 
     def candidates(self) -> dict:
@@ -60,8 +82,10 @@ class Keeping:
         if self.cfg.patience is None or self.tally.stale < self.cfg.patience:
             return False
         self.stopped_early = self.tally.step
-        self.display.message(f"step {self.tally.step}: no better {self.selection} top-1 in {self.cfg.patience} "
-                             f"evaluations: stopping early (best at step {self.tally.best_step})")
+        self.display.message(
+            f"step {self.tally.step}: no better {self.selection} top-1 in {self.cfg.patience} "
+            f"evaluations: stopping early (best at step {self.tally.best_step})"
+        )
         return True
 
     # ----------------------------------------------------------------------------------- saving
@@ -73,8 +97,10 @@ class Keeping:
         rng = checkpoint.gather_rng_states(self.dist)
         model_state, optimizer_state = fsdp.states(self.model, self.optimizer)  # every rank (FSDP gathers)
         if not self.finite():  # (every rank holds the same weights: all agree)
-            self.display.message(f"step {self.tally.step}: the weights are not finite: the training state is not "
-                                 "saved (the last good one is kept)")
+            self.display.message(
+                f"step {self.tally.step}: the weights are not finite: the training state is not "
+                "saved (the last good one is kept)"
+            )
             return
         if not self.dist.main:
             return
@@ -85,10 +111,12 @@ class Keeping:
         weights it holds."""
         if module is None:
             which, module = list(self.candidates().items())[-1]
-        if not distributed.all_true(self.finite() and checkpoint.outputs_finite(module, self.probe, self.rt),
-                                    self.dist):  # every rank agrees (each checked its own images)
-            self.display.message(f"step {self.tally.step}: the weights or their outputs are not finite: not kept "
-                                 "as the model")
+        if not distributed.all_true(
+            self.finite() and checkpoint.outputs_finite(module, self.probe, self.rt), self.dist
+        ):  # every rank agrees (each checked its own images)
+            self.display.message(
+                f"step {self.tally.step}: the weights or their outputs are not finite: not kept as the model"
+            )
             return False
         with fsdp.full_state(module):  # every rank: a sharded model is gathered onto rank 0
             if self.dist.main:
@@ -99,17 +127,31 @@ class Keeping:
     def finish(self) -> dict:
         """The summary; the selected model (no held-out split: the final one) evaluated on test."""
         t, job = self.tally, self.job
-        if t.bad_steps or (self.selection is None or t.best_top1 is None) and not self.save_best() \
-                and not (job.run_dir / files.WEIGHTS).exists():
+        if (
+            t.bad_steps
+            or (self.selection is None or t.best_top1 is None)
+            and not self.save_best()
+            and not (job.run_dir / files.WEIGHTS).exists()
+        ):
             kept = f"; the best model before it is kept in {job.run_dir}" if t.best_top1 is not None else ""
-            raise Diverged(f"the run diverged: {f'its last {t.bad_steps} step(s) were' if t.bad_steps else 'the model'}"
-                           f" not finite{kept}", "lower --lr, check the data, or use --precision fp32")
+            raise Diverged(
+                f"the run diverged: {f'its last {t.bad_steps} step(s) were' if t.bad_steps else 'the model'}"
+                f" not finite{kept}",
+                "lower --lr, check the data, or use --precision fp32",
+            )
         distributed.barrier(self.dist)
-        summary = {"run_dir": str(job.run_dir), "steps": self.total,
-                   "seconds": round(t.elapsed + time.time() - self.started, 1), "selection_split": self.selection,
-                   "val_top1": t.best_top1, "best_step": t.best_step,
-                   "img_s": round(t.images_seen / max(t.train_seconds, 1e-9), 2), "images_seen": t.images_seen,
-                   "skipped_images": job.source.skipped_count, "epochs": round(t.images_seen / max(self.plan.epoch_images, 1), 3)}
+        summary = {
+            "run_dir": str(job.run_dir),
+            "steps": self.total,
+            "seconds": round(t.elapsed + time.time() - self.started, 1),
+            "selection_split": self.selection,
+            "val_top1": t.best_top1,
+            "best_step": t.best_step,
+            "img_s": round(t.images_seen / max(t.train_seconds, 1e-9), 2),
+            "images_seen": t.images_seen,
+            "skipped_images": job.source.skipped_count,
+            "epochs": round(t.images_seen / max(self.plan.epoch_images, 1), 3),
+        }
         if self.ema is not None:
             summary["weights"] = t.best_weights or "ema"
         if self.stopped_early is not None:

@@ -103,15 +103,25 @@ class Trainer(Keeping):
         self.state = job.resume_state or {}
         # CPU: oneDNN linears (fp32) or the math attention (bf16) where measured faster (same parameters);
         # a resumed run keeps the kernels it started with, so that it stays bit for bit the uninterrupted run
-        self.accel = accel.prepare(self.model, self.rt, "training", self.state.get("kernels")
-                                   or ("eager" if getattr(self.cfg, "fsdp", False) else None))
+        self.accel = accel.prepare(
+            self.model,
+            self.rt,
+            "training",
+            self.state.get("kernels") or ("eager" if getattr(self.cfg, "fsdp", False) else None),
+        )
         self.kernels = self.accel.training_kernels
         if job.accum is None:
             job.accum = int(self.state.get("accum") or self.cfg.accum or 1)
         self.accum = job.accum
         self.n_train = len(job.train_set)
-        self.plan = plan(self.cfg, n_train=self.n_train, num_classes=job.source.num_classes, world=self.dist.world,
-                         accum=self.accum, n_epoch=epoch_images(job.source))
+        self.plan = plan(
+            self.cfg,
+            n_train=self.n_train,
+            num_classes=job.source.num_classes,
+            world=self.dist.world,
+            accum=self.accum,
+            n_epoch=epoch_images(job.source),
+        )
         self.micro, self.total, self.eval_at, self.save_at = self.plan.micro, self.plan.total, *self.plan.points
         self.selection = job.source.selection_split if job.source.selection_split in job.eval_sets else None
 
@@ -126,8 +136,17 @@ class Trainer(Keeping):
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.tally = Tally()
         epoch, pos = self.restore()
-        self.batches = TrainBatches(job.train_set, job.source, micro=self.micro, seed=self.cfg.seed, dist=self.dist,
-                                    runtime=self.rt, workers=job.workers, epoch=epoch, pos=pos)
+        self.batches = TrainBatches(
+            job.train_set,
+            job.source,
+            micro=self.micro,
+            seed=self.cfg.seed,
+            dist=self.dist,
+            runtime=self.rt,
+            workers=job.workers,
+            epoch=epoch,
+            pos=pos,
+        )
         self.eval_bs = eval_batch_size(self.cfg, self.dist.world, self.accum)
         self.stopped_early: int | None = None
         self.started = time.time()
@@ -147,25 +166,36 @@ class Trainer(Keeping):
         if self.ema is not None:
             self.ema.module.load_state_dict(state["ema"])
         b = state.get("best") or {}
-        self.tally = Tally(int(state["step"]), b.get("top1"), b.get("step"), b.get("loss"), b.get("weights"),
-                           int(b.get("stale", 0)), int(state.get("bad_steps", 0)), int(state.get("images_seen", 0)),
-                           float(state.get("train_seconds", 0.0)), float(state.get("elapsed", 0.0)))
+        self.tally = Tally(
+            int(state["step"]),
+            b.get("top1"),
+            b.get("step"),
+            b.get("loss"),
+            b.get("weights"),
+            int(b.get("stale", 0)),
+            int(state.get("bad_steps", 0)),
+            int(state.get("images_seen", 0)),
+            float(state.get("train_seconds", 0.0)),
+            float(state.get("elapsed", 0.0)),
+        )
         self.job.source.unreadable.update(state.get("unreadable") or {})
         rngs = state["rng"]
         checkpoint.set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
         if self.dist.main:
             from vitcli import output
 
-            output.info(f"resuming at step {self.tally.step}/{self.total} (epoch {state['epoch']}, "
-                        f"image {state['pos']} of it)")
+            output.info(
+                f"resuming at step {self.tally.step}/{self.total} (epoch {state['epoch']}, image {state['pos']} of it)"
+            )
         return int(state["epoch"]), int(state["pos"])
 
     # ----------------------------------------------------------------------------------- the loop
     def fit(self) -> dict:
         """The loop and `finish`; every record goes to one reporter (metrics.jsonl, results.csv, curves.png,
         TensorBoard / W&B: vitcli.train.report.reporting), closed whatever happens."""
-        with reporting.Reporter(self.job.run_dir, self.cfg, resume_step=self.tally.step if self.state else None,
-                                enabled=self.dist.main) as self.metrics:
+        with reporting.Reporter(
+            self.job.run_dir, self.cfg, resume_step=self.tally.step if self.state else None, enabled=self.dist.main
+        ) as self.metrics:
             return self.run_steps()
 
     def run_steps(self) -> dict:
@@ -194,11 +224,15 @@ class Trainer(Keeping):
                             break
                     if result.signum:  # a signal reached some rank: every rank stops here
                         self.save_state()
-                        signum = stop.signum or (signal.SIGTERM if result.signum % signal.SIGTERM == 0
-                                                 else signal.SIGINT)
-                        raise Interrupted(f"stopped at step {t.step}/{self.total}; the training state is saved in "
-                                          f"{self.job.run_dir / files.STATE}",
-                                          f"continue with --resume {self.job.run_dir}", int(signum))
+                        signum = stop.signum or (
+                            signal.SIGTERM if result.signum % signal.SIGTERM == 0 else signal.SIGINT
+                        )
+                        raise Interrupted(
+                            f"stopped at step {t.step}/{self.total}; the training state is saved in "
+                            f"{self.job.run_dir / files.STATE}",
+                            f"continue with --resume {self.job.run_dir}",
+                            int(signum),
+                        )
                     if result.stop_after:
                         self.save_state()
                         return {"run_dir": str(self.job.run_dir), "stopped_at": t.step, "steps": self.total}
@@ -229,22 +263,31 @@ class Trainer(Keeping):
             with sync:
                 with rt.autocast():
                     logits = self.train_model(images)
-                loss = self.criterion(logits.float(), targets) if self.distiller is None else \
-                    self.distiller.loss(images, logits, targets)  # --teacher: the label loss mixed with the teacher's
+                loss = (
+                    self.criterion(logits.float(), targets)
+                    if self.distiller is None
+                    else self.distiller.loss(images, logits, targets)
+                )  # --teacher: the label loss mixed with the teacher's
                 scaled = loss / self.accum
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_sum += loss.detach().to(loss_sum.dtype) * len(labels)
             n_images += len(labels)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        grad_norm = fsdp.plain(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad or float("inf"),
-                                                              foreach=True))
+        grad_norm = fsdp.plain(
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad or float("inf"), foreach=True)
+        )
         loss_value, grad_norm = torch.stack([loss_sum, grad_norm.to(loss_sum.dtype)]).tolist()
         stop_after = self.job.stop_after is not None and t.step + 1 >= self.job.stop_after
         flags = torch.tensor([loss_value, n_images, float(stop.signum or 0), float(stop_after)], dtype=torch.float64)
         distributed.all_sum(flags, self.dist)
-        return StepResult(flags[0].item() / max(flags[1].item(), 1), grad_norm, int(flags[1].item()),
-                          int(flags[2].item()), bool(flags[3].item()))
+        return StepResult(
+            flags[0].item() / max(flags[1].item(), 1),
+            grad_norm,
+            int(flags[1].item()),
+            int(flags[2].item()),
+            bool(flags[3].item()),
+        )
 
     def guard(self, result: StepResult) -> bool:
         """Apply the update when the loss and gradient norm are finite; otherwise skip it (after
@@ -273,23 +316,41 @@ class Trainer(Keeping):
                 f"{t.bad_steps} steps in a row had a non-finite loss or gradient norm (last at step {t.step}: "
                 f"loss {result.mean_loss}, grad norm {result.grad_norm}); the run stopped",
                 f"the last good checkpoint is kept in {self.job.run_dir / files.STATE}; lower --lr, check the "
-                "data, or use --precision fp32")
+                "data, or use --precision fp32",
+            )
 
     def log(self, result: StepResult, finite: bool) -> None:
         t, total = self.tally, self.total
         lr = max(g["lr"] for g in self.optimizer.param_groups)  # the peak (the head's, with layer decay)
         img_s = t.images_seen / max(t.train_seconds, 1e-9)
         if not finite:
-            self.metrics.log({"step": t.step, "event": "nonfinite", "loss": result.mean_loss,
-                              "grad_norm": result.grad_norm})
-            self.display.message(f"step {t.step}: non-finite loss or gradient norm (loss {result.mean_loss}, "
-                                 f"grad norm {result.grad_norm}): update skipped "
-                                 f"({t.bad_steps}/{self.cfg.max_bad_steps})")
+            self.metrics.log(
+                {"step": t.step, "event": "nonfinite", "loss": result.mean_loss, "grad_norm": result.grad_norm}
+            )
+            self.display.message(
+                f"step {t.step}: non-finite loss or gradient norm (loss {result.mean_loss}, "
+                f"grad norm {result.grad_norm}): update skipped "
+                f"({t.bad_steps}/{self.cfg.max_bad_steps})"
+            )
         elif t.step % self.cfg.log_every == 0 or t.step == 1 or t.step == total or t.step in self.eval_at:
             epoch = t.images_seen / max(self.plan.epoch_images, 1)  # passes over train/ as given
-            self.metrics.log({"step": t.step, "epoch": round(epoch, 4), "loss": round(result.mean_loss, 6), "lr": lr,
-                              "grad_norm": round(result.grad_norm, 6), "img_s": round(img_s, 2),
-                              "skipped_images": self.job.source.skipped_count,
-                              "seconds": round(t.elapsed + time.time() - self.started, 2)})
-        self.display.update(t.step, loss=result.mean_loss, lr=lr, img_s=img_s,
-                            eta=(total - t.step) * t.train_seconds / t.step, val=t.best_top1)
+            self.metrics.log(
+                {
+                    "step": t.step,
+                    "epoch": round(epoch, 4),
+                    "loss": round(result.mean_loss, 6),
+                    "lr": lr,
+                    "grad_norm": round(result.grad_norm, 6),
+                    "img_s": round(img_s, 2),
+                    "skipped_images": self.job.source.skipped_count,
+                    "seconds": round(t.elapsed + time.time() - self.started, 2),
+                }
+            )
+        self.display.update(
+            t.step,
+            loss=result.mean_loss,
+            lr=lr,
+            img_s=img_s,
+            eta=(total - t.step) * t.train_seconds / t.step,
+            val=t.best_top1,
+        )

@@ -40,8 +40,10 @@ class Plan:
 def micro_batch(batch_size: int, world: int, accum: int) -> int:
     per = batch_size // world
     if batch_size % world or per % accum:
-        raise VitError(f"the global batch {batch_size} does not split into {world} process(es) x {accum} "
-                       "accumulation step(s)", "choose --batch-size divisible by world size x --accum")
+        raise VitError(
+            f"the global batch {batch_size} does not split into {world} process(es) x {accum} accumulation step(s)",
+            "choose --batch-size divisible by world size x --accum",
+        )
     return per // accum
 
 

@@ -19,8 +19,18 @@ from vitcli.train.run import runs
 from vitcli.train.run.config import RunConfig, from_dict
 
 # settings a resumed run may change; everything else is the run's recipe
-RESUMABLE = ("steps", "epochs", "workers", "device", "precision", "eval_every", "save_every", "log_every",
-             "max_bad_steps", "report_to")
+RESUMABLE = (
+    "steps",
+    "epochs",
+    "workers",
+    "device",
+    "precision",
+    "eval_every",
+    "save_every",
+    "log_every",
+    "max_bad_steps",
+    "report_to",
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +65,10 @@ def config(point: ResumePoint, command: str, changes: dict | None = None) -> Run
     changes = {k: v for k, v in (changes or {}).items() if v is not None}
     fixed = sorted(k for k, v in changes.items() if k not in RESUMABLE and _differs(getattr(cfg, k, None), v))
     if fixed:
-        raise UsageError(f"--resume keeps the run's recipe; cannot change {', '.join(fixed)}",
-                         f"a resumed run may change only {', '.join(RESUMABLE)}; start a new run otherwise")
+        raise UsageError(
+            f"--resume keeps the run's recipe; cannot change {', '.join(fixed)}",
+            f"a resumed run may change only {', '.join(RESUMABLE)}; start a new run otherwise",
+        )
     changes = {k: v for k, v in changes.items() if k in RESUMABLE}
     if changes.get("steps") is not None:
         changes["epochs"] = None
@@ -80,8 +92,10 @@ def _read(path: Path) -> dict:
 
 def _check_command(made_by: str | None, command: str, run) -> None:
     if made_by not in (None, command):
-        raise UsageError(f"--resume {run} is a {made_by} run, not a {command} run",
-                         f"continue it with `vit {made_by} --resume {run}`")
+        raise UsageError(
+            f"--resume {run} is a {made_by} run, not a {command} run",
+            f"continue it with `vit {made_by} --resume {run}`",
+        )
 
 
 def _differs(a, b) -> bool:

@@ -29,10 +29,16 @@ def default_name(dataset: str) -> str:
 def check_name(name, origin: str = "--name") -> str:
     """A run name is one folder name under `<project>/<command>/`: never a path (`../x`, `/tmp/x`, `a/b`),
     so a run (and the cleanup of an abandoned one) never reaches outside the project."""
-    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0") \
-            or len(name.encode("utf-8", "surrogateescape")) > 200:
-        raise UsageError(f"{origin} {name!r}: a run name must be one folder name (no '/', not '..', not empty)",
-                         "use letters, digits, '-', '_' or '.'; --project chooses where runs go")
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or any(c in name for c in "/\\\0")
+        or len(name.encode("utf-8", "surrogateescape")) > 200
+    ):
+        raise UsageError(
+            f"{origin} {name!r}: a run name must be one folder name (no '/', not '..', not empty)",
+            "use letters, digits, '-', '_' or '.'; --project chooses where runs go",
+        )
     return name
 
 
@@ -71,8 +77,9 @@ def create_at(folder: Path) -> Path:
             left = entries - set(OWN_FILES) - {STATE.parent.name}
             in_last = [p for p in last.iterdir() if TMP_MARK not in p.name] if last.is_dir() else []
             if left or in_last or not (folder / RUN_JSON).is_file():
-                raise UsageError(f"run folder {folder} already exists",
-                                 f"continue it with --resume {folder}, or pick another --name")
+                raise UsageError(
+                    f"run folder {folder} already exists", f"continue it with --resume {folder}, or pick another --name"
+                )
             # the run never reached a checkpoint: remove what it wrote, and only that
             for p in [*(last.iterdir() if last.is_dir() else []), *(folder / n for n in OWN_FILES)]:
                 p.unlink(missing_ok=True)
@@ -121,8 +128,9 @@ def claim(folder: Path) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
-        raise VitError(f"run folder {folder} is in use by another vit process",
-                       "wait for that run to end, or pick another --name") from None
+        raise VitError(
+            f"run folder {folder} is in use by another vit process", "wait for that run to end, or pick another --name"
+        ) from None
     _CLAIMS[key] = fd
 
 
@@ -140,17 +148,22 @@ def find_state(run: str | Path) -> Path:
             return candidate
     if not run.exists():
         raise UsageError(f"--resume {run}: no such run folder")
-    raise UsageError(f"--resume {run}: the run has no saved training state ({STATE})",
-                     "it stopped before its first checkpoint: start it again with the same --name (the folder "
-                     "is reused)")
+    raise UsageError(
+        f"--resume {run}: the run has no saved training state ({STATE})",
+        "it stopped before its first checkpoint: start it again with the same --name (the folder is reused)",
+    )
 
 
 def versions() -> dict:
     import timm
     import torch
 
-    out = {"vitcli": __import__("vitcli").__version__, "python": platform.python_version(),
-           "torch": torch.__version__, "timm": timm.__version__}
+    out = {
+        "vitcli": __import__("vitcli").__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+    }
     try:
         import torchvision
 
@@ -163,9 +176,16 @@ def versions() -> dict:
 def environment(runtime, world_size: int) -> dict:
     import torch
 
-    env = {"platform": platform.platform(), "backend": "torch", "device": str(runtime.device), "precision": runtime.precision,
-           "world_size": world_size, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "argv": sys.argv}
+    env = {
+        "platform": platform.platform(),
+        "backend": "torch",
+        "device": str(runtime.device),
+        "precision": runtime.precision,
+        "world_size": world_size,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "argv": sys.argv,
+    }
     if runtime.device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(runtime.device)
     return env
@@ -211,8 +231,12 @@ def save_model(folder: Path, model, label_names: list[str], vitcli_block: dict) 
     staging.mkdir(parents=True, exist_ok=True)
     try:
         multi = {"multi_label": True} if (vitcli_block.get("config") or {}).get("multi_label") else {}
-        save_for_hf(model, str(staging), model_config={"label_names": list(label_names), **multi, "vitcli": vitcli_block},
-                    safe_serialization=True)
+        save_for_hf(
+            model,
+            str(staging),
+            model_config={"label_names": list(label_names), **multi, "vitcli": vitcli_block},
+            safe_serialization=True,
+        )
         umask = os.umask(0)
         os.umask(umask)
         for name in (WEIGHTS, CONFIG):
@@ -274,6 +298,8 @@ def latest_unfinished(project: str | Path, command: str) -> Path:
         except OSError:
             continue
     if not found:
-        raise UsageError(f"--resume: no unfinished {command} run with a saved training state in {parent}",
-                         "give the run folder: --resume runs/" + command + "/NAME, or --project where the runs are")
+        raise UsageError(
+            f"--resume: no unfinished {command} run with a saved training state in {parent}",
+            "give the run folder: --resume runs/" + command + "/NAME, or --project where the runs are",
+        )
     return max(found)[1]

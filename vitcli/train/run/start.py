@@ -26,8 +26,14 @@ from vitcli.train.run.resume import ResumePoint
 from vitcli.train.scale import distributed
 
 
-def finetune(cfg: FinetuneConfig | None = None, *, resume: str | Path | ResumePoint | None = None,
-             run_dir: str | Path | None = None, test: bool = True, stop_after: int | None = None) -> dict:
+def finetune(
+    cfg: FinetuneConfig | None = None,
+    *,
+    resume: str | Path | ResumePoint | None = None,
+    run_dir: str | Path | None = None,
+    test: bool = True,
+    stop_after: int | None = None,
+) -> dict:
     """Fine-tune a pre-trained model; returns the summary (run_dir, steps, seconds, val_top1, ...).
 
     resume: a run folder to continue, or its `resume.locate` (cfg None: its saved config). run_dir: train
@@ -38,8 +44,14 @@ def finetune(cfg: FinetuneConfig | None = None, *, resume: str | Path | ResumePo
     return _run("finetune", cfg, resume, run_dir, test, stop_after)
 
 
-def train(cfg: TrainConfig | None = None, *, resume: str | Path | ResumePoint | None = None,
-          run_dir: str | Path | None = None, test: bool = True, stop_after: int | None = None) -> dict:
+def train(
+    cfg: TrainConfig | None = None,
+    *,
+    resume: str | Path | ResumePoint | None = None,
+    run_dir: str | Path | None = None,
+    test: bool = True,
+    stop_after: int | None = None,
+) -> dict:
     """Train from scratch; the same arguments and summary as `finetune`."""
     return _run("train", cfg, resume, run_dir, test, stop_after)
 
@@ -68,8 +80,7 @@ def _tf32(device):
 def _run(command: str, cfg: RunConfig | None, resume, run_dir, test: bool, stop_after) -> dict:
     from vitcli.accel.runtime import runtime
 
-    point = resume if isinstance(resume, ResumePoint) or resume is None else \
-        resume_point.locate(command, resume)
+    point = resume if isinstance(resume, ResumePoint) or resume is None else resume_point.locate(command, resume)
     if cfg is None:
         if point is None:
             raise UsageError("no config given")
@@ -116,13 +127,19 @@ def _prepare(command, cfg, state, point, run_dir, test, stop_after, dist, rt) ->
         cfg = budget.after_probe(cfg, probe, source)  # the auto budget cut by what the probe left to gain
     crop_scale, hflip = plan.augmentation(cfg, plan.epoch_images(source), source.num_classes)
     if (crop_scale, hflip) != (cfg.crop_scale, cfg.hflip) and dist.main:
-        output.info(f"augmentation for the budget: crops of {100 * crop_scale[0]:.0f}-{100 * crop_scale[1]:.0f} % "
-                    f"of the image, flips {hflip:g}")
-    train_set = source.subset("train", train_transform(data_config, crop_scale=crop_scale, hflip=hflip, aa=cfg.aa,
-                                                       reprob=cfg.reprob), augment_seed=cfg.seed)
+        output.info(
+            f"augmentation for the budget: crops of {100 * crop_scale[0]:.0f}-{100 * crop_scale[1]:.0f} % "
+            f"of the image, flips {hflip:g}"
+        )
+    train_set = source.subset(
+        "train",
+        train_transform(data_config, crop_scale=crop_scale, hflip=hflip, aa=cfg.aa, reprob=cfg.reprob),
+        augment_seed=cfg.seed,
+    )
     eval_tf = eval_transform(data_config)
-    eval_sets = {s: source.subset(s, eval_tf) for s in ("minival", "val", "test")
-                 if s in source.splits and (test or s != "test")}
+    eval_sets = {
+        s: source.subset(s, eval_tf) for s in ("minival", "val", "test") if s in source.splits and (test or s != "test")
+    }
 
     if state is not None:
         run_dir = point.run_dir
@@ -133,36 +150,70 @@ def _prepare(command, cfg, state, point, run_dir, test, stop_after, dist, rt) ->
             checkpoint.clean_stale(run_dir)
     else:
         if dist.main:
-            run_dir = runs.create_at(Path(run_dir)) if run_dir is not None else \
-                runs.create(cfg.project, command, cfg.name, cfg.dataset)
+            run_dir = (
+                runs.create_at(Path(run_dir))
+                if run_dir is not None
+                else runs.create(cfg.project, command, cfg.name, cfg.dataset)
+            )
         run_dir = Path(distributed.broadcast_object(str(run_dir) if run_dir else None, dist))
 
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     versions = runs.versions()
     if dist.main:
-        output.info(f"{command} {cfg.model}: {params / 1e6:.2f} M params ({trainable / 1e6:.2f} M trained), "
-                    f"{img_size} px, {rt.describe()}{f' x {dist.world} processes' if dist.enabled else ''}")
+        output.info(
+            f"{command} {cfg.model}: {params / 1e6:.2f} M params ({trainable / 1e6:.2f} M trained), "
+            f"{img_size} px, {rt.describe()}{f' x {dist.world} processes' if dist.enabled else ''}"
+        )
         output.info(f"data {describe(source)}")
         if source.minival_too_small:
-            output.info(f"no minival: the default one would hold {source.minival_too_small} images, too few to "
-                        f"choose a model by; training on all of train/ and keeping the last model "
-                        f"(--val-split 0.1 carves one anyway)", style="dim")
+            output.info(
+                f"no minival: the default one would hold {source.minival_too_small} images, too few to "
+                f"choose a model by; training on all of train/ and keeping the last model "
+                f"(--val-split 0.1 carves one anyway)",
+                style="dim",
+            )
         output.info(f"run folder {run_dir}")
-        runs.write_run_json(run_dir, command=command, config=cfg.to_dict(), versions=versions,
-                            environment=runs.environment(rt, dist.world), status="running",
-                            dataset={"name": source.name, "classes": source.classes,
-                                     "splits": {s: source.size(s) for s in source.splits}})
+        runs.write_run_json(
+            run_dir,
+            command=command,
+            config=cfg.to_dict(),
+            versions=versions,
+            environment=runs.environment(rt, dist.world),
+            status="running",
+            dataset={
+                "name": source.name,
+                "classes": source.classes,
+                "splits": {s: source.size(s) for s in source.splits},
+            },
+        )
         if probe:
             reporting.log_probe(run_dir, probe)  # its cross-validated top-1 in curves.png
     block = {"command": command, "config": cfg.to_dict(), "versions": versions}
-    return loop.Job(cfg=cfg, model=model, source=source, train_set=train_set, eval_sets=eval_sets,
-                    runtime=rt, dist=dist, run_dir=run_dir, label_names=list(source.classes),
-                    model_block=block, resume_state=state, stop_after=stop_after, workers=cfg.workers,
-                    evaluate_first=probe is not None,
-                    extra_summary={"model": cfg.model, "dataset": cfg.dataset, "params": params,
-                                   "img_size": img_size, "world_size": dist.world,
-                                   **({"probe": probe} if probe else {})})
+    return loop.Job(
+        cfg=cfg,
+        model=model,
+        source=source,
+        train_set=train_set,
+        eval_sets=eval_sets,
+        runtime=rt,
+        dist=dist,
+        run_dir=run_dir,
+        label_names=list(source.classes),
+        model_block=block,
+        resume_state=state,
+        stop_after=stop_after,
+        workers=cfg.workers,
+        evaluate_first=probe is not None,
+        extra_summary={
+            "model": cfg.model,
+            "dataset": cfg.dataset,
+            "params": params,
+            "img_size": img_size,
+            "world_size": dist.world,
+            **({"probe": probe} if probe else {}),
+        },
+    )
 
 
 def _execute(job: loop.Job) -> dict:
@@ -179,17 +230,23 @@ def _record(job: loop.Job) -> dict:
             summary = multilabel.finish(job, summary)  # per-class thresholds into config.json
     except BaseException as e:  # whatever ends the run, run.json says so (never "running" for ever)
         if job.dist.main:
-            status = type(e).__name__.lower() if isinstance(e, VitError) else \
-                "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            status = (
+                type(e).__name__.lower()
+                if isinstance(e, VitError)
+                else "interrupted"
+                if isinstance(e, KeyboardInterrupt)
+                else "failed"
+            )
             message = e.message if isinstance(e, VitError) else f"{type(e).__name__}: {e}"
             runs.write_run_json(job.run_dir, status=status, error=message)
             if isinstance(e, KeyboardInterrupt) and not (job.run_dir / files.STATE).exists():
-                output.warn("stopped before the first step: no training state was saved, so there is "
-                            "nothing to --resume; run the same command again to start over")
+                output.warn(
+                    "stopped before the first step: no training state was saved, so there is "
+                    "nothing to --resume; run the same command again to start over"
+                )
         raise
     if job.dist.main:
-        runs.write_run_json(job.run_dir, status="stopped" if "stopped_at" in summary else "finished",
-                            summary=summary)
+        runs.write_run_json(job.run_dir, status="stopped" if "stopped_at" in summary else "finished", summary=summary)
         budget.record(job.cfg, summary)  # this machine's img/s: the estimate of a later --dry-run
     return summary
 
@@ -214,6 +271,7 @@ def _fit_with_memory_retry(job: loop.Job) -> dict:
                     f"the GPU ran out of memory with micro-batches of {micro} images "
                     f"(global batch {job.cfg.batch_size} = {job.dist.world} process(es) x {job.accum} x {micro})",
                     f"raise --accum (now {job.accum}) to keep the global batch with smaller micro-batches, or "
-                    "lower --batch-size or --img-size") from None
+                    "lower --batch-size or --img-size",
+                ) from None
             job.accum *= 2
             output.warn(f"out of GPU memory: accumulating {job.accum} micro-batches of {micro // 2} per step")

@@ -48,8 +48,10 @@ def setup(device_spec: str) -> tuple[Dist, str]:
     use_cuda = device_spec in ("auto", "cuda") and torch.cuda.is_available() or device_spec.startswith("cuda")
     if use_cuda:
         if dist.local_rank >= torch.cuda.device_count():
-            raise UsageError(f"local rank {dist.local_rank} has no GPU ({torch.cuda.device_count()} visible)",
-                             "give torchrun --nproc-per-node at most the number of GPUs")
+            raise UsageError(
+                f"local rank {dist.local_rank} has no GPU ({torch.cuda.device_count()} visible)",
+                "give torchrun --nproc-per-node at most the number of GPUs",
+            )
         torch.cuda.set_device(dist.local_rank)
         device_spec = f"cuda:{dist.local_rank}"
     elif device_spec == "auto":

@@ -33,11 +33,15 @@ def check(cfg) -> None:
     if not getattr(cfg, "fsdp", False):
         return
     if cfg.model_ema:
-        raise UsageError("--fsdp with --model-ema: the EMA would be a second, unsharded copy of the model",
-                         "drop --model-ema for sharded runs")
+        raise UsageError(
+            "--fsdp with --model-ema: the EMA would be a second, unsharded copy of the model",
+            "drop --model-ema for sharded runs",
+        )
     if cfg.precision == "fp16":
-        raise UsageError("--fsdp with --precision fp16: the loss scaler does not handle sharded gradients here",
-                         "use --precision bf16 (a MixedPrecisionPolicy) or fp32")
+        raise UsageError(
+            "--fsdp with --precision fp16: the loss scaler does not handle sharded gradients here",
+            "use --precision bf16 (a MixedPrecisionPolicy) or fp32",
+        )
 
 
 def is_sharded(model) -> bool:
@@ -61,17 +65,22 @@ def prepare(model, cfg, runtime, dist):
         try:
             model.set_grad_checkpointing(True)
         except (AttributeError, NotImplementedError, AssertionError):
-            raise UsageError(f"{cfg.model} has no activation checkpointing in timm",
-                             "drop --grad-checkpointing for this model") from None
+            raise UsageError(
+                f"{cfg.model} has no activation checkpointing in timm", "drop --grad-checkpointing for this model"
+            ) from None
     if getattr(cfg, "fsdp", False):
         import torch.distributed as td
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         if not td.is_initialized():  # one process: a one-rank group (closed by distributed.teardown)
-            td.init_process_group("nccl" if runtime.device.type == "cuda" else "gloo", store=td.HashStore(),
-                                  rank=0, world_size=1)
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if runtime.precision == "bf16" else MixedPrecisionPolicy()
+            td.init_process_group(
+                "nccl" if runtime.device.type == "cuda" else "gloo", store=td.HashStore(), rank=0, world_size=1
+            )
+        policy = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if runtime.precision == "bf16"
+            else MixedPrecisionPolicy()
+        )
         for block in blocks(model):
             fully_shard(block, mp_policy=policy)
         fully_shard(model, mp_policy=policy)
@@ -79,8 +88,9 @@ def prepare(model, cfg, runtime, dist):
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda"
-                                       else None)
+        return DistributedDataParallel(
+            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+        )
     return model
 
 
@@ -108,8 +118,12 @@ def finite(model, optimizer, dist) -> bool:
     from vitcli.train.scale.distributed import all_sum
 
     local = [t.to_local() if hasattr(t, "to_local") else t for t in model.state_dict().values()]
-    local += [v.to_local() if hasattr(v, "to_local") else v for s in optimizer.state.values() for v in s.values()
-              if isinstance(v, torch.Tensor)]
+    local += [
+        v.to_local() if hasattr(v, "to_local") else v
+        for s in optimizer.state.values()
+        for v in s.values()
+        if isinstance(v, torch.Tensor)
+    ]
     bad = sum(int(not t.isfinite().all()) for t in local if t.is_floating_point())
     return all_sum(torch.tensor([float(bad)], dtype=torch.float64), dist).item() == 0
 
@@ -127,8 +141,10 @@ def states(model, optimizer) -> tuple[dict, dict]:
         return model.state_dict(), optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    return (get_model_state_dict(model, options=_options(cpu_offload=True)),
-            get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True)))
+    return (
+        get_model_state_dict(model, options=_options(cpu_offload=True)),
+        get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True)),
+    )
 
 
 def load_states(model, optimizer, state: dict, name: str) -> None:

@@ -34,16 +34,23 @@ def describe(world: dict | None = None) -> list[str]:
     where = f", rendezvous {w['master']}" if w["master"] else ""
     job = f" (job {w['run_id']})" if w["run_id"] else ""
     restart = f", restart {w['restart']}" if w["restart"] else ""
-    this = (f"this process: rank {w['rank']} of {w['world']}, node {w['node']} of {w['nodes']}, local rank "
-            f"{w['local_rank']} (host {w['host']}, pid {w['pid']})")
-    return [f"world: {w['world']} processes = {w['nodes']} node(s) x {w['local_world']} per node{where}{job}{restart}",
-            this, "rank 0 writes the run folder, its logs and checkpoints; every rank reads the data and trains"]
+    this = (
+        f"this process: rank {w['rank']} of {w['world']}, node {w['node']} of {w['nodes']}, local rank "
+        f"{w['local_rank']} (host {w['host']}, pid {w['pid']})"
+    )
+    return [
+        f"world: {w['world']} processes = {w['nodes']} node(s) x {w['local_world']} per node{where}{job}{restart}",
+        this,
+        "rank 0 writes the run folder, its logs and checkpoints; every rank reads the data and trains",
+    ]
 
 
 def who(world: dict | None = None) -> str:
     w = world or layout()
-    return (f"rank {w['rank']} of {w['world']}, node {w['node']}, local rank {w['local_rank']} "
-            f"({w['host']}, pid {w['pid']})")
+    return (
+        f"rank {w['rank']} of {w['world']}, node {w['node']}, local rank {w['local_rank']} "
+        f"({w['host']}, pid {w['pid']})"
+    )
 
 
 @contextmanager

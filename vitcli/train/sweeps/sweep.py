@@ -97,12 +97,21 @@ class SweepResult:
     test_split: str = "test"  # where the winner was tested (val/ when minival was carved from train/)
 
     def to_json(self) -> dict:
-        return {"sweep_dir": str(self.sweep_dir), "axes": {a.key: list(a.values) for a in self.axes},
-                "winner": None if self.winner is None else {**self.winner.setting, "run_dir": str(
-                    self.sweep_dir / self.winner.folder), "val_top1": self.winner.val_top1,
-                    "test_top1": self.winner.test_top1},
-                "selection_split": self.selection_split, "test_split": self.test_split,
-                "runs": [_row_json(r, self.sweep_dir) for r in self.rows]}
+        return {
+            "sweep_dir": str(self.sweep_dir),
+            "axes": {a.key: list(a.values) for a in self.axes},
+            "winner": None
+            if self.winner is None
+            else {
+                **self.winner.setting,
+                "run_dir": str(self.sweep_dir / self.winner.folder),
+                "val_top1": self.winner.val_top1,
+                "test_top1": self.winner.test_top1,
+            },
+            "selection_split": self.selection_split,
+            "test_split": self.test_split,
+            "runs": [_row_json(r, self.sweep_dir) for r in self.rows],
+        }
 
 
 def _row_json(r: Row, sweep_dir: Path) -> dict:
@@ -129,10 +138,18 @@ def load_state(sweep_dir: Path) -> dict:
         return {}
 
 
-def run(axes: list[Axis], sweep_dir: Path, runner: Runner, *, tester: Tester | None = None,
-        profiler: Profiler | None = None, meta: dict | None = None,
-        log: Callable[[str], None] = lambda m: None, is_finished: Callable[[Path], bool] | None = None,
-        fatal: tuple = ()) -> SweepResult:
+def run(
+    axes: list[Axis],
+    sweep_dir: Path,
+    runner: Runner,
+    *,
+    tester: Tester | None = None,
+    profiler: Profiler | None = None,
+    meta: dict | None = None,
+    log: Callable[[str], None] = lambda m: None,
+    is_finished: Callable[[Path], bool] | None = None,
+    fatal: tuple = (),
+) -> SweepResult:
     """Train every setting of the grid into `sweep_dir/<setting>/`, pick the winner, test it, save tables.
 
     `meta` (e.g. the command and its base options) is stored in sweep.json; resuming requires the same axes.
@@ -146,8 +163,10 @@ def run(axes: list[Axis], sweep_dir: Path, runner: Runner, *, tester: Tester | N
     state = load_state(sweep_dir)
     axes_json = {a.key: list(a.values) for a in axes}
     if state and state.get("axes") != axes_json:
-        raise UsageError(f"{sweep_dir} holds a different sweep ({state.get('axes')})",
-                         "resume it with the same --sweep values, or choose a new --name")
+        raise UsageError(
+            f"{sweep_dir} holds a different sweep ({state.get('axes')})",
+            "resume it with the same --sweep values, or choose a new --name",
+        )
     old_rows = {r["folder"]: r for r in state.get("rows", [])}
     rows = [Row(s, folder_name(s)) for s in settings]
     skipped = 0
@@ -159,9 +178,19 @@ def run(axes: list[Axis], sweep_dir: Path, runner: Runner, *, tester: Tester | N
             skipped += 1
 
     def save(winner=None):
-        atomic_write(sweep_dir / STATE, dumps({"axes": axes_json, "meta": meta or {},
-                                                     "winner": None if winner is None else winner.folder,
-                                                     "rows": [asdict(r) for r in rows]}, indent=1, default=str))
+        atomic_write(
+            sweep_dir / STATE,
+            dumps(
+                {
+                    "axes": axes_json,
+                    "meta": meta or {},
+                    "winner": None if winner is None else winner.folder,
+                    "rows": [asdict(r) for r in rows],
+                },
+                indent=1,
+                default=str,
+            ),
+        )
 
     save()
     if skipped:
@@ -261,16 +290,18 @@ def table_rows(result: SweepResult, reasons: bool = True) -> list[list[str]]:
     out = []
     for r in result.rows:
         win = r is result.winner
-        out.append([
-            label(r.setting) + (" *" if win else ""),
-            f"{r.val_top1:.2f}" if r.val_top1 is not None else "-",
-            f"{r.test_top1:.2f}" if r.test_top1 is not None else "-",
-            f"{r.params / 1e6:.2f}" if r.params is not None else "-",
-            f"{r.gflops:.3f}" if r.gflops is not None else "-",
-            f"{r.img_per_s:.0f}" if r.img_per_s is not None else "-",
-            f"{r.seconds:.0f}" if r.seconds is not None else "-",
-            f"{r.status}: {r.error}" if r.status in ("failed", "diverged") and reasons else r.status,
-        ])
+        out.append(
+            [
+                label(r.setting) + (" *" if win else ""),
+                f"{r.val_top1:.2f}" if r.val_top1 is not None else "-",
+                f"{r.test_top1:.2f}" if r.test_top1 is not None else "-",
+                f"{r.params / 1e6:.2f}" if r.params is not None else "-",
+                f"{r.gflops:.3f}" if r.gflops is not None else "-",
+                f"{r.img_per_s:.0f}" if r.img_per_s is not None else "-",
+                f"{r.seconds:.0f}" if r.seconds is not None else "-",
+                f"{r.status}: {r.error}" if r.status in ("failed", "diverged") and reasons else r.status,
+            ]
+        )
     return out
 
 
@@ -284,19 +315,53 @@ def write_tables(result: SweepResult) -> list[Path]:
     atomic_write(md, "\n".join(lines) + "\n")
     buffer = io.StringIO()
     w = csv.writer(buffer)
-    w.writerow(["setting", *result.rows[0].setting.keys(), "val_top1", "test_top1", "params", "gflops",
-                "img_per_s", "seconds", "status", "error", "winner", "run_dir"] if result.rows else [])
+    w.writerow(
+        [
+            "setting",
+            *result.rows[0].setting.keys(),
+            "val_top1",
+            "test_top1",
+            "params",
+            "gflops",
+            "img_per_s",
+            "seconds",
+            "status",
+            "error",
+            "winner",
+            "run_dir",
+        ]
+        if result.rows
+        else []
+    )
     for r in result.rows:
-        w.writerow([label(r.setting), *r.setting.values(), r.val_top1, r.test_top1, r.params, r.gflops,
-                    r.img_per_s, r.seconds, r.status, r.error or "", r is result.winner,
-                    str(result.sweep_dir / r.folder)])
+        w.writerow(
+            [
+                label(r.setting),
+                *r.setting.values(),
+                r.val_top1,
+                r.test_top1,
+                r.params,
+                r.gflops,
+                r.img_per_s,
+                r.seconds,
+                r.status,
+                r.error or "",
+                r is result.winner,
+                str(result.sweep_dir / r.folder),
+            ]
+        )
     from vitcli.train.report.reporting import write_sweep_plot
 
-    return [md, atomic_write(result.sweep_dir / files.RESULTS, buffer.getvalue()), write_sweep_plot(result, [label(r.setting) for r in result.rows])]
+    return [
+        md,
+        atomic_write(result.sweep_dir / files.RESULTS, buffer.getvalue()),
+        write_sweep_plot(result, [label(r.setting) for r in result.rows]),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers for runners
+
 
 def profile_run(run_dir: Path) -> dict:
     """Params and GFLOPs of a run folder's model, counted on the meta device from its config.json."""
@@ -311,4 +376,3 @@ def profile_run(run_dir: Path) -> dict:
     args.setdefault("num_classes", cfg.get("num_classes"))
     entry = zoo.profile(cfg["architecture"], **{k: v for k, v in args.items() if v is not None})
     return {"params": entry.params, "gflops": entry.gflops}
-

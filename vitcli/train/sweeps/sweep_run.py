@@ -45,8 +45,10 @@ def convert(command: str, key: str, value: str):
     cls = CONFIGS[command]
     field_name = key.replace("-", "_")
     if field_name in NOT_SWEEPABLE or field_name not in {f.name for f in fields(cls) if f.init}:
-        raise UsageError(f"--sweep {key}: not a {command} setting",
-                         "sweep an option of the command, e.g. lr, steps, token-mixer, img-size, model")
+        raise UsageError(
+            f"--sweep {key}: not a {command} setting",
+            "sweep an option of the command, e.g. lr, steps, token-mixer, img-size, model",
+        )
     hint = typing.get_type_hints(cls)[field_name]
     kinds = typing.get_args(hint) or (hint,)
     if any(k is tuple or typing.get_origin(k) is tuple for k in kinds):
@@ -85,14 +87,17 @@ def plan(command: str, flags: dict, specs: list[str] | None, *, config_file=None
     sweep_dir = None
     if resume is not None:
         if not is_sweep_dir(resume):
-            raise UsageError(f"--resume {resume} is not a sweep folder (no {STATE})",
-                             "resume a single run without --sweep")
+            raise UsageError(
+                f"--resume {resume} is not a sweep folder (no {STATE})", "resume a single run without --sweep"
+            )
         sweep_dir = Path(resume).expanduser()
         state = load_state(sweep_dir)
         meta = state.get("meta") or {}
         if meta.get("command") not in (None, command):
-            raise UsageError(f"{sweep_dir} is a {meta.get('command')} sweep",
-                             f"continue it with `vit {meta.get('command')} --resume {sweep_dir}`")
+            raise UsageError(
+                f"{sweep_dir} is a {meta.get('command')} sweep",
+                f"continue it with `vit {meta.get('command')} --resume {sweep_dir}`",
+            )
         saved = dict(meta.get("flags") or {})
         saved.update({k: v for k, v in flags.items() if k in RESUMABLE and v is not None})
         flags, config_file = saved, meta.get("config") and Path(meta["config"])
@@ -108,8 +113,9 @@ def plan(command: str, flags: dict, specs: list[str] | None, *, config_file=None
     for setting in settings:
         changes = {k.replace("-", "_"): convert(command, k, v) for k, v in setting.items()}
         try:
-            resolved.append(configs.with_minival(configs.resolve(command, {**flags, **changes, "name": None},
-                                                                 config_file)))
+            resolved.append(
+                configs.with_minival(configs.resolve(command, {**flags, **changes, "name": None}, config_file))
+            )
         except UsageError as e:
             raise UsageError(f"--sweep {label(setting)}: {e.message}", e.hint) from None
     return SweepPlan(axes, settings, resolved, flags, config_file, sweep_dir)
@@ -123,23 +129,34 @@ def run_plan(command: str, sweep: SweepPlan) -> SweepResult:
     sweep_dir = sweep.sweep_dir
     if sweep_dir is None:
         base = sweep.configs[0]
-        sweep_dir = runs.create(base.project, command, sweep.flags.get("name"),
-                                f"{runs.default_name(base.dataset)}-sweep")
+        sweep_dir = runs.create(
+            base.project, command, sweep.flags.get("name"), f"{runs.default_name(base.dataset)}-sweep"
+        )
     else:
         runs.claim(sweep_dir)  # one process per sweep folder
     sink.info(f"sweep {sweep_dir}: {len(sweep.settings)} setting(s) of {', '.join(a.key for a in sweep.axes)}")
     by_folder = {folder_name(s): cfg for s, cfg in zip(sweep.settings, sweep.configs)}
-    meta = {"command": command, "flags": sweep.flags,
-            "config": str(sweep.config_file) if sweep.config_file else None}
+    meta = {"command": command, "flags": sweep.flags, "config": str(sweep.config_file) if sweep.config_file else None}
     try:
-        result = run(sweep.axes, sweep_dir, _core_runner(command, by_folder), tester=_tester(by_folder),
-                     profiler=profile_run, log=sink.info, is_finished=_finished, meta=meta, fatal=_fatal())
+        result = run(
+            sweep.axes,
+            sweep_dir,
+            _core_runner(command, by_folder),
+            tester=_tester(by_folder),
+            profiler=profile_run,
+            log=sink.info,
+            is_finished=_finished,
+            meta=meta,
+            fatal=_fatal(),
+        )
     finally:
         runs.release(sweep_dir)
     if result.winner is None:
         failed = [r for r in result.rows if r.status in ("failed", "diverged")]
-        raise VitError(f"no setting of the sweep finished ({len(failed)} failed or diverged)",
-                       f"the reasons are in the table and in {sweep_dir / 'results.md'}")
+        raise VitError(
+            f"no setting of the sweep finished ({len(failed)} failed or diverged)",
+            f"the reasons are in the table and in {sweep_dir / 'results.md'}",
+        )
     return result
 
 
