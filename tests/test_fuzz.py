@@ -231,10 +231,13 @@ def test_bad_flag_values_for_train(tmp_path):
         ("--name", "/tmp/x"),
         ("--name", ""),
         ("--name", "a/b"),
+        ("--token-mixer", "conv"),  # refused by the dry run as the run would refuse it
+        ("--token-mixers", "pooling,conv"),
+        ("--device", "tpu"),
+        ("--device", "cuda:x"),
     ):
         check(base + [flag, value], 2, json_lines=True)
-    # a dry run does not build the model or open the device: these are found when the run starts
-    for flag, value in (("--token-mixer", "conv"), ("--device", "tpu")):
+    for flag, value in (("--token-mixer", "Pooling"), ("--device", "0"), ("--device", "CPU")):
         check(base + [flag, value], 0, json_lines=True)
 
 

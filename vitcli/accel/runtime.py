@@ -6,6 +6,7 @@ happens to hold beyond the recorded measurements `vit info` shows.
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 
 from vitcli.errors import UsageError
@@ -44,10 +45,19 @@ def canonical(spec: str | None) -> str:
     return f"cuda:{spec}" if spec.isdigit() else spec
 
 
+def check_device(spec: str | None) -> str:
+    """The canonical spec of a device vitcli runs on (auto, cpu, mps, cuda, cuda:N), without importing
+    torch, so that `--dry-run` and a config file are refused as early as a real run; else a UsageError."""
+    spec = canonical(spec)
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", spec):
+        raise UsageError(f"unknown device {spec!r}", "use auto, cpu, cuda, cuda:N (or just N) or mps")
+    return spec
+
+
 def resolve_device(spec: str = "auto"):
     import torch
 
-    spec = canonical(spec)
+    spec = check_device(spec)
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

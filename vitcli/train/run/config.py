@@ -320,6 +320,7 @@ def validate(cfg: RunConfig) -> RunConfig:
                 f"--img-size {cfg.img_size} is not a multiple of --patch-size {cfg.patch_size}",
                 "a ViT cuts the image into whole patches: e.g. --img-size 32 --patch-size 4",
             )
+    _check_model_choices(cfg)
     from vitcli.train.recipe import distill
     from vitcli.train.report.reporting import backends
     from vitcli.train.scale import fsdp
@@ -328,6 +329,22 @@ def validate(cfg: RunConfig) -> RunConfig:
     distill.check(cfg)
     backends(cfg.report_to)  # a known --report-to (its package is checked when the run starts)
     return cfg
+
+
+def _check_model_choices(cfg: RunConfig) -> None:
+    """--device and --token-mixer(s) refused here, as a real run would refuse them, so that a --dry-run (or
+    a sweep's plan) does not accept what the run then rejects."""
+    from vitcli.accel.runtime import check_device
+
+    check_device(cfg.device)
+    mixers = [getattr(cfg, "token_mixer", None), getattr(cfg, "token_mixers", None)]
+    if any(m is not None for m in mixers):
+        from vitcli.models.metaformer import MIXERS, split_mixers
+
+        for flag, value in zip(("--token-mixer", "--token-mixers"), mixers):
+            unknown = [m for m in split_mixers(value) if m not in MIXERS]
+            if unknown:
+                raise UsageError(f"unknown {flag} {unknown[0]!r}", f"use {', '.join(MIXERS)}")
 
 
 def from_dict(command: str, values: dict) -> RunConfig:
