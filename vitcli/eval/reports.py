@@ -126,7 +126,7 @@ def write_artefacts(result, out_dir: Path) -> list[Path]:
 
 def write_confusion(cm, class_names: list[str], out_dir: Path, title: str = "") -> list[Path]:
     """per_class.csv, confusion_matrix.csv and confusion.png of a confusion matrix (rows = true class), as
-    `write_artefacts` writes them: the end of a training run with a test split (vitcli.train.final)."""
+    `write_artefacts` writes them: the end of a training run with a test split (vitcli.train.report.reporting)."""
     from vitcli.eval.metrics import per_class_rows
 
     out_dir = Path(out_dir)

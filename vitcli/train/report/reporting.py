@@ -19,7 +19,7 @@ to TensorBoard's hparams and W&B's config. A backend's package is imported only 
       results.csv                     step, epoch, train_loss, lr, val_top1, val_loss, img_s, seconds,
                                       test_top1, test_loss (a row per logged step, evaluation, test)
       curves.png                      loss, top-1 and learning rate against step
-      confusion.png, per_class.csv    the selected model on test (vitcli.train.final)
+      confusion.png, per_class.csv    the selected model on test (vitcli.train.report.reporting)
       events.out.tfevents.*           --report-to tensorboard (tensorboard --logdir runs/finetune)
       wandb/                          --report-to wandb (WANDB_MODE=offline: `wandb sync` it later)
 """
