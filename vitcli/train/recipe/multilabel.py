@@ -22,6 +22,7 @@ import numpy as np
 from vitcli import output
 from vitcli.errors import UsageError
 from vitcli.train import files
+from vitcli.train.recipe.linear import fit_linear
 
 LOSSES = ("bce", "asl")
 
@@ -88,27 +89,11 @@ def fit_ovr(x, y, num_classes: int, l2: float, iters: int = 200):
     w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
     prior = y.mean(0).clamp(1e-3, 1 - 1e-3)
     b = torch.log(prior / (1 - prior)).detach().requires_grad_(True)  # start at the class frequencies
-    opt = torch.optim.LBFGS(
-        [w, b],
-        lr=1.0,
-        max_iter=iters,
-        tolerance_grad=1e-9,
-        tolerance_change=1e-12,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
 
-    def closure():
-        opt.zero_grad()
-        loss = (
-            torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, reduction="sum") / len(x)
-            + l2 * (w * w).sum()
-        )
-        loss.backward()
-        return loss
+    def mean_summed_bce(logits):
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="sum") / len(x)
 
-    opt.step(closure)
-    return w.detach(), b.detach()
+    return fit_linear(x, w, b, mean_summed_bce, l2, iters)
 
 
 def choose_l2(z, y, num_classes: int, grid=(1e-4, 1e-3, 1e-2, 1e-1), folds: int = 5) -> tuple[float, dict]:

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from vitcli import output
+from vitcli.train.recipe.linear import fit_linear
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)  # x ||W||^2 beside the mean cross-entropy, on standardised features
 DEFAULT_L2 = 1e-2  # with fewer than 2 images in some class (no cross-validation)
@@ -33,24 +34,7 @@ def fit_logistic(x, y, num_classes: int, l2: float, iters: int = 200):
     y = torch.as_tensor(y, dtype=torch.long)
     w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [w, b],
-        lr=1.0,
-        max_iter=iters,
-        tolerance_grad=1e-9,
-        tolerance_change=1e-12,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ w + b, y) + l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach(), b.detach()
+    return fit_linear(x, w, b, lambda logits: torch.nn.functional.cross_entropy(logits, y), l2, iters)
 
 
 def folds(y, k: int, seed: int = 0) -> np.ndarray:
