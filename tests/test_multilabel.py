@@ -288,3 +288,31 @@ def test_onnx_export_and_gradcam_of_a_multi_label_model(ml_model_dir, ml_folder,
     assert sorted(im["target_label"] for im in shown) == sorted(sets[0])  # one map per label given
     assert len(list((out / "gradcam").glob("*.png"))) == len(sets[0])
     assert all(0 <= im["target_prob"] <= 1 for im in shown)
+
+
+def test_faithfulness_of_a_multi_label_model_follows_the_sigmoid(ml_model_dir, ml_folder, tmp_path):
+    """Each label is its own yes/no: deletion and insertion follow its sigmoid probability, not a softmax
+    over labels that are not exclusive (the clean end of the deletion curve is the label's sigmoid)."""
+    pytest.importorskip("pytorch_grad_cam")
+    import torch
+
+    from vitcli.models.resolver import load_model
+
+    image = str(ml_folder / "images" / "test_0.png")
+    out = tmp_path / "faith"
+    result = CliRunner().invoke(
+        app,
+        ["visualize", "--gradcam", "--faithfulness", "--faithfulness-steps", "2", "--target", "blue"]
+        + ["--model", str(ml_model_dir), "--precision", "fp32", "--out-dir", str(out), "--json", image],
+    )
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "faithfulness.json").read_text())
+    assert saved["score"] == "sigmoid probability of the explained class"
+    loaded = load_model(str(ml_model_dir))
+    from vitcli.data.loader import ImageDataset, Records
+    from vitcli.data.transforms import eval_transform
+
+    x = ImageDataset(Records.of_paths([image]), transform=eval_transform(loaded.data_config))[0].image[None]
+    with torch.inference_mode():
+        blue = float(loaded.model(x).float().sigmoid()[0, loaded.label_names.index("blue")])
+    assert saved["maps"]["random"]["deletion_curve"][0] == pytest.approx(blue, abs=1e-4)

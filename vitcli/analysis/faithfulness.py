@@ -2,7 +2,8 @@
 model it explains?
 
 Deletion removes the pixels from the most to the least salient in `steps` equal steps and follows the
-softmax probability of the explained class: a faithful map makes it fall fast, a low area under the
+softmax probability of the explained class (its sigmoid probability for a multi-label model, whose
+labels are each their own yes/no): a faithful map makes it fall fast, a low area under the
 curve (AUC). Insertion starts from a blurred copy of the image and puts the pixels back in the same
 order: a faithful map makes the probability rise fast, a high AUC. The choices, RISE's own where it
 made one:
@@ -94,24 +95,31 @@ class RankPerturbation:
         return image.where(changed, blur(image[None])[0])
 
 
-class ClassProbability:
-    """A pytorch-grad-cam target: the softmax probability of one class (in float32 whatever the autocast)."""
+def probabilities(logits, multi_label: bool = False):
+    """The score a map explains, in float32 whatever the autocast: each class's softmax probability, or for
+    a multi-label model (each label its own yes/no) its sigmoid probability."""
+    logits = logits.float()
+    return logits.sigmoid() if multi_label else logits.softmax(-1)
 
-    def __init__(self, category: int):
-        self.category = category
+
+class ClassProbability:
+    """A pytorch-grad-cam target: the probability of one class (`probabilities`)."""
+
+    def __init__(self, category: int, multi_label: bool = False):
+        self.category, self.multi_label = category, multi_label
 
     def __call__(self, output):
-        return output.float().softmax(-1)[..., self.category]
+        return probabilities(output, self.multi_label)[..., self.category]
 
 
-def curves(model, x, ranks, categories, steps: int, ends: dict):
+def curves(model, x, ranks, categories, steps: int, ends: dict, multi_label: bool = False):
     """Deletion and insertion curves of a batch: (B, steps + 1) each. `ranks` (B, H, W) from
     salience_ranks; `ends` the scores shared by every map (clean, zero, blurred), each (B,)."""
     import numpy as np
     from pytorch_grad_cam.metrics.perturbation_confidence import PerturbationConfidenceMetric
 
     n = ranks.shape[-1] * ranks.shape[-2]
-    targets = [ClassProbability(c) for c in categories]
+    targets = [ClassProbability(c, multi_label) for c in categories]
     deletion, insertion = [ends["clean"]], [ends["blurred"]]
     for k in range(1, steps):
         count = round(n * k / steps)
@@ -150,9 +158,10 @@ def faithfulness_figures(
     from vitcli.analysis.gradcam import engine
     from vitcli.data.loader import ImageDataset, Records, make_loader
     from vitcli.data.transforms import eval_transform
+    from vitcli.inference.multilabel import is_multi_label
 
     engine()
-    model = loaded.model
+    model, multi = loaded.model, is_multi_label(loaded.config)
     dataset = ImageDataset(Records.of_paths(paths), transform=eval_transform(loaded.data_config))
     names = [*maps, "random"]
     found = {name: ([], []) for name in names}  # name -> (deletion curves, insertion curves), (B, steps+1) each
@@ -164,7 +173,7 @@ def faithfulness_figures(
                 x = batch.images.to(rt.device)
                 size = tuple(x.shape[-2:])
                 with torch.inference_mode(), rt.autocast():
-                    clean = model(x).float().softmax(-1)
+                    clean = probabilities(model(x), multi)
                     cats = [
                         targets[i]
                         if targets and i in targets
@@ -177,8 +186,8 @@ def faithfulness_figures(
                     idx = torch.tensor(cats, device=x.device)
                     ends = {
                         "clean": clean[rows, idx],
-                        "zero": model(torch.zeros_like(x[:1])).float().softmax(-1)[0, idx],
-                        "blurred": model(blur(x)).float().softmax(-1)[rows, idx],
+                        "zero": probabilities(model(torch.zeros_like(x[:1])), multi)[0, idx],
+                        "blurred": probabilities(model(blur(x)), multi)[rows, idx],
                     }
                     ends = {k: v.cpu().double().numpy() for k, v in ends.items()}
                     for name in names:
@@ -186,7 +195,7 @@ def faithfulness_figures(
                             random_map(grid, i, seed) if name == "random" else maps[name][i] for i in batch.positions
                         ]
                         ranks = np.stack([salience_ranks(at_size(m, size), seed) for m in per_image])
-                        d, ins = curves(model, x, ranks, cats, steps, ends)
+                        d, ins = curves(model, x, ranks, cats, steps, ends, multi)
                         found[name][0].append(d)
                         found[name][1].append(ins)
                 images += [display(paths[i]) for i in batch.positions]
@@ -214,7 +223,7 @@ def faithfulness_figures(
     setup = {
         "num_images": len(images),
         "steps": steps,
-        "score": "softmax probability of the explained class",
+        "score": f"{'sigmoid' if multi else 'softmax'} probability of the explained class",
         "deletion": "pixels set to 0 in the normalised input (the mean colour), most salient first",
         "insertion": f"pixels put back into a Gaussian blur (kernel {BLUR_KERNEL}, sigma {BLUR_SIGMA:g}), "
         "most salient first",
