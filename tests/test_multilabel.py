@@ -316,3 +316,21 @@ def test_faithfulness_of_a_multi_label_model_follows_the_sigmoid(ml_model_dir, m
     with torch.inference_mode():
         blue = float(loaded.model(x).float().sigmoid()[0, loaded.label_names.index("blue")])
     assert saved["maps"]["random"]["deletion_curve"][0] == pytest.approx(blue, abs=1e-4)
+
+
+def test_top_k_caps_a_multi_label_models_labels(ml_model_dir, ml_folder, tmp_path):
+    """Without -k every label at or above its threshold; with -k at most K of them, best first, in torch and
+    in onnxruntime alike. A threshold of 0 for every class makes all three labels pass."""
+    runner = CliRunner()
+    onnx = tmp_path / "ml.onnx"
+    assert runner.invoke(app, ["export", "--model", str(ml_model_dir), "-o", str(onnx), "--json"]).exit_code == 0
+    image = str(ml_folder / "images" / "test_0.png")
+    for model in (str(ml_model_dir), str(onnx)):
+        base = ["predict", "--model", model, "--json", "--precision", "fp32", "--threshold", "0", image]
+        every = runner.invoke(app, base)
+        assert every.exit_code == 0, every.output
+        labels = json.loads(every.stdout)["predictions"]
+        assert len(labels) == 3 and [p["score"] for p in labels] == sorted((p["score"] for p in labels), reverse=True)
+        two = runner.invoke(app, [*base, "-k", "2"])
+        assert two.exit_code == 0, two.output
+        assert json.loads(two.stdout)["predictions"] == labels[:2]

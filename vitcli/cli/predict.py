@@ -21,6 +21,7 @@ from vitcli.cli.options import (
     ThresholdOpt,
     WorkersOpt,
 )
+from vitcli.inference.prediction import DEFAULT_TOP_K
 
 
 def predict(
@@ -32,7 +33,17 @@ def predict(
         ),
     ] = None,
     model: ModelOpt = DEFAULT_MODEL,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image (single-label models).")] = 5,
+    top_k: Annotated[
+        int | None,
+        typer.Option(
+            "--top-k",
+            "-k",
+            min=1,
+            show_default=False,
+            help=f"Labels per image: the K most probable (default {DEFAULT_TOP_K}). A multi-label model lists every "
+            "label at or above its threshold; at most K of them when -k is given.",
+        ),
+    ] = None,
     threshold: ThresholdOpt = None,
     batch_size: BatchSizeOpt = 32,
     device: DeviceOpt = "auto",

@@ -45,11 +45,11 @@ class MultiLabelHead:
             return None
         return cls(thresholds_of(config, num_classes, override))
 
-    def labels(self, logits_row, names) -> list[dict]:
+    def labels(self, logits_row, names, limit: int | None = None) -> list[dict]:
         """[{"label", "index", "score"}] of every class whose sigmoid score is at or above its
-        threshold, best first (an empty list: none of the classes)."""
+        threshold, best first (an empty list: none of the classes); at most `limit` of them when given."""
         import numpy as np
 
         scores = 1.0 / (1.0 + np.exp(-np.asarray(logits_row, dtype=np.float64)))
-        chosen = [c for c in np.argsort(-scores, kind="stable") if scores[c] >= self.thresholds[c]]
+        chosen = [c for c in np.argsort(-scores, kind="stable") if scores[c] >= self.thresholds[c]][:limit]
         return [{"label": names[c], "index": int(c), "score": round(float(scores[c]), 6)} for c in chosen]

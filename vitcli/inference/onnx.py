@@ -22,7 +22,7 @@ def predict(
     paths: list,
     model: OnnxModel,
     *,
-    top_k: int,
+    top_k: int | None,
     batch_size: int,
     workers: int | None,
     threshold: float | None,
@@ -39,7 +39,7 @@ def predict(
     from vitcli.errors import ImageError
     from vitcli.inference.forward import Throughput
     from vitcli.inference.multilabel import MultiLabelHead
-    from vitcli.inference.prediction import NON_FINITE, Prediction
+    from vitcli.inference.prediction import DEFAULT_TOP_K, NON_FINITE, Prediction
 
     if not supports(model.data_config):
         raise ModelError(
@@ -48,7 +48,7 @@ def predict(
         )
     transform = EvalTransform(model.data_config)
     records = Records.of_paths(paths)
-    top_k = max(1, min(top_k, model.num_classes))
+    limit, top_k = top_k, max(1, min(top_k or DEFAULT_TOP_K, model.num_classes))
     head = MultiLabelHead.of(model.config, model.num_classes, threshold)
 
     def read(j):
@@ -87,7 +87,7 @@ def predict(
                     k = row[i]
                     yield Prediction(
                         name,
-                        head.labels(logits[k], model.label_names)
+                        head.labels(logits[k], model.label_names, limit)
                         if head
                         else [
                             {"label": model.label_names[int(c)], "index": int(c), "score": round(float(s), 6)}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from vitcli.inference.prediction import NON_FINITE, Prediction
+from vitcli.inference.prediction import DEFAULT_TOP_K, NON_FINITE, Prediction
 from vitcli.output import display
 
 
@@ -95,7 +95,7 @@ def run(
     loaded,
     runtime,
     *,
-    top_k: int,
+    top_k: int | None,
     batch_size: int,
     workers: int | None,
     threshold: float | None,
@@ -104,8 +104,9 @@ def run(
     throughput=None,
 ) -> Iterator[Prediction]:
     """Yield one Prediction per path, in the order of `paths` (`throughput`: a
-    vitcli.inference.forward.Throughput to add the loader's and the model's time to). A multi-label
-    model gives every label at or above its threshold instead of the top-k (vitcli.inference.multilabel)."""
+    vitcli.inference.forward.Throughput to add the loader's and the model's time to). top_k: the K most
+    probable labels (None: DEFAULT_TOP_K); a multi-label model gives every label at or above its
+    threshold instead, at most top_k of them when it is given (vitcli.inference.multilabel)."""
     import torch
 
     from vitcli import output
@@ -117,7 +118,7 @@ def run(
 
     head = MultiLabelHead.of(loaded.config, loaded.num_classes, threshold)
     model = loaded.model
-    top_k = max(1, min(top_k, loaded.num_classes))
+    limit, top_k = top_k, max(1, min(top_k or DEFAULT_TOP_K, loaded.num_classes))
     fast = compiled.wrap(
         model, runtime, compile=compile, batch_size=batch_size, log=lambda m: output.info(m, style="dim")
     )
@@ -131,7 +132,7 @@ def run(
             scores, classes = out.softmax(dim=-1).topk(top_k, dim=-1)
             for i, ok, srow, crow, row in zip(batch.positions, finite, scores.tolist(), classes.tolist(), out.cpu()):
                 labels = (
-                    head.labels(row.numpy(), names)
+                    head.labels(row.numpy(), names, limit)
                     if head
                     else [{"label": names[c], "index": c, "score": round(s, 6)} for s, c in zip(srow, crow)]
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DEFAULT_TOP_K = 5  # labels per image of a single-label model when --top-k is not given
 NON_FINITE = "the model's output is not finite (NaN or infinite): its weights are damaged or diverged"
 
 
