@@ -189,3 +189,11 @@ def test_torchrun_two_processes_on_shards(tiny_vit_dir, shards, tmp_path):
     summary = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("{")))
     # 8 steps of 2 x 4 images cross the end of an epoch (48 images): no rank waits for the other
     assert summary["world_size"] == 2 and summary["images_seen"] == 64 and summary["test_top1"] is not None
+
+
+def test_val_split_on_shards_is_refused_not_ignored(tiny_vit_dir, shards):
+    """Nothing is carved from a stream: --val-split on wds: is a usage error (exit 2), not silently dropped."""
+    args = ["finetune", "--model", str(tiny_vit_dir), "--dataset", f"wds:{shards}", "--dry-run", "--json"]
+    refused = CliRunner().invoke(app, [*args, "--val-split", "0.1"])
+    assert refused.exit_code == 2 and "--val-split does not apply to WebDataset shards" in refused.stderr
+    assert CliRunner().invoke(app, [*args, "--patience", "2"]).exit_code == 0  # selection without a carve

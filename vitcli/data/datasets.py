@@ -51,6 +51,7 @@ def open_dataset(
     from vitcli.data import hf, multilabel, wds
 
     if wds.is_wds(spec):  # WebDataset shards: the splits vit shard wrote (nothing carved from a stream)
+        wds.check_val_split(val_split)
         return wds.open_shards(spec)
     if val_split is not None and not 0.0 <= val_split < 1.0:
         raise DataError(f"--val-split {val_split} is out of range", "give a fraction such as 0.1")

@@ -36,6 +36,15 @@ def is_wds(spec) -> bool:
     return str(spec).startswith(PREFIX)
 
 
+def check_val_split(val_split: float | None) -> None:
+    """Shards are read as a stream, so no minival is carved from them: a --val-split is refused, not dropped."""
+    if val_split is not None:
+        raise UsageError(
+            "--val-split does not apply to WebDataset shards: nothing is carved from a stream",
+            "carve it when sharding: `vit shard SOURCE OUT --val-split 0.1` writes a minival split of shards",
+        )
+
+
 def require():
     try:
         import webdataset

@@ -189,10 +189,13 @@ def resolve(command: str, flags: dict, config_file: Path | None = None):
 def with_minival(cfg):
     """`cfg` with its minival fraction spelled out, so the run carves one whatever the training set's size
     (by default a minival under 100 images is not carved: vitcli.data.source.MIN_MINIVAL): for the
-    runs that must select on it, `--patience` and a sweep's settings."""
-    if cfg.val_split is not None:
-        return cfg
+    runs that must select on it, `--patience` and a sweep's settings. WebDataset shards carve nothing: they
+    select on the held-out split sharded with them."""
     from vitcli.data.datasets import default_val_split
+    from vitcli.data.wds import is_wds
+
+    if cfg.val_split is not None or is_wds(cfg.dataset):
+        return cfg
 
     return dataclasses.replace(cfg, val_split=default_val_split(cfg.dataset))
 
@@ -321,6 +324,11 @@ def validate(cfg: RunConfig) -> RunConfig:
                 "a ViT cuts the image into whole patches: e.g. --img-size 32 --patch-size 4",
             )
     _check_model_choices(cfg)
+    if cfg.dataset:
+        from vitcli.data.wds import check_val_split, is_wds
+
+        if is_wds(cfg.dataset):
+            check_val_split(cfg.val_split)
     from vitcli.train.recipe import distill
     from vitcli.train.report.reporting import backends
     from vitcli.train.scale import fsdp
