@@ -198,3 +198,16 @@ def test_eval_of_a_run_folder_keeps_an_explicit_dataset(tmp_path):
     assert json.loads(result.stdout)["num_images"] == 6
     gone = runner.invoke(app, ["eval", "--model", str(run), "--device", "cpu", "--json"])
     assert gone.exit_code != 0 and "Traceback" not in gone.output and "gone" in gone.stderr
+
+
+def test_dry_run_refuses_a_model_or_teacher_the_run_would_refuse(tiny_vit_dir, colours, tmp_path):
+    base = ["finetune", "--dataset", str(colours), "--dry-run", "--project", str(tmp_path / "runs")]
+    typo = runner.invoke(app, [*base, "--model", "vit_tiny_patch16_22"])
+    assert typo.exit_code == 1 and "unknown model 'vit_tiny_patch16_22'" in typo.stderr
+    assert "did you mean vit_tiny_patch16_224" in typo.stderr
+    teacher = runner.invoke(
+        app, [*base, "--model", str(tiny_vit_dir), "--teacher", str(tmp_path / "no"), "--distill", "logit"]
+    )
+    assert teacher.exit_code == 1 and "is not a model folder" in teacher.stderr
+    assert runner.invoke(app, [*base, "--model", str(tiny_vit_dir)]).exit_code == 0
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing

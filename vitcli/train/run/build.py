@@ -30,6 +30,19 @@ def open_run_dataset(cfg, download: bool | None = None):
     )
 
 
+def check_models(cfg) -> None:
+    """--model and --teacher as the run will open them, checked without building anything: a path that is
+    no model folder, or a name timm does not know, is refused now (for `--dry-run`) as the run would refuse
+    it. hf-hub: ids are checked when the run fetches them (that needs the Hub)."""
+    from vitcli.models.resolver import parse_spec, resolve_timm_name
+
+    for spec in (cfg.model, getattr(cfg, "teacher", None)):
+        if spec:
+            source = parse_spec(str(spec))
+            if source.kind == "timm":
+                resolve_timm_name(source.name)
+
+
 def _mixers(cfg) -> dict:
     out = {}
     if cfg.token_mixer:
