@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vitcli.analysis.gradcam import probabilities
 from vitcli.errors import VitError
 from vitcli.output import atomic_write, display, dumps
 
@@ -93,13 +94,6 @@ class RankPerturbation:
         if self.mode == "deletion":
             return image.masked_fill(changed, 0.0)
         return image.where(changed, blur(image[None])[0])
-
-
-def probabilities(logits, multi_label: bool = False):
-    """The score a map explains, in float32 whatever the autocast: each class's softmax probability, or for
-    a multi-label model (each label its own yes/no) its sigmoid probability."""
-    logits = logits.float()
-    return logits.sigmoid() if multi_label else logits.softmax(-1)
 
 
 class ClassProbability:

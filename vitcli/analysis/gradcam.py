@@ -71,6 +71,13 @@ def engine():
     return pytorch_grad_cam
 
 
+def probabilities(logits, multi_label: bool = False):
+    """The probability a map explains, in float32 whatever the autocast: each class's softmax probability,
+    or for a multi-label model (each label its own yes/no) its sigmoid probability."""
+    logits = logits.float()
+    return logits.sigmoid() if multi_label else logits.softmax(-1)
+
+
 def check_method(method: str) -> str:
     if method not in METHODS:
         raise UsageError(f"--method {method!r}: use one of {', '.join(METHODS)}")
@@ -242,7 +249,7 @@ def gradcam_figures(
                     with torch.enable_grad():
                         maps = cam(x, None if target is None else [ClassifierOutputTarget(target)] * len(x))
                     logits = cam.outputs.detach().float().cpu()
-                    probs = logits.sigmoid() if head else logits.softmax(-1)
+                    probs = probabilities(logits, head is not None)
                     grid = tuple(cam.activations_and_grads.activations[0].shape[-2:])
                 finally:
                     cam.activations_and_grads.release()

@@ -64,8 +64,14 @@ def configs(
         from vitcli.train.sweeps import sweep_run
 
         grid = sweep_run.plan(command, flags, sweep, config_file=config_file, resume=resume)
-        return list(zip(grid.settings, grid.configs))
-    return [(None, _single(command, flags, config_file, resume)[0])]
+        planned = list(zip(grid.settings, grid.configs))
+    else:
+        planned = [(None, _single(command, flags, config_file, resume)[0])]
+    from vitcli.train.run.build import check_models
+
+    for _, cfg in planned:  # an unknown --model or --teacher fails the dry run as it would fail the run
+        check_models(cfg)
+    return planned
 
 
 def _single(command: str, flags: dict, config_file, resume):

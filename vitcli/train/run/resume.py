@@ -35,12 +35,11 @@ RESUMABLE = (
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """A run folder given to --resume: where it is, its state file, the command and config it ran."""
+    """A run folder given to --resume: where it is, its state file, the config it ran."""
 
     given: str  # the folder as the user gave it, for messages
     run_dir: Path
     state_path: Path
-    command: str | None
     config: dict
     state: dict | None = None  # the checkpoint, when run.json lacked the config and it had to be read
 
@@ -56,7 +55,7 @@ def locate(command: str, run: str | Path) -> ResumePoint:
         state = _read(state_path)
         saved, made_by = state["config"], state.get("command")
     _check_command(made_by, command, run)
-    return ResumePoint(str(run), run_dir, state_path, made_by, saved, state)
+    return ResumePoint(str(run), run_dir, state_path, saved, state)
 
 
 def config(point: ResumePoint, command: str, changes: dict | None = None) -> RunConfig:
